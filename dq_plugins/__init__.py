@@ -1,0 +1,24 @@
+"""dq_plugins: find data-quality issues while a classifier trains.
+
+Public API: :func:`with_ids`, :func:`load_samples` here, and the callbacks in
+:mod:`dq_plugins.lightning` and :mod:`dq_plugins.transformers`. Heavy modules load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["IndexedDataset", "load_samples", "with_ids", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("with_ids", "IndexedDataset"):
+        from dq_plugins import data
+
+        return getattr(data, name)
+    if name == "load_samples":
+        from dq_plugins.results import load_samples
+
+        return load_samples
+    raise AttributeError(f"module 'dq_plugins' has no attribute {name!r}")

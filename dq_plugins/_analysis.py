@@ -1,0 +1,152 @@
+"""End-of-fit analysis: per-split histories -> the per-sample table, issues and summary.
+
+Pure host code on numpy/pandas: no framework, no MLflow. Scores come from
+:mod:`dq_plugins.scores`; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from dq_plugins._ledger import SplitHistory
+from dq_plugins.scores import (
+    area_under_margin,
+    cartography,
+    confident_learning,
+    default_early_epochs,
+    el2n,
+    forgetting_events,
+)
+from dq_plugins.scores.mislabel import mislabel_score
+
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",
+    "confidence", "variability", "correctness", "aum", "forgetting_events", "el2n",
+)
+"""Columns of ``dq/samples.parquet``, in order. Later features append columns."""
+
+ISSUE_COLUMNS: tuple[str, ...] = (
+    "split", "sample_id", "label", "suggested_label", "pred", "mislabel_score", "is_label_issue",
+    "confidence", "aum", "forgetting_events", "reason",
+)
+
+MAX_ISSUE_ROWS = 500
+"""Rows of ``dq/issues.json``: far under the ~2 MB the MLflow UI renders."""
+
+
+@dataclass
+class AnalysisResult:
+    """What the analysis found.
+
+    Attributes:
+        samples: one row per (split, sample_id) recorded, columns :data:`SAMPLE_COLUMNS`.
+        issues: the top rows to act on, columns :data:`ISSUE_COLUMNS`, at most ``max_issue_rows``.
+        metrics: summary metrics (``dq.*``), one value each.
+        epoch_metrics: key -> list of (epoch, value), logged as MLflow metric histories.
+    """
+
+    samples: pd.DataFrame
+    issues: pd.DataFrame
+    metrics: dict[str, float]
+    epoch_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """(E, N) -> (N,): the value at each column's last non-missing epoch (row 0 if none)."""
+    if values.shape[0] == 0:
+        return np.full(values.shape[1], -1, dtype=values.dtype)
+    observed = ~missing
+    last = values.shape[0] - 1 - np.argmax(observed[::-1], axis=0)
+    return values[last, np.arange(values.shape[1])]
+
+
+def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None = None) -> pd.DataFrame:
+    """The per-sample table of one split (only ids recorded at least once)."""
+    seen = history.seen
+    ids = np.flatnonzero(seen)
+    fields = {name: values[:, seen] for name, values in history.fields.items()}
+    labels = history.labels[seen]
+    probs = history.mean_probs[seen]
+    num_epochs = fields["loss"].shape[0]
+    early = early_epochs or default_early_epochs(max(num_epochs, 1))
+
+    carto = cartography(fields["prob_given"], fields["correct"])
+    aum = area_under_margin(fields["margin"])
+    cl = confident_learning(labels, probs)
+    early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
+    pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
+    frame = pd.DataFrame(
+        {
+            "sample_id": ids.astype(np.int64),
+            "split": split,
+            "label": labels.astype(np.int64),
+            "pred": pred.astype(np.int64),
+            "mislabel_score": mislabel_score(aum, cl.label_quality, early_norm),
+            "is_label_issue": cl.is_label_issue.astype(bool),
+            "suggested_label": cl.suggested_label.astype(np.int64),
+            "confidence": carto.confidence,
+            "variability": carto.variability,
+            "correctness": carto.correctness,
+            "aum": aum,
+            "forgetting_events": forgetting_events(fields["correct"]).astype(np.int64),
+            "el2n": early_norm,
+        },
+        columns=list(SAMPLE_COLUMNS),
+    )
+    frame.attrs["noise_rate"] = float(cl.noise_rate)
+    return frame
+
+
+def issue_reason(row: pd.Series) -> str:
+    """One plain-language line saying why a row is in the issue table."""
+    parts = []
+    if row["is_label_issue"]:
+        parts.append(f"confident learning suggests class {row['suggested_label']}")
+    if row["aum"] < 0:
+        parts.append("another class out-scored the label for most of training")
+    if row["forgetting_events"] > 0:
+        parts.append(f"forgotten {row['forgetting_events']}x")
+    if row["pred"] != row["label"]:
+        parts.append(f"final prediction {row['pred']}")
+    return "; ".join(parts) or "high mislabel_score"
+
+
+def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.DataFrame:
+    """Flagged rows first, then by mislabel_score, across splits, bounded to ``max_rows``."""
+    if samples.empty:
+        return pd.DataFrame(columns=list(ISSUE_COLUMNS))
+    ordered = samples.sort_values(["is_label_issue", "mislabel_score"], ascending=[False, False])
+    top = ordered.head(max_rows).copy()
+    top["reason"] = top.apply(issue_reason, axis=1)
+    top["mislabel_score"] = top["mislabel_score"].round(4)
+    top["confidence"] = top["confidence"].round(4)
+    top["aum"] = top["aum"].round(4)
+    return top[list(ISSUE_COLUMNS)].reset_index(drop=True)
+
+
+def analyze(
+    histories: dict[str, SplitHistory], *, early_epochs: int | None = None, max_issue_rows: int = MAX_ISSUE_ROWS
+) -> AnalysisResult:
+    """Run every score on every split and assemble the results."""
+    frames, metrics, epoch_metrics = [], {}, {}
+    for split, history in histories.items():
+        frame = analyze_split(history, split, early_epochs=early_epochs)
+        frames.append(frame)
+        metrics[f"dq.accuracy.{split}"] = float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
+        metrics[f"dq.num_samples.{split}"] = float(len(frame))
+        with np.errstate(invalid="ignore"):
+            per_epoch = np.nanmean(history.fields["correct"], axis=1) if history.epochs.size else []
+        epoch_metrics[f"dq.epoch_accuracy.{split}"] = [
+            (int(e), float(v)) for e, v in zip(history.epochs, per_epoch) if not np.isnan(v)
+        ]
+        if split == "train":
+            metrics["dq.num_label_issues"] = float(frame["is_label_issue"].sum())
+            metrics["dq.estimated_noise_rate"] = frame.attrs["noise_rate"]
+        else:
+            metrics[f"dq.num_label_issues.{split}"] = float(frame["is_label_issue"].sum())
+            metrics[f"dq.estimated_noise_rate.{split}"] = frame.attrs["noise_rate"]
+    samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
+    return AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics)

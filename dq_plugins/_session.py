@@ -1,0 +1,203 @@
+"""The logic both callbacks share: ledgers per split, checks, checkpoint state and the
+end-of-fit pipeline (raw record -> analysis -> MLflow). Adapters only translate their
+framework's hooks into these calls.
+"""
+
+from __future__ import annotations
+
+import io
+import traceback
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dq_plugins._batch import check_shapes, check_values
+from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
+from dq_plugins._sink import DATA_MAP_PATH, ISSUES_PATH, RAW_DIR, SAMPLES_PATH, MlflowSink
+
+TRAIN = "train"
+VALIDATION = "validation"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Options shared by both callbacks (see their docstrings)."""
+
+    id_key: str = "idx"
+    label_key: str = "labels"
+    num_samples: int | None = None
+    num_val_samples: int | None = None
+    el2n_epochs: int | None = None
+    max_issue_rows: int = 500
+    fallback_dir: str = "dq_artifacts"
+
+
+class DynamicsSession:
+    """Records dynamics for each split and turns them into results at the end of fit."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.ledgers: dict[str, SplitLedger] = {}
+        self.capacities: dict[str, int] = {}
+        self._checked: set[str] = set()
+        self._restored: dict[str, dict] = {}
+        self.result = None
+
+    # ------------------------------------------------------------------ setup
+    def set_capacity(self, split: str, dataset_length: int | None) -> None:
+        """Fix the id range of a split from the callback option or the dataset length."""
+        override = self.config.num_samples if split == TRAIN else self.config.num_val_samples
+        capacity = override or dataset_length
+        if capacity is None:
+            argument = "num_samples" if split == TRAIN else "num_val_samples"
+            raise ValueError(
+                f"dq_plugins cannot tell how many samples the {split} split has (its dataset has no len(), "
+                f"for example an IterableDataset). HINT: pass `{argument}=<number of sample ids>` to the callback."
+            )
+        self.capacities[split] = int(capacity)
+
+    def resume(self, device: torch.device, current_epoch: int) -> None:
+        """Rebuild ledgers restored from a checkpoint on ``device``.
+
+        An epoch that was still pending when the checkpoint was written (the checkpoint was saved
+        before this callback closed it) is closed now if training resumes at a later epoch; if
+        training resumes inside that same epoch, it stays open and the replayed batches average in.
+        """
+        for split, state in self._restored.items():
+            ledger = SplitLedger.from_state_dict(state, device)
+            if ledger.pending_epoch is not None and ledger.pending_epoch < current_epoch:
+                ledger.close_epoch()
+            self.ledgers[split] = ledger
+            self._checked.add(split)
+        self._restored = {}
+
+    # ------------------------------------------------------------------ hot path
+    def record(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        """Record one batch. Metadata checks every batch; value checks (one sync) on the first."""
+        cfg = self.config
+        check_shapes(ids, labels, logits, cfg.id_key, cfg.label_key)
+        ledger = self.ledgers.get(split)
+        if ledger is None:
+            capacity = self.capacities.get(split)
+            if capacity is None:
+                self.set_capacity(split, None)
+                capacity = self.capacities[split]
+            ledger = self.ledgers[split] = SplitLedger(capacity, logits.shape[1], logits.device)
+        elif logits.shape[1] != ledger.num_classes:
+            raise ValueError(
+                f"Expected logits with {ledger.num_classes} classes as in earlier batches of the {split} split, "
+                f"but got {logits.shape[1]}."
+            )
+        if split not in self._checked:
+            check_values(ids, labels, ledger.num_classes, ledger.capacity, split, cfg.id_key, cfg.label_key)
+            self._checked.add(split)
+        ledger.record(ids, labels, logits, epoch)
+
+    def close_epoch(self, split: str) -> None:
+        """Move the split's pending epoch to the host and warn about rows that were not recorded."""
+        ledger = self.ledgers.get(split)
+        if ledger is None:
+            return
+        epoch = ledger.pending_epoch
+        counters = ledger.close_epoch()
+        if counters["out_of_range"]:
+            warnings.warn(
+                f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
+                f"0..{ledger.capacity - 1} or a label outside 0..{ledger.num_classes - 1} and were not recorded. "
+                "HINT: give stable 0-based ids (`dq_plugins.with_ids`) or pass `num_samples=` to the callback.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if counters["non_finite"]:
+            warnings.warn(
+                f"dq_plugins: {counters['non_finite']} {split} rows in epoch {epoch} had NaN or inf logits; "
+                "they are recorded as missing for that epoch.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        ledgers = {split: ledger.state_dict() for split, ledger in self.ledgers.items()}
+        ledgers.update({s: st for s, st in self._restored.items() if s not in ledgers})
+        return {"version": STATE_VERSION, "ledgers": ledgers}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state.get("ledgers", {}))
+        self.ledgers = {}
+
+    # ------------------------------------------------------------------ end of fit
+    def histories(self) -> dict[str, SplitHistory]:
+        return {split: ledger.to_history() for split, ledger in self.ledgers.items()}
+
+    def finish(self, sink: MlflowSink, *, extra_tags: dict[str, str] | None = None):
+        """Save the raw record, analyse it and log everything through ``sink``.
+
+        Never raises: an analysis error becomes a warning, and the raw record is uploaded (or kept
+        locally) first so the analysis can be rerun. Returns the ``AnalysisResult`` or ``None``.
+        """
+        histories = self.histories()
+        for split, history in histories.items():
+            save_history(history, sink.stage_path(f"{RAW_DIR}/{split}.npz"))
+            sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+        result = None
+        try:
+            from dq_plugins._analysis import analyze
+            from dq_plugins._figures import data_map
+
+            result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows)
+            result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
+            sink.add_artifact(SAMPLES_PATH)
+            sink.add_table(result.issues, ISSUES_PATH)
+            train_rows = result.samples[result.samples["split"] == TRAIN]
+            if len(train_rows):
+                sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
+            for key, value in result.metrics.items():
+                if np.isfinite(value):
+                    sink.add_metric(key, value)
+            for key, values in result.epoch_metrics.items():
+                for epoch, value in values:
+                    sink.add_metric(key, value, step=epoch)
+        except Exception:  # noqa: BLE001 - analysis must never fail the training run
+            trace = traceback.format_exc()
+            sink.stage_path(f"{RAW_DIR}/analysis_error.txt").write_text(trace)
+            sink.add_artifact(f"{RAW_DIR}/analysis_error.txt")
+            warnings.warn(
+                "dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
+                f"dynamics were saved under `{RAW_DIR}/` in the run so the analysis can be rerun.\n{trace}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        sink.flush()
+        self.result = result
+        return result
+
+
+def save_history(history: SplitHistory, path) -> None:
+    """Write a :class:`SplitHistory` as a compressed ``.npz`` (see :func:`load_history`)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        epochs=history.epochs,
+        pred=history.pred,
+        labels=history.labels,
+        mean_probs=history.mean_probs,
+        **{f"field_{name}": values for name, values in history.fields.items()},
+    )
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def load_history(path) -> SplitHistory:
+    """Read a history written by :func:`save_history`."""
+    with np.load(path) as data:
+        return SplitHistory(
+            epochs=data["epochs"],
+            fields={name: data[f"field_{name}"] for name in FLOAT_FIELDS},
+            pred=data["pred"],
+            labels=data["labels"],
+            mean_probs=data["mean_probs"],
+        )

@@ -1,0 +1,258 @@
+"""PyTorch Lightning adapter: :class:`DataQualityCallback`.
+
+Usage::
+
+    from dq_plugins.lightning import DataQualityCallback
+
+    callback = DataQualityCallback()          # batches hold ids under "idx", labels under "labels"
+    trainer = pl.Trainer(max_epochs=10, callbacks=[callback], logger=MLFlowLogger(...))
+    trainer.fit(module, train_loader, val_loader)
+    callback.run_id                           # the MLflow run that holds dq/samples.parquet etc.
+
+The callback works with ``pytorch_lightning`` and with ``lightning.pytorch``: it subclasses the
+``Callback`` of every flavour installed. It only translates Lightning hooks into calls on the
+shared :class:`~dq_plugins._session.DynamicsSession`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from dq_plugins._batch import find_logits, get_key
+from dq_plugins._compat import lightning_packages
+from dq_plugins._session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
+from dq_plugins._sink import MlflowSink
+
+_PACKAGES = lightning_packages()
+_CALLBACK_BASES = tuple(package.Callback for package in _PACKAGES)
+
+
+def _mlflow_logger(trainer: Any) -> Any:
+    """The trainer's ``MLFlowLogger``, whichever Lightning flavour it comes from, or ``None``."""
+    classes = []
+    for package in _PACKAGES:
+        logger_cls = getattr(getattr(package, "loggers", None), "MLFlowLogger", None)
+        if logger_cls is not None:
+            classes.append(logger_cls)
+    for logger in getattr(trainer, "loggers", []) or []:
+        if classes and isinstance(logger, tuple(classes)):
+            return logger
+    return None
+
+
+def _dataset_length(loaders: Any) -> int | None:
+    """Length of the dataset behind a dataloader, or of the first one in a list/dict."""
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    elif isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    dataset = getattr(loaders, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
+class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
+    """Record per-sample training dynamics and log label issues to MLflow at the end of fit.
+
+    Each batch must be a dict holding integer sample ids under ``id_key`` and class labels under
+    ``label_key`` (:func:`dq_plugins.with_ids` adds ids to any map-style dataset). Logits come from
+    the ``"logits"`` entry of what ``training_step`` / ``validation_step`` return, or, with
+    ``logits_module``, from a forward hook on that submodule.
+
+    Args:
+        id_key: batch key of the sample ids (0-based, unique, stable across epochs).
+        label_key: batch key of the class labels.
+        logits_module: dotted name of the submodule whose output is the logits (for example
+            ``"head"`` or ``"model.classifier"``); ``None`` reads ``outputs["logits"]``.
+        num_samples: number of train sample ids; ``None`` uses ``len(train_dataset)``.
+        num_val_samples: number of validation sample ids; ``None`` uses ``len(val_dataset)``.
+        record_validation: also record the first validation dataloader as split "validation".
+        el2n_epochs: epochs averaged by EL2N; ``None`` uses the first 20% of epochs.
+        max_issue_rows: rows of ``dq/issues.json``.
+        tracking_uri, experiment_name, run_name: where to create a run when the trainer has no
+            ``MLFlowLogger`` (``None``: MLflow's current tracking URI and experiment).
+        fallback_dir: local folder that keeps the results when MLflow cannot be reached.
+
+    Attributes:
+        run_id: the MLflow run holding the results (set at fit start on the main process).
+        result: the :class:`~dq_plugins._analysis.AnalysisResult` after fit (main process), else ``None``.
+    """
+
+    def __init__(
+        self,
+        id_key: str = "idx",
+        label_key: str = "labels",
+        logits_module: str | None = None,
+        num_samples: int | None = None,
+        num_val_samples: int | None = None,
+        record_validation: bool = True,
+        el2n_epochs: int | None = None,
+        max_issue_rows: int = 500,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        fallback_dir: str = "dq_artifacts",
+    ) -> None:
+        super().__init__()
+        self.session = DynamicsSession(
+            SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir)
+        )
+        self.logits_module = logits_module
+        self.record_validation = record_validation
+        self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
+        self._sink: MlflowSink | None = None
+        self._hook_handle: Any = None
+        self._captured: torch.Tensor | None = None
+        self._warned_no_val_logits = False
+        self.run_id: str | None = None
+
+    @property
+    def result(self):
+        return self.session.result
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or self.logits_module is None or self._hook_handle is not None:
+            return
+        try:
+            module = pl_module.get_submodule(self.logits_module)
+        except AttributeError:
+            names = [name for name, _ in pl_module.named_modules() if name][:20]
+            raise ValueError(
+                f"`logits_module={self.logits_module!r}` is not a submodule of {type(pl_module).__name__}. "
+                f"HINT: pick one of {names}."
+            ) from None
+        self._hook_handle = module.register_forward_hook(self._capture_logits)
+
+    def _capture_logits(self, module: Any, args: Any, output: Any) -> None:
+        self._captured = find_logits(output)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._hook_handle is not None:
+            self._hook_handle.remove()
+            self._hook_handle = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        logger = _mlflow_logger(trainer)
+        if logger is not None:
+            self._sink = MlflowSink(client=logger.experiment, run_id=logger.run_id,
+                                    fallback_dir=self.session.config.fallback_dir)
+        else:
+            self._sink = MlflowSink(fallback_dir=self.session.config.fallback_dir, **self._sink_options)
+        try:
+            self.run_id = self._sink.ensure_run()
+        except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
+            warnings.warn(
+                f"dq_plugins could not open an MLflow run ({type(err).__name__}: {err}); training goes on and "
+                f"the results will be kept under {self.session.config.fallback_dir!r}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.session.set_capacity(TRAIN, _dataset_length(trainer.train_dataloader))
+        if self.record_validation and trainer.val_dataloaders is not None:
+            self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
+        self.session.resume(pl_module.device, trainer.current_epoch)
+
+    # ------------------------------------------------------------------ recording
+    def _logits(self, outputs: Any, hook_name: str) -> torch.Tensor | None:
+        if self.logits_module is not None:
+            logits, self._captured = self._captured, None
+            if logits is None:
+                raise ValueError(
+                    f"`logits_module={self.logits_module!r}` did not run during this batch, or its output holds "
+                    "no tensor. HINT: name the module that produces the logits."
+                )
+            return logits
+        if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+            return outputs["logits"]
+        return None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        logits = self._logits(outputs, "training_step")
+        if logits is None:
+            keys = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+            raise ValueError(
+                f"dq_plugins needs the logits of each training batch, but `training_step` returned {keys}. "
+                "HINT: return `{'loss': loss, 'logits': logits}` from `training_step`, or pass "
+                "`logits_module='<name of the submodule whose output is the logits>'` to the callback."
+            )
+        cfg = self.session.config
+        ids = get_key(batch, cfg.id_key, "ids", "id_key")
+        labels = get_key(batch, cfg.label_key, "labels", "label_key")
+        self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.session.close_epoch(TRAIN)
+
+    def on_validation_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
+            self._captured = None
+            return
+        logits = self._logits(outputs, "validation_step")
+        if logits is None:
+            if not self._warned_no_val_logits:
+                warnings.warn(
+                    "dq_plugins: `validation_step` returned no logits, so the validation split is not recorded. "
+                    "HINT: return `{'loss': loss, 'logits': logits}` from `validation_step`, or pass "
+                    "`logits_module=` to the callback.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._warned_no_val_logits = True
+            return
+        cfg = self.session.config
+        ids = get_key(batch, cfg.id_key, "ids", "id_key")
+        labels = get_key(batch, cfg.label_key, "labels", "label_key")
+        self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.session.close_epoch(VALIDATION)
+
+    # ------------------------------------------------------------------ end of fit
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero or self._sink is None:
+            return
+        if trainer.world_size > 1:
+            warnings.warn(
+                "dq_plugins: under multi-process training this version analyses the samples seen by rank 0 only.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.session.finish(self._sink)
+        self.run_id = self._sink.run_id
+        self._sink.end("FINISHED")
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Keep the raw record of an interrupted fit, and mark a run this callback opened as failed."""
+        if not trainer.is_global_zero or self._sink is None or not self.session.ledgers:
+            return
+        try:
+            from dq_plugins._session import save_history
+            from dq_plugins._sink import RAW_DIR
+
+            for split, history in self.session.histories().items():
+                save_history(history, self._sink.stage_path(f"{RAW_DIR}/{split}.npz"))
+                self._sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+            self._sink.flush()
+        finally:
+            self._sink.end("FAILED")
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return self.session.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.session.load_state_dict(state_dict)
