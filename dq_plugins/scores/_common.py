@@ -15,7 +15,8 @@ def as_dynamics(name: str, values: np.ndarray) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(
             f"Expected argument `{name}` to be a 2-D array of shape (epochs, samples) but got shape"
-            f" {array.shape}. HINT: stack one row per recorded epoch, NaN where a sample was not seen."
+            f" {array.shape}. HINT: stack one row per recorded epoch, NaN where a sample was not"
+            " seen."
         )
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(

@@ -8,6 +8,7 @@ Labels", JAIR 2021 (https://arxiv.org/abs/1911.00068); implementation: cleanlab 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -51,11 +52,17 @@ class ConfidentLearningScores:
 
 
 def _import_cleanlab() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """Import the cleanlab modules used here, with an install hint when cleanlab is missing."""
+    """Import the cleanlab modules used here, with an install hint when cleanlab is missing.
+
+    ``import cleanlab`` (2.9) imports ``cleanlab.datalab``, whose ``spurious_correlation`` module
+    runs ``warnings.filterwarnings("ignore")`` at import time and so silences every warning of the
+    process. The import runs inside ``warnings.catch_warnings()`` to restore the filters after it.
+    """
     try:
-        import cleanlab.count
-        import cleanlab.filter
-        import cleanlab.rank
+        with warnings.catch_warnings():
+            import cleanlab.count
+            import cleanlab.filter
+            import cleanlab.rank
     except ModuleNotFoundError as error:
         raise ModuleNotFoundError(
             "`confident_learning` needs cleanlab. HINT: `pip install 'cleanlab>=2.9'`."
@@ -115,6 +122,9 @@ def confident_learning(
     estimated: no row is flagged, ``noise_rate`` is 0.0 and ``joint`` is the diagonal matrix of
     the given-label frequencies (all zeros when no row was recorded).
 
+    cleanlab runs with ``n_jobs=1``: its multiprocessing forks the process (unsafe once CUDA is
+    initialised) and the per-class pruning is cheap.
+
     Args:
         labels: ``(N,)`` integer given labels in ``0 .. C-1``.
         pred_probs: ``(N, C)`` float predicted probabilities, ideally out-of-sample; NaN rows =
@@ -126,8 +136,8 @@ def confident_learning(
         :class:`ConfidentLearningScores`.
 
     Raises:
-        ValueError: on a bad ``filter_by``, shape or dtype, or a label of a recorded row outside
-            ``0 .. C-1``.
+        ValueError: on a bad ``filter_by``, shape or dtype, an infinite probability, or a label
+            of a recorded row outside ``0 .. C-1``.
         ModuleNotFoundError: if cleanlab is not installed.
     """
     labels = np.asarray(labels)
@@ -136,6 +146,11 @@ def confident_learning(
     num_samples, num_classes = pred_probs.shape
 
     valid = ~np.isnan(pred_probs).any(axis=1)
+    if np.isinf(pred_probs[valid]).any():
+        raise ValueError(
+            "Expected argument `pred_probs` to be finite in recorded rows (NaN = not recorded)"
+            " but found inf."
+        )
     valid_labels = labels[valid].astype(np.int64)
     if valid_labels.size and (valid_labels.min() < 0 or valid_labels.max() >= num_classes):
         bad = int(valid_labels[(valid_labels < 0) | (valid_labels >= num_classes)][0])

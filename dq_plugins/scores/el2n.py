@@ -14,6 +14,11 @@ EARLY_FRACTION_DENOMINATOR = 5
 """:func:`default_early_epochs` keeps the first ``1 / 5`` (20 %) of the epochs."""
 
 
+def _is_integer(value: object) -> bool:
+    """True for Python and numpy integers, False for bools."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def default_early_epochs(num_epochs: int) -> int:
     """Number of leading epochs to average EL2N over: ``max(1, ceil(0.2 * num_epochs))``.
 
@@ -32,7 +37,7 @@ def default_early_epochs(num_epochs: int) -> int:
     Raises:
         ValueError: if ``num_epochs`` is negative or not an integer.
     """
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, np.integer)) or num_epochs < 0:
+    if not _is_integer(num_epochs) or num_epochs < 0:
         raise ValueError(
             f"Expected argument `num_epochs` to be a non-negative integer but got {num_epochs!r}."
         )
@@ -62,7 +67,7 @@ def el2n(prob_given: np.ndarray, prob_sq_sum: np.ndarray, early_epochs: int) -> 
     Raises:
         ValueError: if an input is not 2-D, the shapes differ, or ``early_epochs < 1``.
     """
-    if isinstance(early_epochs, bool) or not isinstance(early_epochs, (int, np.integer)) or early_epochs < 1:
+    if not _is_integer(early_epochs) or early_epochs < 1:
         raise ValueError(
             f"Expected argument `early_epochs` to be a positive integer but got {early_epochs!r}."
             " HINT: use `default_early_epochs(num_epochs)`."

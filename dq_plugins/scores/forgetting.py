@@ -11,11 +11,11 @@ import numpy as np
 from dq_plugins.scores._common import as_dynamics, check_fraction
 
 CORRECT_THRESHOLD = 0.5
-"""An epoch counts as correct for a sample when its fraction of correct predictions is at least this."""
+"""An epoch counts as correct for a sample when its fraction of correct predictions is >= this."""
 
 
 def _observed_and_correct(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``correct`` and return the boolean ``(E, N)`` masks (observed, observed-and-correct)."""
+    """Validate ``correct``; return the ``(E, N)`` bool masks (observed, observed and correct)."""
     hits = as_dynamics("correct", correct)
     check_fraction("correct", hits)
     observed = ~np.isnan(hits)

@@ -1,0 +1,63 @@
+"""Shared pieces of the recipes and benchmarks: data, label noise, configuration, report.
+
+Recipes and benchmarks put ``<repo>/recipes`` on ``sys.path`` and ``from common import ...``.
+
+- :mod:`common.data`: offline data sets (:func:`load_dataset`), stratified split and subsample;
+- :mod:`common.noise`: :func:`inject_noise`, label flips with a known ground truth;
+- :mod:`common.config`: :class:`RecipeConfig`, its YAML file and command-line overrides;
+- :mod:`common.report`: :func:`print_report` and :func:`detection_metrics`.
+"""
+
+from .config import (
+    RECIPE_DEFAULTS,
+    RECIPES,
+    RecipeConfig,
+    add_common_arguments,
+    apply_overrides,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from .data import (
+    BUILTIN_LOADERS,
+    Dataset,
+    load_dataset,
+    load_digits,
+    load_hub_dataset,
+    load_mnist5k,
+    load_sms_spam,
+    load_trec6,
+    stratified_split,
+    subsample,
+)
+from .noise import NoiseKind, inject_noise
+from .report import detection_metrics, print_report
+
+__all__ = [
+    "BUILTIN_LOADERS",
+    "RECIPES",
+    "RECIPE_DEFAULTS",
+    "Dataset",
+    "NoiseKind",
+    "RecipeConfig",
+    "add_common_arguments",
+    "apply_overrides",
+    "config_from_args",
+    "config_from_dict",
+    "config_to_dict",
+    "detection_metrics",
+    "inject_noise",
+    "load_config",
+    "load_dataset",
+    "load_digits",
+    "load_hub_dataset",
+    "load_mnist5k",
+    "load_sms_spam",
+    "load_trec6",
+    "print_report",
+    "save_config",
+    "stratified_split",
+    "subsample",
+]

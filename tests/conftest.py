@@ -1,0 +1,45 @@
+"""Shared fixtures: an isolated MLflow store per test and a tiny Lightning classification setup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch):
+    """A fresh sqlite MLflow store in tmp_path, also set as MLflow's current tracking URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+class BlobsDataset(Dataset):
+    """N points in ``num_classes`` Gaussian blobs; items are dicts with idx, inputs, labels.
+
+    Labels are a deterministic function of the id (``id % num_classes``) so tests can check
+    that recorded labels stay aligned with ids under shuffling.
+    """
+
+    def __init__(self, n: int = 96, num_classes: int = 3, dim: int = 8, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % num_classes
+        centers = torch.randn(num_classes, dim, generator=generator) * 3
+        self.inputs = centers[self.labels] + torch.randn(n, dim, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"idx": index, "inputs": self.inputs[index], "labels": self.labels[index]}
+
+
+@pytest.fixture
+def blobs():
+    return BlobsDataset

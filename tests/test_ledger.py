@@ -1,0 +1,111 @@
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dq_plugins._ledger import FLOAT_FIELDS, SplitLedger
+
+
+def test_record_matches_hand_computed_values():
+    ledger = SplitLedger(capacity=3, num_classes=2)
+    # sample 0: logits (2, 0), label 0 -> p = e^2/(e^2+1); margin 2; correct
+    # sample 2: logits (0, 0), label 1 -> p = 0.5; margin 0; pred 0 (argmax ties -> first) -> wrong
+    ledger.record(torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([[2.0, 0.0], [0.0, 0.0]]), epoch=0)
+    history = ledger.to_history()
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    f = history.fields
+    assert f["prob_given"][0, 0] == pytest.approx(p0, rel=1e-6)
+    assert f["loss"][0, 0] == pytest.approx(-math.log(p0), rel=1e-6)
+    assert f["margin"][0, 0] == pytest.approx(2.0)
+    assert f["correct"][0, 0] == 1.0
+    assert f["prob_sq_sum"][0, 0] == pytest.approx(p0**2 + (1 - p0) ** 2, rel=1e-6)
+    assert f["prob_given"][0, 2] == pytest.approx(0.5)
+    assert f["margin"][0, 2] == pytest.approx(0.0)
+    assert f["correct"][0, 2] == 0.0
+    assert history.pred[0].tolist() == [0, -1, 0]
+    assert np.isnan(f["loss"][0, 1])  # id 1 never seen: missing
+    assert history.labels.tolist() == [0, -1, 1]
+    assert history.seen.tolist() == [True, False, True]
+
+
+def test_duplicates_within_an_epoch_are_averaged():
+    ledger = SplitLedger(capacity=2, num_classes=2)
+    logits = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    ledger.record(torch.tensor([1, 1]), torch.tensor([0, 0]), logits, epoch=0)
+    f = ledger.to_history().fields
+    assert f["margin"][0, 1] == pytest.approx((1.0 + -3.0) / 2)
+    assert f["correct"][0, 1] == pytest.approx(0.5)
+
+
+def test_non_finite_logits_are_missing_and_do_not_poison_other_samples():
+    ledger = SplitLedger(capacity=3, num_classes=2)
+    logits = torch.tensor([[float("nan"), 0.0], [1.0, float("inf")], [0.0, 1.0]])
+    ledger.record(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]), logits, epoch=0)
+    counters = ledger.close_epoch()
+    assert counters == {"out_of_range": 0, "non_finite": 2}
+    history = ledger.to_history()
+    for name in FLOAT_FIELDS:
+        assert np.isnan(history.fields[name][0, :2]).all()
+        assert np.isfinite(history.fields[name][0, 2])
+    assert np.isnan(history.mean_probs[:2]).all() and np.isfinite(history.mean_probs[2]).all()
+
+
+def test_out_of_range_rows_go_to_the_trash_slot():
+    ledger = SplitLedger(capacity=2, num_classes=2)
+    ledger.record(torch.tensor([0, 5, -1]), torch.tensor([0, 0, 0]), torch.zeros(3, 2), epoch=0)
+    counters = ledger.close_epoch()
+    assert counters["out_of_range"] == 2
+    assert ledger.history[0]["loss"][0] == pytest.approx(math.log(2))
+
+
+def test_epochs_close_in_order_and_a_reclosed_epoch_replaces_itself():
+    ledger = SplitLedger(capacity=1, num_classes=2)
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[1.0, 0.0]]), epoch=0)
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[3.0, 0.0]]), epoch=1)  # closes epoch 0
+    assert list(ledger.history) == [0]
+    ledger.close_epoch()
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[5.0, 0.0]]), epoch=1)  # replayed epoch 1
+    history = ledger.to_history()
+    assert history.epochs.tolist() == [0, 1]
+    assert history.fields["margin"][:, 0].tolist() == [1.0, 5.0]
+
+
+def test_mean_probs_average_every_occurrence():
+    ledger = SplitLedger(capacity=1, num_classes=2)
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[0.0, 0.0]]), epoch=0)
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[100.0, 0.0]]), epoch=1)
+    assert ledger.mean_probs()[0] == pytest.approx([0.75, 0.25], abs=1e-6)
+
+
+def test_low_precision_logits_are_upcast():
+    ledger = SplitLedger(capacity=2, num_classes=3)
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.1, 0.0]], dtype=torch.bfloat16)
+    ledger.record(torch.tensor([0, 1]), torch.tensor([2, 0]), logits, epoch=0)
+    history = ledger.to_history()
+    assert history.fields["loss"].dtype == np.float32
+    assert history.fields["margin"][0].tolist() == pytest.approx([1.0, 0.4], abs=1e-2)
+
+
+def test_state_dict_round_trips_through_a_weights_only_checkpoint():
+    ledger = SplitLedger(capacity=3, num_classes=2)
+    ledger.record(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]), epoch=0)
+    ledger.close_epoch()
+    ledger.record(torch.tensor([2]), torch.tensor([1]), torch.tensor([[0.0, 1.0]]), epoch=1)  # pending
+    buffer = io.BytesIO()
+    torch.save(ledger.state_dict(), buffer)
+    buffer.seek(0)
+    restored = SplitLedger.from_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.pending_epoch == 1
+    a, b = ledger.to_history(), restored.to_history()
+    assert a.epochs.tolist() == b.epochs.tolist() == [0, 1]
+    for name in FLOAT_FIELDS:
+        np.testing.assert_array_equal(a.fields[name], b.fields[name])
+    np.testing.assert_array_equal(a.mean_probs, b.mean_probs)
+
+
+@pytest.mark.parametrize("capacity,num_classes,match", [(0, 2, "at least one sample id"), (3, 1, "at least 2 classes")])
+def test_invalid_sizes_are_rejected(capacity, num_classes, match):
+    with pytest.raises(ValueError, match=match):
+        SplitLedger(capacity, num_classes)
