@@ -61,6 +61,15 @@ class SplitHistory:
         return ~np.isnan(self.mean_probs[:, 0]) if self.mean_probs.size else np.zeros(0, bool)
 
 
+def distributed_rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default ``torch.distributed`` process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class SplitLedger:
     """Device buffers of one split plus the host history of its completed epochs.
 
@@ -143,8 +152,15 @@ class SplitLedger:
         self._non_finite += (in_range & ~finite).sum()
 
     # ------------------------------------------------------------------ once per epoch
-    def close_epoch(self) -> dict[str, int]:
+    def close_epoch(self, reduce: bool = True) -> dict[str, int]:
         """Move the pending epoch to the host history (one transfer) and reset the buffers.
+
+        Under ``torch.distributed`` (DDP, torchrun) this is a collective: every rank must call
+        it, in the same order. The per-sample sums and counts are summed across ranks, so each
+        sample's record is the mean over every occurrence on every rank (the samples that
+        ``DistributedSampler`` repeats to even out the ranks are averaged, never counted twice),
+        and the result is identical on all ranks. ``reduce=False`` skips the collective (after
+        an exception, when other ranks may be gone).
 
         Idempotent per epoch: closing an epoch that is already in the history replaces it, so
         an epoch is never counted twice. Returns counters of rows that were not recorded
@@ -152,6 +168,8 @@ class SplitLedger:
         """
         if self.pending_epoch is None:
             return {"out_of_range": 0, "non_finite": 0}
+        if reduce:
+            self._all_reduce()
         n = self.capacity
         count = self._count[:n]
         with torch.no_grad():
@@ -171,17 +189,47 @@ class SplitLedger:
         self.pending_epoch = None
         return counters
 
+    def _all_reduce(self) -> None:
+        """Sum this epoch's buffers over ranks; fold the rank-local softmax sums into rank 0.
+
+        The cross-epoch softmax sums use one buffer per rank: after each reduction rank 0 keeps
+        the global total and the other ranks restart from zero, so the next reduction adds only
+        their new contributions (and a checkpoint written by rank 0 holds the global total).
+        """
+        rank, world = distributed_rank_and_world()
+        if world < 2:
+            return
+        import torch.distributed as dist
+
+        for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._out_of_range, self._non_finite):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        for tensor in (self._pred, self._labels):
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        if rank != 0:
+            self._prob_sum.zero_()
+            self._prob_count.zero_()
+
+    def localize_for_rank(self) -> None:
+        """After a checkpoint restore on every rank, keep the global softmax sums on rank 0 only."""
+        rank, world = distributed_rank_and_world()
+        if world > 1 and rank != 0:
+            self._prob_sum.zero_()
+            self._prob_count.zero_()
+
     # ------------------------------------------------------------------ results
     def mean_probs(self) -> np.ndarray:
-        """(N, C) float32 mean softmax over every valid occurrence; NaN rows for unseen ids."""
+        """(N, C) float32 mean softmax over every valid occurrence; NaN rows for unseen ids.
+
+        Under ``torch.distributed`` this is the global mean on rank 0 once the last epoch is closed.
+        """
         n = self.capacity
         count = self._prob_count[:n].unsqueeze(1)
         probs = self._prob_sum[:n] / count.clamp(min=1)
         return torch.where(count > 0, probs, float("nan")).cpu().numpy()
 
-    def to_history(self) -> SplitHistory:
-        """The host record of all closed epochs (the pending one is closed first)."""
-        self.close_epoch()
+    def to_history(self, reduce: bool = True) -> SplitHistory:
+        """The host record of all closed epochs (the pending one is closed first, see :meth:`close_epoch`)."""
+        self.close_epoch(reduce=reduce)
         epochs = sorted(self.history)
         n = self.capacity
         if epochs:

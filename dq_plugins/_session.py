@@ -68,6 +68,7 @@ class DynamicsSession:
         """
         for split, state in self._restored.items():
             ledger = SplitLedger.from_state_dict(state, device)
+            ledger.localize_for_rank()
             if ledger.pending_epoch is not None and ledger.pending_epoch < current_epoch:
                 ledger.close_epoch()
             self.ledgers[split] = ledger
@@ -96,13 +97,16 @@ class DynamicsSession:
             self._checked.add(split)
         ledger.record(ids, labels, logits, epoch)
 
-    def close_epoch(self, split: str) -> None:
-        """Move the split's pending epoch to the host and warn about rows that were not recorded."""
+    def close_epoch(self, split: str, reduce: bool = True) -> None:
+        """Move the split's pending epoch to the host and warn about rows that were not recorded.
+
+        A collective under ``torch.distributed`` (see :meth:`SplitLedger.close_epoch`): call it on every rank.
+        """
         ledger = self.ledgers.get(split)
         if ledger is None:
             return
         epoch = ledger.pending_epoch
-        counters = ledger.close_epoch()
+        counters = ledger.close_epoch(reduce=reduce)
         if counters["out_of_range"]:
             warnings.warn(
                 f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
@@ -130,8 +134,14 @@ class DynamicsSession:
         self.ledgers = {}
 
     # ------------------------------------------------------------------ end of fit
+    def close_all(self, reduce: bool = True) -> None:
+        """Close every pending epoch; under ``torch.distributed`` call it on every rank before :meth:`finish`."""
+        for split in list(self.ledgers):
+            self.close_epoch(split, reduce=reduce)
+
     def histories(self) -> dict[str, SplitHistory]:
-        return {split: ledger.to_history() for split, ledger in self.ledgers.items()}
+        """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
+        return {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
 
     def finish(self, sink: MlflowSink, *, extra_tags: dict[str, str] | None = None):
         """Save the raw record, analyse it and log everything through ``sink``.

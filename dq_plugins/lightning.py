@@ -223,14 +223,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.session.close_all()  # a collective under DDP: every rank takes part
         if not trainer.is_global_zero or self._sink is None:
             return
-        if trainer.world_size > 1:
-            warnings.warn(
-                "dq_plugins: under multi-process training this version analyses the samples seen by rank 0 only.",
-                UserWarning,
-                stacklevel=2,
-            )
         self.session.finish(self._sink)
         self.run_id = self._sink.run_id
         self._sink.end("FINISHED")
@@ -243,6 +238,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             from dq_plugins._session import save_history
             from dq_plugins._sink import RAW_DIR
 
+            self.session.close_all(reduce=False)  # other ranks may be gone: no collective
             for split, history in self.session.histories().items():
                 save_history(history, self._sink.stage_path(f"{RAW_DIR}/{split}.npz"))
                 self._sink.add_artifact(f"{RAW_DIR}/{split}.npz")

@@ -1,0 +1,49 @@
+"""Train the tiny blobs classifier with DataQualityCallback, on 1 process or under DDP (gloo, CPU).
+
+    python tests/ddp/lightning_run.py OUT.parquet DEVICES TRACKING_URI
+
+Writes the callback's per-sample table (rank 0) to OUT.parquet. Used by tests/test_distributed.py.
+"""
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import BlobsDataset  # noqa: E402
+from test_lightning_callback import TinyClassifier  # noqa: E402
+
+from dq_plugins.lightning import DataQualityCallback  # noqa: E402
+
+
+def main(out: str, devices: int, tracking_uri: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    per_rank_batch = 16 // devices  # same global batch (16) and sample order as one process
+    callback = DataQualityCallback(tracking_uri=tracking_uri)
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+        callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, use_distributed_sampler=False,
+    )
+    train, val = BlobsDataset(96), BlobsDataset(32, seed=1)
+
+    def loader(dataset):
+        # Lightning's own distributed sampler shuffles train data; an unshuffled one keeps the global
+        # batches equal to the one-process run (rank r takes ids r, r + devices, ...).
+        sampler = None
+        if devices > 1:
+            sampler = DistributedSampler(dataset, num_replicas=devices, rank=trainer.global_rank, shuffle=False)
+        return DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler)
+
+    trainer.fit(TinyClassifier(), loader(train), loader(val))
+    if trainer.is_global_zero:
+        callback.result.samples.to_parquet(out)
+        Path(out + ".run_id").write_text(callback.run_id)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,72 @@
+"""DDP on CPU (gloo, 2 processes): the record is gathered across ranks, deduplicated by id, and
+matches a one-process run with the same global batches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dq_plugins._ledger import SplitLedger
+
+SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
+
+
+def run_script(tmp_path: Path, devices: int, tracking_uri: str) -> pd.DataFrame:
+    out = tmp_path / f"samples_{devices}.parquet"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), tracking_uri],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return pd.read_parquet(out).sort_values(["split", "sample_id"]).reset_index(drop=True)
+
+
+def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
+    single = run_script(tmp_path, 1, tracking_uri)
+    ddp = run_script(tmp_path, 2, tracking_uri)
+    assert len(ddp) == len(single) == 96 + 32
+    assert not ddp.duplicated(["split", "sample_id"]).any()
+    pd.testing.assert_frame_equal(ddp[["split", "sample_id", "label"]], single[["split", "sample_id", "label"]])
+    for column in ("confidence", "variability", "aum", "el2n", "correctness"):
+        np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
+    # one run per training job, written by rank 0 only
+    run_ids = {Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text() for d in (1, 2)}
+    assert len(run_ids) == 2
+    for run_id in run_ids:
+        paths = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "dq")}
+        assert "dq/samples.parquet" in paths
+
+
+def _ledger_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ledger = SplitLedger(capacity=4, num_classes=2)
+    # rank 0 sees ids 0, 2 and (padding) 0 again; rank 1 sees 1, 3
+    ids = torch.tensor([0, 2, 0]) if rank == 0 else torch.tensor([1, 3])
+    margins = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}
+    logits = torch.tensor([[margins[i], 0.0] for i in ids.tolist()])
+    ledger.record(ids, torch.zeros(len(ids), dtype=torch.int64), logits, epoch=0)
+    ledger.close_epoch()
+    ledger.record(ids, torch.zeros(len(ids), dtype=torch.int64), logits, epoch=1)
+    history = ledger.to_history()
+    if rank == 0:
+        np.savez(out_file, margin=history.fields["margin"], mean_probs=history.mean_probs, labels=history.labels)
+    dist.destroy_process_group()
+
+
+def test_ledger_reduces_across_ranks_and_dedups_padding(tmp_path):
+    out = str(tmp_path / "ledger.npz")
+    mp.spawn(_ledger_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    result = np.load(out)
+    np.testing.assert_allclose(result["margin"], [[1, 2, 3, 4], [1, 2, 3, 4]])
+    assert result["labels"].tolist() == [0, 0, 0, 0]
+    expected_p0 = 1 / (1 + np.exp(-np.array([1.0, 2.0, 3.0, 4.0])))
+    np.testing.assert_allclose(result["mean_probs"][:, 0], expected_p0, rtol=1e-5)  # not double counted
