@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dq_plugins._batch import check_shapes, check_values
+from dq_plugins._embeddings import EmbeddingBuffer
 from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
 from dq_plugins._sink import DATA_MAP_PATH, ISSUES_PATH, RAW_DIR, SAMPLES_PATH, MlflowSink
 
@@ -44,6 +45,7 @@ class DynamicsSession:
         self.capacities: dict[str, int] = {}
         self._checked: set[str] = set()
         self._restored: dict[str, dict] = {}
+        self.embeddings: dict[str, EmbeddingBuffer] = {}
         self.result = None
 
     # ------------------------------------------------------------------ setup
@@ -97,6 +99,14 @@ class DynamicsSession:
             self._checked.add(split)
         ledger.record(ids, labels, logits, epoch)
 
+    def record_embeddings(self, split: str, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Keep the latest (B, D) embeddings of a batch's ids. No host sync."""
+        buffer = self.embeddings.get(split)
+        if buffer is None:
+            capacity = self.capacities.get(split) or self.ledgers[split].capacity
+            buffer = self.embeddings[split] = EmbeddingBuffer(capacity, embeddings.shape[1], embeddings.device)
+        buffer.write(ids, embeddings)
+
     def close_epoch(self, split: str, reduce: bool = True) -> None:
         """Move the split's pending epoch to the host and warn about rows that were not recorded.
 
@@ -138,6 +148,9 @@ class DynamicsSession:
         """Close every pending epoch; under ``torch.distributed`` call it on every rank before :meth:`finish`."""
         for split in list(self.ledgers):
             self.close_epoch(split, reduce=reduce)
+        if reduce:
+            for buffer in self.embeddings.values():
+                buffer.gather()
 
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from dq_plugins._batch import find_logits, get_key
 from dq_plugins._compat import lightning_packages
+from dq_plugins._embeddings import find_tensor, pool
 from dq_plugins._session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins._sink import MlflowSink
 
@@ -57,6 +58,16 @@ def _dataset_length(loaders: Any) -> int | None:
         return None
 
 
+def _submodule(pl_module: Any, name: str, argument: str) -> Any:
+    try:
+        return pl_module.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in pl_module.named_modules() if n][:20]
+        raise ValueError(
+            f"`{argument}={name!r}` is not a submodule of {type(pl_module).__name__}. HINT: pick one of {names}."
+        ) from None
+
+
 class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     """Record per-sample training dynamics and log label issues to MLflow at the end of fit.
 
@@ -78,6 +89,19 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         tracking_uri, experiment_name, run_name: where to create a run when the trainer has no
             ``MLFlowLogger`` (``None``: MLflow's current tracking URI and experiment).
         fallback_dir: local folder that keeps the results when MLflow cannot be reached.
+        embeddings: capture one embedding per sample for outliers, near-duplicates, neighbour
+            label disagreement, clusters and the 2D map; ``False`` switches all of that off.
+        embedding_module: dotted name of the submodule whose OUTPUT is the embedding (3-D outputs
+            are pooled, see ``embedding_pooling``). ``None``: ``outputs["embeddings"]`` when the step
+            returns it, else the INPUT of ``logits_module``, else the input of the last
+            ``nn.Linear`` whose width equals the number of classes (the usual classifier head).
+        embedding_pooling: "mean" (under ``batch[attention_mask_key]`` when present) or "cls".
+        attention_mask_key: batch key of the attention mask used by mean pooling.
+        forward_fn: ``forward_fn(module, batch)`` runs the model on a batch. When given, after fit
+            one eval-mode pass (``torch.inference_mode``, the trainer's precision) over the train
+            and validation loaders refreshes the embeddings with the final weights. When ``None``,
+            the embeddings are those captured during the last training epoch (and the last
+            validation run).
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
@@ -98,6 +122,11 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         experiment_name: str | None = None,
         run_name: str | None = None,
         fallback_dir: str = "dq_artifacts",
+        embeddings: bool = True,
+        embedding_module: str | None = None,
+        embedding_pooling: str = "mean",
+        attention_mask_key: str = "attention_mask",
+        forward_fn: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.session = DynamicsSession(
@@ -111,6 +140,16 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._captured: torch.Tensor | None = None
         self._warned_no_val_logits = False
         self.run_id: str | None = None
+        if embedding_pooling not in ("mean", "cls"):
+            raise ValueError(f"Expected `embedding_pooling` to be 'mean' or 'cls', but got {embedding_pooling!r}.")
+        self.embeddings = embeddings
+        self.embedding_module = embedding_module
+        self.embedding_pooling = embedding_pooling
+        self.attention_mask_key = attention_mask_key
+        self.forward_fn = forward_fn
+        self._embedding_handle: Any = None
+        self._captured_embeddings: torch.Tensor | None = None
+        self._auto_head_width: int | None = None  # set when the head was guessed: checked at the first batch
 
     @property
     def result(self):
@@ -118,25 +157,74 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or self.logits_module is None or self._hook_handle is not None:
+        if stage != "fit":
             return
-        try:
-            module = pl_module.get_submodule(self.logits_module)
-        except AttributeError:
-            names = [name for name, _ in pl_module.named_modules() if name][:20]
-            raise ValueError(
-                f"`logits_module={self.logits_module!r}` is not a submodule of {type(pl_module).__name__}. "
-                f"HINT: pick one of {names}."
-            ) from None
-        self._hook_handle = module.register_forward_hook(self._capture_logits)
+        if self.logits_module is not None and self._hook_handle is None:
+            module = _submodule(pl_module, self.logits_module, "logits_module")
+            self._hook_handle = module.register_forward_hook(self._capture_logits)
+        if self.embeddings and self._embedding_handle is None:
+            if self.embedding_module is not None:
+                module = _submodule(pl_module, self.embedding_module, "embedding_module")
+                self._embedding_handle = module.register_forward_hook(self._capture_embedding_output)
+                return
+            if self.logits_module is not None:
+                head = pl_module.get_submodule(self.logits_module)
+            else:
+                linears = [m for m in pl_module.modules() if isinstance(m, torch.nn.Linear)]
+                head = linears[-1] if linears else None
+                self._auto_head_width = head.out_features if head is not None else None
+            if head is not None:
+                self._embedding_handle = head.register_forward_pre_hook(self._capture_embedding_input)
 
     def _capture_logits(self, module: Any, args: Any, output: Any) -> None:
         self._captured = find_logits(output)
 
+    def _capture_embedding_output(self, module: Any, args: Any, output: Any) -> None:
+        tensor = find_tensor(output)
+        self._captured_embeddings = tensor.detach() if tensor is not None else None
+
+    def _capture_embedding_input(self, module: Any, args: Any) -> None:
+        tensor = find_tensor(args)
+        self._captured_embeddings = tensor.detach() if tensor is not None else None
+
+    def _record_embeddings(self, split: str, outputs: Any, batch: Any, ids: torch.Tensor, num_classes: int) -> None:
+        captured, self._captured_embeddings = self._captured_embeddings, None
+        if not self.embeddings:
+            return
+        embeddings = outputs.get("embeddings") if isinstance(outputs, Mapping) else None
+        if not isinstance(embeddings, torch.Tensor):
+            if self._auto_head_width is not None and self._auto_head_width != num_classes:
+                self._disable_embeddings(
+                    f"the last nn.Linear has {self._auto_head_width} outputs, not the {num_classes} classes, "
+                    "so it is not the classifier head"
+                )
+                return
+            embeddings = captured
+        if embeddings is None:
+            return
+        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+        embeddings = pool(embeddings.detach(), mask if isinstance(mask, torch.Tensor) else None, self.embedding_pooling)
+        if embeddings.shape[0] != ids.shape[0]:
+            self._disable_embeddings(f"the captured embeddings have {embeddings.shape[0]} rows for {ids.shape[0]} ids")
+            return
+        self.session.record_embeddings(split, ids, embeddings)
+
+    def _disable_embeddings(self, why: str) -> None:
+        warnings.warn(
+            f"dq_plugins: embeddings are switched off because {why}. HINT: return `outputs['embeddings']` from the "
+            "step or pass `embedding_module=`; pass `embeddings=False` to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
+        self.embeddings = False
+        self.session.embeddings.clear()
+
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._hook_handle is not None:
-            self._hook_handle.remove()
-            self._hook_handle = None
+        for name in ("_hook_handle", "_embedding_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.remove()
+                setattr(self, name, None)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
@@ -190,6 +278,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids = get_key(batch, cfg.id_key, "ids", "id_key")
         labels = get_key(batch, cfg.label_key, "labels", "label_key")
         self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
+        self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.session.close_epoch(TRAIN)
@@ -198,7 +287,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
-            self._captured = None
+            self._captured = self._captured_embeddings = None
             return
         logits = self._logits(outputs, "validation_step")
         if logits is None:
@@ -216,6 +305,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids = get_key(batch, cfg.id_key, "ids", "id_key")
         labels = get_key(batch, cfg.label_key, "labels", "label_key")
         self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
+        self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
@@ -223,12 +313,35 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.embeddings and self.forward_fn is not None:
+            self._inference_pass(trainer, pl_module)
         self.session.close_all()  # a collective under DDP: every rank takes part
         if not trainer.is_global_zero or self._sink is None:
             return
         self.session.finish(self._sink)
         self.run_id = self._sink.run_id
         self._sink.end("FINISHED")
+
+    def _inference_pass(self, trainer: Any, pl_module: Any) -> None:
+        """One eval-mode pass over the train and validation loaders with ``forward_fn``: final embeddings."""
+        loaders = [(TRAIN, trainer.train_dataloader)]
+        if self.record_validation and trainer.val_dataloaders is not None:
+            val = trainer.val_dataloaders
+            loaders.append((VALIDATION, val[0] if isinstance(val, (list, tuple)) else val))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                for split, loader in loaders:
+                    for batch in loader if loader is not None else []:
+                        batch = trainer.strategy.batch_to_device(batch)
+                        self._captured_embeddings = None
+                        outputs = self.forward_fn(pl_module, batch)
+                        ids = get_key(batch, self.session.config.id_key, "ids", "id_key")
+                        width = self.session.ledgers[split].num_classes if split in self.session.ledgers else -1
+                        self._record_embeddings(split, outputs, batch, ids, width)
+        finally:
+            pl_module.train(was_training)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Keep the raw record of an interrupted fit, and mark a run this callback opened as failed."""
