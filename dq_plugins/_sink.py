@@ -57,6 +57,7 @@ class MlflowSink:
         self._pending: list[tuple[str, str]] = []  # (local path, artifact dir)
         self._metrics: list[tuple[str, float, int]] = []
         self._tables: list[tuple[Any, str]] = []
+        self._figures: list[tuple[Any, str]] = []
 
     @property
     def client(self) -> Any:
@@ -95,9 +96,9 @@ class MlflowSink:
         self._tables.append((frame, artifact_path))
 
     def add_figure(self, figure: Any, artifact_path: str) -> None:
-        """Queue a matplotlib figure as a PNG."""
-        figure.savefig(self.stage_path(artifact_path), dpi=110, bbox_inches="tight")
-        self.add_artifact(artifact_path)
+        """Queue a matplotlib figure, uploaded with ``MlflowClient.log_figure`` (a PNG for a ``.png`` path)."""
+        figure.savefig(self.stage_path(artifact_path), dpi=110, bbox_inches="tight")  # the local copy
+        self._figures.append((figure, artifact_path))
 
     def add_metric(self, key: str, value: float, step: int = 0) -> None:
         self._metrics.append((key, float(value), int(step)))
@@ -111,6 +112,8 @@ class MlflowSink:
                 self.client.log_artifact(run_id, local, artifact_path=artifact_dir)
             for frame, artifact_path in self._tables:
                 self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
+            for figure, artifact_path in self._figures:
+                self.client.log_figure(run_id, figure, artifact_path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             if self._metrics:
                 from mlflow.entities import Metric
 
@@ -132,6 +135,7 @@ class MlflowSink:
             self._pending.clear()
             self._metrics.clear()
             self._tables.clear()
+            self._figures.clear()
         return True
 
     def _keep_locally(self) -> Path:
