@@ -52,6 +52,7 @@ class AnalysisResult:
     issues: pd.DataFrame
     metrics: dict[str, float]
     epoch_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    class_overlap: pd.DataFrame | None = None
 
 
 def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -109,6 +110,8 @@ def issue_reason(row: pd.Series) -> str:
         parts.append("another class out-scored the label for most of training")
     if row["forgetting_events"] > 0:
         parts.append(f"forgotten {row['forgetting_events']}x")
+    if row.get("conflicting_duplicate", False):
+        parts.append(f"near-duplicate of sample {row['near_duplicate_of']} with another label")
     if row["pred"] != row["label"]:
         parts.append(f"final prediction {row['pred']}")
     return "; ".join(parts) or "high mislabel_score"
@@ -127,13 +130,72 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
     return top[list(ISSUE_COLUMNS)].reset_index(drop=True)
 
 
+def add_embedding_columns(
+    frame: pd.DataFrame, history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, split: str
+) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """Merge the embedding scores of one split into its per-sample table.
+
+    Rows without an embedding get the neutral values (NaN scores, -1 duplicate, cluster -1).
+    Near-duplicates whose labels conflict are reported as label issues. Returns the frame, the
+    split's embedding metrics and its class-overlap table.
+    """
+    from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS, analyze_embeddings
+
+    labels = history.labels[ids]
+    known = labels >= 0
+    ids, embeddings, labels = ids[known], embeddings[known], labels[known]
+    probs = history.mean_probs[ids]
+    issues = frame.set_index("sample_id")["is_label_issue"].reindex(ids, fill_value=False).to_numpy(bool)
+    analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=np.nan_to_num(probs, nan=0.0), is_label_issue=issues)
+    columns = analysis.samples[["sample_id", *EMBEDDING_COLUMNS]]
+    merged = frame.merge(columns, on="sample_id", how="left")
+    fill = {"outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "conflicting_duplicate": False,
+            "neighbor_disagreement": np.nan, "cluster": -1, "x2d": np.nan, "y2d": np.nan}
+    for column, value in fill.items():
+        merged[column] = merged[column].fillna(value)
+    for column in ("near_duplicate_of", "cluster"):
+        merged[column] = merged[column].astype(np.int64)
+    for column in ("is_outlier", "conflicting_duplicate"):
+        merged[column] = merged[column].astype(bool)
+    # In a near-duplicate pair with different labels, one label is usually right: flag the member
+    # whose label the training dynamics trust less (higher mislabel_score) when the model's mean
+    # prediction for it agrees with its partner's label (two independent pieces of evidence).
+    by_id = merged.set_index("sample_id")
+    partner_score = merged["near_duplicate_of"].map(by_id["mislabel_score"])
+    partner_label = merged["near_duplicate_of"].map(by_id["label"])
+    mean_pred = np.nanargmax(np.nan_to_num(history.mean_probs[merged["sample_id"].to_numpy()], nan=-1.0), axis=1)
+    duplicate_issue = (
+        merged["conflicting_duplicate"]
+        & (merged["mislabel_score"] > partner_score.fillna(np.inf))
+        & (partner_label.to_numpy() == mean_pred)
+    )
+    merged["is_label_issue"] = merged["is_label_issue"] | duplicate_issue
+    merged.attrs.update(frame.attrs)
+    overlap = analysis.summary.class_overlap.assign(split=split)
+    return merged, analysis.summary.metrics(split), overlap
+
+
 def analyze(
-    histories: dict[str, SplitHistory], *, early_epochs: int | None = None, max_issue_rows: int = MAX_ISSUE_ROWS
+    histories: dict[str, SplitHistory],
+    *,
+    early_epochs: int | None = None,
+    max_issue_rows: int = MAX_ISSUE_ROWS,
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> AnalysisResult:
-    """Run every score on every split and assemble the results."""
-    frames, metrics, epoch_metrics = [], {}, {}
+    """Run every score on every split and assemble the results.
+
+    Args:
+        histories: split -> recorded dynamics.
+        embeddings: split -> (ids (M,), embeddings (M, D)); ``None`` or a missing split skips the
+            embedding scores (their columns are then absent).
+    """
+    frames, metrics, epoch_metrics, overlaps = [], {}, {}, []
     for split, history in histories.items():
         frame = analyze_split(history, split, early_epochs=early_epochs)
+        if embeddings and split in embeddings and len(frame):
+            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split)
+            metrics.update(embedding_metrics)
+            overlaps.append(overlap)
         frames.append(frame)
         metrics[f"dq.accuracy.{split}"] = float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
         metrics[f"dq.num_samples.{split}"] = float(len(frame))
@@ -149,4 +211,6 @@ def analyze(
             metrics[f"dq.num_label_issues.{split}"] = float(frame["is_label_issue"].sum())
             metrics[f"dq.estimated_noise_rate.{split}"] = frame.attrs["noise_rate"]
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
-    return AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics)
+    result = AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics)
+    result.class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
+    return result

@@ -16,7 +16,17 @@ import torch
 from dq_plugins._batch import check_shapes, check_values
 from dq_plugins._embeddings import EmbeddingBuffer
 from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
-from dq_plugins._sink import DATA_MAP_PATH, ISSUES_PATH, RAW_DIR, SAMPLES_PATH, MlflowSink
+from dq_plugins._sink import (
+    CLASS_OVERLAP_PATH,
+    DATA_MAP_PATH,
+    EMBEDDING_HTML_PATH,
+    EMBEDDING_MAP_PATH,
+    EMBEDDINGS_DIR,
+    ISSUES_PATH,
+    RAW_DIR,
+    SAMPLES_PATH,
+    MlflowSink,
+)
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -46,6 +56,7 @@ class DynamicsSession:
         self._checked: set[str] = set()
         self._restored: dict[str, dict] = {}
         self.embeddings: dict[str, EmbeddingBuffer] = {}
+        self.texts: dict[int, str] | None = None  # train sample id -> text, shown in the interactive map
         self.result = None
 
     # ------------------------------------------------------------------ setup
@@ -171,13 +182,27 @@ class DynamicsSession:
             from dq_plugins._analysis import analyze
             from dq_plugins._figures import data_map
 
-            result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows)
+            embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
+            for split, (ids, values) in embeddings.items():
+                save_embeddings(ids, values, sink.stage_path(f"{EMBEDDINGS_DIR}/{split}.npz"))
+                sink.add_artifact(f"{EMBEDDINGS_DIR}/{split}.npz")
+            result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows,
+                             embeddings=embeddings)
             result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
             sink.add_artifact(SAMPLES_PATH)
             sink.add_table(result.issues, ISSUES_PATH)
             train_rows = result.samples[result.samples["split"] == TRAIN]
             if len(train_rows):
                 sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
+            if result.class_overlap is not None:
+                sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
+            if len(train_rows) and "x2d" in train_rows:
+                from dq_plugins._embedding_figures import embedding_map, embedding_map_html
+
+                sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
+                html = embedding_map_html(train_rows, self.texts, title="Embedding map, train")
+                sink.stage_path(EMBEDDING_HTML_PATH).write_text(html, encoding="utf-8")
+                sink.add_artifact(EMBEDDING_HTML_PATH)
             for key, value in result.metrics.items():
                 if np.isfinite(value):
                     sink.add_metric(key, value)
@@ -212,6 +237,12 @@ def save_history(history: SplitHistory, path) -> None:
     )
     with open(path, "wb") as handle:
         handle.write(buffer.getvalue())
+
+
+def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path) -> None:
+    """Write (ids (M,) int64, embeddings (M, D) float16) as ``.npz`` arrays ``ids`` and ``embeddings``."""
+    with open(path, "wb") as handle:
+        np.savez(handle, ids=ids, embeddings=embeddings)
 
 
 def load_history(path) -> SplitHistory:

@@ -21,6 +21,10 @@ SAMPLES_PATH = f"{ARTIFACT_DIR}/samples.parquet"
 ISSUES_PATH = f"{ARTIFACT_DIR}/issues.json"
 DATA_MAP_PATH = f"{ARTIFACT_DIR}/data_map.png"
 RAW_DIR = f"{ARTIFACT_DIR}/raw"
+EMBEDDINGS_DIR = f"{ARTIFACT_DIR}/embeddings"
+EMBEDDING_MAP_PATH = f"{ARTIFACT_DIR}/embedding_map.png"
+EMBEDDING_HTML_PATH = f"{ARTIFACT_DIR}/embedding_map.html"
+CLASS_OVERLAP_PATH = f"{ARTIFACT_DIR}/class_overlap.json"
 
 
 class MlflowSink:
