@@ -67,17 +67,18 @@ STATE_FILE = "dq_plugins_state.pt"
 """File inside each Trainer checkpoint folder that holds the record so far."""
 
 _TAP_ATTRIBUTE = "_dq_plugins_tap"
-"""Attribute of the wrapper function that points to its :class:`_IdTap` (copied by ``functools.wraps``)."""
+"""Attribute of the wrapper function that points to its :class:`_IdTap` (found under accelerate's wrappers)."""
 
 
-def _add_ids_hint(id_column: str, split: str = "train") -> str:
-    helper = "dq_plugins.with_ids({ds})" if id_column == "idx" else f"dq_plugins.with_ids({{ds}}, id_key={id_column!r})"
+def _ids_line(id_column: str, split: str) -> str:
+    """The one line that adds an id column to the train (or eval) dataset, and the helper that does the same."""
     ds = "train_ds" if split == TRAIN else "eval_ds"
-    return (
-        f"HINT: add it in one line before building the Trainer: "
-        f"`{ds} = {ds}.map(lambda ex, i: {{{id_column!r}: i}}, with_indices=True)` "
-        f"(or `{ds} = {helper.format(ds=ds)}`)."
-    )
+    helper = f"dq_plugins.with_ids({ds})" if id_column == "idx" else f"dq_plugins.with_ids({ds}, id_key={id_column!r})"
+    return f"`{ds} = {ds}.map(lambda ex, i: {{{id_column!r}: i}}, with_indices=True)` (or `{ds} = {helper}`)"
+
+
+def _add_ids_hint(id_column: str, split: str) -> str:
+    return f"HINT: add it in one line before building the Trainer: {_ids_line(id_column, split)}."
 
 
 # ---------------------------------------------------------------------------------- forward tap
@@ -167,7 +168,9 @@ def _dataset_of(dataloader: Any) -> Any:
     return getattr(dataloader, "dataset", None)
 
 
-def _read_columns(dataset: Any, id_column: str, label_column: str | None, split: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_columns(
+    dataset: Any, id_column: str, label_column: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Return (ids, labels, label column name) of a map-style dataset, host arrays of equal length."""
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise ValueError(
@@ -231,8 +234,8 @@ class _LabelTable:
             argument = "num_samples" if split == TRAIN else "num_val_samples"
             raise ValueError(
                 f"Sample id {bad} in column `{id_column}` of the {split} dataset is outside the known range "
-                f"0..{capacity - 1} (the dataset length). HINT: ids must be 0-based positions; "
-                f"{_add_ids_hint(id_column, split)[len('HINT: '):]} Or, if your ids are stable but larger, pass "
+                f"0..{capacity - 1} (the dataset length or `{argument}`). HINT: ids must be 0-based positions: "
+                f"{_ids_line(id_column, split)}. Or, if your ids are stable but larger, pass "
                 f"`{argument}=<max id + 1>` to the callback."
             )
         table = np.full(capacity, -1, dtype=np.int64)
@@ -254,6 +257,13 @@ class _LabelTable:
         if table is None or table.device != ids.device:
             table = self._device_table = self._host.to(ids.device)
         return table[ids.long().clamp(0, self.capacity - 1)]
+
+
+def _checkpoint_folder(args: Any, state: Any) -> str:
+    """Where the Trainer writes the checkpoint of the current step (``<output_dir>/checkpoint-<step>``)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 # ---------------------------------------------------------------------------------- callback
@@ -304,8 +314,9 @@ class DataQualityCallback(TrainerCallback):
         self.label_column = label_column
         self.record_validation = record_validation
         self.session = DynamicsSession(
-            SessionConfig(id_column, label_column or LABEL_COLUMNS[0], num_samples, num_val_samples,
-                          el2n_epochs, max_issue_rows, fallback_dir)
+            SessionConfig(id_key=id_column, label_key=label_column or LABEL_COLUMNS[0], num_samples=num_samples,
+                          num_val_samples=num_val_samples, el2n_epochs=el2n_epochs, max_issue_rows=max_issue_rows,
+                          fallback_dir=fallback_dir)
         )
         self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
         self._sink: MlflowSink | None = None
@@ -340,7 +351,8 @@ class DataQualityCallback(TrainerCallback):
             raise ValueError(
                 "DataQualityCallback did not attach to the model before the Trainer built its dataloaders, so the "
                 f"`{self.id_column}` column was dropped. This happens when the callback is added with "
-                "`trainer.add_callback()` after `Trainer(...)`, or when the Trainer creates a new model (`model_init`). "
+                "`trainer.add_callback()` after `Trainer(...)`, or when the Trainer creates a new model "
+                "(`model_init`). "
                 "HINT: pass it at construction: `Trainer(model=model, ..., callbacks=[DataQualityCallback()])`."
             )
         ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_column,
@@ -388,9 +400,10 @@ class DataQualityCallback(TrainerCallback):
         if ids is None:
             if training:
                 raise ValueError(
-                    f"A training batch reached the model without the `{self.id_column}` column although the train "
-                    "dataset has it. HINT: a custom `data_collator` must keep that column (as "
-                    "`DataCollatorWithPadding` and `default_data_collator` do)."
+                    f"A training batch reached the model without `{self.id_column}` although the train dataset has "
+                    f"that column. HINT: a `compute_loss` override must call `model(**inputs)` (or pass "
+                    f"`{self.id_column}=inputs[{self.id_column!r}]`), and a custom `data_collator` must keep the "
+                    "column (as `DataCollatorWithPadding` and `default_data_collator` do)."
                 )
             return
         logits = _logits_of(output)
@@ -450,9 +463,9 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         stash, self._eval_stash = self._eval_stash, []
-        if not stash or self._val_disabled:
+        if not self.record_validation or self._val_disabled or self._epoch is None:
             return
-        table = self._validation_table(kwargs.get("eval_dataloader"))
+        table = self._validation_table(kwargs.get("eval_dataloader"))  # checked even when no ids arrived
         if table is None:
             return
         for ids, logits in stash:
@@ -469,14 +482,9 @@ class DataQualityCallback(TrainerCallback):
         if self._tap is not None:
             self._tap.recorder = None  # the wrapper stays (see the module docstring) but records nothing
         self._eval_stash = []
+        self.session.close_all()  # a collective under torch.distributed: every rank takes part
         if not state.is_world_process_zero or self._sink is None:
             return
-        if getattr(args, "world_size", 1) > 1:
-            warnings.warn(
-                "dq_plugins: under multi-process training this version analyses the samples seen by rank 0 only.",
-                UserWarning,
-                stacklevel=2,
-            )
         self.session.finish(self._sink)
         self.run_id = self._sink.run_id
         self._sink.end("FINISHED")
@@ -487,7 +495,7 @@ class DataQualityCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not args.should_save:
             return
-        folder = os.path.join(args.output_dir, f"{_transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        folder = _checkpoint_folder(args, state)
         if os.path.isdir(folder):
             torch.save(self.session.state_dict(), os.path.join(folder, STATE_FILE))
 
@@ -495,7 +503,7 @@ class DataQualityCallback(TrainerCallback):
         """Load the record of the checkpoint this run resumes from (``state.global_step`` > 0)."""
         folders = [
             getattr(args, "resume_from_checkpoint", None),
-            os.path.join(args.output_dir, f"{_transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"),
+            _checkpoint_folder(args, state),
         ]
         path = next((os.path.join(f, STATE_FILE) for f in folders
                      if isinstance(f, str) and os.path.isfile(os.path.join(f, STATE_FILE))), None)
@@ -504,7 +512,8 @@ class DataQualityCallback(TrainerCallback):
             warnings.warn(
                 f"dq_plugins: training resumes at step {state.global_step} but {folders[1]!r} holds no "
                 f"{STATE_FILE}, so the record starts at epoch {current_epoch} and earlier epochs are missing "
-                "from the analysis.",
+                "from the analysis. HINT: resume from a checkpoint under `output_dir`, or also pass its path as "
+                "`TrainingArguments(resume_from_checkpoint=...)`.",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from conftest import BlobsDataset
 from dq_plugins import load_samples
 from dq_plugins._analysis import SAMPLE_COLUMNS
+from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 
 
@@ -73,12 +74,15 @@ def test_fit_logs_samples_issues_figure_and_metrics(tracking_uri):
     callback, _ = fit(val=BlobsDataset(30, seed=1))
     assert callback.run_id is not None
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == list(SAMPLE_COLUMNS)
+    assert list(samples.columns)[: len(SAMPLE_COLUMNS)] == list(SAMPLE_COLUMNS)
+    assert set(EMBEDDING_COLUMNS) <= set(samples.columns)
+    assert samples["outlier_score"].between(0, 1).all() and (samples["cluster"] >= 0).all()
     train = samples[samples["split"] == "train"]
     assert sorted(train["sample_id"]) == list(range(96))  # every sample exactly once
     assert sorted(samples[samples["split"] == "validation"]["sample_id"]) == list(range(30))
     assert samples["mislabel_score"].between(0, 1).all()
-    assert {"dq/samples.parquet", "dq/issues.json", "dq/data_map.png", "dq/raw"} <= artifact_paths(callback.run_id)
+    assert {"dq/samples.parquet", "dq/issues.json", "dq/data_map.png", "dq/raw", "dq/embeddings",
+            "dq/embedding_map.png", "dq/embedding_map.html", "dq/class_overlap.json"} <= artifact_paths(callback.run_id)
     run = mlflow.MlflowClient().get_run(callback.run_id)
     for key in ("dq.num_label_issues", "dq.estimated_noise_rate", "dq.accuracy.train", "dq.accuracy.validation"):
         assert key in run.data.metrics
