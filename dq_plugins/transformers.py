@@ -54,6 +54,7 @@ from typing_extensions import override
 
 from dq_plugins._batch import find_logits
 from dq_plugins._compat import require
+from dq_plugins._embeddings import find_head, find_tensor, pool
 from dq_plugins._session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins._sink import MlflowSink
 
@@ -88,6 +89,7 @@ class _IdTap:
     def __init__(self, id_column: str) -> None:
         self.id_column = id_column
         self.recorder: DataQualityCallback | None = None
+        self.attention_mask: torch.Tensor | None = None
 
 
 def _tap_of(forward: Any, id_column: str) -> _IdTap | None:
@@ -134,6 +136,7 @@ def _install_tap(model: torch.nn.Module, id_column: str) -> _IdTap:
 
     def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         ids = kwargs.pop(id_column, None)
+        tap.attention_mask = kwargs.get("attention_mask")
         output = original(self, *args, **kwargs) if bound_to_model else original(*args, **kwargs)
         recorder = tap.recorder
         if recorder is not None:
@@ -290,6 +293,17 @@ class DataQualityCallback(TrainerCallback):
         tracking_uri, experiment_name, run_name: where to create a run when the Trainer has no active
             MLflow run (``report_to`` without "mlflow"); ``None``: MLflow's current tracking URI and experiment.
         fallback_dir: local folder that keeps the results when MLflow cannot be reached.
+        embeddings: capture the input of the classification head (the pooled representation) as
+            each sample's embedding for outliers, near-duplicates, neighbour label disagreement,
+            clusters and the 2D map; ``False`` switches all of that off.
+        head_module: dotted name of the head whose INPUT is the embedding; ``None`` finds
+            ``classifier`` / ``score`` / ``classification_head``. 3-D head inputs (RoBERTa-style
+            heads) are pooled: first token, or the mean under the attention mask for ``score`` heads.
+        final_pass: after training, one eval-mode pass over the train loader (inference mode,
+            autocast under bf16/fp16) refreshes the train embeddings with the final weights;
+            ``False`` keeps those captured during the last epoch.
+        texts: train texts by sample id (a sequence indexed by id, or a mapping), shown on hover in
+            ``dq/embedding_map.html``.
 
     Attributes:
         run_id: the MLflow run holding the results (set at train start on the main process). With
@@ -310,7 +324,19 @@ class DataQualityCallback(TrainerCallback):
         experiment_name: str | None = None,
         run_name: str | None = None,
         fallback_dir: str = "dq_artifacts",
+        embeddings: bool = True,
+        head_module: str | None = None,
+        final_pass: bool = True,
+        texts: Any = None,
     ) -> None:
+        self.embeddings = embeddings
+        self.head_module = head_module
+        self.final_pass = final_pass
+        self.texts = texts
+        self._head_handle: Any = None
+        self._head_name = ""
+        self._captured_embeddings: torch.Tensor | None = None
+        self._final_split: str | None = None
         self.label_column = label_column
         self.record_validation = record_validation
         self.session = DynamicsSession(
@@ -326,7 +352,7 @@ class DataQualityCallback(TrainerCallback):
         self._val_key: Any = None
         self._val_disabled = False
         self._warned_other_eval = False
-        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._epoch: int | None = None
         self.run_id: str | None = None
 
@@ -343,6 +369,35 @@ class DataQualityCallback(TrainerCallback):
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
             self._tap = _install_tap(_forward_owner(model), self.id_column)
+            if self.embeddings and self._head_handle is None:
+                owner = _forward_owner(model)
+                if self.head_module is not None:
+                    try:
+                        head, self._head_name = owner.get_submodule(self.head_module), self.head_module
+                    except AttributeError:
+                        names = [n for n, _ in owner.named_modules() if n][:20]
+                        raise ValueError(
+                            f"`head_module={self.head_module!r}` is not a submodule of {type(owner).__name__}. "
+                            f"HINT: pick one of {names}."
+                        ) from None
+                else:
+                    self._head_name, head = find_head(owner)
+                self._head_handle = head.register_forward_pre_hook(self._capture_head_input)
+
+    def _capture_head_input(self, module: Any, args: Any) -> None:
+        tensor = find_tensor(args)
+        self._captured_embeddings = tensor.detach() if tensor is not None else None
+
+    def _pooled_embeddings(self, rows: int) -> torch.Tensor | None:
+        """The head input of the last forward as (rows, D): 3-D inputs are pooled (CLS for encoder
+        heads, mean under the attention mask for decoder ``score`` heads)."""
+        hidden, self._captured_embeddings = self._captured_embeddings, None
+        if hidden is None or not self.embeddings:
+            return None
+        mask = self._tap.attention_mask if self._tap is not None else None
+        mode = "mean" if self._head_name == "score" else "cls"
+        pooled = pool(hidden, mask if isinstance(mask, torch.Tensor) else None, mode)
+        return pooled if pooled.shape[0] == rows else None
 
     @override
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -395,7 +450,14 @@ class DataQualityCallback(TrainerCallback):
     # ------------------------------------------------------------------ recording
     def _capture(self, ids: torch.Tensor | None, output: Any, training: bool) -> None:
         """Called by the forward wrapper after each forward while training runs. No host sync."""
+        if self._final_split is not None:  # the post-training embedding pass
+            embeddings = self._pooled_embeddings(ids.shape[0]) if ids is not None else None
+            if embeddings is not None:
+                ids = torch.as_tensor(ids, device=embeddings.device)
+                self.session.record_embeddings(self._final_split, ids, embeddings)
+            return
         if not training and (not self.record_validation or self._val_disabled):
+            self._captured_embeddings = None
             return
         if ids is None:
             if training:
@@ -414,11 +476,14 @@ class DataQualityCallback(TrainerCallback):
             )
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(ids, device=logits.device)
+        embeddings = self._pooled_embeddings(ids.shape[0])
         if training:
             labels = self._train_labels.lookup(ids)
             self.session.record(TRAIN, self._epoch or 0, ids, labels, logits)
+            if embeddings is not None:
+                self.session.record_embeddings(TRAIN, ids, embeddings)
         elif self._epoch is not None:  # evaluations before the first epoch (eval_on_start) are not recorded
-            self._eval_stash.append((ids, logits.detach()))
+            self._eval_stash.append((ids, logits.detach(), embeddings))
 
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -468,8 +533,10 @@ class DataQualityCallback(TrainerCallback):
         table = self._validation_table(kwargs.get("eval_dataloader"))  # checked even when no ids arrived
         if table is None:
             return
-        for ids, logits in stash:
+        for ids, logits, embeddings in stash:
             self.session.record(VALIDATION, self._epoch or 0, ids, table.lookup(ids), logits)
+            if embeddings is not None:
+                self.session.record_embeddings(VALIDATION, ids, embeddings)
 
     @override
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -478,17 +545,46 @@ class DataQualityCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ end of training
     @override
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._eval_stash = []
+        if self.embeddings and self.final_pass and model is not None and TRAIN in self.session.embeddings:
+            self._embedding_pass(args, model, kwargs.get("train_dataloader"), TRAIN)
         if self._tap is not None:
             self._tap.recorder = None  # the wrapper stays (see the module docstring) but records nothing
-        self._eval_stash = []
         self.session.close_all()  # a collective under torch.distributed: every rank takes part
         if not state.is_world_process_zero or self._sink is None:
             return
+        if self.texts is not None:
+            texts = self.texts
+            self.session.texts = dict(texts) if isinstance(texts, Mapping) else dict(enumerate(texts))
         self.session.finish(self._sink)
         self.run_id = self._sink.run_id
         self._sink.end("FINISHED")
         self._sink = None
+
+    def _embedding_pass(self, args: Any, model: Any, dataloader: Any, split: str) -> None:
+        """One eval-mode pass over the train loader: the embeddings of the final weights.
+
+        ``torch.inference_mode``, autocast when training ran in bf16/fp16; the forward wrapper
+        hands each batch's head input to :meth:`_capture`, which overwrites the split's rows.
+        """
+        if dataloader is None:
+            return
+        device = next(model.parameters()).device
+        dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+        was_training = model.training
+        model.eval()
+        self._final_split = split
+        try:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                for batch in dataloader:
+                    if isinstance(batch, Mapping):
+                        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                        inputs.pop("labels", None)
+                        model(**inputs)
+        finally:
+            self._final_split = None
+            model.train(was_training)
 
     # ------------------------------------------------------------------ checkpoint
     @override

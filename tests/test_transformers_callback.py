@@ -116,7 +116,7 @@ def train(tmp_path, callback=None, trainer_cls=Trainer, eval_dataset=VAL, train_
 
 def check_record(callback, model, splits=(("train", TRAIN), ("validation", VAL)), atol=1e-5) -> None:
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == list(SAMPLE_COLUMNS)
+    assert list(samples.columns)[: len(SAMPLE_COLUMNS)] == list(SAMPLE_COLUMNS)  # embedding columns follow
     assert sorted(samples["split"].unique()) == sorted(name for name, _ in splits)
     for split, ds in splits:
         rows = samples[samples["split"] == split].sort_values("sample_id")
@@ -263,3 +263,60 @@ def test_out_of_range_ids_fail_at_train_start(tracking_uri, tmp_path):
     shifted = make_dataset(64, seed=0, ids=False).map(lambda ex, i: {"idx": i + 10}, with_indices=True)
     with pytest.raises(ValueError, match=r"Sample id 73 in column `idx`.*`num_samples=<max id \+ 1>`"):
         train(tmp_path, train_dataset=shifted)
+
+
+def test_embeddings_are_the_head_input_and_land_in_the_run(tmp_path, monkeypatch):
+    """The classifier's input (BERT's pooled output, hidden size 16) is captured for every sample."""
+    import mlflow as _mlflow
+
+    from dq_plugins.transformers import DataQualityCallback as Callback
+
+    uri = f"sqlite:///{tmp_path}/emb.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    train = _emb_dataset(48)
+    callback = Callback(texts=[f"text {i}" for i in range(48)])
+    trainer = _emb_trainer(tmp_path, train, callback)
+    trainer.train()
+    ids, values = callback.session.embeddings["train"].to_numpy()
+    assert ids.tolist() == list(range(48)) and values.shape == (48, 16)
+    samples = load_samples(callback.run_id, tracking_uri=uri)
+    assert {"outlier_score", "cluster", "x2d", "y2d", "near_duplicate_of"} <= set(samples.columns)
+    client = _mlflow.MlflowClient(uri)
+    paths = {a.path for a in client.list_artifacts(callback.run_id, "dq")}
+    assert {"dq/embedding_map.png", "dq/embedding_map.html"} <= paths
+    html = open(client.download_artifacts(callback.run_id, "dq/embedding_map.html", str(tmp_path))).read()
+    assert "text 0" in html
+
+
+def test_embeddings_false_captures_nothing(tmp_path, monkeypatch):
+    from dq_plugins.transformers import DataQualityCallback as Callback
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none.db")
+    callback = Callback(embeddings=False)
+    _emb_trainer(tmp_path, _emb_dataset(32), callback).train()
+    assert callback.session.embeddings == {}
+
+
+def _emb_dataset(n):
+    import datasets
+
+    generator = torch.Generator().manual_seed(0)
+    return datasets.Dataset.from_dict({
+        "input_ids": torch.randint(5, 100, (n, 8), generator=generator).tolist(),
+        "attention_mask": [[1] * 8] * n,
+        "labels": [i % 3 for i in range(n)],
+        "idx": list(range(n)),
+    })
+
+
+def _emb_trainer(tmp_path, train, callback):
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=3))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
+                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    return Trainer(model=model, args=args, train_dataset=train, callbacks=[callback])
