@@ -1,0 +1,267 @@
+"""End-of-fit analysis of one split's embeddings: kNN graph -> per-sample columns and a summary.
+
+Pure host code (plus torch for the kNN search, on the device of the embeddings): no framework, no
+MLflow. The scores come from :mod:`dq_plugins.scores` (``neighbors``, ``outliers``,
+``duplicates``, ``clusters``, ``projection``); this module computes the kNN graph once, passes
+it to each of them and times every stage.
+
+The result's ``samples`` frame is indexed like the inputs (row ``i`` = ``ids[i]``) and holds
+``sample_id`` and :data:`EMBEDDING_COLUMNS`, to be merged into ``dq/samples.parquet`` on
+``(split, sample_id)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dq_plugins.scores.clusters import class_overlap, cluster_embeddings, cluster_summary
+from dq_plugins.scores.duplicates import NEAR_DUPLICATE_SIMILARITY, conflicting_duplicates, near_duplicate_of
+from dq_plugins.scores.neighbors import KnnMethod, knn_cosine, neighbor_label_disagreement, resolve_method, unit_rows
+from dq_plugins.scores.outliers import is_outlier, outlier_score
+from dq_plugins.scores.projection import DEFAULT_MAX_FIT, ProjectionMethod, project_2d, resolve_projection
+
+DEFAULT_K = 10
+"""Neighbours per sample: cleanlab's default for outliers and SimiFeat's order of magnitude."""
+
+EMBEDDING_COLUMNS: tuple[str, ...] = (
+    "outlier_score", "is_outlier", "near_duplicate_of", "conflicting_duplicate",
+    "neighbor_disagreement", "cluster", "x2d", "y2d",
+)
+"""Per-sample columns added to ``dq/samples.parquet``, in order (after ``sample_id``)."""
+
+
+@dataclass
+class EmbeddingSummary:
+    """What the embedding analysis of one split found.
+
+    Attributes:
+        num_samples: rows analysed.
+        k: neighbours per sample actually used (``min(k, N - 1)``).
+        knn_method: ``"exact"`` or ``"ann"``; ``projection_method``: ``"umap"`` or ``"pca"``.
+        num_near_duplicates: rows with ``near_duplicate_of != -1``.
+        num_conflicting_duplicates: rows in a near-duplicate pair whose labels differ.
+        num_outliers: rows flagged by the IQR rule of ``scores.outliers.is_outlier``.
+        num_clusters: distinct cluster ids.
+        class_overlap: ``scores.clusters.class_overlap`` table (class_a, class_b,
+            boundary_samples, share).
+        clusters: ``scores.clusters.cluster_summary`` table, least pure cluster first.
+        timings: seconds per stage (``normalise``, ``knn``, ``scores``, ``clusters``,
+            ``projection``, ``tables``).
+    """
+
+    num_samples: int
+    k: int
+    knn_method: str
+    projection_method: str
+    num_near_duplicates: int
+    num_conflicting_duplicates: int
+    num_outliers: int
+    num_clusters: int
+    class_overlap: pd.DataFrame
+    clusters: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self, split: str = "train") -> dict[str, float]:
+        """``dq.*`` metrics of this summary; keys carry ``.{split}`` except for ``train``."""
+        suffix = "" if split == "train" else f".{split}"
+        return {
+            f"dq.num_near_duplicates{suffix}": float(self.num_near_duplicates),
+            f"dq.num_conflicting_duplicates{suffix}": float(self.num_conflicting_duplicates),
+            f"dq.num_outliers{suffix}": float(self.num_outliers),
+            f"dq.num_clusters{suffix}": float(self.num_clusters),
+            f"dq.embedding_analysis_seconds{suffix}": float(sum(self.timings.values())),
+        }
+
+
+class EmbeddingAnalysis(NamedTuple):
+    """``(samples, summary)``: the per-sample frame and the :class:`EmbeddingSummary`."""
+
+    samples: pd.DataFrame
+    summary: EmbeddingSummary
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _check_inputs(
+    embeddings: torch.Tensor | np.ndarray, ids: np.ndarray, labels: np.ndarray, pred_probs: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    shape = tuple(embeddings.shape)
+    if len(shape) != 2:
+        raise ValueError(f"Expected argument `embeddings` to be 2-D of shape (N, D) but got shape {shape}.")
+    num_samples = shape[0]
+    ids = np.asarray(ids)
+    labels = np.asarray(labels)
+    for name, values in (("ids", ids), ("labels", labels)):
+        if values.shape != (num_samples,) or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"Expected argument `{name}` to be a 1-D integer array of length N = {num_samples}"
+                f" (rows of `embeddings`) but got shape {values.shape} and dtype {values.dtype}."
+            )
+    if pred_probs is not None and (np.ndim(pred_probs) != 2 or np.shape(pred_probs)[0] != num_samples):
+        raise ValueError(
+            f"Expected argument `pred_probs` to have shape (N, C) with N = {num_samples} but got"
+            f" {np.shape(pred_probs)}."
+        )
+    return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
+
+
+def warm_up(num_samples: int, *, projection: ProjectionMethod = "auto", device: str | torch.device = "cpu") -> float:
+    """Compile the numba kernels that :func:`analyze_embeddings` of ``num_samples`` rows will use.
+
+    pynndescent (approximate kNN, more than ``EXACT_MAX_SAMPLES_CPU`` rows on CPU) and umap-learn
+    compile their kernels at their first call in a process: 40 to 180 s on 2 CPU cores, more than
+    the analysis itself at 100k rows. Calling this on tiny data in a background thread while the
+    model trains (``threading.Thread(target=warm_up, args=(n,), daemon=True).start()``) moves that
+    cost out of the end of fit. Returns the seconds spent.
+    """
+    start = time.perf_counter()
+    tiny = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    if resolve_method("auto", num_samples, torch.device(device)) == "ann":
+        knn_cosine(tiny, 10, method="ann")
+    if resolve_projection(projection) == "umap":
+        project_2d(tiny, method="umap")
+    return time.perf_counter() - start
+
+
+def _empty_frame(ids: np.ndarray) -> pd.DataFrame:
+    num_samples = ids.size
+    return pd.DataFrame(
+        {
+            "sample_id": ids,
+            "outlier_score": np.full(num_samples, np.nan),
+            "is_outlier": np.zeros(num_samples, dtype=bool),
+            "near_duplicate_of": np.full(num_samples, -1, dtype=np.int64),
+            "conflicting_duplicate": np.zeros(num_samples, dtype=bool),
+            "neighbor_disagreement": np.full(num_samples, np.nan),
+            "cluster": np.zeros(num_samples, dtype=np.int64),
+            "x2d": np.zeros(num_samples, dtype=np.float32),
+            "y2d": np.zeros(num_samples, dtype=np.float32),
+        }
+    )
+
+
+def analyze_embeddings(
+    embeddings: torch.Tensor | np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    k: int = DEFAULT_K,
+    pred_probs: np.ndarray | None = None,
+    is_label_issue: np.ndarray | None = None,
+    duplicate_threshold: float = NEAR_DUPLICATE_SIMILARITY,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    knn_method: KnnMethod = "auto",
+    projection: ProjectionMethod = "auto",
+    max_fit: int = DEFAULT_MAX_FIT,
+) -> EmbeddingAnalysis:
+    """Every embedding score of one split, from one kNN graph.
+
+    Args:
+        embeddings: ``(N, D)`` fp16 / fp32 array or tensor; a tensor on a GPU is searched there
+            (exact kNN), the rest runs on CPU from one normalised fp32 host copy.
+        ids: ``(N,)`` unique non-negative sample ids, row ``i`` of ``embeddings`` is ``ids[i]``.
+        labels: ``(N,)`` integer given labels.
+        k: neighbours per sample, clipped to ``N - 1``.
+        pred_probs: optional ``(N, C)`` probabilities for the class-overlap table.
+        is_label_issue: optional ``(N,)`` bool (confident learning) for the cluster table.
+        duplicate_threshold: cosine similarity of a near-duplicate.
+        n_clusters: default ``scores.clusters.default_num_clusters(N)``.
+        seed: random state of the ANN search, k-means and the 2-D map.
+        device: where the exact kNN runs (default: the device of ``embeddings``).
+        knn_method: ``"auto"``, ``"exact"`` or ``"ann"`` (``scores.neighbors.knn_cosine``).
+        projection: ``"auto"``, ``"umap"`` or ``"pca"`` (``scores.projection.project_2d``).
+        max_fit: rows the 2-D map is fitted on.
+
+    Returns:
+        :class:`EmbeddingAnalysis` ``(samples, summary)``; ``samples`` has a RangeIndex aligned
+        with the inputs and the columns ``sample_id`` + :data:`EMBEDDING_COLUMNS`. With fewer
+        than 2 rows nothing can be compared: scores are NaN, no flag is set, cluster 0, (0, 0).
+    """
+    ids, labels = _check_inputs(embeddings, ids, labels, pred_probs)
+    num_samples = ids.size
+    timings: dict[str, float] = {}
+    if num_samples < 2:
+        summary = EmbeddingSummary(
+            num_samples, 0, "exact", "pca", 0, 0, 0, int(num_samples > 0),
+            class_overlap(np.empty((num_samples, 0), dtype=np.int64), labels),
+            cluster_summary(np.zeros(num_samples), labels),
+            timings,
+        )
+        return EmbeddingAnalysis(_empty_frame(ids), summary)
+    k = int(min(k, num_samples - 1))
+
+    with _timed(timings, "normalise"):
+        if isinstance(embeddings, torch.Tensor):
+            tensor = embeddings
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(embeddings))
+        search_device = torch.device(device) if device is not None else tensor.device
+        method = resolve_method(knn_method, num_samples, search_device)
+        unit_device = unit_rows(tensor, device=search_device if method == "exact" else "cpu")
+        unit = unit_device.cpu().numpy() if unit_device.device.type != "cpu" else unit_device.numpy()
+    with _timed(timings, "knn"):
+        where = search_device if method == "exact" else "cpu"
+        indices, sims = knn_cosine(unit_device, k, device=where, method=method, seed=seed)
+    del unit_device
+    with _timed(timings, "scores"):
+        disagreement = neighbor_label_disagreement(indices, labels, sims)
+        outliers = outlier_score(sims)
+        outlier_flags = is_outlier(sims)
+        duplicate_of = near_duplicate_of(indices, sims, ids, duplicate_threshold)
+        conflicting = conflicting_duplicates(duplicate_of, labels, ids)
+    with _timed(timings, "clusters"):
+        cluster = cluster_embeddings(unit, n_clusters=n_clusters, seed=seed)
+    with _timed(timings, "projection"):
+        projection_method = resolve_projection(projection)
+        coords = project_2d(
+            unit, seed=seed, max_fit=max_fit, method=projection_method, neighbor_indices=indices, similarities=sims
+        )
+    with _timed(timings, "tables"):
+        overlap = class_overlap(indices, labels, pred_probs)
+        clusters = cluster_summary(
+            cluster, labels, neighbor_disagreement=disagreement, is_outlier=outlier_flags, is_label_issue=is_label_issue
+        )
+    samples = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "outlier_score": outliers,
+            "is_outlier": outlier_flags,
+            "near_duplicate_of": duplicate_of,
+            "conflicting_duplicate": conflicting,
+            "neighbor_disagreement": disagreement,
+            "cluster": cluster,
+            "x2d": coords[:, 0],
+            "y2d": coords[:, 1],
+        }
+    )
+    summary = EmbeddingSummary(
+        num_samples=num_samples,
+        k=k,
+        knn_method=method,
+        projection_method=projection_method,
+        num_near_duplicates=int((duplicate_of >= 0).sum()),
+        num_conflicting_duplicates=int(conflicting.sum()),
+        num_outliers=int(outlier_flags.sum()),
+        num_clusters=int(np.unique(cluster).size),
+        class_overlap=overlap,
+        clusters=clusters,
+        timings=timings,
+    )
+    return EmbeddingAnalysis(samples, summary)

@@ -1,0 +1,118 @@
+"""Near-duplicates in embedding space, and near-duplicate pairs whose labels conflict.
+
+Reference: cleanlab's ``NearDuplicateIssueManager`` (``cleanlab/datalab/internal/issue_manager/
+duplicate.py``, cleanlab 2.9), which flags a sample whose nearest neighbour lies closer than
+``0.13 x`` the median nearest-neighbour distance. Here the threshold is an absolute cosine
+similarity, :data:`NEAR_DUPLICATE_SIMILARITY`: it reads the same on every dataset and does not
+depend on how dense the rest of the data is (a relative threshold flags the closest pairs of a
+sparse dataset even when none is a copy, and misses copies in a dataset full of them).
+
+A pair of near-duplicates with different labels cannot both be labelled right (or the classes
+overlap there): :func:`conflicting_duplicates` reports both members as label issues.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NEAR_DUPLICATE_SIMILARITY = 0.98
+"""Cosine similarity at or above which the nearest neighbour counts as a near-duplicate.
+
+For sentence embeddings (MiniLM, 384-d) 0.98 separates copies that differ by case, punctuation
+or a word from paraphrases (typically 0.85 to 0.95); exact copies score 1.0 up to rounding
+(fp16 storage: ~1e-3).
+"""
+
+TIE_TOLERANCE = 1e-6
+"""Neighbours whose similarity is within this of the best are ties; the smallest id wins."""
+
+
+def _check_ids(ids: np.ndarray, num_samples: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.shape != (num_samples,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"Expected argument `ids` to be a 1-D integer array of length N = {num_samples} but got"
+            f" shape {ids.shape} and dtype {ids.dtype}."
+        )
+    if np.any(ids < 0):
+        raise ValueError(f"Expected argument `ids` to be non-negative (-1 means 'none') but found {int(ids.min())}.")
+    return ids.astype(np.int64, copy=False)
+
+
+def near_duplicate_of(
+    neighbor_indices: np.ndarray,
+    similarities: np.ndarray,
+    ids: np.ndarray,
+    threshold: float = NEAR_DUPLICATE_SIMILARITY,
+) -> np.ndarray:
+    """The id of each sample's nearest neighbour when their cosine similarity is ``>= threshold``.
+
+    Among neighbours tied with the nearest (within :data:`TIE_TOLERANCE`), the smallest id is
+    returned, so every member of a group of exact copies points at the same representative and the
+    result does not depend on the order the search returned ties in (that representative points
+    at the second smallest id).
+
+    Args:
+        neighbor_indices: ``(N, k)`` row positions, nearest first (``knn_cosine``); -1 = missing.
+        similarities: ``(N, k)`` cosine similarities aligned with ``neighbor_indices``.
+        ids: ``(N,)`` non-negative sample ids, indexed by row position.
+        threshold: cosine similarity in ``[-1, 1]``.
+
+    Returns:
+        ``(N,)`` int64: a sample id, or -1 where the nearest neighbour is below ``threshold``.
+    """
+    neighbors = np.asarray(neighbor_indices)
+    sims = np.asarray(similarities, dtype=np.float64)
+    if neighbors.ndim != 2 or sims.shape != neighbors.shape:
+        raise ValueError(
+            "Expected `neighbor_indices` and `similarities` to be 2-D arrays of the same shape (N, k)"
+            f" but got {neighbors.shape} and {sims.shape}."
+        )
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"Expected argument `threshold` to be a cosine similarity in [-1, 1] but got {threshold!r}.")
+    ids = _check_ids(ids, neighbors.shape[0])
+    if neighbors.shape[1] == 0:
+        return np.full(neighbors.shape[0], -1, dtype=np.int64)
+    present = (neighbors >= 0) & ~np.isnan(sims)
+    sims = np.where(present, sims, -np.inf)
+    best = sims.max(axis=1)
+    neighbor_ids = np.where(present, ids[np.where(present, neighbors, 0)], np.iinfo(np.int64).max)
+    tied = sims >= (best - TIE_TOLERANCE)[:, None]
+    chosen = np.where(tied, neighbor_ids, np.iinfo(np.int64).max).min(axis=1)
+    return np.where(best >= threshold, chosen, -1).astype(np.int64)
+
+
+def conflicting_duplicates(near_dup_of: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: True for both members of every near-duplicate pair whose labels differ.
+
+    Row ``i`` with ``near_dup_of[i] = j_id != -1`` and ``labels[i] != label of j_id`` marks ``i`` and
+    the row of ``j_id``. A ``j_id`` that is not among ``ids`` (its sample was scored elsewhere) is
+    ignored.
+
+    Args:
+        near_dup_of: ``(N,)`` int64 from :func:`near_duplicate_of`.
+        labels: ``(N,)`` integer given labels.
+        ids: ``(N,)`` unique sample ids, aligned with the two above.
+    """
+    near_dup_of = np.asarray(near_dup_of)
+    labels = np.asarray(labels)
+    ids = _check_ids(ids, near_dup_of.shape[0])
+    if labels.shape != near_dup_of.shape:
+        raise ValueError(
+            f"Expected `labels` and `near_dup_of` to have the same shape but got {labels.shape} and"
+            f" {near_dup_of.shape}."
+        )
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+        raise ValueError("Expected argument `ids` to be unique but found repeated ids.")
+    rows = np.flatnonzero(near_dup_of >= 0)
+    slots = np.searchsorted(sorted_ids, near_dup_of[rows])
+    in_range = np.minimum(slots, max(sorted_ids.size - 1, 0))
+    found = (slots < sorted_ids.size) & (sorted_ids[in_range] == near_dup_of[rows])
+    rows, partners = rows[found], order[slots[found]]
+    conflict = labels[rows] != labels[partners]
+    flags = np.zeros(near_dup_of.shape, dtype=bool)
+    flags[rows[conflict]] = True
+    flags[partners[conflict]] = True
+    return flags

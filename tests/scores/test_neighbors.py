@@ -1,0 +1,217 @@
+"""Tests of dq_plugins.scores.neighbors: chunked exact kNN against brute force, the ANN glue,
+and neighbour label disagreement on hand-computed and planted cases."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dq_plugins.scores import neighbors
+from dq_plugins.scores.neighbors import (
+    EXACT_MAX_SAMPLES_CPU,
+    knn_cosine,
+    neighbor_label_disagreement,
+    resolve_method,
+    unit_rows,
+)
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+SLOW = pytest.mark.skipif(
+    os.environ.get("DQ_SLOW_TESTS") != "1",
+    reason="pynndescent compiles for 40-110 s per process; set DQ_SLOW_TESTS=1 to run",
+)
+
+
+def _brute_force(x: np.ndarray, k: int, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sims, order, 1)
+
+
+def _data(n: int = 203, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 203, 4096])
+def test_chunked_exact_equals_brute_force(chunk_size: int) -> None:
+    x = _data()
+    indices, sims = knn_cosine(x, 5, chunk_size=chunk_size, method="exact")
+    expected_indices, expected_sims = _brute_force(x, 5)
+    assert indices.dtype == np.int64 and indices.shape == (203, 5)
+    assert sims.dtype == np.float32 and sims.shape == (203, 5)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_allclose(sims, expected_sims, atol=1e-5)
+
+
+def test_block_is_bounded_by_the_element_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 203 rows with a 1000-element budget: 4 rows per block, still the brute-force answer
+    monkeypatch.setattr(neighbors, "MAX_BLOCK_ELEMENTS_CPU", 1000)
+    seen: list[int] = []
+    real_topk = torch.topk
+
+    def spy(scores: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(scores.numel())
+        return real_topk(scores, k, dim=dim)
+
+    monkeypatch.setattr(torch, "topk", spy)
+    x = _data()
+    indices, _ = knn_cosine(x, 3)
+    assert max(seen) <= 1000
+    np.testing.assert_array_equal(indices, _brute_force(x, 3)[0])
+
+
+def test_hand_computed_four_points_and_include_self() -> None:
+    # unit vectors at 0, 10, 90 and 180 degrees
+    angles = np.deg2rad([0.0, 10.0, 90.0, 180.0])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.array([[1.0], [2.0], [3.0], [0.5]])
+    indices, sims = knn_cosine(x, 2)
+    np.testing.assert_array_equal(indices[:, 0], [1, 0, 1, 2])
+    np.testing.assert_allclose(sims[0], [np.cos(np.deg2rad(10)), 0.0], atol=1e-6)
+    np.testing.assert_allclose(sims[3], [0.0, -np.cos(np.deg2rad(10))], atol=1e-6)
+    with_self, self_sims = knn_cosine(x, 1, exclude_self=False)
+    np.testing.assert_array_equal(with_self[:, 0], [0, 1, 2, 3])
+    np.testing.assert_allclose(self_sims[:, 0], 1.0, atol=1e-6)
+
+
+def test_exact_duplicate_is_kept_as_a_neighbour() -> None:
+    x = _data(20)
+    x[7] = x[3]
+    indices, sims = knn_cosine(x, 1)
+    assert indices[3, 0] == 7 and indices[7, 0] == 3
+    assert sims[3, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fp16_tensor_and_zero_rows() -> None:
+    x = _data(50).astype(np.float32)
+    x[4] = 0.0
+    indices, sims = knn_cosine(torch.from_numpy(x).half(), 4)
+    assert np.isfinite(sims).all()
+    np.testing.assert_allclose(sims[4], 0.0)  # a zero row is orthogonal to everything
+    rows = [i for i in range(50) if i != 4]
+    halves = x.astype(np.float16).astype(np.float64)
+    unit = halves / np.maximum(np.linalg.norm(halves, axis=1, keepdims=True), 1e-12)
+    all_sims = unit @ unit.T
+    np.fill_diagonal(all_sims, -np.inf)
+    expected_sims = -np.sort(-all_sims, axis=1)[:, :4]
+    np.testing.assert_allclose(sims[rows], expected_sims[rows], atol=1e-5)
+
+
+def test_unit_rows_avoids_a_copy_for_normalised_fp32() -> None:
+    x = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
+    assert unit_rows(x).data_ptr() == x.data_ptr()
+    copy = unit_rows(x.double())
+    assert copy.dtype == torch.float32 and copy is not x
+
+
+def test_auto_method_resolution() -> None:
+    assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU, torch.device("cpu")) == "exact"
+    assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU + 1, torch.device("cpu")) == "ann"
+    assert resolve_method("auto", 10_000_000, torch.device("cuda")) == "exact"
+    assert resolve_method("ann", 10, torch.device("cpu")) == "ann"
+
+
+def test_ann_glue_drops_self_and_sorts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for pynndescent: returns a fixed graph in which row 1 lacks itself and row 2
+    # has self second (tie with an exact duplicate) and a missing neighbour (-1).
+    graph = np.array([[0, 2, 1], [2, 0, 3], [1, 2, -1], [3, 1, 0]])
+    distances = np.array([[0.0, 0.1, 0.3], [0.2, 0.3, 0.4], [0.0, 0.0, np.inf], [0.0, 0.5, 0.6]], dtype=np.float32)
+    calls: dict[str, object] = {}
+
+    class FakeIndex:
+        def __init__(self, data: np.ndarray, **kwargs: object) -> None:
+            calls.update(kwargs)
+            self.neighbor_graph = (graph, distances)
+
+    monkeypatch.setitem(sys.modules, "pynndescent", types.SimpleNamespace(NNDescent=FakeIndex))
+    indices, sims = knn_cosine(_data(4), 2, method="ann", seed=3)
+    assert calls["metric"] == "cosine" and calls["n_neighbors"] == 3 and calls["random_state"] == 3
+    np.testing.assert_array_equal(indices, [[2, 1], [2, 0], [1, -1], [1, 0]])
+    np.testing.assert_allclose(sims[:, 0], [0.9, 0.8, 1.0, 0.5])
+    assert np.isnan(sims[2, 1])
+
+
+def test_ann_missing_dependency_has_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynndescent", None)
+    with pytest.raises(ModuleNotFoundError, match=r"needs pynndescent\. HINT: `pip install pynndescent`"):
+        knn_cosine(_data(10), 2, method="ann")
+
+
+@SLOW
+def test_ann_path_runs_and_recalls() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    x = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32))
+    indices, sims = knn_cosine(x, 10, method="ann")
+    expected, _ = _brute_force(x, 10)
+    assert indices.shape == (3000, 10) and (indices != np.arange(3000)[:, None]).all()
+    recall = np.mean([np.intersect1d(indices[i], expected[i]).size / 10 for i in range(3000)])
+    assert recall > 0.9
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+
+
+def test_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match=r"`k` to be an integer in 1 \.\. 4 \(N = 5, exclude_self=True\) but got 5"):
+        knn_cosine(_data(5), 5)
+    with pytest.raises(ValueError, match=r"`embeddings` to be 2-D of shape \(N, D\) but got shape \(5,\)"):
+        knn_cosine(np.zeros(5), 1)
+    with pytest.raises(ValueError, match=r"`embeddings` to have a float dtype but got int64"):
+        knn_cosine(np.zeros((5, 2), dtype=np.int64), 1)
+    with pytest.raises(ValueError, match=r"`method` to be one of \['auto', 'exact', 'ann'\] but got 'hnsw'"):
+        knn_cosine(_data(5), 1, method="hnsw")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`chunk_size` to be a positive integer but got 0"):
+        knn_cosine(_data(5), 1, chunk_size=0)
+
+
+def test_disagreement_hand_computed() -> None:
+    labels = np.array([0, 0, 1, 1])
+    neighbors_ = np.array([[1, 2], [0, 3], [3, 0], [2, -1]])
+    # unweighted: row 0 -> (0 + 1) / 2; row 1 -> 1/2; row 2 -> 1/2; row 3: one present neighbour, same label
+    np.testing.assert_allclose(neighbor_label_disagreement(neighbors_, labels), [0.5, 0.5, 0.5, 0.0])
+    sims = np.array([[0.9, 0.1], [0.5, 0.5], [0.8, -0.3], [0.0, np.nan]])
+    # row 0: 0.1 / 1.0; row 1: 0.5 / 1.0; row 2: negative weight clipped to 0 -> 0 / 0.8;
+    # row 3: all weights 0 -> unweighted over present neighbours -> 0
+    np.testing.assert_allclose(neighbor_label_disagreement(neighbors_, labels, sims), [0.1, 0.5, 0.0, 0.0])
+    assert np.isnan(neighbor_label_disagreement(np.array([[-1, -1]]), np.array([0]))[0])
+
+
+def test_disagreement_is_high_on_planted_flips() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 16)) * 3
+    true = np.repeat(np.arange(4), 50)
+    x = centres[true] + rng.normal(size=(200, 16))
+    labels = true.copy()
+    flipped = rng.choice(200, 10, replace=False)
+    labels[flipped] = (labels[flipped] + 1) % 4
+    indices, sims = knn_cosine(x, 10)
+    score = neighbor_label_disagreement(indices, labels, sims)
+    assert score[flipped].min() > 0.7
+    assert np.delete(score, flipped).max() < 0.35
+    top = np.argsort(-score)[:10]
+    assert set(top) == set(flipped)
+
+
+def test_disagreement_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match=r"`neighbor_indices` to be a 2-D integer array"):
+        neighbor_label_disagreement(np.zeros((3, 2)), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"`labels` to be a 1-D integer array of length N = 3"):
+        neighbor_label_disagreement(np.zeros((3, 2), dtype=np.int64), np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"`similarities` and `neighbor_indices` to have the same shape"):
+        neighbor_label_disagreement(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros((3, 1)))
+
+
+def test_auto_without_pynndescent_warns_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = neighbors.importlib.util.find_spec
+    monkeypatch.setattr(
+        neighbors.importlib.util, "find_spec", lambda name: None if name == "pynndescent" else real_find_spec(name)
+    )
+    with pytest.warns(RuntimeWarning, match=r"pynndescent is not installed.*HINT: `pip install pynndescent`"):
+        assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU + 1, torch.device("cpu")) == "exact"
