@@ -6,9 +6,11 @@ framework's hooks into these calls.
 from __future__ import annotations
 
 import io
+import os
 import traceback
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,15 @@ from dq_plugins._sink import (
     MlflowSink,
 )
 
+SLICES_PATH = "dq/slices.json"
+WEAK_SLICES_PATH = "dq/weak_slices.json"
+WEAK_SLICES_FIGURE_PATH = "dq/weak_slices.png"
+SCORE_COLUMNS = frozenset((
+    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label", "confidence",
+    "variability", "correctness", "aum", "forgetting_events", "el2n", "outlier_score", "is_outlier",
+    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d",
+))
+
 TRAIN = "train"
 VALIDATION = "validation"
 STATE_VERSION = 1
@@ -44,6 +55,10 @@ class SessionConfig:
     el2n_epochs: int | None = None
     max_issue_rows: int = 500
     fallback_dir: str = "dq_artifacts"
+    metadata_keys: tuple[str, ...] = ()
+    metadata: Any = None  # pandas DataFrame with a sample_id column (and optionally split)
+    rules: Any = None  # list of dq_plugins.rules.Rule, or YAML text / path
+    pools: Any = None  # name -> dq_plugins.selection.EmbeddingPool for SelectSimilar actions
 
 
 class DynamicsSession:
@@ -57,6 +72,95 @@ class DynamicsSession:
         self._restored: dict[str, dict] = {}
         self.embeddings: dict[str, EmbeddingBuffer] = {}
         self.texts: dict[int, str] | None = None  # train sample id -> text, shown in the interactive map
+        self._metadata_batches: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
+        self._metadata_frames: dict[str, Any] = {}
+        self.rules = self._parse_rules(config)
+
+    # ------------------------------------------------------------------ metadata, rules
+    @staticmethod
+    def _parse_rules(config: SessionConfig) -> list:
+        """Rules from the config, validated at construction (the earliest moment) against the columns."""
+        if config.rules is None:
+            return []
+        from dq_plugins._analysis import SAMPLE_COLUMNS
+        from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS
+        from dq_plugins.rules import rules_from_yaml, validate_rules
+
+        rules = config.rules
+        if isinstance(rules, (str, os.PathLike)):
+            rules = rules_from_yaml(rules)
+        columns = [*SAMPLE_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, "latency_ms"]
+        if config.metadata is not None:
+            columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
+        validate_rules(list(rules), columns, pools=list(config.pools or {}) or None)
+        return list(rules)
+
+    def record_metadata(self, split: str, ids: torch.Tensor, batch: Any) -> None:
+        """Keep the metadata values of a batch during the first recorded epoch of a split.
+
+        Values stay as they come (device tensors, lists of strings): no host sync in the step;
+        they are moved to the host when that epoch closes.
+        """
+        keys = self.config.metadata_keys
+        if not keys or split in self._metadata_frames:
+            return
+        missing = [key for key in keys if key not in batch]
+        if missing:
+            raise ValueError(
+                f"The batch has no metadata key(s) {missing} (its keys are {sorted(map(str, batch))}). "
+                "HINT: return them from the dataset's items, or remove them from `metadata_keys=`."
+            )
+        self._metadata_batches.setdefault(split, []).append((ids.detach(), {key: batch[key] for key in keys}))
+
+    def _close_metadata(self, split: str, reduce: bool) -> None:
+        batches = self._metadata_batches.pop(split, None)
+        if not batches or split in self._metadata_frames:
+            return
+        import pandas as pd
+
+        frames = []
+        for ids, values in batches:
+            ids_host = ids.cpu().numpy()
+            columns = {}
+            for key, value in values.items():
+                value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(list(value), dtype=object)
+                if len(value) != len(ids_host):
+                    raise ValueError(
+                        f"Metadata `{key}` has {len(value)} values for a batch of {len(ids_host)} samples. "
+                        "HINT: give one value per sample."
+                    )
+                columns[key] = value
+            frames.append(pd.DataFrame({"sample_id": ids_host, **columns}))
+        frame = pd.concat(frames, ignore_index=True)
+        from dq_plugins._ledger import distributed_rank_and_world
+
+        if reduce and distributed_rank_and_world()[1] > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * distributed_rank_and_world()[1]
+            dist.all_gather_object(gathered, frame)
+            frame = pd.concat(gathered, ignore_index=True)
+        self._metadata_frames[split] = frame.drop_duplicates("sample_id", keep="last")
+
+    def metadata_frame(self) -> Any:
+        """(split, sample_id, metadata...) rows from batches and from the user's DataFrame, or ``None``."""
+        import pandas as pd
+
+        frames = [frame.assign(split=split) for split, frame in self._metadata_frames.items()]
+        table = pd.concat(frames, ignore_index=True) if frames else None
+        user = self.config.metadata
+        if user is not None:
+            if "sample_id" not in user.columns:
+                raise ValueError(
+                    f"The `metadata` DataFrame needs a `sample_id` column (it has {list(user.columns)}). "
+                    "HINT: `metadata = frame.reset_index(names='sample_id')`."
+                )
+            if table is None:
+                table = user
+            else:
+                on = ["split", "sample_id"] if "split" in user.columns else ["sample_id"]
+                table = table.merge(user, on=on, how="outer")
+        return table
         self.result = None
 
     # ------------------------------------------------------------------ setup
@@ -128,6 +232,7 @@ class DynamicsSession:
             return
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce=reduce)
+        self._close_metadata(split, reduce)
         if counters["out_of_range"]:
             warnings.warn(
                 f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
@@ -188,6 +293,11 @@ class DynamicsSession:
                 sink.add_artifact(f"{EMBEDDINGS_DIR}/{split}.npz")
             result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows,
                              embeddings=embeddings)
+            metadata = self.metadata_frame()
+            if metadata is not None:
+                on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]
+                result.samples = result.samples.merge(metadata, on=on, how="left")
+            self._slices_and_rules(result, histories, embeddings, sink)
             result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
             sink.add_artifact(SAMPLES_PATH)
             sink.add_table(result.issues, ISSUES_PATH)
@@ -222,6 +332,41 @@ class DynamicsSession:
         sink.flush()
         self.result = result
         return result
+
+    def _slices_and_rules(self, result: Any, histories: dict, embeddings: dict, sink: MlflowSink) -> None:
+        """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
+        from dq_plugins._slice_figures import weak_slices_figure
+        from dq_plugins.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
+
+        samples = result.samples
+        # metadata columns; slices per class, cluster and latency bucket are added by slice_metrics itself
+        meta = [c for c in samples.columns if c not in SCORE_COLUMNS and c not in ("cluster", "latency_ms")]
+        slices = slice_metrics(samples, columns=meta)
+        weak = find_weak_slices(samples, columns=meta)
+        result.slices, result.weak_slices = slices, weak
+        sink.add_table(slices, SLICES_PATH)
+        sink.add_table(weak, WEAK_SLICES_PATH)
+        shown = weak if len(weak) else slices
+        if len(shown) and "dq.accuracy.train" in result.metrics:
+            sink.add_figure(weak_slices_figure(shown, result.metrics["dq.accuracy.train"]), WEAK_SLICES_FIGURE_PATH)
+        correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
+        for key, values in slice_epoch_accuracy(samples, shown, correct).items():
+            for epoch, value in values:
+                sink.add_metric(key, value, step=epoch)
+        result.metrics["dq.num_weak_slices"] = float(len(weak))
+        if not self.rules:
+            return
+        from dq_plugins._rule_actions import run_rule_actions
+        from dq_plugins.rules import evaluate_rules
+        from dq_plugins.selection import EmbeddingPool
+
+        outcomes = evaluate_rules(self.rules, samples, slices)
+        pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
+        tags: dict[str, str] = {}
+        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.config.pools)
+        for key, value in tags.items():
+            sink.add_tag(key, value)
+        result.rules_report = report
 
 
 def save_history(history: SplitHistory, path) -> None:

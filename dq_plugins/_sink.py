@@ -62,6 +62,7 @@ class MlflowSink:
         self._metrics: list[tuple[str, float, int]] = []
         self._tables: list[tuple[Any, str]] = []
         self._figures: list[tuple[Any, str]] = []
+        self._tags: dict[str, str] = {}
 
     @property
     def client(self) -> Any:
@@ -104,6 +105,10 @@ class MlflowSink:
         figure.savefig(self.stage_path(artifact_path), dpi=110, bbox_inches="tight")  # the local copy
         self._figures.append((figure, artifact_path))
 
+    def add_tag(self, key: str, value: str) -> None:
+        """Queue a run tag."""
+        self._tags[key] = str(value)
+
     def add_metric(self, key: str, value: float, step: int = 0) -> None:
         self._metrics.append((key, float(value), int(step)))
 
@@ -116,6 +121,8 @@ class MlflowSink:
                 self.client.log_artifact(run_id, local, artifact_path=artifact_dir)
             for frame, artifact_path in self._tables:
                 self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
+            for key, value in self._tags.items():
+                self.client.set_tag(run_id, key, value)
             for figure, artifact_path in self._figures:
                 self.client.log_figure(run_id, figure, artifact_path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             if self._metrics:
@@ -140,6 +147,7 @@ class MlflowSink:
             self._metrics.clear()
             self._tables.clear()
             self._figures.clear()
+            self._tags.clear()
         return True
 
     def _keep_locally(self) -> Path:

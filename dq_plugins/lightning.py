@@ -17,7 +17,7 @@ shared :class:`~dq_plugins._session.DynamicsSession`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -102,6 +102,13 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             and validation loaders refreshes the embeddings with the final weights. When ``None``,
             the embeddings are those captured during the last training epoch (and the last
             validation run).
+        metadata_keys: extra batch keys (per-sample values: tensors or lists of strings) kept as
+            columns of ``dq/samples.parquet`` and sliced on (``dq/slices.json``, weak slices).
+        metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``) merged in the same way.
+        rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path to a YAML file, validated
+            at construction and evaluated at the end of fit (``dq/rules.json``).
+        pools: name -> :class:`dq_plugins.selection.EmbeddingPool` of unlabeled samples for
+            ``SelectSimilar`` actions.
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
@@ -127,10 +134,15 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         embedding_pooling: str = "mean",
         attention_mask_key: str = "attention_mask",
         forward_fn: Callable[[Any, Any], Any] | None = None,
+        metadata_keys: Sequence[str] = (),
+        metadata: Any = None,
+        rules: Any = None,
+        pools: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.session = DynamicsSession(
-            SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir)
+            SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir,
+                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools)
         )
         self.logits_module = logits_module
         self.record_validation = record_validation
@@ -278,6 +290,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids = get_key(batch, cfg.id_key, "ids", "id_key")
         labels = get_key(batch, cfg.label_key, "labels", "label_key")
         self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
+        self.session.record_metadata(TRAIN, ids, batch)
         self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -305,6 +318,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids = get_key(batch, cfg.id_key, "ids", "id_key")
         labels = get_key(batch, cfg.label_key, "labels", "label_key")
         self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
+        self.session.record_metadata(VALIDATION, ids, batch)
         self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -318,9 +332,12 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.close_all()  # a collective under DDP: every rank takes part
         if not trainer.is_global_zero or self._sink is None:
             return
-        self.session.finish(self._sink)
+        result = self.session.finish(self._sink)
         self.run_id = self._sink.run_id
-        self._sink.end("FINISHED")
+        report = getattr(result, "rules_report", None)
+        self._sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
+        if report is not None:
+            report.raise_if_failed()
 
     def _inference_pass(self, trainer: Any, pl_module: Any) -> None:
         """One eval-mode pass over the train and validation loaders with ``forward_fn``: final embeddings."""
