@@ -304,6 +304,12 @@ class DataQualityCallback(TrainerCallback):
             ``False`` keeps those captured during the last epoch.
         texts: train texts by sample id (a sequence indexed by id, or a mapping), shown on hover in
             ``dq/embedding_map.html``.
+        metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``): its columns join
+            ``dq/samples.parquet`` and are sliced on (``dq/slices.json``, ``dq/weak_slices.json``).
+            Dataset columns the model does not take are dropped by the Trainer, so pass them here.
+        rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path, validated at
+            construction and evaluated after training (``dq/rules.json``).
+        pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
 
     Attributes:
         run_id: the MLflow run holding the results (set at train start on the main process). With
@@ -328,6 +334,9 @@ class DataQualityCallback(TrainerCallback):
         head_module: str | None = None,
         final_pass: bool = True,
         texts: Any = None,
+        metadata: Any = None,
+        rules: Any = None,
+        pools: Mapping[str, Any] | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.head_module = head_module
@@ -342,7 +351,7 @@ class DataQualityCallback(TrainerCallback):
         self.session = DynamicsSession(
             SessionConfig(id_key=id_column, label_key=label_column or LABEL_COLUMNS[0], num_samples=num_samples,
                           num_val_samples=num_val_samples, el2n_epochs=el2n_epochs, max_issue_rows=max_issue_rows,
-                          fallback_dir=fallback_dir)
+                          fallback_dir=fallback_dir, metadata=metadata, rules=rules, pools=pools)
         )
         self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
         self._sink: MlflowSink | None = None
@@ -557,10 +566,13 @@ class DataQualityCallback(TrainerCallback):
         if self.texts is not None:
             texts = self.texts
             self.session.texts = dict(texts) if isinstance(texts, Mapping) else dict(enumerate(texts))
-        self.session.finish(self._sink)
+        result = self.session.finish(self._sink)
         self.run_id = self._sink.run_id
-        self._sink.end("FINISHED")
+        report = getattr(result, "rules_report", None)
+        self._sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
         self._sink = None
+        if report is not None:
+            report.raise_if_failed()
 
     def _embedding_pass(self, args: Any, model: Any, dataloader: Any, split: str) -> None:
         """One eval-mode pass over the train loader: the embeddings of the final weights.

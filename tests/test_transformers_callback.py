@@ -320,3 +320,19 @@ def _emb_trainer(tmp_path, train, callback):
     args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
                              report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
     return Trainer(model=model, args=args, train_dataset=train, callbacks=[callback])
+
+
+def test_metadata_frame_joins_the_samples_and_is_sliced(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from dq_plugins.transformers import DataQualityCallback as Callback
+
+    uri = f"sqlite:///{tmp_path}/meta.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    frame = pd.DataFrame({"sample_id": range(48), "source": ["a" if i < 24 else "b" for i in range(48)]})
+    callback = Callback(metadata=frame, embeddings=False)
+    _emb_trainer(tmp_path, _emb_dataset(48), callback).train()
+    samples = load_samples(callback.run_id, tracking_uri=uri)
+    assert (samples["source"] == samples["sample_id"].map(lambda i: "a" if i < 24 else "b")).all()
+    assert {"source=a", "source=b"} <= set(callback.result.slices["slice"])
