@@ -131,7 +131,8 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
 
 
 def add_embedding_columns(
-    frame: pd.DataFrame, history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, split: str
+    frame: pd.DataFrame, history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, split: str,
+    projection: str = "auto",
 ) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
     """Merge the embedding scores of one split into its per-sample table.
 
@@ -146,7 +147,7 @@ def add_embedding_columns(
     ids, embeddings, labels = ids[known], embeddings[known], labels[known]
     probs = history.mean_probs[ids]
     issues = frame.set_index("sample_id")["is_label_issue"].reindex(ids, fill_value=False).to_numpy(bool)
-    analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=np.nan_to_num(probs, nan=0.0), is_label_issue=issues)
+    analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection)
     columns = analysis.samples[["sample_id", *EMBEDDING_COLUMNS]]
     merged = frame.merge(columns, on="sample_id", how="left")
     fill = {"outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "conflicting_duplicate": False,
@@ -181,6 +182,7 @@ def analyze(
     early_epochs: int | None = None,
     max_issue_rows: int = MAX_ISSUE_ROWS,
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    projection: str = "auto",
 ) -> AnalysisResult:
     """Run every score on every split and assemble the results.
 
@@ -188,12 +190,13 @@ def analyze(
         histories: split -> recorded dynamics.
         embeddings: split -> (ids (M,), embeddings (M, D)); ``None`` or a missing split skips the
             embedding scores (their columns are then absent).
+        projection: the 2D map: "auto" (UMAP when installed, else PCA), "umap" or "pca".
     """
     frames, metrics, epoch_metrics, overlaps = [], {}, {}, []
     for split, history in histories.items():
         frame = analyze_split(history, split, early_epochs=early_epochs)
         if embeddings and split in embeddings and len(frame):
-            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split)
+            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection)
             metrics.update(embedding_metrics)
             overlaps.append(overlap)
         frames.append(frame)

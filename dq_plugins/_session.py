@@ -59,6 +59,7 @@ class SessionConfig:
     metadata: Any = None  # pandas DataFrame with a sample_id column (and optionally split)
     rules: Any = None  # list of dq_plugins.rules.Rule, or YAML text / path
     pools: Any = None  # name -> dq_plugins.selection.EmbeddingPool for SelectSimilar actions
+    projection: str | None = None  # 2D map: "auto" | "umap" | "pca"; None: $DQ_PLUGINS_PROJECTION or "auto"
 
 
 class DynamicsSession:
@@ -292,7 +293,8 @@ class DynamicsSession:
                 save_embeddings(ids, values, sink.stage_path(f"{EMBEDDINGS_DIR}/{split}.npz"))
                 sink.add_artifact(f"{EMBEDDINGS_DIR}/{split}.npz")
             result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows,
-                             embeddings=embeddings)
+                             embeddings=embeddings,
+                             projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
             metadata = self.metadata_frame()
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]

@@ -107,6 +107,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``) merged in the same way.
         rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path to a YAML file, validated
             at construction and evaluated at the end of fit (``dq/rules.json``).
+        projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
+            compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
+            if set, else UMAP when installed.
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` of unlabeled samples for
             ``SelectSimilar`` actions.
 
@@ -138,11 +141,12 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         metadata: Any = None,
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
+        projection: str | None = None,
     ) -> None:
         super().__init__()
         self.session = DynamicsSession(
             SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir,
-                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools)
+                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
         self.logits_module = logits_module
         self.record_validation = record_validation

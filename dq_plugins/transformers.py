@@ -309,6 +309,9 @@ class DataQualityCallback(TrainerCallback):
             Dataset columns the model does not take are dropped by the Trainer, so pass them here.
         rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path, validated at
             construction and evaluated after training (``dq/rules.json``).
+        projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
+            compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
+            if set, else UMAP when installed.
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
 
     Attributes:
@@ -337,6 +340,7 @@ class DataQualityCallback(TrainerCallback):
         metadata: Any = None,
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
+        projection: str | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.head_module = head_module
@@ -351,7 +355,7 @@ class DataQualityCallback(TrainerCallback):
         self.session = DynamicsSession(
             SessionConfig(id_key=id_column, label_key=label_column or LABEL_COLUMNS[0], num_samples=num_samples,
                           num_val_samples=num_val_samples, el2n_epochs=el2n_epochs, max_issue_rows=max_issue_rows,
-                          fallback_dir=fallback_dir, metadata=metadata, rules=rules, pools=pools)
+                          fallback_dir=fallback_dir, metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
         self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
         self._sink: MlflowSink | None = None

@@ -43,3 +43,10 @@ class BlobsDataset(Dataset):
 @pytest.fixture
 def blobs():
     return BlobsDataset
+
+
+@pytest.fixture(autouse=True)
+def pca_maps(monkeypatch):
+    """Tests draw the 2D map with PCA: UMAP's first use compiles for minutes (numba); its own
+    tests opt in with DQ_SLOW_TESTS=1."""
+    monkeypatch.setenv("DQ_PLUGINS_PROJECTION", "pca")
