@@ -22,7 +22,8 @@ logits were NaN/inf every time it was seen, is *missing* for that epoch: NaN flo
 Across epochs the ledger also keeps the sum of the full softmax vectors of every valid
 occurrence, ``N x C`` float32 on the device, from which :meth:`SplitLedger.mean_probs` derives
 the out-of-the-loop class probabilities fed to confident learning. Device memory per split:
-``N * (C + 7) * 4`` bytes (``C = 10, N = 10**6``: 68 MB). Host memory: ``E * N * 24`` bytes.
+``N * (2C + 8) * 4`` bytes (``C = 10, N = 10**6``: 112 MB; a second ``N x C`` buffer keeps the
+early-window softmax). Host memory: ``E * N * 24`` bytes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class SplitHistory:
         pred: (E, N) int32 predicted class, -1 where missing.
         labels: (N,) int64 given label, -1 for ids never seen.
         mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen.
+        early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
+            below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
     """
 
     epochs: np.ndarray
@@ -54,6 +57,7 @@ class SplitHistory:
     pred: np.ndarray
     labels: np.ndarray
     mean_probs: np.ndarray
+    early_probs: np.ndarray | None = None
 
     @property
     def seen(self) -> np.ndarray:
@@ -98,6 +102,10 @@ class SplitLedger:
         self._labels = torch.full((slots,), -1, dtype=torch.int64, device=self.device)
         self._prob_sum = torch.zeros(slots, self.num_classes, dtype=torch.float32, device=self.device)
         self._prob_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
+        # the early window: before memorisation, the softmax still votes for the true class of a flipped label
+        self.early_epochs = 0
+        self._early_sum = torch.zeros(slots, self.num_classes, dtype=torch.float32, device=self.device)
+        self._early_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         self._out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         self._non_finite = torch.zeros((), dtype=torch.int64, device=self.device)
         self.pending_epoch: int | None = None
@@ -148,6 +156,9 @@ class SplitLedger:
         self._labels.index_copy_(0, slots, labels)
         self._prob_sum.index_add_(0, slots, probs)
         self._prob_count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
+        if epoch < self.early_epochs:
+            self._early_sum.index_add_(0, slots, probs)
+            self._early_count.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
         self._out_of_range += (~in_range).sum()
         self._non_finite += (in_range & ~finite).sum()
 
@@ -201,20 +212,21 @@ class SplitLedger:
             return
         import torch.distributed as dist
 
-        for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._out_of_range, self._non_finite):
+        for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._early_sum, self._early_count,
+                       self._out_of_range, self._non_finite):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         for tensor in (self._pred, self._labels):
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         if rank != 0:
-            self._prob_sum.zero_()
-            self._prob_count.zero_()
+            for tensor in (self._prob_sum, self._prob_count, self._early_sum, self._early_count):
+                tensor.zero_()
 
     def localize_for_rank(self) -> None:
         """After a checkpoint restore on every rank, keep the global softmax sums on rank 0 only."""
         rank, world = distributed_rank_and_world()
         if world > 1 and rank != 0:
-            self._prob_sum.zero_()
-            self._prob_count.zero_()
+            for tensor in (self._prob_sum, self._prob_count, self._early_sum, self._early_count):
+                tensor.zero_()
 
     # ------------------------------------------------------------------ results
     def mean_probs(self) -> np.ndarray:
@@ -225,6 +237,15 @@ class SplitLedger:
         n = self.capacity
         count = self._prob_count[:n].unsqueeze(1)
         probs = self._prob_sum[:n] / count.clamp(min=1)
+        return torch.where(count > 0, probs, float("nan")).cpu().numpy()
+
+    def early_probs(self) -> np.ndarray | None:
+        """(N, C) float32 mean softmax over the early window; ``None`` when no window was kept."""
+        if self.early_epochs <= 0:
+            return None
+        n = self.capacity
+        count = self._early_count[:n].unsqueeze(1)
+        probs = self._early_sum[:n] / count.clamp(min=1)
         return torch.where(count > 0, probs, float("nan")).cpu().numpy()
 
     def to_history(self, reduce: bool = True) -> SplitHistory:
@@ -244,6 +265,7 @@ class SplitLedger:
             pred=pred,
             labels=self._labels[:n].cpu().numpy(),
             mean_probs=self.mean_probs(),
+            early_probs=self.early_probs(),
         )
 
     # ------------------------------------------------------------------ checkpoint
@@ -263,6 +285,9 @@ class SplitLedger:
             "labels": self._labels.cpu(),
             "prob_sum": self._prob_sum.cpu(),
             "prob_count": self._prob_count.cpu(),
+            "early_epochs": self.early_epochs,
+            "early_sum": self._early_sum.cpu(),
+            "early_count": self._early_count.cpu(),
         }
 
     @classmethod
@@ -273,7 +298,8 @@ class SplitLedger:
         ledger.history = {
             int(e): {k: v.numpy() for k, v in row.items()} for e, row in state.get("history", {}).items()
         }
-        for name in ("sums", "count", "pred", "labels", "prob_sum", "prob_count"):
+        ledger.early_epochs = int(state.get("early_epochs", 0))
+        for name in ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum", "early_count"):
             if name in state:
                 getattr(ledger, f"_{name}").copy_(state[name])
         return ledger
@@ -282,7 +308,7 @@ class SplitLedger:
         """Move the device buffers (after a checkpoint restore on another device)."""
         device = torch.device(device)
         if device != self.device:
-            for name in ("_sums", "_count", "_pred", "_labels", "_prob_sum", "_prob_count",
+            for name in ("_sums", "_count", "_pred", "_labels", "_prob_sum", "_prob_count", "_early_sum", "_early_count",
                          "_out_of_range", "_non_finite"):
                 setattr(self, name, getattr(self, name).to(device))
             self.device = device

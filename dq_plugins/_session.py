@@ -163,6 +163,7 @@ class DynamicsSession:
                 table = table.merge(user, on=on, how="outer")
         return table
         self.result = None
+        self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
 
     # ------------------------------------------------------------------ setup
     def set_capacity(self, split: str, dataset_length: int | None) -> None:
@@ -176,6 +177,13 @@ class DynamicsSession:
                 f"for example an IterableDataset). HINT: pass `{argument}=<number of sample ids>` to the callback."
             )
         self.capacities[split] = int(capacity)
+
+    def set_max_epochs(self, max_epochs: int | None) -> None:
+        """Size the early window (EL2N and the early softmax) from the planned number of epochs."""
+        from dq_plugins.scores import default_early_epochs
+
+        if self.config.el2n_epochs is None and max_epochs and max_epochs > 0:
+            self.early_epochs = default_early_epochs(int(max_epochs))
 
     def resume(self, device: torch.device, current_epoch: int) -> None:
         """Rebuild ledgers restored from a checkpoint on ``device``.
@@ -205,6 +213,7 @@ class DynamicsSession:
                 self.set_capacity(split, None)
                 capacity = self.capacities[split]
             ledger = self.ledgers[split] = SplitLedger(capacity, logits.shape[1], logits.device)
+            ledger.early_epochs = self.early_epochs
         elif logits.shape[1] != ledger.num_classes:
             raise ValueError(
                 f"Expected logits with {ledger.num_classes} classes as in earlier batches of the {split} split, "
@@ -380,6 +389,7 @@ def save_history(history: SplitHistory, path) -> None:
         pred=history.pred,
         labels=history.labels,
         mean_probs=history.mean_probs,
+        **({"early_probs": history.early_probs} if history.early_probs is not None else {}),
         **{f"field_{name}": values for name, values in history.fields.items()},
     )
     with open(path, "wb") as handle:
@@ -401,4 +411,5 @@ def load_history(path) -> SplitHistory:
             pred=data["pred"],
             labels=data["labels"],
             mean_probs=data["mean_probs"],
+            early_probs=data["early_probs"] if "early_probs" in data.files else None,
         )

@@ -265,6 +265,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.set_capacity(TRAIN, _dataset_length(trainer.train_dataloader))
         if self.record_validation and trainer.val_dataloaders is not None:
             self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
+        self.session.set_max_epochs(trainer.max_epochs)
         self.session.resume(pl_module.device, trainer.current_epoch)
 
     # ------------------------------------------------------------------ recording

@@ -428,6 +428,7 @@ class DataQualityCallback(TrainerCallback):
         resumed = state.global_step > 0  # the Trainer loaded the state of a checkpoint
         self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
         self.session.set_capacity(TRAIN, len(ids))
+        self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
         self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_column, TRAIN)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
         self._eval_stash = []
