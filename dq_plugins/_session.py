@@ -308,7 +308,6 @@ class DynamicsSession:
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]
                 result.samples = result.samples.merge(metadata, on=on, how="left")
-            self._slices_and_rules(result, histories, embeddings, sink)
             result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
             sink.add_artifact(SAMPLES_PATH)
             sink.add_table(result.issues, ISSUES_PATH)
@@ -330,6 +329,15 @@ class DynamicsSession:
             for key, values in result.epoch_metrics.items():
                 for epoch, value in values:
                     sink.add_metric(key, value, step=epoch)
+            try:
+                self._slices_and_rules(result, histories, embeddings, sink)
+            except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
+                warnings.warn(
+                    f"dq_plugins: the slice and rule analysis failed; the per-sample results are saved.\n"
+                    f"{traceback.format_exc()}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
             sink.stage_path(f"{RAW_DIR}/analysis_error.txt").write_text(trace)
@@ -365,6 +373,7 @@ class DynamicsSession:
             for epoch, value in values:
                 sink.add_metric(key, value, step=epoch)
         result.metrics["dq.num_weak_slices"] = float(len(weak))
+        sink.add_metric("dq.num_weak_slices", float(len(weak)))
         if not self.rules:
             return
         from dq_plugins._rule_actions import run_rule_actions

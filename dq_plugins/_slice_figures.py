@@ -71,7 +71,7 @@ def weak_slices_figure(
     significant = rows["q_value"].to_numpy() <= 0.05 if "q_value" in rows.columns else np.zeros(len(rows), bool)
     colours = np.where(significant, SIGNIFICANT, OTHER)
     axes.barh(positions, accuracy, color=colours, height=0.65,
-              xerr=np.vstack([accuracy - lower, upper - accuracy]),
+              xerr=np.clip(np.nan_to_num(np.vstack([accuracy - lower, upper - accuracy])), 0.0, None),
               error_kw={"ecolor": "0.25", "capsize": 2, "lw": 0.8})
     axes.set_yticks(positions, [_short(str(s)) for s in rows["slice"]], fontsize=9)
     for y, (top_of_bar, acc, n) in enumerate(zip(upper, accuracy, size, strict=True)):
