@@ -78,6 +78,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     aum = area_under_margin(fields["margin"])
     cl = confident_learning(labels, probs)
     early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
+    full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(num_epochs, 1))
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
     frame = pd.DataFrame(
         {
@@ -85,7 +86,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
             "split": split,
             "label": labels.astype(np.int64),
             "pred": pred.astype(np.int64),
-            "mislabel_score": mislabel_score(aum, cl.label_quality, early_norm),
+            "mislabel_score": mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_norm),
             "is_label_issue": cl.is_label_issue.astype(bool),
             "suggested_label": cl.suggested_label.astype(np.int64),
             "confidence": carto.confidence,

@@ -90,7 +90,7 @@ class EmbeddingBuffer:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
         ids = ids.detach().to(self.device, torch.int64)
         values = embeddings.detach().to(self.device, torch.float32)
-        finite = torch.isfinite(values).all(dim=1)
+        finite = torch.isfinite(values.sum(dim=1))  # one reduction instead of an elementwise mask
         in_range = (ids >= 0) & (ids < self.capacity) & finite
         slots = torch.where(in_range, ids, self.capacity)
         # fp16 saturates at 65504: clamp so large activations stay finite

@@ -288,6 +288,13 @@ class DynamicsSession:
         Never raises: an analysis error becomes a warning, and the raw record is uploaded (or kept
         locally) first so the analysis can be rerun. Returns the ``AnalysisResult`` or ``None``.
         """
+        threads = torch.get_num_threads()  # UMAP/numba can change torch's thread count: restore it
+        try:
+            return self._finish(sink)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _finish(self, sink: MlflowSink):
         histories = self.histories()
         for split, history in histories.items():
             save_history(history, sink.stage_path(f"{RAW_DIR}/{split}.npz"))

@@ -2,28 +2,44 @@
 
 Definition. For each split, every signal below is turned into its percentile rank among the
 split's recorded samples (0 = least suspicious, 1 = most suspicious; ties share their mean
-rank), and ``mislabel_score`` is the mean of the available ranks:
+rank, see :func:`percentile_rank`), and ``mislabel_score`` is the mean of the available ranks:
 
-1. ``-aum``: a low area under the margin (Pleiss et al. 2020) means the given label lost to
-   another class for most of training;
-2. ``1 - self_confidence``: one minus the probability of the given label under the mean
-   softmax over all epochs (the ``pred_probs`` given to confident learning, Northcutt et al.
-   2021, ``cleanlab.rank`` "self_confidence");
-3. ``el2n``: the early-training error norm (Paul et al. 2021), measured before the model has
-   had time to memorise wrong labels.
+1. ``-aum``: the area under the margin (Pleiss et al. 2020), the given-label logit minus the
+   largest other logit averaged over **all** epochs; low means another class out-scored the
+   given label for most of training;
+2. ``el2n_all_epochs``: the error norm ``||softmax - onehot(label)||_2`` of Paul et al. 2021
+   averaged over **all** epochs;
+3. ``el2n_early``: the same norm averaged over the **early** epochs only
+   (:func:`~dq_plugins.scores.default_early_epochs`, as in Paul et al. 2021), before a model
+   that can memorise has fitted the wrong labels.
 
-Why ranks: the signals live on different scales (logits, probabilities, norms) and their
-distributions move with the model, the number of classes and the training length; ranks
-make the combination scale-free, and an average of ranks is robust to one signal collapsing
-(late-epoch margins and probabilities collapse when a large model memorises noisy labels,
-the early-epoch EL2N does not). Why these three: each carries a different time window
-(all epochs in logit space, all epochs in probability space, early epochs only). The
-choice and the equal weights were validated with ``benchmarks/label_noise.py`` (see
-``benchmarks/RESULTS.md``).
+Why ranks: the signals live on different scales (logits, probability-space norms) and their
+distributions move with the model, the number of classes and the training length; ranks make
+the combination scale-free, and an average of ranks is robust to one signal collapsing.
 
-The score is a rank, not a probability: on any split about 10% of samples score above 0.9.
-Use ``is_label_issue`` (confident learning) for a calibrated yes/no decision, and
-``mislabel_score`` to order samples for review.
+Why these three. Label noise is learnt late (Arpit et al. 2017, "A Closer Look at Memorization
+in Deep Networks", https://arxiv.org/abs/1706.05394): a model first fits the patterns shared by
+the clean samples, then, if it has the capacity and the time, memorises the wrong labels, after
+which late-epoch losses and probabilities no longer separate them. Averages over all epochs use
+the most evidence when the model does not memorise; the early window is what is left when it
+does. The score gives each time window a vote (two all-epoch signals in two spaces, one early),
+so it degrades gracefully in both regimes instead of being the best in one and failing in the
+other. Within the all-epoch window, AUM measures in logit space (unbounded, so dominated by the
+late epochs where logits are large) and EL2N in probability space (bounded, every epoch weighs
+alike); EL2N also sees *where* the missing probability goes: mass concentrated on one rival class,
+the signature of a flipped label, scores higher than the same mass spread thin, the signature of
+a hard or ambiguous sample. An earlier version used the self-confidence of the mean softmax
+(cleanlab's "self_confidence") as its second signal; when each sample is seen once per epoch that
+is exactly cartography confidence, a probability-space copy of AUM's window that ignores the
+rival mass; on ``benchmarks/label_noise.py`` it ranked below all-epoch EL2N on every case and
+below AUM on all but the memorisation case (see ``benchmarks/RESULTS.md``, before and after).
+
+The score is a mean of ranks, not a probability: its distribution depends on how much the
+signals agree (uniform on [0, 1] when they agree perfectly). Use ``is_label_issue`` for a yes/no
+decision and ``mislabel_score`` to order samples for review.
+
+References: Pleiss et al., NeurIPS 2020 (https://arxiv.org/abs/2001.10528); Paul, Ganguli and
+Dziugaite, NeurIPS 2021 (https://arxiv.org/abs/2107.07075); Arpit et al., ICML 2017.
 """
 
 from __future__ import annotations
@@ -33,9 +49,17 @@ from scipy.stats import rankdata
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:
-    """Map (N,) values to [0, 1] by average rank; NaN stays NaN.
+    """Map ``(N,)`` values to ``[0, 1]`` by average rank; NaN stays NaN.
 
-    ``[3.0, 1.0, 2.0, nan]`` -> ``[1.0, 0.0, 0.5, nan]``; a single valid value gets 0.5.
+    The smallest valid value gets 0, the largest 1, ``rank / (n - 1)`` in between, with ties sharing
+    their mean rank: ``[3.0, 1.0, 2.0, nan]`` -> ``[1.0, 0.0, 0.5, nan]``. A single valid value gets
+    0.5 (neither end of an order of one).
+
+    Args:
+        values: ``(N,)`` real values; NaN = no value.
+
+    Returns:
+        ``(N,)`` float64 in ``[0, 1]``, NaN where ``values`` is NaN.
     """
     values = np.asarray(values, dtype=np.float64)
     out = np.full(values.shape, np.nan)
@@ -51,21 +75,43 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def mislabel_score(aum: np.ndarray, self_confidence: np.ndarray, el2n: np.ndarray) -> np.ndarray:
-    """Combine the signals into one (N,) float64 score in [0, 1], higher = more likely mislabeled.
+def mislabel_score(*, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: np.ndarray) -> np.ndarray:
+    """Combine the signals into one ``(N,)`` float64 score in ``[0, 1]``, higher = more likely mislabeled.
+
+    ``mean(percentile_rank(-aum), percentile_rank(el2n_all_epochs), percentile_rank(el2n_early))``
+    per sample, over the signals that are not NaN for it (see the module docstring).
 
     Args:
-        aum: (N,) area under the margin (higher = cleaner).
-        self_confidence: (N,) probability of the given label under the mean softmax (higher = cleaner).
-        el2n: (N,) early-epoch EL2N (higher = more suspicious).
+        aum: ``(N,)`` area under the margin over all epochs (higher = cleaner), from
+            :func:`~dq_plugins.scores.area_under_margin`.
+        el2n_all_epochs: ``(N,)`` EL2N averaged over all recorded epochs (higher = more
+            suspicious): :func:`~dq_plugins.scores.el2n` with ``early_epochs`` = number of epochs.
+        el2n_early: ``(N,)`` EL2N averaged over the early epochs (higher = more suspicious):
+            :func:`~dq_plugins.scores.el2n` with ``default_early_epochs(number of epochs)``.
 
-    NaN in one signal drops it from that sample's mean; a sample with every signal NaN gets NaN.
+    Returns:
+        ``(N,)`` float64 in ``[0, 1]``. NaN in one signal drops it from that sample's mean (the
+        other samples' ranks are computed without it); a sample with every signal NaN gets NaN.
+
+    Raises:
+        ValueError: if the three inputs are not 1-D arrays of one length.
     """
+    signals = {
+        "aum": np.asarray(aum, dtype=np.float64),
+        "el2n_all_epochs": np.asarray(el2n_all_epochs, dtype=np.float64),
+        "el2n_early": np.asarray(el2n_early, dtype=np.float64),
+    }
+    shapes = {name: values.shape for name, values in signals.items()}
+    if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(
+            f"Expected `aum`, `el2n_all_epochs` and `el2n_early` to be 1-D arrays of one length (one value "
+            f"per sample) but got shapes {shapes}."
+        )
     ranks = np.stack(
         [
-            percentile_rank(-np.asarray(aum, dtype=np.float64)),
-            percentile_rank(1.0 - np.asarray(self_confidence, dtype=np.float64)),
-            percentile_rank(np.asarray(el2n, dtype=np.float64)),
+            percentile_rank(-signals["aum"]),
+            percentile_rank(signals["el2n_all_epochs"]),
+            percentile_rank(signals["el2n_early"]),
         ]
     )
     valid = ~np.isnan(ranks)

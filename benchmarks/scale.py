@@ -1,0 +1,218 @@
+"""End-of-fit analysis time and peak memory against the number of samples.
+
+Synthetic data: ``N`` embeddings of dimension ``D = 384`` (fp16, as the callbacks store them) in
+``C = 20`` classes of 5 sub-clusters each, 10% flipped labels, and ``pred_probs`` from a softmax
+over the similarity to the class centres. Each ``N`` runs in a fresh subprocess (so numba
+compilation and peak memory are those of one training process); stages:
+
+- ``compile``: numba compilation of pynndescent / umap-learn, paid once per process (measured on a
+  tiny warm-up; 0 when the stage does not use them);
+- ``knn``: ``knn_cosine`` (exact up to 50k rows on CPU, NN-descent above);
+- ``scores``: outliers, near-duplicates, neighbour disagreement; ``clusters``: MiniBatchKMeans;
+  ``map``: 2-D map (UMAP on 20k rows + propagation); ``tables``: class overlap and clusters;
+- ``cleanlab``: ``dq_plugins.scores.confident_learning`` on ``pred_probs``;
+- ``parquet``: the per-sample table (training-dynamics columns + embedding columns) to Parquet.
+
+Peak memory is the subprocess's maximum resident set size (``ru_maxrss``), data included.
+
+Usage: ``python benchmarks/scale.py [--sizes 10000 100000] [--no-write]`` writes the ``scale``
+section of ``benchmarks/RESULTS.md``; ``--quick`` runs 10k and only prints. One size alone:
+``--worker N --out r.json``, then ``--results r10k.json r100k.json ...`` renders the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DIM = 384
+NUM_CLASSES = 20
+SUBCLUSTERS = 5
+NOISE_RATE = 0.1
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+TARGETS = "Targets on 2 CPU cores: 100k under 60 s; 1M under 10 min with peak RAM under 6 GB."
+
+
+def synthetic(num_samples: int, seed: int = 0, chunk: int = 100_000):  # noqa: ANN201 - numpy arrays
+    """``(embeddings fp16 (N, D), labels (N,), true (N,), pred_probs float32 (N, C))``, built chunk by chunk."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    class_centres = rng.normal(size=(NUM_CLASSES, DIM)).astype(np.float32)
+    sub_centres = class_centres[:, None, :] + 0.6 * rng.normal(size=(NUM_CLASSES, SUBCLUSTERS, DIM)).astype(np.float32)
+    unit_classes = class_centres / np.linalg.norm(class_centres, axis=1, keepdims=True)
+    embeddings = np.empty((num_samples, DIM), dtype=np.float16)
+    true = rng.integers(0, NUM_CLASSES, num_samples)
+    pred_probs = np.empty((num_samples, NUM_CLASSES), dtype=np.float32)
+    for start in range(0, num_samples, chunk):
+        stop = min(start + chunk, num_samples)
+        sub = rng.integers(0, SUBCLUSTERS, stop - start)
+        block = sub_centres[true[start:stop], sub] + 0.7 * rng.normal(size=(stop - start, DIM)).astype(np.float32)
+        embeddings[start:stop] = block
+        logits = 12.0 * (block / np.linalg.norm(block, axis=1, keepdims=True)) @ unit_classes.T
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        pred_probs[start:stop] = probs / probs.sum(axis=1, keepdims=True)
+    labels = true.copy()
+    flipped = rng.random(num_samples) < NOISE_RATE
+    labels[flipped] = (labels[flipped] + rng.integers(1, NUM_CLASSES, flipped.sum())) % NUM_CLASSES
+    return embeddings, labels, true, pred_probs
+
+
+def worker(num_samples: int, out: Path) -> None:
+    """Run every stage once for ``num_samples`` rows and write the timings as JSON to ``out``."""
+    import numpy as np
+    import pandas as pd
+
+    from dq_plugins._embedding_analysis import analyze_embeddings, warm_up
+    from dq_plugins.scores.confident_learning import confident_learning
+
+    embeddings, labels, true, pred_probs = synthetic(num_samples)
+    data_bytes = embeddings.nbytes + pred_probs.nbytes + labels.nbytes
+    stages: dict[str, float] = {"compile": warm_up(num_samples)}
+
+    start = time.perf_counter()
+    cl = confident_learning(labels, pred_probs)
+    stages["cleanlab"] = time.perf_counter() - start
+
+    ids = np.arange(num_samples, dtype=np.int64)
+    analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=pred_probs, is_label_issue=cl.is_label_issue)
+    timings = analysis.summary.timings
+    stages["knn"] = timings["normalise"] + timings["knn"]
+    for name in ("scores", "clusters", "tables"):
+        stages[name] = timings[name]
+    stages["map"] = timings["projection"]
+
+    start = time.perf_counter()
+    frame = pd.DataFrame(
+        {
+            "split": "train", "label": labels, "pred": pred_probs.argmax(axis=1),
+            "mislabel_score": 1.0 - cl.label_quality, "is_label_issue": cl.is_label_issue,
+            "suggested_label": cl.suggested_label,
+        }
+    )
+    for name in ("confidence", "variability", "correctness", "aum", "el2n"):
+        frame[name] = np.random.default_rng(0).random(num_samples)
+    frame = pd.concat([analysis.samples, frame], axis=1)
+    with tempfile.TemporaryDirectory() as folder:
+        frame.to_parquet(Path(folder) / "samples.parquet", index=False)
+    stages["parquet"] = time.perf_counter() - start
+
+    samples = analysis.samples
+    flipped = labels != true
+    order = np.argsort(-samples["neighbor_disagreement"].to_numpy(), kind="stable")[: int(flipped.sum())]
+    result = {
+        "n": num_samples,
+        "knn_method": analysis.summary.knn_method,
+        "projection": analysis.summary.projection_method,
+        "stages": stages,
+        "total": sum(stages.values()),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "data_gb": data_bytes / 2**30,
+        "disagreement_precision_at_noise": float(flipped[order].mean()),
+        "num_clusters": analysis.summary.num_clusters,
+        "load_average": os.getloadavg()[0],
+    }
+    out.write_text(json.dumps(result))
+
+
+STAGE_ORDER = ("compile", "knn", "scores", "cleanlab", "clusters", "map", "tables", "parquet")
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table of the results, one row per N."""
+    head = ("| N | kNN | " + " | ".join(f"{s} (s)" for s in STAGE_ORDER)
+            + " | total (s) | without compile (s) | peak RSS (GB) | load avg |")
+    rule = "|" + "---|" * (len(STAGE_ORDER) + 6)
+    rows = [head, rule]
+    for r in results:
+        cells = [f"{r['n']:,}", r["knn_method"], *(f"{r['stages'][s]:.1f}" for s in STAGE_ORDER),
+                 f"**{r['total']:.1f}**", f"{r['total'] - r['stages']['compile']:.1f}", f"{r['peak_rss_gb']:.2f}",
+                 f"{r['load_average']:.1f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def verdict(results: list[dict]) -> str:
+    """One sentence per target size: met or not, with and without the one-off compilation."""
+    limits = {100_000: (60.0, None), 1_000_000: (600.0, 6.0)}
+    parts = []
+    for r in results:
+        if r["n"] not in limits:
+            continue
+        seconds, gigabytes = limits[r["n"]]
+        steady = r["total"] - r["stages"]["compile"]
+        text = (f"{r['n']:,}: {r['total']:.0f} s with compilation, {steady:.0f} s without "
+                f"(target {seconds:.0f} s: {'met' if r['total'] <= seconds else 'met without compilation' if steady <= seconds else 'not met'})")
+        if gigabytes is not None:
+            text += f", peak {r['peak_rss_gb']:.1f} GB (target {gigabytes:.0f} GB: {'met' if r['peak_rss_gb'] <= gigabytes else 'not met'})"
+        parts.append(text + f" at load average {r['load_average']:.1f}")
+    return ("Against the targets: " + "; ".join(parts) + ".") if parts else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k only, printed (implies --no-write)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help=f"default {DEFAULT_SIZES}")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument("--results", type=Path, nargs="+", default=None,
+                        help="render the table from saved worker outputs (--worker N --out FILE) instead of running")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="with --worker: where the JSON goes")
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker, args.out)
+        return 0
+
+    sizes = (10_000,) if args.quick else tuple(args.sizes or DEFAULT_SIZES)
+    results = [json.loads(path.read_text()) for path in args.results] if args.results else []
+    for num_samples in () if args.results else sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "result.json"
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", str(num_samples), "--out", str(out)], cwd=REPO, check=False
+            )
+            if done.returncode != 0 or not out.exists():
+                print(f"N={num_samples}: worker failed with exit code {done.returncode}", file=sys.stderr)
+                continue
+            result = json.loads(out.read_text())
+        print(f"N={num_samples:,}: {result['total']:.1f} s, peak {result['peak_rss_gb']:.2f} GB "
+              f"(wall {time.perf_counter() - start:.1f} s) {json.dumps(result['stages'])}", flush=True)
+        results.append(result)
+    if not results:
+        return 1
+    body = table(results)
+    print(body)
+    if not (args.no_write or args.quick):
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from _common import git_revision, machine_line, write_section
+
+        precision = ", ".join(f"{r['n']:,}: {r['disagreement_precision_at_noise']:.2f}" for r in results)
+        text = (
+            "## Scale: end-of-fit analysis against N (`benchmarks/scale.py`)\n\n"
+            f"Synthetic D={DIM} fp16 embeddings, C={NUM_CLASSES} classes x {SUBCLUSTERS} sub-clusters, "
+            f"{NOISE_RATE:.0%} flipped labels; one fresh process per N; CPU only. {TARGETS}\n"
+            f"Machine: {machine_line()}; revision {git_revision()}. `load avg` is the 1-minute load average "
+            "at the end of the run: above 2 the 2 cores were shared with other jobs and times are inflated.\n\n"
+            f"{body}\n\n"
+            "`compile` is numba's one-off compilation (pynndescent above 50k rows, umap-learn always) in a fresh "
+            "process; `dq_plugins._embedding_analysis.warm_up` can pay it in a background thread while the model "
+            "trains. `map` is UMAP on at most 20k rows, the others placed over the kNN graph. Precision of "
+            f"`neighbor_disagreement` at the noise rate (top 10% vs flipped labels; easy synthetic data): {precision}.\n"
+            f"\n{verdict(results)} The GPU path (exact kNN on the device) is not measured here.\n"
+        )
+        write_section("scale", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

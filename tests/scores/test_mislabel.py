@@ -1,0 +1,86 @@
+"""Tests of dq_plugins.scores.mislabel against hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dq_plugins.scores.mislabel import mislabel_score, percentile_rank
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+NAN = np.nan
+
+
+# ------------------------------------------------------------------ percentile_rank
+def test_percentile_rank_docstring_case() -> None:
+    ranks = percentile_rank(np.array([3.0, 1.0, 2.0, NAN]))
+    np.testing.assert_allclose(ranks, [1.0, 0.0, 0.5, NAN])
+    assert ranks.dtype == np.float64
+
+
+def test_percentile_rank_ties_share_their_mean_rank() -> None:
+    # 0-based average ranks [0.5, 0.5, 2, 3] over n - 1 = 3
+    np.testing.assert_allclose(percentile_rank([1.0, 1.0, 2.0, 5.0]), [0.5 / 3, 0.5 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(percentile_rank([4.0, 4.0, 4.0]), [0.5, 0.5, 0.5])
+
+
+def test_percentile_rank_single_all_nan_and_empty() -> None:
+    np.testing.assert_allclose(percentile_rank([NAN, 7.0]), [NAN, 0.5])
+    assert np.isnan(percentile_rank([NAN, NAN])).all()
+    assert percentile_rank(np.array([])).shape == (0,)
+
+
+def test_percentile_rank_accepts_integers_and_infinities() -> None:
+    np.testing.assert_allclose(percentile_rank(np.array([2, 0, 1])), [1.0, 0.0, 0.5])
+    np.testing.assert_allclose(percentile_rank([np.inf, -np.inf, 0.0]), [1.0, 0.0, 0.5])
+
+
+# ------------------------------------------------------------------ mislabel_score
+def test_hand_computed_mean_of_ranks() -> None:
+    score = mislabel_score(
+        aum=np.array([2.0, 0.0, -1.0]),  # -aum = [-2, 0, 1] -> ranks [0, 0.5, 1]
+        el2n_all_epochs=np.array([0.1, 0.5, 0.9]),  # -> [0, 0.5, 1]
+        el2n_early=np.array([0.2, 1.0, 0.6]),  # -> [0, 1, 0.5]
+    )
+    np.testing.assert_allclose(score, [0.0, 2 / 3, 5 / 6])
+    assert score.dtype == np.float64
+
+
+def test_low_aum_is_suspicious() -> None:
+    flat = np.zeros(2)
+    score = mislabel_score(aum=np.array([5.0, -5.0]), el2n_all_epochs=flat, el2n_early=flat)
+    # -aum ranks [0, 1]; the flat signals tie at 0.5 for both
+    np.testing.assert_allclose(score, [(0 + 0.5 + 0.5) / 3, (1 + 0.5 + 0.5) / 3])
+
+
+def test_nan_drops_a_signal_for_that_sample_only() -> None:
+    score = mislabel_score(
+        aum=np.array([1.0, NAN, -1.0, NAN]),  # -aum over valid {-1, 1}: s0 -> 0, s2 -> 1
+        el2n_all_epochs=np.array([0.2, 0.4, NAN, NAN]),  # s0 -> 0, s1 -> 1
+        el2n_early=np.array([NAN, NAN, NAN, NAN]),  # never recorded early
+    )
+    np.testing.assert_allclose(score, [0.0, 1.0, 1.0, NAN])
+
+
+def test_scale_free_under_monotone_transforms() -> None:
+    rng = np.random.default_rng(0)
+    aum, full, early = rng.normal(size=50), rng.random(50), rng.random(50)
+    reference = mislabel_score(aum=aum, el2n_all_epochs=full, el2n_early=early)
+    transformed = mislabel_score(aum=3.0 * aum + 1.0, el2n_all_epochs=np.sqrt(full), el2n_early=early**3)
+    np.testing.assert_allclose(transformed, reference)
+    assert ((reference >= 0.0) & (reference <= 1.0)).all()
+
+
+def test_signals_are_keyword_only() -> None:
+    # The signature changed from (aum, self_confidence, el2n): a positional call must fail loudly,
+    # never mix up signals of opposite directions.
+    with pytest.raises(TypeError):
+        mislabel_score(np.zeros(2), np.zeros(2), np.zeros(2))  # type: ignore[misc]
+
+
+def test_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match=r"1-D arrays of one length .* shapes \{'aum': \(3,\), 'el2n_all_epochs': \(2,\)"):
+        mislabel_score(aum=np.zeros(3), el2n_all_epochs=np.zeros(2), el2n_early=np.zeros(3))
+    with pytest.raises(ValueError, match=r"1-D arrays of one length"):
+        mislabel_score(aum=np.zeros((2, 2)), el2n_all_epochs=np.zeros(2), el2n_early=np.zeros(2))
