@@ -1,7 +1,8 @@
 """dq_plugins: find data-quality issues while a classifier trains.
 
-Public API: :func:`with_ids`, :func:`load_samples` here, and the callbacks in
-:mod:`dq_plugins.lightning` and :mod:`dq_plugins.transformers`. Heavy modules load on first use.
+Public API: :func:`with_ids`, :func:`load_samples`, :func:`fix`, :func:`select_subset` here, the
+callbacks in :mod:`dq_plugins.lightning` and :mod:`dq_plugins.transformers`, and the ``dq`` command
+line (:mod:`dq_plugins.cli`). Heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["IndexedDataset", "load_samples", "with_ids", "__version__"]
+__all__ = ["IndexedDataset", "fix", "load_samples", "select_subset", "with_ids", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,12 @@ def __getattr__(name: str) -> Any:
         from dq_plugins.results import load_samples
 
         return load_samples
+    if name == "fix":
+        from dq_plugins.fixes import fix
+
+        return fix
+    if name == "select_subset":
+        from dq_plugins.subset import select_subset
+
+        return select_subset
     raise AttributeError(f"module 'dq_plugins' has no attribute {name!r}")

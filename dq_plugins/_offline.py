@@ -1,0 +1,369 @@
+"""Work on finished runs: read their artifacts back, rerun the analysis from the raw record.
+
+Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` and
+:func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins._analysis.analyze`, the raw
+record is read with :func:`dq_plugins._session.load_history` and the artifact paths are those of
+:mod:`dq_plugins._sink`: nothing here recomputes a score.
+
+Rerunning into the same run replaces ``dq/samples.parquet``, ``dq/issues.json``, ``dq/data_map.png``
+and, when the run holds embeddings (``dq/embeddings/<split>.npz``), ``dq/class_overlap.json`` and the
+embedding maps, in place (``log_artifact`` overwrites a file at the same artifact path). Tables are
+uploaded as files plus the ``mlflow.loggedArtifacts`` tag that makes the UI render them, because
+``MlflowClient.log_table`` appends to an existing table instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dq_plugins._sink import (
+    ARTIFACT_DIR,
+    CLASS_OVERLAP_PATH,
+    DATA_MAP_PATH,
+    EMBEDDING_HTML_PATH,
+    EMBEDDING_MAP_PATH,
+    EMBEDDINGS_DIR,
+    ISSUES_PATH,
+    RAW_DIR,
+    SAMPLES_PATH,
+)
+
+SOURCE_RUN_TAG = "dq.source_run"
+"""Tag of a run derived from another (a child analysis run): the id of the run holding the raw record."""
+
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
+"""MLflow's tag listing the JSON tables its UI renders (written by ``log_table``)."""
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+Progress = Callable[[str], None]
+"""Receives one line of progress text (the command line prints it to stderr)."""
+
+
+class RunNotFoundError(LookupError):
+    """The run id does not exist at the tracking URI."""
+
+
+def _silent(message: str) -> None:
+    del message
+
+
+def make_client(tracking_uri: str | None = None) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri`` (``None``: ``MLFLOW_TRACKING_URI``, else MLflow's default).
+
+    Raises:
+        FileNotFoundError: for a ``sqlite:///PATH`` URI whose file does not exist (MLflow would
+            silently create an empty store there, and every run id would then look unknown).
+    """
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if str(path) != ":memory:" and not path.exists():
+            raise FileNotFoundError(
+                f"No MLflow store at tracking URI {uri!r}: {path.resolve()} does not exist. HINT: pass "
+                "`--tracking-uri` (or set MLFLOW_TRACKING_URI) to the store the run was logged to, for example "
+                "`sqlite:///mlflow.db` in the folder you trained from."
+            )
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    """``client.get_run(run_id)``, with an error that names the run and the tracking URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        raise RunNotFoundError(
+            f"Run {run_id!r} was not found at tracking URI {client.tracking_uri!r}. HINT: check the run id "
+            "(`mlflow runs list --experiment-id <ID>`) and the tracking URI (`--tracking-uri` or MLFLOW_TRACKING_URI)."
+        ) from err
+
+
+def artifact_paths(client: Any, run_id: str, directory: str = ARTIFACT_DIR) -> list[str]:
+    """Paths of the files directly under ``directory`` in the run's artifacts (empty when absent)."""
+    try:
+        return [item.path for item in client.list_artifacts(run_id, directory) if not item.is_dir]
+    except Exception:  # noqa: BLE001 - a missing folder reads as empty on every artifact store
+        return []
+
+
+def download(client: Any, run_id: str, path: str, dst: str | os.PathLike) -> Path:
+    """Download one artifact file of the run into ``dst``.
+
+    Raises:
+        FileNotFoundError: the run has no such artifact (message names the run, path and fix).
+    """
+    message = (
+        f"Run {run_id!r} has no {path}. HINT: it is written at the end of fit by a dq_plugins callback; "
+        "check that the run finished and that this is the run the callback reported (`callback.run_id`)."
+    )
+    try:
+        local = Path(client.download_artifacts(run_id, path, str(dst)))
+    except Exception as err:  # noqa: BLE001 - every store raises its own type; re-raised with the fix
+        raise FileNotFoundError(message) from err
+    if not local.is_file():
+        raise FileNotFoundError(message)
+    return local
+
+
+def load_histories(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> tuple[str, dict]:
+    """Download and read the raw record (``dq/raw/<split>.npz``) of a run.
+
+    A run without a raw record that was derived from another one (tag :data:`SOURCE_RUN_TAG`) is
+    read from that source run.
+
+    Returns:
+        ``(run id holding the record, {split: SplitHistory})``.
+
+    Raises:
+        FileNotFoundError: neither the run nor its source holds ``dq/raw/*.npz``.
+    """
+    from dq_plugins._session import load_history
+
+    holder = run_id
+    files = [p for p in artifact_paths(client, run_id, RAW_DIR) if p.endswith(".npz")]
+    if not files:
+        source = get_run(client, run_id).data.tags.get(SOURCE_RUN_TAG)
+        if source:
+            holder = source
+            files = [p for p in artifact_paths(client, source, RAW_DIR) if p.endswith(".npz")]
+    if not files:
+        raise FileNotFoundError(
+            f"Run {run_id!r} has no raw record under {RAW_DIR}/ (expected files such as {RAW_DIR}/train.npz). "
+            "HINT: the callbacks save it at the end of fit, or when fit stops on an error; rerun training with "
+            "a dq_plugins callback to get one."
+        )
+    histories = {}
+    for path in sorted(files):
+        split = Path(path).stem
+        progress(f"downloading the raw record of split {split!r} ({path})")
+        histories[split] = load_history(download(client, holder, path, dst))
+    return holder, histories
+
+
+def read_samples(client: Any, run_id: str, split: str | None = None) -> pd.DataFrame:
+    """The run's ``dq/samples.parquet`` (rows of ``split`` only when given).
+
+    Raises:
+        RunNotFoundError: unknown run.
+        FileNotFoundError: no per-sample table (the hint says when ``dq analyze`` can make one).
+        ValueError: the table has no row for ``split`` (the message lists the splits it has).
+    """
+    get_run(client, run_id)
+    if SAMPLES_PATH not in artifact_paths(client, run_id):
+        has_raw = any(p.endswith(".npz") for p in artifact_paths(client, run_id, RAW_DIR))
+        hint = (
+            f"the run holds the raw record, so `dq analyze {run_id}` rebuilds it."
+            if has_raw
+            else "it is written at the end of fit by a dq_plugins callback; check that the run finished and that "
+            "this is the run the callback reported (`callback.run_id`)."
+        )
+        raise FileNotFoundError(f"Run {run_id!r} has no {SAMPLES_PATH}. HINT: {hint}")
+    with tempfile.TemporaryDirectory(prefix="dq_samples_") as tmp:
+        frame = pd.read_parquet(download(client, run_id, SAMPLES_PATH, tmp))
+    if split is not None:
+        splits = sorted(frame["split"].unique().tolist())
+        frame = frame[frame["split"] == split].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(f"Run {run_id!r} has no {split!r} rows in {SAMPLES_PATH}; it has the splits {splits}.")
+    return frame
+
+
+def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> dict:
+    """The run's ``dq/embeddings/<split>.npz`` (written by ``_session.save_embeddings``), or ``{}``.
+
+    Returns:
+        split -> (ids (M,) int64, embeddings (M, D)).
+    """
+    embeddings = {}
+    for path in sorted(p for p in artifact_paths(client, run_id, EMBEDDINGS_DIR) if p.endswith(".npz")):
+        progress(f"downloading the embeddings of split {Path(path).stem!r} ({path})")
+        with np.load(download(client, run_id, path, dst)) as data:
+            embeddings[Path(path).stem] = (data["ids"], data["embeddings"])
+    return embeddings
+
+
+@dataclass
+class OfflineAnalysis:
+    """What :func:`reanalyze` did.
+
+    Attributes:
+        run_id: the run the results were logged into.
+        source_run_id: the run holding the raw record.
+        result: the :class:`~dq_plugins._analysis.AnalysisResult`.
+        kept_columns: columns of the previous ``dq/samples.parquet`` that the core analysis does not
+            compute (added by other features), carried over by ``(split, sample_id)``.
+        previous_metrics: the run's ``dq.*`` metrics before the rerun (empty for a child run).
+    """
+
+    run_id: str
+    source_run_id: str
+    result: Any
+    kept_columns: list[str] = field(default_factory=list)
+    previous_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _previous_samples(client: Any, run_id: str, dst: Path) -> pd.DataFrame | None:
+    if SAMPLES_PATH not in artifact_paths(client, run_id):
+        return None
+    return pd.read_parquet(download(client, run_id, SAMPLES_PATH, dst))
+
+
+def carry_columns(new: pd.DataFrame, old: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
+    """``new`` plus the columns of ``old`` it lacks, matched on ``(split, sample_id)``."""
+    if old is None:
+        return new, []
+    extra = [c for c in old.columns if c not in new.columns]
+    if not extra or not {"split", "sample_id"} <= set(old.columns):
+        return new, []
+    merged = new.merge(old[["split", "sample_id", *extra]], on=["split", "sample_id"], how="left")
+    return merged, extra
+
+
+def reanalyze(
+    run_id: str,
+    *,
+    tracking_uri: str | None = None,
+    child_run: bool = False,
+    early_epochs: int | None = None,
+    max_issue_rows: int | None = None,
+    progress: Progress = _silent,
+) -> OfflineAnalysis:
+    """Rerun the end-of-fit analysis from the raw record saved in a run, and log the results.
+
+    Args:
+        run_id: the run holding ``dq/raw/<split>.npz`` (or a child run derived from it).
+        tracking_uri: ``None`` means MLflow's current tracking URI.
+        child_run: log into a new run nested under ``run_id`` instead of replacing the results of
+            ``run_id`` in place.
+        early_epochs: epochs averaged by EL2N (``None``: the default of :func:`~dq_plugins.scores.el2n`).
+        max_issue_rows: rows of ``dq/issues.json`` (``None``: :data:`~dq_plugins._analysis.MAX_ISSUE_ROWS`).
+        progress: receives one line per step.
+
+    In the same run, files are replaced at their paths, summary metrics are logged only when their
+    value changed, and the per-epoch metric histories (a pure function of the unchanged raw record)
+    are not logged again: nothing is duplicated.
+
+    Raises:
+        RunNotFoundError, FileNotFoundError: unknown run, or no raw record.
+    """
+    from dq_plugins._analysis import MAX_ISSUE_ROWS, analyze
+
+    client = make_client(tracking_uri)
+    run = get_run(client, run_id)
+    if max_issue_rows is not None and max_issue_rows < 1:
+        raise ValueError(f"Expected `max_issue_rows` >= 1 but got {max_issue_rows}.")
+    if early_epochs is not None and early_epochs < 1:
+        raise ValueError(f"Expected `early_epochs` >= 1 but got {early_epochs}.")
+    with tempfile.TemporaryDirectory(prefix="dq_offline_") as tmp:
+        staging = Path(tmp)
+        source_id, histories = load_histories(client, run_id, staging / "download", progress)
+        embeddings = load_embeddings(client, source_id, staging / "embeddings", progress)
+        for split, history in histories.items():
+            progress(f"analysing split {split!r}: {int(history.seen.sum())} samples, {len(history.epochs)} epochs"
+                     + (", with embeddings" if split in embeddings else ""))
+        result = analyze(histories, early_epochs=early_epochs, max_issue_rows=max_issue_rows or MAX_ISSUE_ROWS,
+                         embeddings=embeddings or None)
+        result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
+        if kept:
+            progress(f"keeping columns computed by other features: {kept}")
+
+        target = run_id
+        previous = {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
+        if child_run:
+            created = client.create_run(
+                run.info.experiment_id,
+                run_name=f"dq-analyze-{run.info.run_name or run_id[:8]}",
+                tags={PARENT_RUN_TAG: run_id, SOURCE_RUN_TAG: source_id, "dq_plugins": "true"},
+            )
+            target, previous = created.info.run_id, {}
+        progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+        try:
+            _log_results(client, target, result, staging / "out", previous, log_histories=child_run)
+            client.set_tag(target, "dq.analysis", json.dumps({
+                "source": "offline", "raw_record_run": source_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "early_epochs": early_epochs, "max_issue_rows": max_issue_rows or MAX_ISSUE_ROWS,
+            }))
+        except BaseException:
+            if child_run:
+                client.set_terminated(target, status="FAILED")
+            raise
+        if child_run:
+            client.set_terminated(target, status="FINISHED")
+    return OfflineAnalysis(target, source_id, result, kept, previous)
+
+
+def _log_results(
+    client: Any, run_id: str, result: Any, staging: Path, previous: dict[str, float], *, log_histories: bool
+) -> None:
+    from mlflow.entities import Metric
+
+    from dq_plugins._figures import data_map
+
+    def stage(path: str) -> Path:
+        local = staging / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return local
+
+    def upload(path: str) -> None:
+        client.log_artifact(run_id, str(stage(path)), artifact_path=str(Path(path).parent))
+
+    def upload_table(frame: pd.DataFrame, path: str) -> None:
+        # The JSON layout of mlflow.log_table, written as a plain file so that it replaces the old one.
+        frame.to_json(stage(path), orient="split", index=False, date_format="iso")
+        upload(path)
+        tables.append({"path": path, "type": "table"})
+
+    tables: list[dict[str, str]] = []
+    existing = set(artifact_paths(client, run_id))
+    result.samples.to_parquet(stage(SAMPLES_PATH), index=False)
+    upload(SAMPLES_PATH)
+    upload_table(result.issues, ISSUES_PATH)
+    if getattr(result, "class_overlap", None) is not None:
+        upload_table(result.class_overlap, CLASS_OVERLAP_PATH)
+    train = result.samples[result.samples["split"] == "train"]
+    if len(train):
+        data_map(train, "Data map, train").savefig(stage(DATA_MAP_PATH), dpi=110, bbox_inches="tight")
+        upload(DATA_MAP_PATH)
+    has_map = bool(len(train)) and "x2d" in train and bool(train["x2d"].notna().any())
+    if has_map:
+        from dq_plugins._embedding_figures import embedding_map
+
+        embedding_map(train, "Embedding map, train").savefig(stage(EMBEDDING_MAP_PATH), dpi=110, bbox_inches="tight")
+        upload(EMBEDDING_MAP_PATH)
+    # The texts shown on hover are not stored in the run: an existing interactive map (made at fit
+    # time, with texts) is kept rather than replaced by one without them.
+    if has_map and EMBEDDING_HTML_PATH not in existing:
+        from dq_plugins._embedding_figures import embedding_map_html
+
+        stage(EMBEDDING_HTML_PATH).write_text(embedding_map_html(train, None, title="Embedding map, train"),
+                                              encoding="utf-8")
+        upload(EMBEDDING_HTML_PATH)
+    logged = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    missing = [table for table in tables if table not in logged]
+    if missing:
+        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, 0)
+        for key, value in result.metrics.items()
+        if np.isfinite(value) and not (key in previous and np.isclose(previous[key], value, rtol=0, atol=1e-12))
+    ]
+    if log_histories:
+        metrics += [Metric(k, float(v), now, int(e)) for k, values in result.epoch_metrics.items() for e, v in values]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])

@@ -1,0 +1,471 @@
+"""The ``dq`` command line: read, export, re-analyse and compare the results of past runs.
+
+    dq report RUN_ID                                   summary, top issues, weakest slices
+    dq export RUN_ID --issue label --format csv        flagged rows with their suggested labels
+    dq analyze RUN_ID [--child-run]                    rerun the analysis from the raw record in the run
+    dq compare RUN_A RUN_B                             issue counts, noise rates and slices side by side
+
+Also ``python -m dq_plugins ...``. Every command takes the tracking URI as MLflow's own CLI does:
+``--tracking-uri URI``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working
+directory. Tables go to stdout, progress to stderr (``--quiet`` silences it).
+
+Exit codes (:class:`ExitCode`): 0 success, 1 runtime error (unknown run, missing artifact, ...:
+one line on stderr, no traceback unless ``--traceback``), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+
+from dq_plugins._offline import (
+    RunNotFoundError,
+    artifact_paths,
+    download,
+    get_run,
+    make_client,
+    read_samples,
+    reanalyze,
+)
+
+DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
+
+  dq report RUN_ID                               summary, top issues, weakest slices
+  dq export RUN_ID --issue label --format csv    flagged rows with their suggested labels
+  dq analyze RUN_ID [--child-run]                rerun the analysis from the raw record in the run
+  dq compare RUN_A RUN_B                         issue counts, noise rates and slices side by side"""
+
+EPILOG = """The tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+Exit codes: 0 success, 1 runtime error (one line on stderr), 2 usage error.
+Run `dq COMMAND --help` for the options of a command."""
+
+EXPORT_FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl")
+"""Values of ``dq export --format``."""
+
+SLICE_COLUMNS: tuple[str, ...] = ("label", "cluster")
+"""Columns of the per-sample table whose values define the slices that ``report`` and ``compare`` show
+(``cluster`` only when the embeddings feature added it)."""
+
+SLICES_PATH = "dq/slices.json"
+"""The slice table of the slices feature; shown by ``report`` instead of the per-class slices when present."""
+
+MIN_SLICE_SIZE = 5
+"""Slices with fewer samples are left out of the weakest-slices table (their accuracy is noise)."""
+
+ISSUE_TABLE_COLUMNS: tuple[str, ...] = (
+    "split", "sample_id", "label", "suggested_label", "pred", "mislabel_score", "confidence", "aum",
+    "forgetting_events", "reason",
+)
+
+
+class ExitCode(IntEnum):
+    """Process exit status of ``dq``."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+
+
+class _Progress:
+    """Progress lines on stderr, prefixed with ``dq:``; silent when ``quiet``."""
+
+    def __init__(self, quiet: bool, stream: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"dq: {message}", file=self.stream or sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- tables
+def format_table(frame: pd.DataFrame) -> str:
+    """Plain-text table: floats with 4 decimals, text left-aligned, missing values as ``-``, ``(none)`` when empty."""
+    if frame.empty:
+        return "(none)"
+    frame = frame.copy()
+    for column in frame.columns:  # text reads better left-aligned
+        if not (pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object):
+            continue
+        text = frame[column].astype(str)
+        width = max(text.str.len().max(), len(str(column)))
+        frame[column] = text.str.ljust(width)
+        frame = frame.rename(columns={column: str(column).ljust(width)})
+    return frame.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4f}")
+
+
+def format_numbers(frame: pd.DataFrame, columns: Sequence[str], integer_rows: pd.Series) -> pd.DataFrame:
+    """A copy of ``frame`` whose ``columns`` hold text: counts (``integer_rows``) without decimals,
+    other values with 4, differences (columns starting with ``B-A``) signed, missing as ``-``; right-aligned."""
+    shown = frame.copy()
+    for column in columns:
+        sign = "+" if column.startswith("B-A") else ""
+        text = [
+            "-" if pd.isna(value) else (f"{value:{sign}.0f}" if integer else f"{value:{sign}.4f}")
+            for value, integer in zip(frame[column], integer_rows, strict=True)
+        ]
+        width = max([len(column), *map(len, text)])
+        shown[column] = [cell.rjust(width) for cell in text]
+        shown = shown.rename(columns={column: column.rjust(width)})
+    return shown
+
+
+def _metric(metrics: dict[str, float], key: str) -> float:
+    return float(metrics.get(key, np.nan))
+
+
+def summary_table(samples: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFrame:
+    """One row per split: samples, accuracy (against the given labels), label issues and their
+    rate, the estimated noise rate (the run's ``dq.estimated_noise_rate*`` metric) and mean mislabel_score."""
+    rows = []
+    for split in _ordered_splits(samples):
+        part = samples[samples["split"] == split]
+        suffix = "" if split == "train" else f".{split}"
+        rows.append({
+            "split": split,
+            "samples": len(part),
+            "accuracy": float((part["pred"] == part["label"]).mean()),
+            "label_issues": int(part["is_label_issue"].sum()),
+            "issue_rate": float(part["is_label_issue"].mean()),
+            "est_noise_rate": _metric(metrics, f"dq.estimated_noise_rate{suffix}"),
+            "mean_mislabel_score": float(part["mislabel_score"].mean()),
+        })
+    return pd.DataFrame(rows)
+
+
+def slice_table(samples: pd.DataFrame, columns: Sequence[str] = SLICE_COLUMNS) -> pd.DataFrame:
+    """Per split and per value of each of ``columns`` present: size, accuracy, label-issue rate and
+    mean mislabel_score. The slice is named ``column=value``."""
+    frames = []
+    for column in (c for c in columns if c in samples.columns):
+        grouped = samples.assign(
+            _correct=(samples["pred"] == samples["label"]).astype(float),
+            _issue=samples["is_label_issue"].astype(float),
+        ).groupby(["split", column], sort=True)
+        table = grouped.agg(
+            size=("sample_id", "size"), accuracy=("_correct", "mean"), issue_rate=("_issue", "mean"),
+            mean_mislabel_score=("mislabel_score", "mean"),
+        ).reset_index()
+        table.insert(1, "slice", [f"{column}={value}" for value in table.pop(column)])
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["split", "slice", "size", "accuracy", "issue_rate", "mean_mislabel_score"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def weakest_slices(slices: pd.DataFrame, top: int, min_size: int = MIN_SLICE_SIZE) -> pd.DataFrame:
+    """The ``top`` slices of at least ``min_size`` samples with the lowest accuracy."""
+    big = slices[slices["size"] >= min_size]
+    return big.sort_values(["accuracy", "size"], ascending=[True, False]).head(top).reset_index(drop=True)
+
+
+def _ordered_splits(samples: pd.DataFrame) -> list[str]:
+    present = set(samples["split"])
+    known = [s for s in ("train", "validation") if s in present]
+    return known + sorted(present - set(known))
+
+
+def _run_line(run: Any) -> str:
+    name = run.info.run_name or "-"
+    return f"run {run.info.run_id} (name {name!r}, status {run.info.status})"
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    from dq_plugins._analysis import top_issues
+
+    run = get_run(client, args.run_id)
+    progress(f"reading the results of run {args.run_id}")
+    samples = read_samples(client, args.run_id)
+    print(f"dq report: {_run_line(run)}", file=out)
+    print(f"tracking URI: {client.tracking_uri}", file=out)
+    print("\nSummary (accuracy is against the given, possibly noisy, labels)", file=out)
+    print(format_table(summary_table(samples, run.data.metrics)), file=out)
+
+    issues = top_issues(samples, max_rows=args.top)
+    print(f"\nTop {len(issues)} issues (flagged label issues first, then by mislabel_score)", file=out)
+    print(format_table(issues[list(ISSUE_TABLE_COLUMNS)]), file=out)
+
+    slices = _logged_slices(client, args.run_id, progress)
+    if slices is None:
+        slices = weakest_slices(slice_table(samples), args.top)
+        title = f"Weakest slices (lowest accuracy, at least {MIN_SLICE_SIZE} samples)"
+    else:
+        title = f"Weakest slices (from {SLICES_PATH})"
+    print(f"\n{title}", file=out)
+    print(format_table(slices), file=out)
+    print(f"\nAll rows: `dq export {args.run_id} --issue label --format csv`", file=out)
+    return ExitCode.OK
+
+
+def _logged_slices(client: Any, run_id: str, progress: _Progress) -> pd.DataFrame | None:
+    """The run's ``dq/slices.json`` (lowest accuracy first when it has that column), or ``None``."""
+    if SLICES_PATH not in artifact_paths(client, run_id):
+        return None
+    progress(f"reading {SLICES_PATH}")
+    with tempfile.TemporaryDirectory(prefix="dq_cli_") as tmp:
+        table = pd.read_json(download(client, run_id, SLICES_PATH, tmp), orient="split")
+    if "accuracy" in table.columns:
+        table = table.sort_values("accuracy")
+    return table.head(10).reset_index(drop=True)
+
+
+def issue_types(samples: pd.DataFrame) -> dict[str, tuple[str, str | None]]:
+    """Issue types of a per-sample table: name -> (boolean flag column, score column to sort by or ``None``).
+
+    ``label`` is ``is_label_issue`` (sorted by ``mislabel_score``), ``duplicate`` is
+    ``conflicting_duplicate`` (near-duplicates with another label), and any boolean ``is_<name>_issue``
+    or ``is_<name>`` column is type ``<name>`` (sorted by ``<name>_score`` when present).
+    """
+    found: dict[str, tuple[str, str | None]] = {}
+    for column in samples.columns:
+        if not pd.api.types.is_bool_dtype(samples[column]):
+            continue
+        if column == "conflicting_duplicate":
+            name = "duplicate"
+        elif column.startswith("is_"):
+            name = column[3:].removesuffix("_issue")
+        else:
+            continue
+        score = "mislabel_score" if name in ("label", "duplicate") else f"{name}_score"
+        found[name] = (column, score if score in samples.columns else None)
+    return found
+
+
+def issue_column(samples: pd.DataFrame, issue: str) -> tuple[str, str | None]:
+    """The (flag, score) columns of issue type ``issue`` (see :func:`issue_types`).
+
+    Raises:
+        ValueError: the table has no such issue type (the message lists the ones it has).
+    """
+    types = issue_types(samples)
+    if issue not in types:
+        raise ValueError(f"The run has no {issue!r} issues. Issue types in this run: {sorted(types)}.")
+    return types[issue]
+
+
+def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    progress(f"reading the results of run {args.run_id}")
+    samples = read_samples(client, args.run_id, split=args.split)
+    column, score = issue_column(samples, args.issue)
+    rows = samples[samples[column]]
+    if score is not None:
+        rows = rows.sort_values(score, ascending=False, kind="stable")
+    rows = rows.reset_index(drop=True)
+    target = args.output or f"dq_{args.issue}_issues_{args.run_id[:8]}.{args.format}"
+    if target == "-":
+        _write_rows(rows, args.format, out)
+        where = "stdout"
+    else:
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_rows(rows, args.format, path)
+        where = str(path)
+    progress(f"wrote {len(rows)} {args.issue} issues (of {len(samples)} rows) to {where}")
+    return ExitCode.OK
+
+
+def _write_rows(rows: pd.DataFrame, fmt: str, target: Path | TextIO) -> None:
+    if fmt == "csv":
+        rows.to_csv(target, index=False)
+    elif fmt == "jsonl":
+        text = rows.to_json(orient="records", lines=True)
+        if isinstance(target, Path):
+            target.write_text(text)
+        else:
+            target.write(text)
+    else:
+        rows.to_parquet(target, index=False)
+
+
+def cmd_analyze(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    done = reanalyze(
+        args.run_id, tracking_uri=client.tracking_uri, child_run=args.child_run, early_epochs=args.el2n_epochs,
+        max_issue_rows=args.max_issue_rows, progress=progress,
+    )
+    metrics = done.result.metrics
+    print(f"dq analyze: results of run {done.source_run_id} logged into run {done.run_id}", file=out)
+    rows = []
+    for key in sorted(k for k in metrics if k.startswith(("dq.num_label_issues", "dq.estimated_noise_rate", "dq.accuracy"))):
+        rows.append({"metric": key, "before": done.previous_metrics.get(key, np.nan), "after": metrics[key]})
+    table = pd.DataFrame(rows, columns=["metric", "before", "after"])
+    print(format_table(format_numbers(table, ["before", "after"], table["metric"].str.startswith("dq.num_"))), file=out)
+    if done.kept_columns:
+        print(f"kept columns from the previous table: {', '.join(done.kept_columns)}", file=out)
+    return ExitCode.OK
+
+
+def compare_summary(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows of two runs side by side: one row per (split, measure), columns A, B, B-A."""
+    left = a.set_index("split")
+    right = b.set_index("split")
+    rows = []
+    for split in dict.fromkeys([*left.index, *right.index]):
+        for measure in ("samples", "accuracy", "label_issues", "issue_rate", "est_noise_rate"):
+            va = float(left.at[split, measure]) if split in left.index else np.nan
+            vb = float(right.at[split, measure]) if split in right.index else np.nan
+            rows.append({"split": split, "measure": measure, "A": va, "B": vb, "B-A": vb - va})
+    return pd.DataFrame(rows)
+
+
+def compare_slices(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Slice tables of two runs joined on (split, slice): size, accuracy and issue rate of each, and
+    the accuracy change, largest drop first."""
+    keep = ["split", "slice", "size", "accuracy", "issue_rate"]
+    merged = a[keep].merge(b[keep], on=["split", "slice"], how="outer", suffixes=("_A", "_B"))
+    merged["accuracy_B-A"] = merged["accuracy_B"] - merged["accuracy_A"]
+    ordered = ["split", "slice", "size_A", "size_B", "accuracy_A", "accuracy_B", "accuracy_B-A", "issue_rate_A",
+               "issue_rate_B"]
+    return merged[ordered].sort_values(["accuracy_B-A", "split", "slice"], na_position="last").reset_index(drop=True)
+
+
+def flag_overlap(a: pd.DataFrame, b: pd.DataFrame, split: str = "train") -> str | None:
+    """A line saying how far the flagged ``split`` samples of two runs agree (same sample ids), or ``None``."""
+    ids_a = set(a.loc[(a["split"] == split), "sample_id"])
+    ids_b = set(b.loc[(b["split"] == split), "sample_id"])
+    if not ids_a or ids_a != ids_b:
+        return None
+    fa = set(a.loc[(a["split"] == split) & a["is_label_issue"], "sample_id"])
+    fb = set(b.loc[(b["split"] == split) & b["is_label_issue"], "sample_id"])
+    union = fa | fb
+    jaccard = len(fa & fb) / len(union) if union else 1.0
+    return (f"Flagged {split} samples (same {len(ids_a)} sample ids in both runs): {len(fa & fb)} in both, "
+            f"{len(fa - fb)} only in A, {len(fb - fa)} only in B (Jaccard {jaccard:.4f})")
+
+
+def cmd_compare(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    runs = [get_run(client, run_id) for run_id in (args.run_a, args.run_b)]
+    tables = []
+    for run_id in (args.run_a, args.run_b):
+        progress(f"reading the results of run {run_id}")
+        tables.append(read_samples(client, run_id))
+    print("dq compare", file=out)
+    print(f"A: {_run_line(runs[0])}", file=out)
+    print(f"B: {_run_line(runs[1])}", file=out)
+    summaries = [summary_table(t, r.data.metrics) for t, r in zip(tables, runs, strict=True)]
+    print("\nSummary", file=out)
+    summary = compare_summary(*summaries)
+    counts = summary["measure"].isin(["samples", "label_issues"])
+    print(format_table(format_numbers(summary, ["A", "B", "B-A"], counts)), file=out)
+    print("\nSlices (largest accuracy drop from A to B first)", file=out)
+    print(format_table(compare_slices(slice_table(tables[0]), slice_table(tables[1])).head(args.top)), file=out)
+    overlap = flag_overlap(*tables)
+    if overlap:
+        print(f"\n{overlap}", file=out)
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer but got {value}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    # Accepted before and after the command: below it, a flag left out keeps the top-level value.
+    unset_uri, unset_flag = (None, False) if top_level else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument("--tracking-uri", default=unset_uri, metavar="URI",
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+    parser.add_argument("-q", "--quiet", action="store_true", default=unset_flag, help="no progress lines on stderr.")
+    parser.add_argument("--traceback", action="store_true", default=unset_flag,
+                        help="show the full traceback of an error.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dq`` argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="dq", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(parser, top_level=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    report = commands.add_parser("report", help="summary, top issues and weakest slices of a run.")
+    report.add_argument("run_id", metavar="RUN_ID")
+    report.add_argument("--top", type=_positive_int, default=10, help="rows per table (default 10).")
+    report.set_defaults(handler=cmd_report)
+
+    export = commands.add_parser("export", help="write the flagged rows of a run, with suggested labels.")
+    export.add_argument("run_id", metavar="RUN_ID")
+    export.add_argument("--issue", default="label", help="issue type: 'label' (is_label_issue, default), "
+                        "'outlier' (is_outlier), 'duplicate' (conflicting_duplicate), or any boolean is_<type> column.")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="file format (default csv).")
+    export.add_argument("--output", "-o", metavar="PATH", help="file to write, '-' for stdout (csv, jsonl); "
+                        "default dq_<issue>_issues_<run id prefix>.<format>.")
+    export.add_argument("--split", default=None, help="only this split (default: every split, with a split column).")
+    export.set_defaults(handler=cmd_export)
+
+    analyze = commands.add_parser("analyze", help="rerun the end-of-fit analysis from the raw record in a run.")
+    analyze.add_argument("run_id", metavar="RUN_ID")
+    analyze.add_argument("--child-run", action="store_true",
+                         help="log into a new run nested under RUN_ID instead of replacing its dq/ results.")
+    analyze.add_argument("--el2n-epochs", type=_positive_int, default=None,
+                         help="early epochs averaged by EL2N (default: the callback's default).")
+    analyze.add_argument("--max-issue-rows", type=_positive_int, default=None,
+                         help="rows of dq/issues.json (default 500).")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    compare = commands.add_parser("compare", help="two runs side by side: issues, noise rates, slices.")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--top", type=_positive_int, default=20, help="slice rows (default 20).")
+    compare.set_defaults(handler=cmd_compare)
+
+    for sub in (report, export, analyze, compare):
+        _add_common(sub, top_level=False)
+    return parser
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    expected = (RunNotFoundError, FileNotFoundError, ValueError, PermissionError)
+    if not isinstance(err, expected):
+        text = f"{type(err).__name__}: {text} (rerun with --traceback for details)"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``dq`` and ``python -m dq_plugins``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    if args.command == "export" and args.output == "-" and args.format == "parquet":
+        parser.error("--format parquet cannot be written to stdout; pass --output PATH.")
+    _quiet_mlflow()
+    progress = _Progress(args.quiet)
+    try:
+        client = make_client(args.tracking_uri)
+        return int(args.handler(args, client, progress, sys.stdout))
+    except BrokenPipeError:  # the reader went away (`dq report ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        print(f"dq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback, unless asked
+        if args.traceback:
+            raise
+        print(f"dq {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return ExitCode.ERROR
