@@ -294,6 +294,16 @@ class DynamicsSession:
         finally:
             torch.set_num_threads(threads)
 
+    def finish_run(self, sink: MlflowSink):
+        """:meth:`finish`, then close the run (FAILED when a ``FailRun("mark_failed")`` rule held) and
+        raise :class:`~dq_plugins.rules.DataQualityRuleFailed` when a ``FailRun("raise")`` rule held."""
+        result = self.finish(sink)
+        report = getattr(result, "rules_report", None)
+        sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
+        if report is not None:
+            report.raise_if_failed()
+        return result
+
     def _finish(self, sink: MlflowSink):
         histories = self.histories()
         for split, history in histories.items():

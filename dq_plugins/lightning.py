@@ -282,6 +282,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             return outputs["logits"]
         return None
 
+    def _ids_and_labels(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.session.config
+        return get_key(batch, cfg.id_key, "ids", "id_key"), get_key(batch, cfg.label_key, "labels", "label_key")
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         logits = self._logits(outputs, "training_step")
         if logits is None:
@@ -291,9 +295,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 "HINT: return `{'loss': loss, 'logits': logits}` from `training_step`, or pass "
                 "`logits_module='<name of the submodule whose output is the logits>'` to the callback."
             )
-        cfg = self.session.config
-        ids = get_key(batch, cfg.id_key, "ids", "id_key")
-        labels = get_key(batch, cfg.label_key, "labels", "label_key")
+        ids, labels = self._ids_and_labels(batch)
         self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(TRAIN, ids, batch)
         self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
@@ -319,9 +321,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 )
                 self._warned_no_val_logits = True
             return
-        cfg = self.session.config
-        ids = get_key(batch, cfg.id_key, "ids", "id_key")
-        labels = get_key(batch, cfg.label_key, "labels", "label_key")
+        ids, labels = self._ids_and_labels(batch)
         self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(VALIDATION, ids, batch)
         self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
@@ -337,12 +337,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.close_all()  # a collective under DDP: every rank takes part
         if not trainer.is_global_zero or self._sink is None:
             return
-        result = self.session.finish(self._sink)
-        self.run_id = self._sink.run_id
-        report = getattr(result, "rules_report", None)
-        self._sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
-        if report is not None:
-            report.raise_if_failed()
+        try:
+            self.session.finish_run(self._sink)
+        finally:
+            self.run_id = self._sink.run_id
 
     def _inference_pass(self, trainer: Any, pl_module: Any) -> None:
         """One eval-mode pass over the train and validation loaders with ``forward_fn``: final embeddings."""

@@ -571,13 +571,11 @@ class DataQualityCallback(TrainerCallback):
         if self.texts is not None:
             texts = self.texts
             self.session.texts = dict(texts) if isinstance(texts, Mapping) else dict(enumerate(texts))
-        result = self.session.finish(self._sink)
-        self.run_id = self._sink.run_id
-        report = getattr(result, "rules_report", None)
-        self._sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
-        self._sink = None
-        if report is not None:
-            report.raise_if_failed()
+        sink, self._sink = self._sink, None
+        try:
+            self.session.finish_run(sink)
+        finally:
+            self.run_id = sink.run_id
 
     def _embedding_pass(self, args: Any, model: Any, dataloader: Any, split: str) -> None:
         """One eval-mode pass over the train loader: the embeddings of the final weights.
