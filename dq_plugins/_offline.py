@@ -188,11 +188,12 @@ def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: 
     Returns:
         split -> (ids (M,) int64, embeddings (M, D)).
     """
+    from dq_plugins._session import load_embeddings as read_embeddings
+
     embeddings = {}
     for path in sorted(p for p in artifact_paths(client, run_id, EMBEDDINGS_DIR) if p.endswith(".npz")):
         progress(f"downloading the embeddings of split {Path(path).stem!r} ({path})")
-        with np.load(download(client, run_id, path, dst)) as data:
-            embeddings[Path(path).stem] = (data["ids"], data["embeddings"])
+        embeddings[Path(path).stem] = read_embeddings(download(client, run_id, path, dst))
     return embeddings
 
 

@@ -428,6 +428,12 @@ def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path) -> None:
         np.savez(handle, ids=ids, embeddings=embeddings)
 
 
+def load_embeddings(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(ids, embeddings)`` written by :func:`save_embeddings`."""
+    with np.load(path) as data:
+        return data["ids"], data["embeddings"]
+
+
 def load_history(path) -> SplitHistory:
     """Read a history written by :func:`save_history`."""
     with np.load(path) as data:

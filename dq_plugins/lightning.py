@@ -269,7 +269,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.resume(pl_module.device, trainer.current_epoch)
 
     # ------------------------------------------------------------------ recording
-    def _logits(self, outputs: Any, hook_name: str) -> torch.Tensor | None:
+    def _logits(self, outputs: Any) -> torch.Tensor | None:
         if self.logits_module is not None:
             logits, self._captured = self._captured, None
             if logits is None:
@@ -287,7 +287,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         return get_key(batch, cfg.id_key, "ids", "id_key"), get_key(batch, cfg.label_key, "labels", "label_key")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        logits = self._logits(outputs, "training_step")
+        logits = self._logits(outputs)
         if logits is None:
             keys = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
             raise ValueError(
@@ -309,7 +309,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
             self._captured = self._captured_embeddings = None
             return
-        logits = self._logits(outputs, "validation_step")
+        logits = self._logits(outputs)
         if logits is None:
             if not self._warned_no_val_logits:
                 warnings.warn(
