@@ -76,6 +76,8 @@ class DynamicsSession:
         self._metadata_batches: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
         self._metadata_frames: dict[str, Any] = {}
         self.rules = self._parse_rules(config)
+        self.result = None
+        self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
 
     # ------------------------------------------------------------------ metadata, rules
     @staticmethod
@@ -162,8 +164,6 @@ class DynamicsSession:
                 on = ["split", "sample_id"] if "split" in user.columns else ["sample_id"]
                 table = table.merge(user, on=on, how="outer")
         return table
-        self.result = None
-        self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
 
     # ------------------------------------------------------------------ setup
     def set_capacity(self, split: str, dataset_length: int | None) -> None:
