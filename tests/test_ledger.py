@@ -109,3 +109,36 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint():
 def test_invalid_sizes_are_rejected(capacity, num_classes, match):
     with pytest.raises(ValueError, match=match):
         SplitLedger(capacity, num_classes)
+
+
+@pytest.mark.parametrize("stage_rows", [5, 7, 64])
+def test_staged_record_equals_the_unstaged_one_across_flushes_and_oversized_batches(stage_rows):
+    """Batches of 3, 9 (larger than a 5- or 7-row stage) and 4 rows over two epochs, with a
+    mid-epoch checkpoint read: every stage size gives the record of one big stage."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for epoch in range(2):
+        for size in (3, 9, 4, 2):
+            ids = torch.randint(0, 12, (size,), generator=generator)
+            labels = torch.randint(0, 3, (size,), generator=generator)
+            logits = torch.randn(size, 3, generator=generator)
+            batches.append((ids, labels, logits, epoch))
+
+    def run(rows):
+        ledger = SplitLedger(capacity=12, num_classes=3, stage_rows=rows)
+        ledger.early_epochs = 1
+        for i, (ids, labels, logits, epoch) in enumerate(batches):
+            ledger.record(ids, labels, logits, epoch)
+            if i == 5:  # a checkpoint in the middle of epoch 1 sees the staged rows
+                state = ledger.state_dict()
+        return ledger.to_history(), state
+
+    staged, staged_state = run(stage_rows)
+    reference, reference_state = run(10_000)
+    for name in FLOAT_FIELDS:
+        np.testing.assert_allclose(staged.fields[name], reference.fields[name], rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(staged.pred, reference.pred)
+    np.testing.assert_allclose(staged.mean_probs, reference.mean_probs, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(staged.early_probs, reference.early_probs, rtol=1e-6, equal_nan=True)
+    torch.testing.assert_close(staged_state["sums"], reference_state["sums"])
+    assert reference_state["count"].sum() > 0
