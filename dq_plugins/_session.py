@@ -17,6 +17,7 @@ import torch
 
 from dq_plugins._batch import check_shapes, check_values
 from dq_plugins._embeddings import EmbeddingBuffer
+from dq_plugins._latency import LATENCY_COLUMN, LatencyRecorder, Span
 from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
 from dq_plugins._sink import (
     CLASS_OVERLAP_PATH,
@@ -31,6 +32,7 @@ from dq_plugins._sink import (
 )
 
 SLICES_PATH = "dq/slices.json"
+LATENCY_PATH = "dq/latency.json"
 WEAK_SLICES_PATH = "dq/weak_slices.json"
 WEAK_SLICES_FIGURE_PATH = "dq/weak_slices.png"
 SCORE_COLUMNS = frozenset((
@@ -56,6 +58,7 @@ class SessionConfig:
     max_issue_rows: int = 500
     fallback_dir: str = "dq_artifacts"
     metadata_keys: tuple[str, ...] = ()
+    metadata_columns: tuple[str, ...] = ()  # HF: dataset columns read by sample id (see DynamicsSession.set_metadata)
     metadata: Any = None  # pandas DataFrame with a sample_id column (and optionally split)
     rules: Any = None  # list of dq_plugins.rules.Rule, or YAML text / path
     pools: Any = None  # name -> dq_plugins.selection.EmbeddingPool for SelectSimilar actions
@@ -75,6 +78,7 @@ class DynamicsSession:
         self.texts: dict[int, str] | None = None  # train sample id -> text, shown in the interactive map
         self._metadata_batches: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
         self._metadata_frames: dict[str, Any] = {}
+        self.latency: dict[str, LatencyRecorder] = {}
         self.rules = self._parse_rules(config)
         self.result = None
         self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
@@ -92,7 +96,7 @@ class DynamicsSession:
         rules = config.rules
         if isinstance(rules, (str, os.PathLike)):
             rules = rules_from_yaml(rules)
-        columns = [*SAMPLE_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, "latency_ms"]
+        columns = [*SAMPLE_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, *config.metadata_columns, LATENCY_COLUMN]
         if config.metadata is not None:
             columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
         validate_rules(list(rules), columns, pools=list(config.pools or {}) or None)
@@ -164,6 +168,37 @@ class DynamicsSession:
                 on = ["split", "sample_id"] if "split" in user.columns else ["sample_id"]
                 table = table.merge(user, on=on, how="outer")
         return table
+
+    def set_metadata(self, split: str, frame: Any) -> None:
+        """Metadata of a split read at once (not from batches): a DataFrame with ``sample_id`` and one
+        column per metadata field, one row per sample (the HF adapter's ``metadata_columns``)."""
+        if "sample_id" not in frame.columns:
+            raise ValueError(f"Expected a metadata frame with a `sample_id` column but got {list(frame.columns)}.")
+        self._metadata_frames[split] = frame.drop_duplicates("sample_id", keep="last").reset_index(drop=True)
+
+    # ------------------------------------------------------------------ latency
+    def record_latency(self, split: str, ids: torch.Tensor, spans: list[Span]) -> None:
+        """Attribute the timed forward(s) of one batch to its ``(B,)`` ids (see :mod:`dq_plugins._latency`).
+        No host sync; a split whose number of ids is not known yet is not timed."""
+        recorder = self.latency.get(split)
+        if recorder is None:
+            capacity = self.capacities.get(split)
+            if capacity is None or not spans:
+                return
+            recorder = self.latency[split] = LatencyRecorder(capacity)
+        recorder.record(ids, spans)
+
+    def latency_frame(self) -> Any:
+        """``(split, sample_id, latency_ms)`` rows of the samples timed in each split's latest timed epoch, or ``None``."""
+        import pandas as pd
+
+        frames = []
+        for split, recorder in self.latency.items():
+            ids = np.flatnonzero(np.isfinite(recorder.latest))
+            if len(ids):
+                frames.append(pd.DataFrame({"split": split, "sample_id": ids.astype(np.int64),
+                                            LATENCY_COLUMN: recorder.latest[ids]}))
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     # ------------------------------------------------------------------ setup
     def set_capacity(self, split: str, dataset_length: int | None) -> None:
@@ -243,6 +278,11 @@ class DynamicsSession:
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce=reduce)
         self._close_metadata(split, reduce)
+        latency = self.latency.get(split)
+        if latency is None and reduce and split in self.capacities:  # every rank takes part in the collective
+            latency = self.latency[split] = LatencyRecorder(self.capacities[split])
+        if latency is not None:
+            latency.close_epoch(reduce=reduce, device=ledger.device)
         if counters["out_of_range"]:
             warnings.warn(
                 f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
@@ -263,11 +303,13 @@ class DynamicsSession:
     def state_dict(self) -> dict:
         ledgers = {split: ledger.state_dict() for split, ledger in self.ledgers.items()}
         ledgers.update({s: st for s, st in self._restored.items() if s not in ledgers})
-        return {"version": STATE_VERSION, "ledgers": ledgers}
+        latency = {split: recorder.state_dict() for split, recorder in self.latency.items()}
+        return {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency}
 
     def load_state_dict(self, state: dict) -> None:
         self._restored = dict(state.get("ledgers", {}))
         self.ledgers = {}
+        self.latency = {split: LatencyRecorder.from_state_dict(s) for split, s in state.get("latency", {}).items()}
 
     # ------------------------------------------------------------------ end of fit
     def close_all(self, reduce: bool = True) -> None:
@@ -325,6 +367,9 @@ class DynamicsSession:
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]
                 result.samples = result.samples.merge(metadata, on=on, how="left")
+            latency = self.latency_frame()
+            if latency is not None:
+                result.samples = result.samples.merge(latency, on=["split", "sample_id"], how="left")
             result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
             sink.add_artifact(SAMPLES_PATH)
             sink.add_table(result.issues, ISSUES_PATH)
@@ -391,6 +436,8 @@ class DynamicsSession:
                 sink.add_metric(key, value, step=epoch)
         result.metrics["dq.num_weak_slices"] = float(len(weak))
         sink.add_metric("dq.num_weak_slices", float(len(weak)))
+        if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
+            self._latency_report(result, meta, sink)
         if not self.rules:
             return
         from dq_plugins._rule_actions import run_rule_actions
@@ -404,6 +451,26 @@ class DynamicsSession:
         for key, value in tags.items():
             sink.add_tag(key, value)
         result.rules_report = report
+
+    @staticmethod
+    def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
+        """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
+        ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (point-biserial r: negative when
+        slower samples are less often correct)."""
+        from dq_plugins.slices import latency_report
+
+        report = latency_report(result.samples, columns=columns)
+        result.latency = report
+        sink.add_table(report, LATENCY_PATH)
+        for split, part in result.samples.groupby("split", sort=False):
+            mean = float(part[LATENCY_COLUMN].mean())
+            if np.isfinite(mean):
+                result.metrics[f"dq.mean_latency_ms.{split}"] = mean
+                sink.add_metric(f"dq.mean_latency_ms.{split}", mean)
+        for row in report[report["column"] == "correct"].itertuples():
+            if np.isfinite(row.statistic):
+                result.metrics[f"dq.latency.corr_correct.{row.split}"] = float(row.statistic)
+                sink.add_metric(f"dq.latency.corr_correct.{row.split}", float(row.statistic))
 
 
 def save_history(history: SplitHistory, path) -> None:

@@ -25,6 +25,7 @@ import torch
 from dq_plugins._batch import find_logits, get_key
 from dq_plugins._compat import lightning_packages
 from dq_plugins._embeddings import find_tensor, pool
+from dq_plugins._latency import ForwardTimer
 from dq_plugins._session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins._sink import MlflowSink
 
@@ -75,6 +76,14 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     ``label_key`` (:func:`dq_plugins.with_ids` adds ids to any map-style dataset). Logits come from
     the ``"logits"`` entry of what ``training_step`` / ``validation_step`` return, or, with
     ``logits_module``, from a forward hook on that submodule.
+
+    Prediction latency (column ``latency_ms``, see :mod:`dq_plugins._latency`): a forward pre-hook and a
+    forward hook on the LightningModule itself time each call of its ``forward`` (``self(x)``) inside a
+    training or validation step, with CUDA events on a GPU (read once per epoch, no host sync in the
+    step) or ``time.perf_counter`` elsewhere; a sample's latency is its batch's forward time divided by
+    the batch size. A validation step that never calls the module's own ``forward`` (it calls
+    ``self.net(x)``) is timed from ``on_validation_batch_start`` to ``on_validation_batch_end`` instead;
+    such a training step is not timed (that span would include the backward pass).
 
     Args:
         id_key: batch key of the sample ids (0-based, unique, stable across epochs).
@@ -166,6 +175,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._embedding_handle: Any = None
         self._captured_embeddings: torch.Tensor | None = None
         self._auto_head_width: int | None = None  # set when the head was guessed: checked at the first batch
+        self._forward_timer = ForwardTimer()  # root forward hooks
+        self._batch_timer = ForwardTimer()  # validation fallback: batch start -> batch end
+        self._timing_split: str | None = None  # the split whose step is running, while one is timed
+        self._timing_handles: list[Any] = []
 
     @property
     def result(self):
@@ -178,6 +191,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if self.logits_module is not None and self._hook_handle is None:
             module = _submodule(pl_module, self.logits_module, "logits_module")
             self._hook_handle = module.register_forward_hook(self._capture_logits)
+        if not self._timing_handles:
+            self._timing_handles = [pl_module.register_forward_pre_hook(self._forward_started),
+                                    pl_module.register_forward_hook(self._forward_ended)]
         if self.embeddings and self._embedding_handle is None:
             if self.embedding_module is not None:
                 module = _submodule(pl_module, self.embedding_module, "embedding_module")
@@ -191,6 +207,31 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 self._auto_head_width = head.out_features if head is not None else None
             if head is not None:
                 self._embedding_handle = head.register_forward_pre_hook(self._capture_embedding_input)
+
+    def _forward_started(self, module: Any, args: Any) -> None:
+        if self._timing_split is not None:
+            self._forward_timer.start(module.device)
+
+    def _forward_ended(self, module: Any, args: Any, output: Any) -> None:
+        if self._timing_split is not None:
+            self._forward_timer.stop()
+
+    def _start_timing(self, split: str, device: torch.device) -> None:
+        self._forward_timer.take()
+        self._timing_split = split
+        if split == VALIDATION:
+            self._batch_timer.take()
+            self._batch_timer.start(device)
+
+    def _stop_timing(self) -> list:
+        """The spans of the batch that ends: its root forwards, else (validation) the whole batch."""
+        split, self._timing_split = self._timing_split, None
+        spans = self._forward_timer.take()
+        if split == VALIDATION:
+            self._batch_timer.stop()
+            batch_spans = self._batch_timer.take()
+            spans = spans or batch_spans
+        return spans
 
     def _capture_logits(self, module: Any, args: Any, output: Any) -> None:
         self._captured = find_logits(output)
@@ -241,6 +282,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             if handle is not None:
                 handle.remove()
                 setattr(self, name, None)
+        for handle in self._timing_handles:
+            handle.remove()
+        self._timing_handles = []
+        self._timing_split = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
@@ -286,7 +331,11 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         cfg = self.session.config
         return get_key(batch, cfg.id_key, "ids", "id_key"), get_key(batch, cfg.label_key, "labels", "label_key")
 
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._start_timing(TRAIN, pl_module.device)
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        spans = self._stop_timing()
         logits = self._logits(outputs)
         if logits is None:
             keys = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
@@ -298,14 +347,22 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids, labels = self._ids_and_labels(batch)
         self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(TRAIN, ids, batch)
+        self.session.record_latency(TRAIN, ids, spans)
         self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.session.close_epoch(TRAIN)
 
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not (trainer.sanity_checking or not self.record_validation or dataloader_idx != 0):
+            self._start_timing(VALIDATION, pl_module.device)
+
     def on_validation_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        spans = self._stop_timing()
         if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
             self._captured = self._captured_embeddings = None
             return
@@ -324,6 +381,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids, labels = self._ids_and_labels(batch)
         self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(VALIDATION, ids, batch)
+        self.session.record_latency(VALIDATION, ids, spans)
         self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
