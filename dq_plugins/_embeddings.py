@@ -83,36 +83,33 @@ class EmbeddingBuffer:
         self.device = torch.device(device)
         self._values = torch.zeros(self.capacity + 1, self.dim, dtype=torch.float16, device=self.device)
         self._seen = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
-        # Writes are staged (two copies per batch) and folded in once the stage is full or read:
-        # about 10 small ops per batch become 2. Stage memory: S * (D * 4 + 8) bytes, at most ~16 MB.
+        # Writes are staged by reference and folded in once S rows are staged or the buffer is read:
+        # about 10 small ops per batch become none. Stage memory: at most S * D floats (~16 MB).
         self.stage_rows = int(stage_rows or min(65536, max(256, 4_000_000 // self.dim)))
-        self._stage_ids = torch.empty(self.stage_rows, dtype=torch.int64, device=self.device)
-        self._stage_values = torch.empty(self.stage_rows, self.dim, dtype=torch.float32, device=self.device)
+        self._stage: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._staged = 0
 
     def write(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Overwrite the rows of ``ids`` (B,) with ``embeddings`` (B, D). No host sync.
 
-        When an id occurs twice before the stage is folded in, either occurrence may be kept.
+        The tensors are kept by reference until the stage is folded in: the caller must not modify
+        them in place (clone activations that a later in-place op may overwrite). When an id occurs
+        twice before the stage is folded in, either occurrence may be kept.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
-        rows = ids.shape[0]
-        if self._staged + rows > self.stage_rows:
+        self._stage.append((ids, embeddings.detach()))
+        self._staged += ids.shape[0]
+        if self._staged >= self.stage_rows:
             self.flush()
-        if rows > self.stage_rows:
-            self._fold(ids, embeddings.detach())
-            return
-        end = self._staged + rows
-        self._stage_ids[self._staged:end].copy_(ids, non_blocking=True)
-        self._stage_values[self._staged:end].copy_(embeddings.detach(), non_blocking=True)
-        self._staged = end
 
     def flush(self) -> None:
         """Fold the staged rows into the buffer."""
-        if self._staged:
-            rows, self._staged = self._staged, 0
-            self._fold(self._stage_ids[:rows], self._stage_values[:rows])
+        if not self._stage:
+            return
+        stage, self._stage, self._staged = self._stage, [], 0
+        ids, values = zip(*stage)
+        self._fold(torch.cat([t.to(self.device) for t in ids]), torch.cat([t.to(self.device, torch.float32) for t in values]))
 
     @torch.no_grad()
     def _fold(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:

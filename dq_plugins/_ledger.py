@@ -19,11 +19,12 @@ the float fields over its occurrences (so ``correct`` becomes the fraction of co
 occurrences) and the prediction of one of them. A sample never seen in an epoch, or whose
 logits were NaN/inf every time it was seen, is *missing* for that epoch: NaN floats, ``pred`` -1.
 
-Writes are staged: each batch's ids, labels and logits are copied into a staging buffer on the
-device (three copies, no arithmetic), and the record of the staged rows is computed in one go when
-the buffer is full, when the epoch closes, and before any read of the buffers (a checkpoint, the
-softmax means). That turns some 35 small tensor operations per batch into 3, which is what makes
-the callback cheap beside a light training step. Staging memory: ``S * (C + 2)`` x 4-8 bytes with
+Writes are staged: a batch's ids, labels and detached logits are kept by reference (on CUDA the
+logits are cloned, one asynchronous copy, since CUDA-graph replays reuse output buffers), and the
+record of the staged rows is computed in one go when ``S`` rows are staged, when the epoch closes,
+and before any read of the buffers (a checkpoint, the softmax means). That turns some 35 small
+tensor operations per batch into none on the CPU, which is what keeps the callback cheap beside a
+light training step. Staging memory: at most ``S * (C + 2)`` x 4-8 bytes with
 ``S = min(65536, max(1024, 4M / C))`` rows (2.6 MB for ``C = 10``, 16 MB for ``C = 1000``).
 
 Across epochs the ledger also keeps the sum of the full softmax vectors of every valid
@@ -125,42 +126,43 @@ class SplitLedger:
         self.pending_epoch: int | None = None
         self.history: dict[int, dict[str, np.ndarray]] = {}
         self.stage_rows = int(stage_rows or min(65536, max(1024, 4_000_000 // self.num_classes)))
-        self._stage_ids = torch.empty(self.stage_rows, dtype=torch.int64, device=self.device)
-        self._stage_labels = torch.empty(self.stage_rows, dtype=torch.int64, device=self.device)
-        self._stage_logits = torch.empty(self.stage_rows, self.num_classes, dtype=torch.float32, device=self.device)
-        self._staged = 0  # rows of the pending epoch in the staging buffer, not yet in the sums
+        self._stage: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # batches not yet in the sums
+        self._staged = 0  # rows in self._stage
 
     # ------------------------------------------------------------------ hot path
     def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int) -> None:
-        """Stage one batch of the current epoch. No host sync, three device copies.
+        """Stage one batch of the current epoch. No host sync, no tensor arithmetic.
 
         Args:
             ids: (B,) integer sample ids.
             labels: (B,) integer class labels.
-            logits: (B, C) logits of any float dtype (bf16/fp16 are upcast to float32).
+            logits: (B, C) logits of any float dtype (bf16/fp16 are upcast to float32). The caller
+                must not modify ``ids``, ``labels`` or ``logits`` in place afterwards.
             epoch: the trainer epoch this batch belongs to. A batch of a later epoch than the
                 pending one first closes the pending epoch (see :meth:`close_epoch`).
         """
         if self.pending_epoch is not None and epoch != self.pending_epoch:
             self.close_epoch()
         self.pending_epoch = epoch
-        rows = ids.shape[0]
-        if self._staged + rows > self.stage_rows:
+        logits = logits.detach()
+        if logits.is_cuda:
+            logits = logits.clone()
+        self._stage.append((ids, labels, logits))
+        self._staged += ids.shape[0]
+        if self._staged >= self.stage_rows:
             self.flush()
-        if rows > self.stage_rows:  # a batch larger than the stage: record it directly
-            self._accumulate(ids, labels, logits.detach())
-            return
-        end = self._staged + rows
-        self._stage_ids[self._staged:end].copy_(ids, non_blocking=True)
-        self._stage_labels[self._staged:end].copy_(labels, non_blocking=True)
-        self._stage_logits[self._staged:end].copy_(logits.detach(), non_blocking=True)
-        self._staged = end
 
     def flush(self) -> None:
         """Fold the staged rows into the per-sample sums (a handful of device ops, no host sync)."""
-        if self._staged:
-            rows, self._staged = self._staged, 0
-            self._accumulate(self._stage_ids[:rows], self._stage_labels[:rows], self._stage_logits[:rows])
+        if not self._stage:
+            return
+        stage, self._stage, self._staged = self._stage, [], 0
+        if len(stage) == 1:
+            self._accumulate(*stage[0])
+            return
+        ids, labels, logits = zip(*stage)
+        self._accumulate(torch.cat([t.to(self.device) for t in ids]), torch.cat([t.to(self.device) for t in labels]),
+                         torch.cat([t.to(self.device, torch.float32) for t in logits]))
 
     @torch.no_grad()
     def _accumulate(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
@@ -354,7 +356,7 @@ class SplitLedger:
         device = torch.device(device)
         if device != self.device:
             self.flush()
-            for name in ("_stage_ids", "_stage_labels", "_stage_logits", "_sums", "_count", "_pred", "_labels", "_prob_sum", "_prob_count", "_early_sum", "_early_count",
+            for name in ("_sums", "_count", "_pred", "_labels", "_prob_sum", "_prob_count", "_early_sum", "_early_count",
                          "_out_of_range", "_non_finite"):
                 setattr(self, name, getattr(self, name).to(device))
             self.device = device

@@ -112,8 +112,8 @@ def test_invalid_sizes_are_rejected(capacity, num_classes, match):
 
 
 @pytest.mark.parametrize("stage_rows", [5, 7, 64])
-def test_staged_record_equals_the_unstaged_one_across_flushes_and_oversized_batches(stage_rows):
-    """Batches of 3, 9 (larger than a 5- or 7-row stage) and 4 rows over two epochs, with a
+def test_staged_record_equals_the_unstaged_one_across_flushes_and_a_checkpoint(stage_rows):
+    """Batches of 3, 9, 4 and 2 rows over two epochs (a 5- or 7-row stage flushes mid-epoch), with a
     mid-epoch checkpoint read: every stage size gives the record of one big stage."""
     generator = torch.Generator().manual_seed(0)
     batches = []
