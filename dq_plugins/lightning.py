@@ -238,6 +238,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _capture_embedding_output(self, module: Any, args: Any, output: Any) -> None:
         tensor = find_tensor(output)
+        if tensor is not None and tensor.ndim == 2:
+            tensor = tensor.clone()  # a later in-place op (ReLU(inplace=True)) must not rewrite the staged rows
         self._captured_embeddings = tensor.detach() if tensor is not None else None
 
     def _capture_embedding_input(self, module: Any, args: Any) -> None:
