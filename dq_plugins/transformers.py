@@ -30,6 +30,19 @@ Training batches are recorded in the wrapper (``model.training``); evaluation ba
 After training the wrapper stays on the model but only pops the id keyword: the Trainer caches the
 column list it derived from the signature, so a later ``trainer.evaluate()`` still passes ids.
 
+Prediction latency (column ``latency_ms``, see :mod:`dq_plugins._latency`): the wrapper also times the
+original ``forward`` it calls, with CUDA events when the batch is on a GPU (read once per epoch, no
+host sync in the step) or ``time.perf_counter`` otherwise; a sample's latency is its batch's forward
+time divided by the batch size.
+
+Metadata columns (``metadata_columns=``) never pass through the forward or the data collator (a string
+column could not be batched as a tensor): the Trainer drops them with the other unused columns, and
+the callback reads them once by sample id from the Trainer's own ``train_dataset`` / ``eval_dataset`` at
+``on_train_begin``. Callbacks get no reference to the Trainer, so it is found as the ``self`` of the
+Trainer method that runs the callback (:func:`_calling_trainer`); without one (a callback driven by
+hand) the dataloader's dataset is read instead, which keeps the columns when
+``remove_unused_columns=False``.
+
 Checkpoints: ``on_save`` writes the record (:meth:`DynamicsSession.state_dict`) to
 ``<checkpoint>/dq_plugins_state.pt``, and ``on_train_begin`` of a resumed run reads it back. The
 Trainer's own mechanism for stateful callbacks (``ExportableState``) stores JSON in
@@ -44,7 +57,7 @@ import math
 import os
 import types
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -55,7 +68,8 @@ from typing_extensions import override
 from dq_plugins._batch import find_logits
 from dq_plugins._compat import require
 from dq_plugins._embeddings import find_head, find_tensor, pool
-from dq_plugins._session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
+from dq_plugins._latency import ForwardTimer, Span
+from dq_plugins._session import SCORE_COLUMNS, TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins._sink import MlflowSink
 
 _transformers = require("transformers", "transformers accelerate")
@@ -90,6 +104,7 @@ class _IdTap:
         self.id_column = id_column
         self.recorder: DataQualityCallback | None = None
         self.attention_mask: torch.Tensor | None = None
+        self.timer: ForwardTimer | None = None  # times the original forward while set
 
 
 def _tap_of(forward: Any, id_column: str) -> _IdTap | None:
@@ -137,7 +152,14 @@ def _install_tap(model: torch.nn.Module, id_column: str) -> _IdTap:
     def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         ids = kwargs.pop(id_column, None)
         tap.attention_mask = kwargs.get("attention_mask")
-        output = original(self, *args, **kwargs) if bound_to_model else original(*args, **kwargs)
+        timer = tap.timer
+        if timer is not None:
+            timer.start(ids.device if isinstance(ids, torch.Tensor) else None)
+        try:
+            output = original(self, *args, **kwargs) if bound_to_model else original(*args, **kwargs)
+        finally:
+            if timer is not None:
+                timer.stop()
         recorder = tap.recorder
         if recorder is not None:
             recorder._capture(ids, output, self.training)
@@ -225,6 +247,77 @@ def _read_columns(
     return ids.astype(np.int64), labels.astype(np.int64), found
 
 
+# ---------------------------------------------------------------------------------- metadata by id
+def _calling_trainer() -> Any:
+    """The ``transformers.Trainer`` whose method is running this callback, or ``None``.
+
+    Callbacks get no reference to the Trainer; the event reaches them through
+    ``Trainer._inner_training_loop -> CallbackHandler.call_event``, so the Trainer is the ``self`` of a
+    frame a few levels up the stack.
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(32):
+            if frame is None:
+                return None
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, _transformers.Trainer):
+                return candidate
+            frame = frame.f_back
+        return None
+    finally:
+        del frame
+
+
+def _column_names(dataset: Any) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    first = dataset[0] if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and len(dataset) else {}
+    return list(first) if isinstance(first, Mapping) else []
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _read_metadata(dataset: Any, id_column: str, columns: Sequence[str], split: str, hint: str) -> Any:
+    """``sample_id`` and ``columns`` of a map-style dataset, one row per dataset row (a pandas DataFrame)."""
+    import pandas as pd
+
+    available = _column_names(dataset)
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ValueError(
+            f"`metadata_columns` names {missing}, but the {split} dataset has no such column (its columns are "
+            f"{sorted(map(str, available))}). HINT: {hint}"
+        )
+    if id_column not in available:
+        raise ValueError(f"The {split} dataset has no column `{id_column}` holding the sample ids. "
+                         f"{_add_ids_hint(id_column, split)}")
+    if hasattr(dataset, "select_columns") and hasattr(dataset, "to_pandas"):  # datasets.Dataset: one Arrow read
+        frame = dataset.select_columns([id_column, *columns]).to_pandas()
+    else:
+        items = [dataset[i] for i in range(len(dataset))]
+        frame = pd.DataFrame({name: [_scalar(item[name]) for item in items] for name in (id_column, *columns)})
+    for name in columns:
+        if frame[name].dtype == object:
+            bad = frame[name].map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray, torch.Tensor)))
+            if bad.any():
+                raise ValueError(
+                    f"Metadata column `{name}` of the {split} dataset holds {type(frame[name][bad].iloc[0]).__name__} "
+                    "values; slices need one scalar (a number or a string) per sample. HINT: reduce it to a scalar "
+                    "column (e.g. its length) and name that one."
+                )
+    ids = frame[id_column].to_numpy()
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"Expected integer sample ids in column `{id_column}` of the {split} dataset but got "
+                         f"dtype {ids.dtype}. {_add_ids_hint(id_column, split)}")
+    return frame.rename(columns={id_column: "sample_id"})
+
+
 class _LabelTable:
     """Labels of one split indexed by sample id: (N,) int64, -1 for ids absent from the dataset.
 
@@ -269,6 +362,25 @@ def _checkpoint_folder(args: Any, state: Any) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
+def _check_metadata_columns(columns: Sequence[str], id_column: str, label_column: str | None) -> tuple[str, ...]:
+    if isinstance(columns, str):
+        raise ValueError(f"Expected `metadata_columns` to be a list of column names but got the string {columns!r}. "
+                         f"HINT: metadata_columns=[{columns!r}].")
+    columns = tuple(columns)
+    bad = [c for c in columns if not isinstance(c, str) or not c]
+    if bad:
+        raise ValueError(f"Expected `metadata_columns` to hold column names (strings) but got {bad}.")
+    taken = {id_column, *(LABEL_COLUMNS if label_column is None else (label_column,))}
+    reserved = [c for c in columns if c in taken or c in SCORE_COLUMNS or c in ("cluster", "latency_ms")]
+    if reserved:
+        raise ValueError(
+            f"`metadata_columns` {reserved} name the id or label column or a column dq_plugins computes "
+            f"({sorted(SCORE_COLUMNS | {'cluster', 'latency_ms'})}). HINT: name only extra dataset columns such as "
+            "'source'; rename a dataset column that clashes."
+        )
+    return columns
+
+
 # ---------------------------------------------------------------------------------- callback
 class DataQualityCallback(TrainerCallback):
     """Record per-sample training dynamics in a ``transformers.Trainer`` and log label issues to MLflow.
@@ -304,9 +416,13 @@ class DataQualityCallback(TrainerCallback):
             ``False`` keeps those captured during the last epoch.
         texts: train texts by sample id (a sequence indexed by id, or a mapping), shown on hover in
             ``dq/embedding_map.html``.
+        metadata_columns: columns of the train (and eval) dataset, one scalar per row (numbers or
+            strings), kept as columns of ``dq/samples.parquet`` and sliced on (``dq/slices.json``, weak
+            slices). They never reach the model or the data collator: they are read by sample id from
+            the Trainer's datasets at train begin (see the module docstring); a missing column is an
+            error there.
         metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``): its columns join
             ``dq/samples.parquet`` and are sliced on (``dq/slices.json``, ``dq/weak_slices.json``).
-            Dataset columns the model does not take are dropped by the Trainer, so pass them here.
         rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path, validated at
             construction and evaluated after training (``dq/rules.json``).
         projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
@@ -337,6 +453,7 @@ class DataQualityCallback(TrainerCallback):
         head_module: str | None = None,
         final_pass: bool = True,
         texts: Any = None,
+        metadata_columns: Sequence[str] = (),
         metadata: Any = None,
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
@@ -355,8 +472,12 @@ class DataQualityCallback(TrainerCallback):
         self.session = DynamicsSession(
             SessionConfig(id_key=id_column, label_key=label_column or LABEL_COLUMNS[0], num_samples=num_samples,
                           num_val_samples=num_val_samples, el2n_epochs=el2n_epochs, max_issue_rows=max_issue_rows,
-                          fallback_dir=fallback_dir, metadata=metadata, rules=rules, pools=pools, projection=projection)
+                          fallback_dir=fallback_dir,
+                          metadata_columns=_check_metadata_columns(metadata_columns, id_column, label_column),
+                          metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
+        self._forward_timer = ForwardTimer()
+        self._val_metadata_read = False
         self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
         self._sink: MlflowSink | None = None
         self._tap: _IdTap | None = None
@@ -365,7 +486,7 @@ class DataQualityCallback(TrainerCallback):
         self._val_key: Any = None
         self._val_disabled = False
         self._warned_other_eval = False
-        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[Span]]] = []
         self._epoch: int | None = None
         self.run_id: str | None = None
 
@@ -433,11 +554,37 @@ class DataQualityCallback(TrainerCallback):
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
         self._eval_stash = []
         self._epoch = None
+        self._load_metadata(kwargs.get("train_dataloader"))
         if resumed:
             self._restore(args, state, model)
         if state.is_world_process_zero:
             self._open_sink(args)
+        self._forward_timer.take()
         self._tap.recorder = self
+        self._tap.timer = self._forward_timer
+
+    def _load_metadata(self, train_dataloader: Any) -> None:
+        """Read ``metadata_columns`` by sample id from the Trainer's train (and first eval) dataset."""
+        columns = self.session.config.metadata_columns
+        self._val_metadata_read = False
+        if not columns:
+            return
+        trainer = _calling_trainer()
+        if trainer is not None:
+            hint = "add the column to the dataset given to the Trainer, or pass a `metadata=` DataFrame."
+            self.session.set_metadata(TRAIN, _read_metadata(trainer.train_dataset, self.id_column, columns, TRAIN, hint))
+            eval_dataset = trainer.eval_dataset
+            if isinstance(eval_dataset, Mapping):  # evaluated in order: the first one is recorded
+                eval_dataset = next(iter(eval_dataset.values()), None)
+            if self.record_validation and eval_dataset is not None and self.id_column in _column_names(eval_dataset):
+                self.session.set_metadata(
+                    VALIDATION, _read_metadata(eval_dataset, self.id_column, columns, VALIDATION, hint))
+                self._val_metadata_read = True
+            return
+        hint = ("no Trainer runs this callback, so the columns are read from the train dataloader's dataset, from "
+                "which the Trainer drops unused columns: pass `remove_unused_columns=False`, or a `metadata=` DataFrame.")
+        self.session.set_metadata(TRAIN, _read_metadata(_dataset_of(train_dataloader), self.id_column, columns,
+                                                        TRAIN, hint))
 
     def _open_sink(self, args: Any) -> None:
         fallback_dir = self.session.config.fallback_dir
@@ -464,6 +611,7 @@ class DataQualityCallback(TrainerCallback):
     # ------------------------------------------------------------------ recording
     def _capture(self, ids: torch.Tensor | None, output: Any, training: bool) -> None:
         """Called by the forward wrapper after each forward while training runs. No host sync."""
+        spans = self._forward_timer.take()  # the forward just timed by the wrapper
         if self._final_split is not None:  # the post-training embedding pass
             embeddings = self._pooled_embeddings(ids.shape[0]) if ids is not None else None
             if embeddings is not None:
@@ -494,10 +642,11 @@ class DataQualityCallback(TrainerCallback):
         if training:
             labels = self._train_labels.lookup(ids)
             self.session.record(TRAIN, self._epoch or 0, ids, labels, logits)
+            self.session.record_latency(TRAIN, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
         elif self._epoch is not None:  # evaluations before the first epoch (eval_on_start) are not recorded
-            self._eval_stash.append((ids, logits.detach(), embeddings))
+            self._eval_stash.append((ids, logits.detach(), embeddings, spans))
 
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -537,6 +686,14 @@ class DataQualityCallback(TrainerCallback):
             self._val_disabled = True
             return None
         self._val_labels, self._val_key = table, key
+        columns = self.session.config.metadata_columns
+        if columns and not self._val_metadata_read:  # no Trainer was found at train begin: read the eval loader's dataset
+            self._val_metadata_read = True
+            try:
+                self.session.set_metadata(VALIDATION, _read_metadata(dataset, self.id_column, columns, VALIDATION,
+                                                                     "pass `remove_unused_columns=False`."))
+            except ValueError as err:
+                warnings.warn(f"dq_plugins: the validation split has no metadata: {err}", UserWarning, stacklevel=2)
         return table
 
     @override
@@ -547,8 +704,9 @@ class DataQualityCallback(TrainerCallback):
         table = self._validation_table(kwargs.get("eval_dataloader"))  # checked even when no ids arrived
         if table is None:
             return
-        for ids, logits, embeddings in stash:
+        for ids, logits, embeddings, spans in stash:
             self.session.record(VALIDATION, self._epoch or 0, ids, table.lookup(ids), logits)
+            self.session.record_latency(VALIDATION, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(VALIDATION, ids, embeddings)
 
@@ -561,6 +719,8 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._eval_stash = []
+        if self._tap is not None:
+            self._tap.timer = None
         if self.embeddings and self.final_pass and model is not None and TRAIN in self.session.embeddings:
             self._embedding_pass(args, model, kwargs.get("train_dataloader"), TRAIN)
         if self._tap is not None:
