@@ -79,6 +79,8 @@ class DynamicsSession:
         self._metadata_batches: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
         self._metadata_frames: dict[str, Any] = {}
         self.latency: dict[str, LatencyRecorder] = {}
+        # name -> EmbeddingPool for SelectSimilar; an adapter replaces pools given as data by their embeddings
+        self.pools: dict[str, Any] = dict(config.pools or {})
         self.rules = self._parse_rules(config)
         self.result = None
         self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
@@ -447,7 +449,7 @@ class DynamicsSession:
         outcomes = evaluate_rules(self.rules, samples, slices)
         pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
         tags: dict[str, str] = {}
-        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.config.pools)
+        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.pools)
         for key, value in tags.items():
             sink.add_tag(key, value)
         result.rules_report = report

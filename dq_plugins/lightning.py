@@ -119,11 +119,14 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
             compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
             if set, else UMAP when installed.
-        pools: name -> :class:`dq_plugins.selection.EmbeddingPool` of unlabeled samples for
-            ``SelectSimilar`` actions.
+        pools: name -> unlabeled pool for ``SelectSimilar`` actions (and :attr:`pools` after fit): a
+            :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
+            ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same
+            embedding hook as the train split, with the final weights.
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
+        pools: name -> :class:`~dq_plugins.selection.EmbeddingPool` after fit (main process), loader pools embedded.
         result: the :class:`~dq_plugins._analysis.AnalysisResult` after fit (main process), else ``None``.
     """
 
@@ -175,6 +178,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._embedding_handle: Any = None
         self._captured_embeddings: torch.Tensor | None = None
         self._auto_head_width: int | None = None  # set when the head was guessed: checked at the first batch
+        self._check_pools()
         self._forward_timer = ForwardTimer()  # root forward hooks
         self._batch_timer = ForwardTimer()  # validation fallback: batch start -> batch end
         self._timing_split: str | None = None  # the split whose step is running, while one is timed
@@ -183,6 +187,29 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     @property
     def result(self):
         return self.session.result
+
+    @property
+    def pools(self) -> dict[str, Any]:
+        return self.session.pools
+
+    def _check_pools(self) -> None:
+        from dq_plugins.selection import EmbeddingPool
+
+        data = [name for name, pool in self.session.pools.items() if not isinstance(pool, EmbeddingPool)]
+        if not data:
+            return
+        not_iterable = [name for name in data if not hasattr(self.session.pools[name], "__iter__")]
+        if not_iterable:
+            raise ValueError(
+                f"`pools` {not_iterable} are neither an EmbeddingPool nor a DataLoader. HINT: pass "
+                "`dq_plugins.selection.EmbeddingPool(ids, embeddings)` or a DataLoader of unlabeled batches."
+            )
+        if self.forward_fn is None or not self.embeddings:
+            raise ValueError(
+                f"`pools` {data} are DataLoaders; embedding them after fit needs `forward_fn=` and `embeddings=True`. "
+                "HINT: pass `forward_fn=lambda module, batch: module(batch['inputs'])`, or embed the pool yourself "
+                "and pass a `dq_plugins.selection.EmbeddingPool`."
+            )
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -394,6 +421,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.embeddings and self.forward_fn is not None:
             self._inference_pass(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._embed_pools(trainer, pl_module)
         self.session.close_all()  # a collective under DDP: every rank takes part
         if not trainer.is_global_zero or self._sink is None:
             return
@@ -420,6 +449,45 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                         ids = get_key(batch, self.session.config.id_key, "ids", "id_key")
                         width = self.session.ledgers[split].num_classes if split in self.session.ledgers else -1
                         self._record_embeddings(split, outputs, batch, ids, width)
+        finally:
+            pl_module.train(was_training)
+
+    def _embed_pools(self, trainer: Any, pl_module: Any) -> None:
+        """Replace each DataLoader pool by the :class:`EmbeddingPool` of its batches, embedded like the
+        train split (``forward_fn`` in eval and inference mode, the same hook and pooling)."""
+        from dq_plugins.selection import EmbeddingPool
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                for name, loader in list(self.session.pools.items()):
+                    if isinstance(loader, EmbeddingPool):
+                        continue
+                    ids, rows = [], []
+                    for batch in loader:
+                        batch = trainer.strategy.batch_to_device(batch)
+                        self._captured_embeddings = None
+                        outputs = self.forward_fn(pl_module, batch)
+                        captured, self._captured_embeddings = self._captured_embeddings, None
+                        embeddings = outputs.get("embeddings") if isinstance(outputs, Mapping) else None
+                        embeddings = embeddings if isinstance(embeddings, torch.Tensor) else captured
+                        if embeddings is None:
+                            raise ValueError(
+                                f"Pool {name!r}: `forward_fn` ran but no embedding was captured. HINT: make "
+                                "`forward_fn` call the module whose head the callback hooks, or return "
+                                "{'embeddings': tensor}."
+                            )
+                        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+                        rows.append(pool(embeddings.detach(), mask if isinstance(mask, torch.Tensor) else None,
+                                         self.embedding_pooling).float())
+                        ids.append(get_key(batch, self.session.config.id_key, "ids", "id_key").reshape(-1))
+                    if not rows:
+                        warnings.warn(f"dq_plugins: pool {name!r} yielded no batch; it is left out.", UserWarning,
+                                      stacklevel=2)
+                        del self.session.pools[name]
+                        continue
+                    self.session.pools[name] = EmbeddingPool(torch.cat(ids).cpu().numpy(), torch.cat(rows).cpu().numpy())
         finally:
             pl_module.train(was_training)
 
