@@ -45,7 +45,7 @@ class EmbeddingSummary:
     Attributes:
         num_samples: rows analysed.
         k: neighbours per sample actually used (``min(k, N - 1)``).
-        knn_method: ``"exact"`` or ``"ann"``; ``projection_method``: ``"umap"`` or ``"pca"``.
+        knn_method: ``"exact"``, ``"ivf"`` or ``"ann"``; ``projection_method``: ``"umap"`` or ``"pca"``.
         num_near_duplicates: rows with ``near_duplicate_of != -1``.
         num_conflicting_duplicates: rows in a near-duplicate pair whose labels differ.
         num_outliers: rows flagged by the IQR rule of ``scores.outliers.is_outlier``.
@@ -123,9 +123,9 @@ def _check_inputs(
 def warm_up(num_samples: int, *, projection: ProjectionMethod = "auto", device: str | torch.device = "cpu") -> float:
     """Compile the numba kernels that :func:`analyze_embeddings` of ``num_samples`` rows will use.
 
-    pynndescent (approximate kNN, more than ``EXACT_MAX_SAMPLES_CPU`` rows on CPU) and umap-learn
+    pynndescent (``knn_method="ann"``, never chosen by ``"auto"``) and umap-learn (``projection="umap"``)
     compile their kernels at their first call in a process: 40 to 180 s on 2 CPU cores, more than
-    the analysis itself at 100k rows. Calling this on tiny data in a background thread while the
+    the analysis itself at 100k rows; the default methods need no compilation. Calling this on tiny data in a background thread while the
     model trains (``threading.Thread(target=warm_up, args=(n,), daemon=True).start()``) moves that
     cost out of the end of fit. Returns the seconds spent.
     """
@@ -185,7 +185,7 @@ def analyze_embeddings(
         n_clusters: default ``scores.clusters.default_num_clusters(N)``.
         seed: random state of the ANN search, k-means and the 2-D map.
         device: where the exact kNN runs (default: the device of ``embeddings``).
-        knn_method: ``"auto"``, ``"exact"`` or ``"ann"`` (``scores.neighbors.knn_cosine``).
+        knn_method: ``"auto"``, ``"exact"``, ``"ivf"`` or ``"ann"`` (``scores.neighbors.knn_cosine``).
         projection: ``"auto"``, ``"umap"`` or ``"pca"`` (``scores.projection.project_2d``).
         max_fit: rows the 2-D map is fitted on.
 

@@ -14,6 +14,7 @@ import torch
 from dq_plugins.scores import neighbors
 from dq_plugins.scores.neighbors import (
     EXACT_MAX_SAMPLES_CPU,
+    EXACT_MAX_SAMPLES_GPU,
     knn_cosine,
     neighbor_label_disagreement,
     resolve_method,
@@ -114,8 +115,9 @@ def test_unit_rows_avoids_a_copy_for_normalised_fp32() -> None:
 
 def test_auto_method_resolution() -> None:
     assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU, torch.device("cpu")) == "exact"
-    assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU + 1, torch.device("cpu")) == "ann"
-    assert resolve_method("auto", 10_000_000, torch.device("cuda")) == "exact"
+    assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU + 1, torch.device("cpu")) == "ivf"
+    assert resolve_method("auto", EXACT_MAX_SAMPLES_GPU, torch.device("cuda")) == "exact"
+    assert resolve_method("auto", EXACT_MAX_SAMPLES_GPU + 1, torch.device("cuda")) == "ivf"
     assert resolve_method("ann", 10, torch.device("cpu")) == "ann"
 
 
@@ -165,7 +167,7 @@ def test_rejects_bad_inputs() -> None:
         knn_cosine(np.zeros(5), 1)
     with pytest.raises(ValueError, match=r"`embeddings` to have a float dtype but got int64"):
         knn_cosine(np.zeros((5, 2), dtype=np.int64), 1)
-    with pytest.raises(ValueError, match=r"`method` to be one of \['auto', 'exact', 'ann'\] but got 'hnsw'"):
+    with pytest.raises(ValueError, match=r"`method` to be one of \['auto', 'exact', 'ivf', 'ann'\] but got 'hnsw'"):
         knn_cosine(_data(5), 1, method="hnsw")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`chunk_size` to be a positive integer but got 0"):
         knn_cosine(_data(5), 1, chunk_size=0)
@@ -208,10 +210,40 @@ def test_disagreement_rejects_bad_inputs() -> None:
         neighbor_label_disagreement(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros((3, 1)))
 
 
-def test_auto_without_pynndescent_warns_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = neighbors.importlib.util.find_spec
-    monkeypatch.setattr(
-        neighbors.importlib.util, "find_spec", lambda name: None if name == "pynndescent" else real_find_spec(name)
-    )
-    with pytest.warns(RuntimeWarning, match=r"pynndescent is not installed.*HINT: `pip install pynndescent`"):
-        assert resolve_method("auto", EXACT_MAX_SAMPLES_CPU + 1, torch.device("cpu")) == "exact"
+def _clustered(n: int, d: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    return centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_ivf_recalls_the_exact_neighbours_and_keeps_the_contract(exclude_self: bool) -> None:
+    x = _clustered(4000)
+    indices, sims = knn_cosine(x, 10, method="ivf", exclude_self=exclude_self, seed=1)
+    expected, expected_sims = _brute_force(x, 10, exclude_self=exclude_self)
+    assert indices.shape == sims.shape == (4000, 10)
+    assert indices.dtype == np.int64 and sims.dtype == np.float32
+    recall = np.mean([np.intersect1d(indices[i], expected[i]).size / 10 for i in range(4000)])
+    assert recall > 0.95
+    rows = np.arange(4000)[:, None]
+    if exclude_self:
+        assert (indices != rows).all()
+    else:
+        assert (indices[:, 0] == rows[:, 0]).mean() > 0.99  # each row is its own nearest neighbour
+    assert (np.diff(sims, axis=1) <= 1e-6).all()  # nearest first
+    found = indices >= 0
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    true_sims = np.einsum("nd,nkd->nk", unit, unit[np.where(found, indices, 0)])
+    np.testing.assert_allclose(sims[found], true_sims[found], atol=1e-5)  # similarities are the real ones
+
+
+def test_ivf_is_deterministic_for_a_seed_and_small_inputs_work() -> None:
+    x = _clustered(600, seed=3)
+    first = knn_cosine(x, 5, method="ivf", seed=7)
+    second = knn_cosine(x, 5, method="ivf", seed=7)
+    np.testing.assert_array_equal(first[0], second[0])
+    tiny_indices, _ = knn_cosine(_data(9), 3, method="ivf")
+    expected, _ = _brute_force(_data(9), 3)
+    np.testing.assert_array_equal(np.sort(tiny_indices, axis=1), np.sort(expected, axis=1))  # one list: exact
+
+
