@@ -43,6 +43,15 @@ SCORE_COLUMNS = frozenset((
 
 TRAIN = "train"
 VALIDATION = "validation"
+
+VALIDATION_RECORD_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "label", "pred", "correct", "loss", "prob_given", "margin", LATENCY_COLUMN,
+)
+"""Columns of the table a rule with ``on_validation=True`` sees at a validation (plus the metadata):
+the record of that validation epoch, before any end-of-fit score exists."""
+
+VALIDATION_SLICE_METRICS: tuple[str, ...] = ("size", "accuracy", "macro_f1", "mean_latency_ms")
+"""Slice metrics defined at a validation (the others need end-of-fit scores)."""
 STATE_VERSION = 1
 
 
@@ -82,6 +91,9 @@ class DynamicsSession:
         # name -> EmbeddingPool for SelectSimilar; an adapter replaces pools given as data by their embeddings
         self.pools: dict[str, Any] = dict(config.pools or {})
         self.rules = self._parse_rules(config)
+        self._fresh_validation: int | None = None  # a validation epoch closed and not yet checked by the rules
+        self._rule_history: list[Any] = []  # dq/rules.json rows of the validation-time evaluations
+        self.mark_failed_at_validation = False
         self.result = None
         self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
 
@@ -102,6 +114,10 @@ class DynamicsSession:
         if config.metadata is not None:
             columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
         validate_rules(list(rules), columns, pools=list(config.pools or {}) or None)
+        metadata = [c for c in columns if c not in SAMPLE_COLUMNS and c not in EMBEDDING_COLUMNS]
+        for rule in rules:
+            if rule.on_validation:
+                _check_validation_rule(rule, metadata)
         return list(rules)
 
     def record_metadata(self, split: str, ids: torch.Tensor, batch: Any) -> None:
@@ -202,6 +218,66 @@ class DynamicsSession:
                                             LATENCY_COLUMN: recorder.latest[ids]}))
         return pd.concat(frames, ignore_index=True) if frames else None
 
+    # ------------------------------------------------------------------ rules at each validation
+    def check_validation_rules(self, sink: MlflowSink | None) -> None:
+        """Evaluate the rules with ``on_validation=True`` on the validation epoch closed last (once per epoch).
+
+        The table holds :data:`VALIDATION_RECORD_COLUMNS` and the metadata of the validation samples
+        recorded in that epoch; slice conditions see its slice table (:data:`VALIDATION_SLICE_METRICS`).
+        Only ``FailRun`` acts here: ``"raise"`` raises :class:`~dq_plugins.rules.DataQualityRuleFailed`
+        now (fail fast; ``dq/rules.json`` so far is staged in ``sink`` first), ``"mark_failed"`` marks the run
+        FAILED when it ends. The other actions run at the end of fit. Each evaluation becomes rows of
+        ``dq/rules.json`` (with its epoch) and the metric ``dq.rule.<name>.held`` (1 or 0) at that epoch.
+        """
+        epoch, self._fresh_validation = self._fresh_validation, None
+        rules = [rule for rule in self.rules if rule.on_validation]
+        if epoch is None or not rules or VALIDATION not in self.ledgers:
+            return
+        import pandas as pd
+
+        from dq_plugins._rule_actions import RULES_TABLE_PATH, failure_of, marks_failed, outcomes_table
+        from dq_plugins.rules import RuleStatus, evaluate_rules
+        from dq_plugins.slices import slice_metrics
+
+        table = self._validation_epoch_table(epoch)
+        metadata = [c for c in table.columns if c not in VALIDATION_RECORD_COLUMNS]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # small slices: the end-of-fit analysis warns once
+            slices = slice_metrics(table, columns=metadata)
+        outcomes = evaluate_rules(rules, table, slices)
+        self._rule_history.append(outcomes_table(outcomes, epoch=epoch))
+        self.mark_failed_at_validation |= marks_failed(outcomes)
+        if sink is not None:
+            for outcome in outcomes:
+                sink.add_metric(f"dq.rule.{outcome.rule.name}.held", float(outcome.status is RuleStatus.HELD), step=epoch)
+        error = failure_of(outcomes)
+        if error is not None:
+            if sink is not None:
+                sink.add_table(pd.concat(self._rule_history, ignore_index=True), RULES_TABLE_PATH)
+            raise error
+
+    def _validation_epoch_table(self, epoch: int) -> Any:
+        """One row per validation sample recorded in ``epoch``: :data:`VALIDATION_RECORD_COLUMNS` and metadata."""
+        import pandas as pd
+
+        history = self.ledgers[VALIDATION].to_history(reduce=False)
+        row = int(np.flatnonzero(history.epochs == epoch)[0])
+        pred = history.pred[row]
+        ids = np.flatnonzero(pred >= 0)
+        table = pd.DataFrame({
+            "sample_id": ids.astype(np.int64), "split": VALIDATION, "label": history.labels[ids], "pred": pred[ids],
+            **{name: history.fields[name][row, ids] for name in ("loss", "prob_given", "margin")},
+        })
+        latency = self.latency.get(VALIDATION)
+        if latency is not None and np.isfinite(latency.latest).any():
+            table[LATENCY_COLUMN] = latency.latest[ids]
+        metadata = self.metadata_frame()
+        if metadata is not None:
+            if "split" in metadata.columns:
+                metadata = metadata[metadata["split"].astype(str) == VALIDATION].drop(columns="split")
+            table = table.merge(metadata.drop_duplicates("sample_id"), on="sample_id", how="left")
+        return table
+
     # ------------------------------------------------------------------ setup
     def set_capacity(self, split: str, dataset_length: int | None) -> None:
         """Fix the id range of a split from the callback option or the dataset length."""
@@ -279,6 +355,8 @@ class DynamicsSession:
             return
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce=reduce)
+        if split == VALIDATION and epoch is not None:
+            self._fresh_validation = epoch
         self._close_metadata(split, reduce)
         latency = self.latency.get(split)
         if latency is None and reduce and split in self.capacities:  # every rank takes part in the collective
@@ -322,6 +400,12 @@ class DynamicsSession:
             for buffer in self.embeddings.values():
                 buffer.gather()
 
+    def save_raw(self, sink: MlflowSink) -> None:
+        """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only)."""
+        for split, history in self.histories().items():
+            save_history(history, sink.stage_path(f"{RAW_DIR}/{split}.npz"))
+            sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
         return {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
@@ -343,7 +427,8 @@ class DynamicsSession:
         raise :class:`~dq_plugins.rules.DataQualityRuleFailed` when a ``FailRun("raise")`` rule held."""
         result = self.finish(sink)
         report = getattr(result, "rules_report", None)
-        sink.end("FAILED" if report is not None and report.mark_failed else "FINISHED")
+        failed = self.mark_failed_at_validation or (report is not None and report.mark_failed)
+        sink.end("FAILED" if failed else "FINISHED")
         if report is not None:
             report.raise_if_failed()
         return result
@@ -442,6 +527,8 @@ class DynamicsSession:
             self._latency_report(result, meta, sink)
         if not self.rules:
             return
+        import pandas as pd
+
         from dq_plugins._rule_actions import run_rule_actions
         from dq_plugins.rules import evaluate_rules
         from dq_plugins.selection import EmbeddingPool
@@ -449,7 +536,9 @@ class DynamicsSession:
         outcomes = evaluate_rules(self.rules, samples, slices)
         pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
         tags: dict[str, str] = {}
-        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.pools)
+        history = pd.concat(self._rule_history, ignore_index=True) if self._rule_history else None
+        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.pools,
+                                  history=history)
         for key, value in tags.items():
             sink.add_tag(key, value)
         result.rules_report = report
@@ -473,6 +562,29 @@ class DynamicsSession:
             if np.isfinite(row.statistic):
                 result.metrics[f"dq.latency.corr_correct.{row.split}"] = float(row.statistic)
                 sink.add_metric(f"dq.latency.corr_correct.{row.split}", float(row.statistic))
+
+
+def _check_validation_rule(rule: Any, metadata: list[str]) -> None:
+    """A rule with ``on_validation=True`` may only read what a validation epoch has (at construction)."""
+    if rule.split not in (VALIDATION, None):
+        raise ValueError(
+            f"Rule {rule.name!r} has on_validation=True but split={rule.split!r}: at a validation only the "
+            f"validation split's record exists. HINT: set split={VALIDATION!r} (or None) on this rule."
+        )
+    columns = [*VALIDATION_RECORD_COLUMNS, *metadata]
+    for condition in rule.conditions:
+        if condition.over == "slices":
+            needed = [condition.metric] if condition.metric not in VALIDATION_SLICE_METRICS else []
+            where = (condition.where or {}).get("column")
+            needed += [c for c in (where if isinstance(where, list) else [where]) if c is not None and c not in columns]
+        else:
+            needed = [c for c in condition.columns() if c not in columns]
+        if needed:
+            raise ValueError(
+                f"Rule {rule.name!r} is evaluated at each validation (on_validation=True), but {needed[0]!r} exists "
+                f"only after the end-of-fit analysis. At a validation the samples have {columns} and the slices "
+                f"{list(VALIDATION_SLICE_METRICS)}. HINT: set on_validation=False for this rule, or test one of those."
+            )
 
 
 def save_history(history: SplitHistory, path) -> None:

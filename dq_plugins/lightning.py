@@ -115,7 +115,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             columns of ``dq/samples.parquet`` and sliced on (``dq/slices.json``, weak slices).
         metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``) merged in the same way.
         rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path to a YAML file, validated
-            at construction and evaluated at the end of fit (``dq/rules.json``).
+            at construction and evaluated at the end of fit (``dq/rules.json``). Rules with
+            ``on_validation=True`` are also evaluated after each validation epoch on its record (fail
+            fast: see :meth:`~dq_plugins._session.DynamicsSession.check_validation_rules`).
         projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
             compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
             if set, else UMAP when installed.
@@ -416,6 +418,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self.session.close_epoch(VALIDATION)
+            self.session.check_validation_rules(self._sink)  # a FailRun("raise") rule stops fit (on_exception)
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

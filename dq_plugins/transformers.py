@@ -424,7 +424,9 @@ class DataQualityCallback(TrainerCallback):
         metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``): its columns join
             ``dq/samples.parquet`` and are sliced on (``dq/slices.json``, ``dq/weak_slices.json``).
         rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path, validated at
-            construction and evaluated after training (``dq/rules.json``).
+            construction and evaluated after training (``dq/rules.json``). Rules with
+            ``on_validation=True`` are also evaluated after each evaluation on its record (fail fast: see
+            :meth:`~dq_plugins._session.DynamicsSession.check_validation_rules`).
         projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
             compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
             if set, else UMAP when installed.
@@ -712,8 +714,28 @@ class DataQualityCallback(TrainerCallback):
 
     @override
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from dq_plugins.rules import DataQualityRuleFailed
+
         self._eval_stash = []
         self.session.close_epoch(VALIDATION)
+        try:
+            self.session.check_validation_rules(self._sink)
+        except DataQualityRuleFailed:  # fail fast: keep the record, end the run FAILED, stop training
+            self._end_failed()
+            raise
+
+    def _end_failed(self) -> None:
+        if self._tap is not None:
+            self._tap.recorder = self._tap.timer = None
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        try:
+            self.session.save_raw(sink)
+            sink.flush()
+        finally:
+            sink.end("FAILED")
+            self.run_id = sink.run_id
 
     # ------------------------------------------------------------------ end of training
     @override
