@@ -35,6 +35,7 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     ddp = run_script(tmp_path, 2, tracking_uri)
     assert len(ddp) == len(single) == 96 + 32
     assert not ddp.duplicated(["split", "sample_id"]).any()
+    assert ddp["latency_ms"].notna().all()  # every sample was timed on some rank; the totals are reduced on rank 0
     pd.testing.assert_frame_equal(ddp[["split", "sample_id", "label"]], single[["split", "sample_id", "label"]])
     for column in ("confidence", "variability", "aum", "el2n", "correctness"):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
@@ -44,6 +45,56 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     for run_id in run_ids:
         paths = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "dq")}
         assert "dq/samples.parquet" in paths
+
+
+HF_SCRIPT = Path(__file__).parent / "ddp" / "hf_run.py"
+HF_SCORES = ("confidence", "variability", "aum", "el2n", "correctness", "forgetting_events", "mislabel_score",
+             "outlier_score", "neighbor_disagreement", "x2d", "y2d")
+
+
+def run_hf(tmp_path: Path, processes: int) -> tuple[pd.DataFrame, list]:
+    """Run tests/ddp/hf_run.py on ``processes`` processes against its own sqlite store; (samples, runs)."""
+    out = tmp_path / f"hf_{processes}.parquet"
+    uri = f"sqlite:///{tmp_path}/hf_{processes}.db"
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1",
+           "DQ_PLUGINS_PROJECTION": "pca"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, *launcher, str(HF_SCRIPT), str(out), uri], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()]
+    )
+    assert [run.info.run_id for run in runs] == [Path(f"{out}.run_id").read_text()]
+    return pd.read_parquet(out).sort_values(["split", "sample_id"]).reset_index(drop=True), runs
+
+
+def test_hf_trainer_under_torchrun_matches_one_process(tmp_path):
+    """The HF Trainer under ``torchrun --nproc_per_node 2`` (gloo, CPU) against one process.
+
+    Both runs train on the same global batches in the same order: the Trainer's sampler is seeded
+    (``seed=0``) identically in both, and accelerate hands rank r the batches r, r + 2, ... of it, with 8
+    samples per device on two processes and 16 on one. So the two records must be equal, not only
+    alike: every score, including the embedding scores of the post-training pass (each rank embeds its
+    own shard; the rows are gathered), within float tolerance. ``latency_ms`` is a timing and is not
+    compared. One MLflow run per job, written by rank 0, holds the results.
+    """
+    single, _ = run_hf(tmp_path, 1)
+    ddp, runs = run_hf(tmp_path, 2)
+    counts = ddp.groupby("split")["sample_id"].agg(["count", "nunique", "min", "max"])
+    assert counts.to_dict("index") == {"train": {"count": 64, "nunique": 64, "min": 0, "max": 63},
+                                       "validation": {"count": 24, "nunique": 24, "min": 0, "max": 23}}
+    pd.testing.assert_frame_equal(ddp[["split", "sample_id", "label", "pred", "is_label_issue"]],
+                                  single[["split", "sample_id", "label", "pred", "is_label_issue"]])
+    for column in HF_SCORES:
+        np.testing.assert_allclose(ddp[column], single[column], rtol=1e-4, atol=1e-5, err_msg=column)
+    (run,) = runs
+    assert run.info.status == "FINISHED" and run.data.tags["dq_plugins"] == "true"
+    assert run.data.metrics["dq.num_label_issues"] == single["is_label_issue"][single["split"] == "train"].sum()
+    assert run.data.metrics["dq.num_samples.train"] == 64
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/hf_2.db")
+    assert {"dq/samples.parquet", "dq/issues.json", "dq/raw"} <= {a.path for a in client.list_artifacts(run.info.run_id, "dq")}
 
 
 def _ledger_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
