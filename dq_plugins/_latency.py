@@ -180,7 +180,9 @@ class LatencyRecorder:
         return recorder
 
 
-def _all_reduce(sums: np.ndarray, counts: np.ndarray, device: torch.device | str | None) -> tuple[np.ndarray, np.ndarray]:
+def _all_reduce(
+    sums: np.ndarray, counts: np.ndarray, device: torch.device | str | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``(N,)`` totals and counts over the ranks of the default process group (no-op without one)."""
     from dq_plugins._ledger import distributed_rank_and_world
 

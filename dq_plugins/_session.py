@@ -207,7 +207,7 @@ class DynamicsSession:
         recorder.record(ids, spans)
 
     def latency_frame(self) -> Any:
-        """``(split, sample_id, latency_ms)`` rows of the samples timed in each split's latest timed epoch, or ``None``."""
+        """``(split, sample_id, latency_ms)`` of the samples timed in each split's latest timed epoch, or ``None``."""
         import pandas as pd
 
         frames = []
@@ -249,7 +249,8 @@ class DynamicsSession:
         self.mark_failed_at_validation |= marks_failed(outcomes)
         if sink is not None:
             for outcome in outcomes:
-                sink.add_metric(f"dq.rule.{outcome.rule.name}.held", float(outcome.status is RuleStatus.HELD), step=epoch)
+                held = float(outcome.status is RuleStatus.HELD)
+                sink.add_metric(f"dq.rule.{outcome.rule.name}.held", held, step=epoch)
         error = failure_of(outcomes)
         if error is not None:
             if sink is not None:

@@ -490,7 +490,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                                       stacklevel=2)
                         del self.session.pools[name]
                         continue
-                    self.session.pools[name] = EmbeddingPool(torch.cat(ids).cpu().numpy(), torch.cat(rows).cpu().numpy())
+                    self.session.pools[name] = EmbeddingPool(torch.cat(ids).cpu().numpy(),
+                                                             torch.cat(rows).cpu().numpy())
         finally:
             pl_module.train(was_training)
 

@@ -574,7 +574,8 @@ class DataQualityCallback(TrainerCallback):
         trainer = _calling_trainer()
         if trainer is not None:
             hint = "add the column to the dataset given to the Trainer, or pass a `metadata=` DataFrame."
-            self.session.set_metadata(TRAIN, _read_metadata(trainer.train_dataset, self.id_column, columns, TRAIN, hint))
+            frame = _read_metadata(trainer.train_dataset, self.id_column, columns, TRAIN, hint)
+            self.session.set_metadata(TRAIN, frame)
             eval_dataset = trainer.eval_dataset
             if isinstance(eval_dataset, Mapping):  # evaluated in order: the first one is recorded
                 eval_dataset = next(iter(eval_dataset.values()), None)
@@ -583,8 +584,9 @@ class DataQualityCallback(TrainerCallback):
                     VALIDATION, _read_metadata(eval_dataset, self.id_column, columns, VALIDATION, hint))
                 self._val_metadata_read = True
             return
-        hint = ("no Trainer runs this callback, so the columns are read from the train dataloader's dataset, from "
-                "which the Trainer drops unused columns: pass `remove_unused_columns=False`, or a `metadata=` DataFrame.")
+        hint = ("no Trainer runs this callback, so the columns are read from the train dataloader's dataset, "
+                "from which the Trainer drops unused columns: pass `remove_unused_columns=False`, or a `metadata=` "
+                "DataFrame.")
         self.session.set_metadata(TRAIN, _read_metadata(_dataset_of(train_dataloader), self.id_column, columns,
                                                         TRAIN, hint))
 
@@ -689,7 +691,7 @@ class DataQualityCallback(TrainerCallback):
             return None
         self._val_labels, self._val_key = table, key
         columns = self.session.config.metadata_columns
-        if columns and not self._val_metadata_read:  # no Trainer was found at train begin: read the eval loader's dataset
+        if columns and not self._val_metadata_read:  # no Trainer at train begin: read the eval loader's dataset
             self._val_metadata_read = True
             try:
                 self.session.set_metadata(VALIDATION, _read_metadata(dataset, self.id_column, columns, VALIDATION,

@@ -121,7 +121,8 @@ def build_module(num_features: int, num_classes: int, learning_rate: float, hidd
 
         def __init__(self) -> None:
             super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2))
+            self.body = torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(),
+                                            torch.nn.Dropout(0.2))
             self.head = torch.nn.Linear(hidden, num_classes)
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:

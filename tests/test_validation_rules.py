@@ -25,7 +25,8 @@ def rules_table(run_id):
 
 def test_rules_are_evaluated_after_each_validation_and_logged_with_their_epoch(tracking_uri):
     rules = [
-        Rule("forum_accuracy", Condition("accuracy", "<", 0.5, over="slices", where={"column": "source", "value": "forum"}),
+        Rule("forum_accuracy",
+             Condition("accuracy", "<", 0.5, over="slices", where={"column": "source", "value": "forum"}),
              then=[TagRun("dq.forum", "weak")], split="validation", on_validation=True),
         Rule("watch", ALWAYS, then=[FailRun("mark_failed")], split="validation", on_validation=True),
     ]
