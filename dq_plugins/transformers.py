@@ -765,7 +765,11 @@ class DataQualityCallback(TrainerCallback):
         """One eval-mode pass over the train loader: the embeddings of the final weights.
 
         ``torch.inference_mode``, autocast when training ran in bf16/fp16; the forward wrapper
-        hands each batch's head input to :meth:`_capture`, which overwrites the split's rows.
+        hands each batch's head input to :meth:`_capture`, which writes them to a fresh buffer. Under
+        torchrun every rank passes over its own shard, which holds other samples than the ones it
+        trained on last: the pass's rows are gathered across ranks (a collective) before they
+        overwrite the training-time rows, so no rank's stale row wins the final gather. Samples the
+        pass does not reach (``dataloader_drop_last``) keep their training-time row.
         """
         if dataloader is None:
             return
@@ -774,6 +778,7 @@ class DataQualityCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         self._final_split = split
+        captured = self.session.embeddings.pop(split, None)
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 for batch in dataloader:
@@ -784,6 +789,16 @@ class DataQualityCallback(TrainerCallback):
         finally:
             self._final_split = None
             model.train(was_training)
+            final = self.session.embeddings.pop(split, None)
+            if captured is not None:
+                self.session.embeddings[split] = captured
+        if final is not None and captured is not None:
+            with torch.inference_mode():  # the pass created its buffer in inference mode
+                final.gather()
+                ids, values = final.to_numpy()
+            captured.write(torch.from_numpy(ids).to(captured.device), torch.from_numpy(values).to(captured.device))
+        elif final is not None:
+            self.session.embeddings[split] = final
 
     # ------------------------------------------------------------------ checkpoint
     @override

@@ -1,0 +1,52 @@
+"""Train a tiny randomly initialised BERT with the HF ``DataQualityCallback``, on 1 process or under torchrun.
+
+    python tests/ddp/hf_run.py OUT.parquet TRACKING_URI                                   # one process
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp/hf_run.py OUT.parquet TRACKING_URI
+
+CPU, gloo. The global batch is 16 in both cases (16 per device on one process, 8 per device on two):
+accelerate shards the batches of the Trainer's seeded sampler across ranks (rank r takes batches
+r, r + world, ...), so the two ranks together train on the same global batches, in the same order,
+as one process. Rank 0 writes the callback's per-sample table to OUT.parquet and the MLflow run id
+to OUT.parquet.run_id. Used by tests/test_distributed.py.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_transformers_callback import make_dataset, make_model  # noqa: E402
+
+from dq_plugins.transformers import DataQualityCallback  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def main(out: str, tracking_uri: str) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    callback = DataQualityCallback(tracking_uri=tracking_uri)
+    args = TrainingArguments(
+        output_dir=str(Path(out).parent / f"hf_out_{world}"), num_train_epochs=3, learning_rate=5e-3,
+        per_device_train_batch_size=GLOBAL_BATCH // world, per_device_eval_batch_size=8, use_cpu=True,
+        ddp_backend="gloo" if world > 1 else None, report_to="none", save_strategy="no", eval_strategy="epoch",
+        disable_tqdm=True, logging_strategy="no", seed=0,
+        # transformers multiplies the loss by the world size for models whose forward takes **kwargs
+        # (BERT does, yet its loss ignores num_items_in_batch): DDP would train with twice the gradient.
+        average_tokens_across_devices=False,
+    )
+    trainer = Trainer(model=make_model(), args=args, train_dataset=make_dataset(64, seed=0),
+                      eval_dataset=make_dataset(24, seed=1), callbacks=[callback])
+    trainer.train()
+    if trainer.is_world_process_zero():
+        callback.result.samples.to_parquet(out)
+        Path(out + ".run_id").write_text(callback.run_id)
+    else:
+        assert callback.run_id is None and callback.result is None, "only rank 0 opens a run and analyses"
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], sys.argv[2])
