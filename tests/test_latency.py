@@ -135,14 +135,14 @@ class SlowBlobs(BlobsDataset):
 
 
 class SleepyClassifier(TinyClassifier):
-    """Its forward sleeps 30 ms when the batch holds a slow sample."""
+    """Its forward sleeps 100 ms when the batch holds a slow sample."""
 
     def __init__(self):
         super().__init__(dim=9)
 
     def forward(self, inputs):
         if bool(inputs[:, -1].max() > 0.5):
-            time.sleep(0.03)
+            time.sleep(0.1)
         return super().forward(inputs)
 
 
@@ -155,10 +155,12 @@ def test_slow_forwards_give_larger_latency_and_a_latency_report(tracking_uri):
         part = samples[samples["split"] == split]
         slow, fast = part[part["kind"] == "slow"]["latency_ms"], part[part["kind"] == "fast"]["latency_ms"]
         assert len(slow) == len(fast) == 48 and slow.notna().all() and fast.notna().all()
-        assert slow.min() > 30 / 16 > fast.max()  # 30 ms of sleep shared by 16 samples
+        # 100 ms of sleep shared by 16 samples is a lower bound; the fast batches (3 per epoch) stay below
+        # it but for a rare stall on a busy machine, so their median is compared
+        assert slow.min() > 100 / 16 > fast.median()
     slices = callback.result.slices
     buckets = slices[(slices["split"] == "train") & (slices["column"] == "latency_ms")]
-    assert buckets["mean_latency_ms"].max() > 30 / 16 > buckets["mean_latency_ms"].min()
+    assert buckets["mean_latency_ms"].max() > 100 / 16 > buckets["mean_latency_ms"].min()
     report = callback.result.latency.set_index(["split", "column"])
     assert report.loc[("train", "kind"), "p_value"] < 1e-6
     train = samples[samples["split"] == "train"]
