@@ -20,6 +20,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
+from dq_plugins._latency import LATENCY_COLUMN
 from dq_plugins.scores.mislabel import mislabel_score
 
 SAMPLE_COLUMNS: tuple[str, ...] = (
@@ -243,6 +244,8 @@ def analyze(
             frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection)
             metrics.update(embedding_metrics)
             overlaps.append(overlap)
+        if history.latency_ms is not None and len(frame):
+            frame[LATENCY_COLUMN] = history.latency_ms[frame["sample_id"].to_numpy()]
         frames.append(frame)
         metrics[f"dq.accuracy.{split}"] = float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
         metrics[f"dq.num_samples.{split}"] = float(len(frame))

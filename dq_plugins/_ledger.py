@@ -58,6 +58,8 @@ class SplitHistory:
         mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen.
         early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
+        latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
+            (:mod:`dq_plugins._latency`), NaN where not timed; ``None`` when nothing was timed.
     """
 
     epochs: np.ndarray
@@ -66,6 +68,7 @@ class SplitHistory:
     labels: np.ndarray
     mean_probs: np.ndarray
     early_probs: np.ndarray | None = None
+    latency_ms: np.ndarray | None = None
 
     @property
     def seen(self) -> np.ndarray:

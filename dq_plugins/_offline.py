@@ -5,11 +5,9 @@ Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` 
 record is read with :func:`dq_plugins._session.load_history` and the artifact paths are those of
 :mod:`dq_plugins._sink`: nothing here recomputes a score.
 
-Rerunning into the same run replaces ``dq/samples.parquet``, ``dq/issues.json``, ``dq/data_map.png``
-and, when the run holds embeddings (``dq/embeddings/<split>.npz``), ``dq/class_overlap.json`` and the
-embedding maps, in place (``log_artifact`` overwrites a file at the same artifact path). Tables are
-uploaded as files plus the ``mlflow.loggedArtifacts`` tag that makes the UI render them, because
-``MlflowClient.log_table`` appends to an existing table instead of replacing it.
+Rerunning into the same run writes what the end of fit writes (:func:`dq_plugins._publish.publish_results`)
+through an :class:`~dq_plugins._sink.MlflowSink` in ``replace`` mode: files are overwritten at their
+artifact paths, tables are replaced rather than appended to, and unchanged metrics are not logged again.
 """
 
 from __future__ import annotations
@@ -23,26 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from dq_plugins._publish import publish_results
 from dq_plugins._sink import (
     ARTIFACT_DIR,
-    CLASS_OVERLAP_PATH,
-    DATA_MAP_PATH,
     EMBEDDING_HTML_PATH,
-    EMBEDDING_MAP_PATH,
     EMBEDDINGS_DIR,
-    ISSUES_PATH,
     RAW_DIR,
     SAMPLES_PATH,
+    MlflowSink,
 )
 
 SOURCE_RUN_TAG = "dq.source_run"
 """Tag of a run derived from another (a child analysis run): the id of the run holding the raw record."""
 
-LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
-"""MLflow's tag listing the JSON tables its UI renders (written by ``log_table``)."""
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
@@ -241,6 +234,7 @@ def reanalyze(
     child_run: bool = False,
     early_epochs: int | None = None,
     max_issue_rows: int | None = None,
+    rules: Any = None,
     progress: Progress = _silent,
 ) -> OfflineAnalysis:
     """Rerun the end-of-fit analysis from the raw record saved in a run, and log the results.
@@ -252,7 +246,15 @@ def reanalyze(
             ``run_id`` in place.
         early_epochs: epochs averaged by EL2N (``None``: the default of :func:`~dq_plugins.scores.el2n`).
         max_issue_rows: rows of ``dq/issues.json`` (``None``: :data:`~dq_plugins._analysis.MAX_ISSUE_ROWS`).
+        rules: rules to evaluate on the new results (a list of :class:`~dq_plugins.rules.Rule`, or YAML
+            text or a path to a YAML file); ``None``: none. Their actions run as at the end of fit
+            (``SelectSimilar`` can draw from the run's own embeddings).
         progress: receives one line per step.
+
+    The results are written by the same code as at the end of fit
+    (:func:`dq_plugins._publish.publish_results`): samples, issues, figures, metrics, the slice
+    tables, weak slices and latency report (from the metadata and latency columns of the run's
+    previous ``dq/samples.parquet``, carried over), and the rules.
 
     In the same run, files are replaced at their paths, summary metrics are logged only when their
     value changed, and the per-epoch metric histories (a pure function of the unchanged raw record)
@@ -282,6 +284,7 @@ def reanalyze(
         if kept:
             progress(f"keeping columns computed by other features: {kept}")
 
+        parsed_rules = _parse_rules(rules, result.samples)
         target = run_id
         previous = {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
         if child_run:
@@ -292,79 +295,38 @@ def reanalyze(
             )
             target, previous = created.info.run_id, {}
         progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+        # The texts shown on hover are not stored in the run: an existing interactive map (made at fit
+        # time, with texts) is kept rather than replaced by one without them.
+        keep_html = not child_run and EMBEDDING_HTML_PATH in set(artifact_paths(client, target))
+        sink = MlflowSink(client=client, run_id=target, replace=not child_run)
         try:
-            _log_results(client, target, result, staging / "out", previous, log_histories=child_run)
-            client.set_tag(target, "dq.analysis", json.dumps({
+            publish_results(result, histories, embeddings, sink, write_html=not keep_html, rules=parsed_rules)
+            sink.add_tag("dq.analysis", json.dumps({
                 "source": "offline", "raw_record_run": source_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "early_epochs": early_epochs, "max_issue_rows": max_issue_rows or MAX_ISSUE_ROWS,
+                "rules": [rule.name for rule in parsed_rules],
             }))
+            sink.flush(strict=True)
         except BaseException:
             if child_run:
                 client.set_terminated(target, status="FAILED")
             raise
+        finally:
+            sink.end()
+        report = getattr(result, "rules_report", None)
         if child_run:
-            client.set_terminated(target, status="FINISHED")
+            client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
     return OfflineAnalysis(target, source_id, result, kept, previous)
 
 
-def _log_results(
-    client: Any, run_id: str, result: Any, staging: Path, previous: dict[str, float], *, log_histories: bool
-) -> None:
-    from mlflow.entities import Metric
+def _parse_rules(rules: Any, samples: pd.DataFrame) -> list:
+    """Rules from a list, YAML text or a YAML path, validated against the columns of ``samples``."""
+    if rules is None:
+        return []
+    from dq_plugins.rules import rules_from_yaml, validate_rules
 
-    from dq_plugins._figures import data_map
-
-    def stage(path: str) -> Path:
-        local = staging / path
-        local.parent.mkdir(parents=True, exist_ok=True)
-        return local
-
-    def upload(path: str) -> None:
-        client.log_artifact(run_id, str(stage(path)), artifact_path=str(Path(path).parent))
-
-    def upload_table(frame: pd.DataFrame, path: str) -> None:
-        # The JSON layout of mlflow.log_table, written as a plain file so that it replaces the old one.
-        frame.to_json(stage(path), orient="split", index=False, date_format="iso")
-        upload(path)
-        tables.append({"path": path, "type": "table"})
-
-    tables: list[dict[str, str]] = []
-    existing = set(artifact_paths(client, run_id))
-    result.samples.to_parquet(stage(SAMPLES_PATH), index=False)
-    upload(SAMPLES_PATH)
-    upload_table(result.issues, ISSUES_PATH)
-    if getattr(result, "class_overlap", None) is not None:
-        upload_table(result.class_overlap, CLASS_OVERLAP_PATH)
-    train = result.samples[result.samples["split"] == "train"]
-    if len(train):
-        data_map(train, "Data map, train").savefig(stage(DATA_MAP_PATH), dpi=110, bbox_inches="tight")
-        upload(DATA_MAP_PATH)
-    has_map = bool(len(train)) and "x2d" in train and bool(train["x2d"].notna().any())
-    if has_map:
-        from dq_plugins._embedding_figures import embedding_map
-
-        embedding_map(train, "Embedding map, train").savefig(stage(EMBEDDING_MAP_PATH), dpi=110, bbox_inches="tight")
-        upload(EMBEDDING_MAP_PATH)
-    # The texts shown on hover are not stored in the run: an existing interactive map (made at fit
-    # time, with texts) is kept rather than replaced by one without them.
-    if has_map and EMBEDDING_HTML_PATH not in existing:
-        from dq_plugins._embedding_figures import embedding_map_html
-
-        stage(EMBEDDING_HTML_PATH).write_text(embedding_map_html(train, None, title="Embedding map, train"),
-                                              encoding="utf-8")
-        upload(EMBEDDING_HTML_PATH)
-    logged = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
-    missing = [table for table in tables if table not in logged]
-    if missing:
-        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
-
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(key, float(value), now, 0)
-        for key, value in result.metrics.items()
-        if np.isfinite(value) and not (key in previous and np.isclose(previous[key], value, rtol=0, atol=1e-12))
-    ]
-    if log_histories:
-        metrics += [Metric(k, float(v), now, int(e)) for k, values in result.epoch_metrics.items() for e, v in values]
-    for start in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[start : start + 500])
+    if isinstance(rules, (str, os.PathLike)):
+        rules = rules_from_yaml(rules)
+    rules = list(rules)
+    validate_rules(rules, list(samples.columns), pools=None)
+    return rules

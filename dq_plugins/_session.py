@@ -19,27 +19,15 @@ from dq_plugins._batch import check_shapes, check_values
 from dq_plugins._embeddings import EmbeddingBuffer
 from dq_plugins._latency import LATENCY_COLUMN, LatencyRecorder, Span
 from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
-from dq_plugins._sink import (
-    CLASS_OVERLAP_PATH,
-    DATA_MAP_PATH,
-    EMBEDDING_HTML_PATH,
-    EMBEDDING_MAP_PATH,
-    EMBEDDINGS_DIR,
-    ISSUES_PATH,
-    RAW_DIR,
-    SAMPLES_PATH,
-    MlflowSink,
+from dq_plugins._publish import (  # noqa: F401 - SCORE_COLUMNS and the paths are re-exported for the adapters
+    LATENCY_PATH,
+    SCORE_COLUMNS,
+    SLICES_PATH,
+    WEAK_SLICES_FIGURE_PATH,
+    WEAK_SLICES_PATH,
+    publish_results,
 )
-
-SLICES_PATH = "dq/slices.json"
-LATENCY_PATH = "dq/latency.json"
-WEAK_SLICES_PATH = "dq/weak_slices.json"
-WEAK_SLICES_FIGURE_PATH = "dq/weak_slices.png"
-SCORE_COLUMNS = frozenset((
-    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label", "confidence",
-    "variability", "correctness", "aum", "forgetting_events", "el2n", "outlier_score", "is_outlier",
-    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d",
-))
+from dq_plugins._sink import EMBEDDINGS_DIR, RAW_DIR, MlflowSink
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -205,18 +193,6 @@ class DynamicsSession:
                 return
             recorder = self.latency[split] = LatencyRecorder(capacity)
         recorder.record(ids, spans)
-
-    def latency_frame(self) -> Any:
-        """``(split, sample_id, latency_ms)`` of the samples timed in each split's latest timed epoch, or ``None``."""
-        import pandas as pd
-
-        frames = []
-        for split, recorder in self.latency.items():
-            ids = np.flatnonzero(np.isfinite(recorder.latest))
-            if len(ids):
-                frames.append(pd.DataFrame({"split": split, "sample_id": ids.astype(np.int64),
-                                            LATENCY_COLUMN: recorder.latest[ids]}))
-        return pd.concat(frames, ignore_index=True) if frames else None
 
     # ------------------------------------------------------------------ rules at each validation
     def check_validation_rules(self, sink: MlflowSink | None) -> None:
@@ -409,7 +385,12 @@ class DynamicsSession:
 
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
-        return {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
+        histories = {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
+        for split, history in histories.items():
+            recorder = self.latency.get(split)
+            if recorder is not None and np.isfinite(recorder.latest).any():
+                history.latency_ms = recorder.latest[: history.labels.shape[0]].copy()
+        return histories
 
     def finish(self, sink: MlflowSink, *, extra_tags: dict[str, str] | None = None):
         """Save the raw record, analyse it and log everything through ``sink``.
@@ -442,7 +423,6 @@ class DynamicsSession:
         result = None
         try:
             from dq_plugins._analysis import analyze
-            from dq_plugins._figures import data_map
 
             embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
             for split, (ids, values) in embeddings.items():
@@ -455,39 +435,11 @@ class DynamicsSession:
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]
                 result.samples = result.samples.merge(metadata, on=on, how="left")
-            latency = self.latency_frame()
-            if latency is not None:
-                result.samples = result.samples.merge(latency, on=["split", "sample_id"], how="left")
-            result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
-            sink.add_artifact(SAMPLES_PATH)
-            sink.add_table(result.issues, ISSUES_PATH)
-            train_rows = result.samples[result.samples["split"] == TRAIN]
-            if len(train_rows):
-                sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
-            if result.class_overlap is not None:
-                sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
-            if len(train_rows) and "x2d" in train_rows:
-                from dq_plugins._embedding_figures import embedding_map, embedding_map_html
+            import pandas as pd
 
-                sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
-                html = embedding_map_html(train_rows, self.texts, title="Embedding map, train")
-                sink.stage_path(EMBEDDING_HTML_PATH).write_text(html, encoding="utf-8")
-                sink.add_artifact(EMBEDDING_HTML_PATH)
-            for key, value in result.metrics.items():
-                if np.isfinite(value):
-                    sink.add_metric(key, value)
-            for key, values in result.epoch_metrics.items():
-                for epoch, value in values:
-                    sink.add_metric(key, value, step=epoch)
-            try:
-                self._slices_and_rules(result, histories, embeddings, sink)
-            except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
-                warnings.warn(
-                    f"dq_plugins: the slice and rule analysis failed; the per-sample results are saved.\n"
-                    f"{traceback.format_exc()}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            rule_history = pd.concat(self._rule_history, ignore_index=True) if self._rule_history else None
+            publish_results(result, histories, embeddings, sink, texts=self.texts, rules=self.rules, pools=self.pools,
+                            rule_history=rule_history)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
             sink.stage_path(f"{RAW_DIR}/analysis_error.txt").write_text(trace)
@@ -501,68 +453,6 @@ class DynamicsSession:
         sink.flush()
         self.result = result
         return result
-
-    def _slices_and_rules(self, result: Any, histories: dict, embeddings: dict, sink: MlflowSink) -> None:
-        """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
-        from dq_plugins._slice_figures import weak_slices_figure
-        from dq_plugins.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
-
-        samples = result.samples
-        # metadata columns; slices per class, cluster and latency bucket are added by slice_metrics itself
-        meta = [c for c in samples.columns if c not in SCORE_COLUMNS and c not in ("cluster", "latency_ms")]
-        slices = slice_metrics(samples, columns=meta)
-        weak = find_weak_slices(samples, columns=meta)
-        result.slices, result.weak_slices = slices, weak
-        sink.add_table(slices, SLICES_PATH)
-        sink.add_table(weak, WEAK_SLICES_PATH)
-        shown = weak if len(weak) else slices
-        if len(shown) and "dq.accuracy.train" in result.metrics:
-            sink.add_figure(weak_slices_figure(shown, result.metrics["dq.accuracy.train"]), WEAK_SLICES_FIGURE_PATH)
-        correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
-        for key, values in slice_epoch_accuracy(samples, shown, correct).items():
-            for epoch, value in values:
-                sink.add_metric(key, value, step=epoch)
-        result.metrics["dq.num_weak_slices"] = float(len(weak))
-        sink.add_metric("dq.num_weak_slices", float(len(weak)))
-        if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
-            self._latency_report(result, meta, sink)
-        if not self.rules:
-            return
-        import pandas as pd
-
-        from dq_plugins._rule_actions import run_rule_actions
-        from dq_plugins.rules import evaluate_rules
-        from dq_plugins.selection import EmbeddingPool
-
-        outcomes = evaluate_rules(self.rules, samples, slices)
-        pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
-        tags: dict[str, str] = {}
-        history = pd.concat(self._rule_history, ignore_index=True) if self._rule_history else None
-        report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=pools, pools=self.pools,
-                                  history=history)
-        for key, value in tags.items():
-            sink.add_tag(key, value)
-        result.rules_report = report
-
-    @staticmethod
-    def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
-        """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
-        ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (point-biserial r: negative when
-        slower samples are less often correct)."""
-        from dq_plugins.slices import latency_report
-
-        report = latency_report(result.samples, columns=columns)
-        result.latency = report
-        sink.add_table(report, LATENCY_PATH)
-        for split, part in result.samples.groupby("split", sort=False):
-            mean = float(part[LATENCY_COLUMN].mean())
-            if np.isfinite(mean):
-                result.metrics[f"dq.mean_latency_ms.{split}"] = mean
-                sink.add_metric(f"dq.mean_latency_ms.{split}", mean)
-        for row in report[report["column"] == "correct"].itertuples():
-            if np.isfinite(row.statistic):
-                result.metrics[f"dq.latency.corr_correct.{row.split}"] = float(row.statistic)
-                sink.add_metric(f"dq.latency.corr_correct.{row.split}", float(row.statistic))
 
 
 def _check_validation_rule(rule: Any, metadata: list[str]) -> None:
@@ -598,6 +488,7 @@ def save_history(history: SplitHistory, path) -> None:
         labels=history.labels,
         mean_probs=history.mean_probs,
         **({"early_probs": history.early_probs} if history.early_probs is not None else {}),
+        **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
         **{f"field_{name}": values for name, values in history.fields.items()},
     )
     with open(path, "wb") as handle:
@@ -626,4 +517,5 @@ def load_history(path) -> SplitHistory:
             labels=data["labels"],
             mean_probs=data["mean_probs"],
             early_probs=data["early_probs"] if "early_probs" in data.files else None,
+            latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
         )

@@ -4,10 +4,13 @@ Every artifact is first written to a local staging folder, then uploaded to the 
 through ``MlflowClient`` (never the fluent API, so the user's active run and the frameworks'
 own MLflow callbacks are left alone). If MLflow fails, the staging folder is kept under
 ``fallback_dir`` and a warning says where it is and how to upload it later: nothing is lost.
+The kept folder (a *fallback folder*) mirrors the run's artifact paths and holds
+:data:`FALLBACK_MANIFEST`, which ``dq upload`` reads to log everything into a run later.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +28,14 @@ EMBEDDINGS_DIR = f"{ARTIFACT_DIR}/embeddings"
 EMBEDDING_MAP_PATH = f"{ARTIFACT_DIR}/embedding_map.png"
 EMBEDDING_HTML_PATH = f"{ARTIFACT_DIR}/embedding_map.html"
 CLASS_OVERLAP_PATH = f"{ARTIFACT_DIR}/class_overlap.json"
+FALLBACK_MANIFEST = "dq_fallback.json"
+"""File of a fallback folder that says what could not be logged besides the files: where the results
+were meant to go (tracking URI, run id or experiment and run name), the metrics, the tags, and which
+JSON files are tables. Written by :class:`MlflowSink`, read by :func:`read_fallback_manifest`."""
+FALLBACK_FORMAT = "dq_plugins.fallback"
+FALLBACK_VERSION = 1
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
+"""MLflow's tag listing the JSON tables its UI renders (written by ``log_table``)."""
 
 
 class MlflowSink:
@@ -39,6 +50,10 @@ class MlflowSink:
         experiment_name: experiment of a created run; ``None`` means ``MLFLOW_EXPERIMENT_NAME`` or "Default".
         run_name: name of a created run.
         fallback_dir: local folder that keeps the artifacts when MLflow is unreachable.
+        replace: write into a run that already holds results (``dq analyze``): tables replace the
+            existing ones (``MlflowClient.log_table`` would append rows to them), a metric whose
+            latest value is unchanged is not logged again, and a per-epoch series already in the
+            run is not logged twice.
     """
 
     def __init__(
@@ -49,6 +64,7 @@ class MlflowSink:
         experiment_name: str | None = None,
         run_name: str | None = None,
         fallback_dir: str | os.PathLike = "dq_artifacts",
+        replace: bool = False,
     ) -> None:
         self._client = client
         self.run_id = run_id
@@ -57,9 +73,10 @@ class MlflowSink:
         self.run_name = run_name
         self.fallback_dir = Path(fallback_dir)
         self.owns_run = False
+        self.replace = replace
         self._staging = Path(tempfile.mkdtemp(prefix="dq_plugins_"))
         self._pending: list[tuple[str, str]] = []  # (local path, artifact dir)
-        self._metrics: list[tuple[str, float, int]] = []
+        self._metrics: list[tuple[str, float, int, bool]] = []
         self._tables: list[tuple[Any, str]] = []
         self._figures: list[tuple[Any, str]] = []
         self._tags: dict[str, str] = {}
@@ -109,18 +126,23 @@ class MlflowSink:
         """Queue a run tag."""
         self._tags[key] = str(value)
 
-    def add_metric(self, key: str, value: float, step: int = 0) -> None:
-        self._metrics.append((key, float(value), int(step)))
+    def add_metric(self, key: str, value: float, step: int = 0, series: bool = False) -> None:
+        """Queue a metric; ``series=True`` marks one point of a per-epoch series (see ``replace``)."""
+        self._metrics.append((key, float(value), int(step), bool(series)))
 
     # ------------------------------------------------------------------ upload
-    def flush(self) -> bool:
-        """Upload everything queued. Returns ``False`` (and keeps a local copy) when MLflow fails."""
+    def flush(self, strict: bool = False) -> bool:
+        """Upload everything queued. Returns ``False`` (and keeps a local copy) when MLflow fails;
+        ``strict=True`` re-raises the error after keeping the local copy."""
         try:
             run_id = self.ensure_run()
             for local, artifact_dir in self._pending:
                 self.client.log_artifact(run_id, local, artifact_path=artifact_dir)
-            for frame, artifact_path in self._tables:
-                self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
+            if self.replace:
+                self._replace_tables(run_id)
+            else:
+                for frame, artifact_path in self._tables:
+                    self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
             for key, value in self._tags.items():
                 self.client.set_tag(run_id, key, value)
             for figure, artifact_path in self._figures:
@@ -129,18 +151,25 @@ class MlflowSink:
                 from mlflow.entities import Metric
 
                 now = int(time.time() * 1000)
-                metrics = [Metric(k, v, now, s) for k, v, s in self._metrics]
+                queued = self._metrics
+                if self.replace:
+                    latest = self.client.get_run(run_id).data.metrics
+                    queued = [(k, v, s, series) for k, v, s, series in queued
+                              if k not in latest or (not series and abs(latest[k] - v) > 1e-12)]
+                metrics = [Metric(k, v, now, s) for k, v, s, _ in queued]
                 for start in range(0, len(metrics), 500):
                     self.client.log_batch(run_id, metrics=metrics[start : start + 500])
         except Exception as err:  # noqa: BLE001 - any tracking failure must keep the files
-            target = self._keep_locally()
+            target = self._keep_locally(err)
             warnings.warn(
                 f"dq_plugins could not write to MLflow ({type(err).__name__}: {err}). The results are kept in "
-                f"{target}. Upload them later with `mlflow artifacts log-artifacts --local-dir {target} "
-                f"--run-id <RUN_ID>` once the tracking server is reachable.",
+                f"{target}. Upload them once the tracking server is reachable with `{upload_command(target)}` "
+                "(add `--run-id RUN_ID` to log into another existing run).",
                 RuntimeWarning,
                 stacklevel=2,
             )
+            if strict:
+                raise
             return False
         finally:
             self._pending.clear()
@@ -150,12 +179,59 @@ class MlflowSink:
             self._tags.clear()
         return True
 
-    def _keep_locally(self) -> Path:
+    def _replace_tables(self, run_id: str) -> None:
+        """Upload the staged JSON tables as files (replacing any table at the same path) and list them in
+        the ``mlflow.loggedArtifacts`` tag, which is what makes the MLflow UI render a file as a table."""
+        for _, artifact_path in self._tables:
+            self.client.log_artifact(run_id, str(self.stage_path(artifact_path)),
+                                     artifact_path=str(Path(artifact_path).parent))
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+        missing = [{"path": path, "type": "table"} for _, path in self._tables]
+        missing = [entry for entry in missing if entry not in logged]
+        if missing:
+            self.client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
+
+    def _keep_locally(self, error: BaseException) -> Path:
+        """Copy the staged files to the fallback folder and record the rest in its manifest."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = self.fallback_dir / (self.run_id or f"run-{stamp}")
         target.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self._staging, target, dirs_exist_ok=True)
+        self._write_manifest(target, error)
         return target.resolve()
+
+    def _write_manifest(self, target: Path, error: BaseException) -> None:
+        """Write (or extend, when the folder already holds one) :data:`FALLBACK_MANIFEST` in ``target``."""
+        path = target / FALLBACK_MANIFEST
+        try:
+            tracking_uri = self.tracking_uri or getattr(self._client, "tracking_uri", None)
+            if tracking_uri is None:
+                import mlflow
+
+                tracking_uri = mlflow.get_tracking_uri()
+        except Exception:  # noqa: BLE001 - the manifest must be written; `dq upload --tracking-uri` fills this in
+            tracking_uri = None
+        try:
+            previous = read_fallback_manifest(target) if path.is_file() else {}
+        except ValueError:  # unreadable: replaced by this one
+            previous = {}
+        metrics = previous.get("metrics", []) + [[key, value, step] for key, value, step, *_ in self._metrics]
+        tables = list(dict.fromkeys([*previous.get("tables", []), *(p for _, p in self._tables)]))
+        manifest = {
+            "format": FALLBACK_FORMAT,
+            "version": FALLBACK_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "error": f"{type(error).__name__}: {error}",
+            "tracking_uri": tracking_uri,
+            "run_id": self.run_id,
+            "experiment_name": None if self.run_id else (
+                self.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"),
+            "run_name": self.run_name,
+            "tables": tables,
+            "tags": {**previous.get("tags", {}), **self._tags},
+            "metrics": metrics,
+        }
+        path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
     def end(self, status: str = "FINISHED") -> None:
         """Terminate the run if this sink created it; remove the staging folder."""
@@ -166,3 +242,55 @@ class MlflowSink:
             warnings.warn(f"dq_plugins could not close MLflow run {self.run_id}: {err}", RuntimeWarning, stacklevel=2)
         finally:
             shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def upload_command(folder: str | os.PathLike) -> str:
+    """The ``dq upload`` command line that uploads a fallback folder (with its tracking URI when recorded)."""
+    import shlex
+
+    command = f"dq upload {shlex.quote(str(folder))}"
+    try:
+        uri = read_fallback_manifest(folder).get("tracking_uri")
+    except ValueError:
+        uri = None
+    return f"{command} --tracking-uri {shlex.quote(uri)}" if uri else command
+
+
+def read_fallback_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a fallback folder written by :class:`MlflowSink` (see :data:`FALLBACK_MANIFEST`).
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist or is not a folder.
+        ValueError: ``folder`` is not a fallback folder (no manifest, or one of another format);
+            the message lists the fallback folders inside it, if any.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"{str(folder)!r} {what}. HINT: pass the folder named in the dq_plugins warning "
+            "(`dq_artifacts/<run id>` or `dq_artifacts/run-<time>` under the folder you trained from)."
+        )
+    path = folder / FALLBACK_MANIFEST
+    if not path.is_file():
+        inside = sorted(str(p.parent) for p in folder.glob(f"*/{FALLBACK_MANIFEST}"))
+        if inside:
+            hint = "HINT: upload one of the fallback folders inside it: " + ", ".join(f"`dq upload {p}`" for p in inside)
+        elif (folder / ARTIFACT_DIR).is_dir():
+            hint = (f"HINT: an older dq_plugins kept it without a manifest; upload its files with "
+                    f"`mlflow artifacts log-artifacts --local-dir {folder} --run-id RUN_ID`.")
+        else:
+            hint = "HINT: pass the folder named in the dq_plugins warning that MLflow could not be reached."
+        raise ValueError(f"{str(folder)!r} is not a dq_plugins fallback folder: it has no {FALLBACK_MANIFEST}. {hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} cannot be read as JSON ({err}); it is not a dq_plugins fallback manifest.") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FALLBACK_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a dq_plugins fallback manifest (expected \"format\": \"{FALLBACK_FORMAT}\").")
+    if int(manifest.get("version", 0)) > FALLBACK_VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written by a newer dq_plugins (manifest version {manifest['version']}, this one reads "
+            f"{FALLBACK_VERSION}). HINT: upgrade dq_plugins: `pip install -U dq_plugins`."
+        )
+    return manifest

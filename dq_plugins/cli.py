@@ -4,6 +4,7 @@
     dq export RUN_ID --issue label --format csv        flagged rows with their suggested labels
     dq analyze RUN_ID [--child-run]                    rerun the analysis from the raw record in the run
     dq compare RUN_A RUN_B                             issue counts, noise rates and slices side by side
+    dq upload LOCAL_DIR [--run-id RUN_ID]              log a folder kept while MLflow was unreachable
 
 Also ``python -m dq_plugins ...``. Every command takes the tracking URI as MLflow's own CLI does:
 ``--tracking-uri URI``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working
@@ -16,11 +17,14 @@ one line on stderr, no traceback unless ``--traceback``), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,13 +41,15 @@ from dq_plugins._offline import (
     read_samples,
     reanalyze,
 )
+from dq_plugins._sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 
 DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
 
   dq report RUN_ID                               summary, top issues, weakest slices
   dq export RUN_ID --issue label --format csv    flagged rows with their suggested labels
   dq analyze RUN_ID [--child-run]                rerun the analysis from the raw record in the run
-  dq compare RUN_A RUN_B                         issue counts, noise rates and slices side by side"""
+  dq compare RUN_A RUN_B                         issue counts, noise rates and slices side by side
+  dq upload LOCAL_DIR [--run-id RUN_ID]          log a folder kept while MLflow was unreachable"""
 
 EPILOG = """The tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
 Exit codes: 0 success, 1 runtime error (one line on stderr), 2 usage error.
@@ -291,7 +297,7 @@ def _write_rows(rows: pd.DataFrame, fmt: str, target: Path | TextIO) -> None:
 def cmd_analyze(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
     done = reanalyze(
         args.run_id, tracking_uri=client.tracking_uri, child_run=args.child_run, early_epochs=args.el2n_epochs,
-        max_issue_rows=args.max_issue_rows, progress=progress,
+        max_issue_rows=args.max_issue_rows, rules=Path(args.rules) if args.rules else None, progress=progress,
     )
     metrics = done.result.metrics
     print(f"dq analyze: results of run {done.source_run_id} logged into run {done.run_id}", file=out)
@@ -365,7 +371,131 @@ def cmd_compare(args: argparse.Namespace, client: Any, progress: _Progress, out:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------------------------------- upload
+UPLOADED_FROM_TAG = "dq.uploaded_from"
+"""Tag of a run created by ``dq upload``: the fallback folder it was uploaded from."""
+
+
+@dataclass
+class Upload:
+    """What :func:`upload_fallback` logged."""
+
+    run_id: str
+    tracking_uri: str
+    created_run: bool
+    files: int
+    tables: list[str]
+    metrics: int
+    skipped_metrics: list[str]
+    tags: int
+
+
+def _upload_tracking_uri(flag: str | None, manifest: dict[str, Any]) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the URI the results were meant for, else MLflow's default."""
+    import mlflow
+
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or manifest.get("tracking_uri") or mlflow.get_tracking_uri()
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def upload_fallback(
+    folder: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment_name: str | None = None,
+    progress: Any = None,
+) -> Upload:
+    """Log a fallback folder (kept by the callbacks while MLflow was unreachable) into a run.
+
+    The run: ``run_id``; else the run the callback had opened (the manifest's run id) when it exists at
+    the tracking URI; else a new run in ``experiment_name`` (default: the experiment the results were
+    meant for) with the intended run name, tagged ``dq_plugins`` and :data:`UPLOADED_FROM_TAG`, whose id
+    is then written to the manifest so that uploading again goes to the same run. Every file is logged
+    at its artifact path; the tables are listed in the ``mlflow.loggedArtifacts`` tag (as ``log_table``
+    does), so the MLflow UI renders them; the run tags and the metrics (with their epochs as steps) are
+    logged, except metrics the run already holds: uploading twice logs nothing twice.
+
+    Raises:
+        FileNotFoundError, ValueError: ``folder`` is not a fallback folder (see :func:`read_fallback_manifest`).
+        RunNotFoundError: ``run_id`` does not exist at the tracking URI.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    say = progress or (lambda message: None)
+    folder = Path(folder)
+    manifest = read_fallback_manifest(folder)
+    uri = _upload_tracking_uri(tracking_uri, manifest)
+    client = MlflowClient(tracking_uri=uri)
+    created = False
+    if run_id is not None:
+        get_run(client, run_id)
+    elif manifest.get("run_id") and _run_exists(client, manifest["run_id"]):
+        run_id = manifest["run_id"]
+    else:
+        name = experiment_name or manifest.get("experiment_name") or "Default"
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        run_id = client.create_run(experiment_id, run_name=manifest.get("run_name"),
+                                   tags={"dq_plugins": "true", UPLOADED_FROM_TAG: str(folder.resolve())}).info.run_id
+        created = True
+        say(f"created run {run_id} in experiment {name!r}")
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file() and path.name != FALLBACK_MANIFEST]
+    for path in files:
+        parent = path.parent.relative_to(folder).as_posix()
+        client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
+    say(f"logged {len(files)} files")
+    tables = [table for table in manifest.get("tables", []) if (folder / table).is_file()]
+    logged = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    missing = [entry for entry in ({"path": table, "type": "table"} for table in tables) if entry not in logged]
+    if missing:
+        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
+    tags = manifest.get("tags", {})
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+    present = set(client.get_run(run_id).data.metrics)
+    now = int(time.time() * 1000)
+    metrics = [Metric(str(key), float(value), now, int(step)) for key, value, step in manifest.get("metrics", [])
+               if key not in present]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
+    skipped = sorted({str(key) for key, _, _ in manifest.get("metrics", []) if key in present})
+    if created:
+        client.set_terminated(run_id, status="FINISHED")
+        manifest.update(run_id=run_id, tracking_uri=uri)
+        (folder / FALLBACK_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return Upload(run_id, uri, created, len(files), tables, len(metrics), skipped, len(tags))
+
+
+def cmd_upload(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    done = upload_fallback(args.local_dir, tracking_uri=args.tracking_uri, run_id=args.run_id,
+                           experiment_name=args.experiment_name, progress=progress)
+    where = "a new run" if done.created_run else "run"
+    print(f"dq upload: {args.local_dir} logged into {where} {done.run_id} at {done.tracking_uri}", file=out)
+    print(f"  {done.files} files ({len(done.tables)} tables: {', '.join(done.tables) or '-'}), "
+          f"{done.metrics} metric values, {done.tags} tags", file=out)
+    if done.skipped_metrics:
+        print(f"  {len(done.skipped_metrics)} metrics already in the run were not logged again", file=out)
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------------------------------- parser
+def _existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r} (give the path of a YAML file of rules)")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -417,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="early epochs averaged by EL2N (default: the callback's default).")
     analyze.add_argument("--max-issue-rows", type=_positive_int, default=None,
                          help="rows of dq/issues.json (default 500).")
+    analyze.add_argument("--rules", type=_existing_file, default=None, metavar="YAML",
+                         help="rules to evaluate on the new results (the recipe config format: a `rules:` list).")
     analyze.set_defaults(handler=cmd_analyze)
 
     compare = commands.add_parser("compare", help="two runs side by side: issues, noise rates, slices.")
@@ -425,7 +557,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--top", type=_positive_int, default=20, help="slice rows (default 20).")
     compare.set_defaults(handler=cmd_compare)
 
-    for sub in (report, export, analyze, compare):
+    upload = commands.add_parser(
+        "upload", help="log a folder that a callback kept while MLflow was unreachable into a run.",
+        description="Log a fallback folder (kept by the callbacks while MLflow was unreachable; the warning "
+        "names it) into a run: its files, tables, metrics and tags. The tracking URI: --tracking-uri, else "
+        "MLFLOW_TRACKING_URI, else the one the results were meant for.",
+    )
+    upload.add_argument("local_dir", metavar="LOCAL_DIR", help="the fallback folder, e.g. dq_artifacts/<run id>.")
+    upload.add_argument("--run-id", default=None, help="log into this existing run (default: the run the callback "
+                        "had opened if it exists there, else a new run).")
+    upload.add_argument("--experiment-name", default=None, metavar="NAME",
+                        help="experiment of a new run (default: the one the results were meant for).")
+    upload.set_defaults(handler=cmd_upload)
+
+    for sub in (report, export, analyze, compare, upload):
         _add_common(sub, top_level=False)
     return parser
 
@@ -456,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_mlflow()
     progress = _Progress(args.quiet)
     try:
-        client = make_client(args.tracking_uri)
+        client = make_client(args.tracking_uri) if args.command != "upload" else None  # upload picks its own URI
         return int(args.handler(args, client, progress, sys.stdout))
     except BrokenPipeError:  # the reader went away (`dq report ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -191,8 +191,9 @@ def test_analyze_rebuilds_results_in_place_without_duplicates(store, capsys):
     paths = {a.path for a in client.list_artifacts(raw_only, "dq")}
     assert {"dq/samples.parquet", "dq/issues.json", "dq/data_map.png", "dq/raw"} <= paths
     tags = client.get_run(raw_only).data.tags
-    assert json.loads(tags["mlflow.loggedArtifacts"]) == [  # listed once each, however often rerun
-        {"path": "dq/issues.json", "type": "table"}, {"path": "dq/class_overlap.json", "type": "table"}]
+    tables = [entry["path"] for entry in json.loads(tags["mlflow.loggedArtifacts"])]
+    assert sorted(tables) == sorted(set(tables))  # listed once each, however often rerun
+    assert {"dq/issues.json", "dq/class_overlap.json", "dq/slices.json", "dq/weak_slices.json"} <= set(tables)
     assert len(client.get_metric_history(raw_only, "dq.num_label_issues")) == 1  # unchanged value: not relogged
     original = mlflow_samples(store)
     local = client.download_artifacts(raw_only, "dq/issues.json", str(store.folder / "dl_issues"))
@@ -253,6 +254,51 @@ def test_analyze_keeps_columns_added_by_other_features(store, capsys, tmp_path):
     train = rebuilt[rebuilt["split"] == "train"]
     assert (train["source"] == train["sample_id"] % 4).all()
     assert rebuilt.loc[rebuilt["split"] == "validation", "source"].isna().all()
+
+
+def test_analyze_recomputes_slices_over_carried_metadata_and_runs_rules(store, capsys, tmp_path):
+    run = copy_run(store, store.run_a, ("dq/raw/train.npz", "dq/raw/validation.npz"))
+    samples = mlflow_samples(store).assign(source=lambda f: np.where(f["sample_id"] % 2 == 0, "scan", "photo"))
+    samples.to_parquet(tmp_path / "samples.parquet", index=False)
+    client = mlflow.MlflowClient(store.uri)
+    client.log_artifact(run, str(tmp_path / "samples.parquet"), artifact_path="dq")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: any_issue\n"
+        "    when: {metric: is_label_issue, aggregate: count, op: '>=', threshold: 1}\n"
+        "    then: [tag_run: {key: dq.alert, value: label issues found}]\n"
+        "  - name: never\n"
+        "    when: {metric: is_label_issue, aggregate: count, op: '<', threshold: 0}\n"
+        "    then: [tag_run: {key: dq.never, value: x}]\n"
+    )
+    for _ in range(2):  # rerunning replaces the tables, it does not append to them
+        code, _, err = run_dq(capsys, "analyze", run, "--rules", str(rules))
+        assert code == ExitCode.OK, err
+    slices = pd.read_json(client.download_artifacts(run, "dq/slices.json", str(tmp_path / "s")), orient="split")
+    source_rows = slices[slices["column"] == "source"]
+    assert set(source_rows["value"].astype(str)) == {"scan", "photo"}
+    expected = samples[(samples["split"] == "train") & (samples["source"] == "scan")]
+    scan = source_rows[(source_rows["split"] == "train") & (source_rows["value"].astype(str) == "scan")]
+    assert int(scan["size"].iloc[0]) == len(expected)
+    assert len(slices) == len(slices.drop_duplicates(["split", "column", "value"]))
+    tags = client.get_run(run).data.tags
+    assert tags["dq.alert"] == "label issues found" and "dq.never" not in tags
+    assert json.loads(tags["dq.analysis"])["rules"] == ["any_issue", "never"]
+    held = pd.read_json(client.download_artifacts(run, "dq/rules.json", str(tmp_path / "r")), orient="split")
+    assert dict(zip(held["rule"], held["status"])) == {"any_issue": "held", "never": "not_held"}
+
+
+def test_analyze_rejects_rules_on_unknown_columns(store, capsys, tmp_path):
+    run = copy_run(store, store.run_a, ("dq/raw/train.npz",))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: r\n    when: {metric: no_such_column, aggregate: mean, op: '>', threshold: 0}\n"
+                     "    then: [tag_run: {key: a, value: b}]\n")
+    code, _, err = run_dq(capsys, "analyze", run, "--rules", str(rules))
+    assert code == ExitCode.ERROR and "no_such_column" in err
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", run, "--rules", str(tmp_path / "missing.yaml")])
+    assert info.value.code == ExitCode.USAGE and "no such file" in capsys.readouterr().err
 
 
 def test_carry_columns_matches_on_split_and_id():

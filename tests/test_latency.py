@@ -103,17 +103,26 @@ def test_cuda_events_are_recorded_in_the_step_and_read_once_at_epoch_close():
     np.testing.assert_allclose(recorder.latest, [4, 4, 10, 10], rtol=1e-5)
 
 
-def test_session_merges_latency_by_split_and_sample():
+def test_latency_joins_the_split_record_survives_a_checkpoint_and_the_raw_file(tmp_path):
+    from dq_plugins._analysis import analyze
+    from dq_plugins._session import load_history, save_history
+
     session = DynamicsSession(SessionConfig())
     session.set_capacity("train", 4)
+    session.record("train", 0, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 0]), torch.randn(3, 2))
     session.record_latency("train", torch.tensor([0, 1]), [Span(0.0, 0.002)])
     session.record_latency("unknown_split", torch.tensor([0]), [Span(0.0, 0.002)])  # no capacity: not timed
-    session.latency["train"].close_epoch()
-    frame = session.latency_frame()
-    assert frame.to_dict("list") == {"split": ["train", "train"], "sample_id": [0, 1], "latency_ms": [1.0, 1.0]}
+    session.close_epoch("train")
+    history = session.histories()["train"]
+    np.testing.assert_array_equal(history.latency_ms, [1.0, 1.0, np.nan, np.nan])
     restored = DynamicsSession(SessionConfig())
     restored.load_state_dict(session.state_dict())
-    assert restored.latency_frame().equals(frame)
+    np.testing.assert_array_equal(restored.latency["train"].latest, history.latency_ms)
+    save_history(history, tmp_path / "train.npz")  # the raw record `dq analyze` reruns from
+    reloaded = load_history(tmp_path / "train.npz")
+    np.testing.assert_array_equal(reloaded.latency_ms, history.latency_ms)
+    samples = analyze({"train": reloaded}).samples
+    assert samples["latency_ms"].tolist()[:2] == [1.0, 1.0] and np.isnan(samples["latency_ms"].iloc[2])
 
 
 # ---------------------------------------------------------------------------------------- Lightning

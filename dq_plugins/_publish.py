@@ -1,0 +1,171 @@
+"""Results -> sink: the one place that decides what an analysis writes into a run.
+
+Used at the end of fit (:meth:`dq_plugins._session.DynamicsSession.finish`) and by ``dq analyze``
+(:func:`dq_plugins._offline.analyze_run`), so that an offline rerun writes exactly what a fit
+writes: ``dq/samples.parquet``, the issue table, the data map, class overlap, the embedding maps,
+the metrics, and the slice tables, weak slices, latency report and rules.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+from typing import Any
+
+import numpy as np
+
+from dq_plugins._latency import LATENCY_COLUMN
+from dq_plugins._sink import (
+    CLASS_OVERLAP_PATH,
+    DATA_MAP_PATH,
+    EMBEDDING_HTML_PATH,
+    EMBEDDING_MAP_PATH,
+    ISSUES_PATH,
+    SAMPLES_PATH,
+    MlflowSink,
+)
+
+SLICES_PATH = "dq/slices.json"
+LATENCY_PATH = "dq/latency.json"
+WEAK_SLICES_PATH = "dq/weak_slices.json"
+WEAK_SLICES_FIGURE_PATH = "dq/weak_slices.png"
+TRAIN = "train"
+SCORE_COLUMNS = frozenset((
+    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label", "confidence",
+    "variability", "correctness", "aum", "forgetting_events", "el2n", "outlier_score", "is_outlier",
+    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d",
+))
+"""Columns computed by the analysis; every other column of ``samples`` (but ``cluster`` and
+``latency_ms``, sliced on their own) is metadata and gets slices."""
+
+
+def publish_results(
+    result: Any,
+    histories: dict[str, Any],
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+    sink: MlflowSink,
+    *,
+    texts: dict[int, str] | None = None,
+    write_html: bool = True,
+    rules: list | None = None,
+    pools: dict[str, Any] | None = None,
+    rule_history: Any = None,
+) -> None:
+    """Queue every result of an analysis on ``sink`` (the caller flushes it).
+
+    Args:
+        result: an ``AnalysisResult`` whose ``samples`` already hold the metadata and latency columns.
+        histories: split -> ``SplitHistory`` (per-epoch slice accuracy is computed from them).
+        embeddings: split -> ``(ids, embeddings)``; the pools of ``SelectSimilar`` rule actions.
+        texts: train sample id -> text shown on hover in the interactive map; ``None``: no texts.
+        write_html: write the interactive map (``dq analyze`` keeps a fit-time map that has texts).
+        rules: rules to evaluate at the end (``None`` or empty: none).
+        pools: name -> ``EmbeddingPool`` for ``SelectSimilar`` actions.
+        rule_history: ``dq/rules.json`` rows of validation-time evaluations, or ``None``.
+
+    The slice and rule part runs after the core results are queued; an error there becomes a
+    warning (with the traceback) and the core results stay queued.
+    """
+    from dq_plugins._figures import data_map
+
+    result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
+    sink.add_artifact(SAMPLES_PATH)
+    sink.add_table(result.issues, ISSUES_PATH)
+    train_rows = result.samples[result.samples["split"] == TRAIN]
+    if len(train_rows):
+        sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
+    if getattr(result, "class_overlap", None) is not None:
+        sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
+    if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
+        from dq_plugins._embedding_figures import embedding_map, embedding_map_html
+
+        sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
+        if write_html:
+            html = embedding_map_html(train_rows, texts, title="Embedding map, train")
+            sink.stage_path(EMBEDDING_HTML_PATH).write_text(html, encoding="utf-8")
+            sink.add_artifact(EMBEDDING_HTML_PATH)
+    for key, value in result.metrics.items():
+        if np.isfinite(value):
+            sink.add_metric(key, value)
+    for key, values in result.epoch_metrics.items():
+        for epoch, value in values:
+            sink.add_metric(key, value, step=epoch, series=True)
+    try:
+        _slices_and_rules(result, histories, embeddings, sink, rules or [], pools or {}, rule_history)
+    except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
+        warnings.warn(
+            f"dq_plugins: the slice and rule analysis failed; the per-sample results are saved.\n"
+            f"{traceback.format_exc()}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def metadata_columns(samples: Any) -> list[str]:
+    """The metadata columns of a samples table (everything the analysis did not compute)."""
+    return [c for c in samples.columns if c not in SCORE_COLUMNS and c not in ("cluster", LATENCY_COLUMN)]
+
+
+def _slices_and_rules(
+    result: Any, histories: dict, embeddings: dict, sink: MlflowSink, rules: list, pools: dict, rule_history: Any
+) -> None:
+    """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
+    from dq_plugins._slice_figures import weak_slices_figure
+    from dq_plugins.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
+
+    samples = result.samples
+    # slices per class, cluster and latency bucket are added by slice_metrics itself
+    meta = metadata_columns(samples)
+    slices = slice_metrics(samples, columns=meta)
+    weak = find_weak_slices(samples, columns=meta)
+    result.slices, result.weak_slices = slices, weak
+    sink.add_table(slices, SLICES_PATH)
+    sink.add_table(weak, WEAK_SLICES_PATH)
+    shown = weak if len(weak) else slices
+    if len(shown) and "dq.accuracy.train" in result.metrics:
+        sink.add_figure(weak_slices_figure(shown, result.metrics["dq.accuracy.train"]), WEAK_SLICES_FIGURE_PATH)
+    correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
+    for key, values in slice_epoch_accuracy(samples, shown, correct).items():
+        for epoch, value in values:
+            sink.add_metric(key, value, step=epoch, series=True)
+    result.metrics["dq.num_weak_slices"] = float(len(weak))
+    sink.add_metric("dq.num_weak_slices", float(len(weak)))
+    if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
+        _latency_report(result, meta, sink)
+    if not rules:
+        return
+    import pandas as pd
+
+    from dq_plugins._rule_actions import run_rule_actions
+    from dq_plugins.rules import evaluate_rules
+    from dq_plugins.selection import EmbeddingPool
+
+    outcomes = evaluate_rules(rules, samples, slices)
+    own_pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
+    tags: dict[str, str] = {}
+    history = rule_history if rule_history is None or isinstance(rule_history, pd.DataFrame) else None
+    report = run_rule_actions(outcomes, sink, set_tag=tags.__setitem__, embeddings=own_pools, pools=pools,
+                              history=history)
+    for key, value in tags.items():
+        sink.add_tag(key, value)
+    result.rules_report = report
+
+
+def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
+    """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
+    ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (point-biserial r: negative when
+    slower samples are less often correct)."""
+    from dq_plugins.slices import latency_report
+
+    report = latency_report(result.samples, columns=columns)
+    result.latency = report
+    sink.add_table(report, LATENCY_PATH)
+    for split, part in result.samples.groupby("split", sort=False):
+        mean = float(part[LATENCY_COLUMN].mean())
+        if np.isfinite(mean):
+            result.metrics[f"dq.mean_latency_ms.{split}"] = mean
+            sink.add_metric(f"dq.mean_latency_ms.{split}", mean)
+    for row in report[report["column"] == "correct"].itertuples():
+        if np.isfinite(row.statistic):
+            result.metrics[f"dq.latency.corr_correct.{row.split}"] = float(row.statistic)
+            sink.add_metric(f"dq.latency.corr_correct.{row.split}", float(row.statistic))
