@@ -235,7 +235,8 @@ def analyze(
         histories: split -> recorded dynamics.
         embeddings: split -> (ids (M,), embeddings (M, D)); ``None`` or a missing split skips the
             embedding scores (their columns are then absent).
-        projection: the 2D map: "auto" (UMAP when installed, else PCA), "umap" or "pca".
+        projection: the 2D map: "auto" (= "graph", a UMAP-style layout in torch), "graph", "umap"
+            (umap-learn) or "pca".
     """
     frames, metrics, epoch_metrics, overlaps = [], {}, {}, []
     for split, history in histories.items():

@@ -45,7 +45,8 @@ class EmbeddingSummary:
     Attributes:
         num_samples: rows analysed.
         k: neighbours per sample actually used (``min(k, N - 1)``).
-        knn_method: ``"exact"``, ``"ivf"`` or ``"ann"``; ``projection_method``: ``"umap"`` or ``"pca"``.
+        knn_method: ``"exact"``, ``"ivf"`` or ``"ann"``; ``projection_method``: ``"graph"``, ``"umap"``
+            or ``"pca"``.
         num_near_duplicates: rows with ``near_duplicate_of != -1``.
         num_conflicting_duplicates: rows in a near-duplicate pair whose labels differ.
         num_outliers: rows flagged by the IQR rule of ``scores.outliers.is_outlier``.
@@ -186,7 +187,7 @@ def analyze_embeddings(
         seed: random state of the ANN search, k-means and the 2-D map.
         device: where the exact kNN runs (default: the device of ``embeddings``).
         knn_method: ``"auto"``, ``"exact"``, ``"ivf"`` or ``"ann"`` (``scores.neighbors.knn_cosine``).
-        projection: ``"auto"``, ``"umap"`` or ``"pca"`` (``scores.projection.project_2d``).
+        projection: ``"auto"``, ``"graph"``, ``"umap"`` or ``"pca"`` (``scores.projection.project_2d``).
         max_fit: rows the 2-D map is fitted on.
 
     Returns:

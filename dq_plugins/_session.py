@@ -59,7 +59,7 @@ class SessionConfig:
     metadata: Any = None  # pandas DataFrame with a sample_id column (and optionally split)
     rules: Any = None  # list of dq_plugins.rules.Rule, or YAML text / path
     pools: Any = None  # name -> dq_plugins.selection.EmbeddingPool for SelectSimilar actions
-    projection: str | None = None  # 2D map: "auto" | "umap" | "pca"; None: $DQ_PLUGINS_PROJECTION or "auto"
+    projection: str | None = None  # 2D map: "auto" | "graph" | "umap" | "pca"; None: $DQ_PLUGINS_PROJECTION or "auto"
 
 
 class DynamicsSession:

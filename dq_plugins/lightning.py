@@ -118,9 +118,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             at construction and evaluated at the end of fit (``dq/rules.json``). Rules with
             ``on_validation=True`` are also evaluated after each validation epoch on its record (fail
             fast: see :meth:`~dq_plugins._session.DynamicsSession.check_validation_rules`).
-        projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
-            compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
-            if set, else UMAP when installed.
+        projection: the 2D map of the embeddings: "graph" (a UMAP-style layout in torch, seconds,
+            no compilation), "umap" (umap-learn; its first use in a process compiles for 0.5-3
+            minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION`` if set, else
+            "graph".
         pools: name -> unlabeled pool for ``SelectSimilar`` actions (and :attr:`pools` after fit): a
             :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
             ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same

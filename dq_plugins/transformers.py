@@ -427,9 +427,10 @@ class DataQualityCallback(TrainerCallback):
             construction and evaluated after training (``dq/rules.json``). Rules with
             ``on_validation=True`` are also evaluated after each evaluation on its record (fail fast: see
             :meth:`~dq_plugins._session.DynamicsSession.check_validation_rules`).
-        projection: the 2D map of the embeddings: "umap" (umap-learn; its first use in a process
-            compiles for 1-3 minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION``
-            if set, else UMAP when installed.
+        projection: the 2D map of the embeddings: "graph" (a UMAP-style layout in torch, seconds,
+            no compilation), "umap" (umap-learn; its first use in a process compiles for 0.5-3
+            minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION`` if set, else
+            "graph".
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
 
     Attributes:

@@ -47,6 +47,7 @@ def blobs():
 
 @pytest.fixture(autouse=True)
 def pca_maps(monkeypatch):
-    """Tests draw the 2D map with PCA: UMAP's first use compiles for minutes (numba); its own
-    tests opt in with DQ_SLOW_TESTS=1."""
+    """Tests draw the 2D map with PCA, the cheapest: the graph layout (the default) takes 0.5 to
+    5 s (1k to 20k rows on shared cores) and is tested in tests/scores/test_projection.py, where
+    umap-learn's tests (minutes of numba compilation) opt in with DQ_SLOW_TESTS=1."""
     monkeypatch.setenv("DQ_PLUGINS_PROJECTION", "pca")
