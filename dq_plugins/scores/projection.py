@@ -318,6 +318,10 @@ def graph_layout(
     Returns:
         ``(N, 2)`` float32 positions on ``init``'s device, deterministic for given inputs and ``seed``.
     """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Expected argument `epochs` to be an integer >= 1 but got {epochs!r}.")
+    if init.ndim != 2 or init.shape[1] != 2:
+        raise ValueError(f"Expected argument `init` of shape (N, 2) but got {tuple(init.shape)}.")
     device = init.device
     num_rows = init.shape[0]
     px = init[:, 0].detach().to(torch.float32).clone()

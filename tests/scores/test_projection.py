@@ -191,6 +191,10 @@ def test_graph_layout_edge_cases() -> None:
     assert head.numel() == tail.numel() == weight.numel() == 0
     start = torch.rand(3, 2)
     assert torch.equal(graph_layout(head, tail, weight, start), start)
+    with pytest.raises(ValueError, match=r"`epochs` to be an integer >= 1 but got 0"):
+        graph_layout(head, tail, weight, start, epochs=0)
+    with pytest.raises(ValueError, match=r"`init` of shape \(N, 2\) but got \(3, 3\)"):
+        graph_layout(head, tail, weight, torch.rand(3, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
