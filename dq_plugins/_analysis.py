@@ -76,10 +76,8 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     early = early_epochs or default_early_epochs(max(num_epochs, 1))
 
     carto = cartography(fields["prob_given"], fields["correct"])
-    aum = area_under_margin(fields["margin"])
     cl = confident_learning(labels, probs)
-    early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
-    full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(num_epochs, 1))
+    aum, full_norm, early_norm = _mislabel_signals(fields, early)
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
     frame = pd.DataFrame(
         {
@@ -101,10 +99,41 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     )
     frame.attrs["noise_rate"] = float(cl.noise_rate)
     if history.early_probs is not None and num_epochs:
-        with np.errstate(invalid="ignore"):
-            final_accuracy = float(np.nanmean(fields["correct"][-1])) if np.isfinite(fields["correct"][-1]).any() else 0.0
-        early_flags(frame, history.early_probs[seen], final_accuracy)
+        early_flags(frame, history.early_probs[seen], _final_accuracy(fields["correct"]))
     return frame
+
+
+def _mislabel_signals(fields: dict[str, np.ndarray], early: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(aum, all-epoch EL2N, early EL2N) of (E, N) fields: the dynamics inputs of ``mislabel_score``."""
+    aum = area_under_margin(fields["margin"])
+    full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(fields["prob_given"].shape[0], 1))
+    early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
+    return aum, full_norm, early_norm
+
+
+def _final_accuracy(correct: np.ndarray) -> float:
+    """Mean correctness of the last recorded epoch of (E, N) ``correct`` (0 when it has no value)."""
+    last = correct[-1]
+    return float(np.nanmean(last)) if np.isfinite(last).any() else 0.0
+
+
+def rescore_with_neighbors(frame: pd.DataFrame, history: SplitHistory, early_epochs: int | None = None) -> None:
+    """Add ``neighbor_disagreement`` to ``mislabel_score`` as its fourth signal, in place.
+
+    The early-window flags, which follow the ``mislabel_score`` order when the model memorised,
+    are chosen again with the new order (:func:`early_flags`, a no-op when it did not memorise).
+    """
+    disagreement = frame["neighbor_disagreement"].to_numpy(dtype=np.float64)
+    if not np.isfinite(disagreement).any():
+        return
+    rows = frame["sample_id"].to_numpy()
+    fields = {name: values[:, rows] for name, values in history.fields.items()}
+    num_epochs = fields["loss"].shape[0]
+    aum, full_norm, early_norm = _mislabel_signals(fields, early_epochs or default_early_epochs(max(num_epochs, 1)))
+    frame["mislabel_score"] = mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_norm,
+                                             neighbor_disagreement=disagreement)
+    if history.early_probs is not None and num_epochs:
+        early_flags(frame, history.early_probs[rows], _final_accuracy(fields["correct"]))
 
 
 def early_flags(frame: pd.DataFrame, early_probs: np.ndarray, final_accuracy: float) -> None:
@@ -177,13 +206,14 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
 
 def add_embedding_columns(
     frame: pd.DataFrame, history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, split: str,
-    projection: str = "auto",
+    projection: str = "auto", early_epochs: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
     """Merge the embedding scores of one split into its per-sample table.
 
     Rows without an embedding get the neutral values (NaN scores, -1 duplicate, cluster -1).
-    Near-duplicates whose labels conflict are reported as label issues. Returns the frame, the
-    split's embedding metrics and its class-overlap table.
+    ``neighbor_disagreement`` becomes the fourth signal of ``mislabel_score``
+    (:func:`rescore_with_neighbors`). Near-duplicates whose labels conflict are reported as label
+    issues. Returns the frame, the split's embedding metrics and its class-overlap table.
     """
     from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS, analyze_embeddings
 
@@ -203,6 +233,8 @@ def add_embedding_columns(
         merged[column] = merged[column].astype(np.int64)
     for column in ("is_outlier", "conflicting_duplicate"):
         merged[column] = merged[column].astype(bool)
+    merged.attrs.update(frame.attrs)
+    rescore_with_neighbors(merged, history, early_epochs)
     # In a near-duplicate pair with different labels, one label is usually right: flag the member
     # whose label the training dynamics trust less (higher mislabel_score) when the model's mean
     # prediction for it agrees with its partner's label (two independent pieces of evidence).
@@ -242,7 +274,8 @@ def analyze(
     for split, history in histories.items():
         frame = analyze_split(history, split, early_epochs=early_epochs)
         if embeddings and split in embeddings and len(frame):
-            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection)
+            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection,
+                                                                      early_epochs)
             metrics.update(embedding_metrics)
             overlaps.append(overlap)
         if history.latency_ms is not None and len(frame):

@@ -43,3 +43,29 @@ def test_an_underfit_early_window_is_not_trusted():
     early = np.full_like(early, 1 / 3)
     early_flags(frame, early, final_accuracy=1.0)
     assert not frame["is_label_issue"].any()
+
+
+def test_neighbor_disagreement_joins_the_score_and_reorders_the_memorised_flags():
+    """Dynamics that cannot tell the flips apart (a memorised model: identical records for every
+    sample) plus a neighbour signal that can: the score follows the neighbours, and so do the flags."""
+    from dq_plugins._analysis import rescore_with_neighbors
+    from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory
+
+    frame, early, flipped, _ = planted()
+    n, epochs = len(frame), 4
+    fields = {name: np.ones((epochs, n), np.float32) for name in FLOAT_FIELDS}
+    fields["prob_given"][:] = 0.99
+    fields["prob_sq_sum"][:] = 0.98
+    history = SplitHistory(epochs=np.arange(epochs), fields=fields, pred=np.zeros((epochs, n), np.int32),
+                           labels=frame["label"].to_numpy(), mean_probs=early.astype(np.float32),
+                           early_probs=early.astype(np.float32))
+    frame["mislabel_score"] = 0.5  # what three tied signals give
+    is_flipped = np.isin(frame["sample_id"], list(flipped))
+    frame["neighbor_disagreement"] = np.where(is_flipped, 0.8, 0.1)
+    frame.loc[0, "neighbor_disagreement"] = np.nan  # no embedding: keeps the three-signal score
+    rescore_with_neighbors(frame, history, early_epochs=1)
+    score = frame["mislabel_score"].to_numpy()
+    assert score[0] == 0.5
+    assert score[is_flipped & (frame["sample_id"] != 0)].min() > score[~is_flipped & (frame["sample_id"] != 0)].max()
+    flagged = set(frame.loc[frame["is_label_issue"], "sample_id"])
+    assert len(flagged & flipped) >= 27 and len(flagged - flipped) <= 3

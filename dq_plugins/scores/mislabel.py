@@ -11,7 +11,15 @@ rank, see :func:`percentile_rank`), and ``mislabel_score`` is the mean of the av
    averaged over **all** epochs;
 3. ``el2n_early``: the same norm averaged over the **early** epochs only
    (:func:`~dq_plugins.scores.default_early_epochs`, as in Paul et al. 2021), before a model
-   that can memorise has fitted the wrong labels.
+   that can memorise has fitted the wrong labels;
+4. ``neighbor_disagreement``, when the run has embeddings: the similarity-weighted share of the
+   sample's nearest neighbours in embedding space whose label differs from its own (Bahri et al.
+   2020, Deep k-NN; Zhu et al. 2022, SimiFeat), a signal from *where* the sample lies rather than
+   how its loss moved. Measured on ``benchmarks/label_noise.py`` cases (1 seed, AUPRC of the
+   score against the known flips, three signals -> four): digits symmetric 0.9956 -> 0.9977, digits
+   pair 0.9462 -> 0.9493, MNIST-5k symmetric 0.9782 -> 0.9821, MNIST-5k pair 0.8781 -> 0.8762,
+   MNIST-5k memorisation 0.9666 -> 0.9782; alone it scores below the three-signal score on all
+   but the memorisation case (0.9859, 0.9129, 0.9507, 0.8222, 0.9707).
 
 Why ranks: the signals live on different scales (logits, probability-space norms) and their
 distributions move with the model, the number of classes and the training length; ranks make
@@ -75,11 +83,15 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def mislabel_score(*, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: np.ndarray) -> np.ndarray:
+def mislabel_score(
+    *, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: np.ndarray,
+    neighbor_disagreement: np.ndarray | None = None,
+) -> np.ndarray:
     """Combine the signals into one ``(N,)`` float64 score in ``[0, 1]``, higher = more likely mislabeled.
 
-    ``mean(percentile_rank(-aum), percentile_rank(el2n_all_epochs), percentile_rank(el2n_early))``
-    per sample, over the signals that are not NaN for it (see the module docstring).
+    ``mean(percentile_rank(-aum), percentile_rank(el2n_all_epochs), percentile_rank(el2n_early)
+    [, percentile_rank(neighbor_disagreement)])`` per sample, over the signals that are not NaN for
+    it (see the module docstring).
 
     Args:
         aum: ``(N,)`` area under the margin over all epochs (higher = cleaner), from
@@ -88,6 +100,9 @@ def mislabel_score(*, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: 
             suspicious): :func:`~dq_plugins.scores.el2n` with ``early_epochs`` = number of epochs.
         el2n_early: ``(N,)`` EL2N averaged over the early epochs (higher = more suspicious):
             :func:`~dq_plugins.scores.el2n` with ``default_early_epochs(number of epochs)``.
+        neighbor_disagreement: optional ``(N,)`` share of each sample's embedding neighbours whose
+            label differs (higher = more suspicious), from
+            :func:`~dq_plugins.scores.neighbor_label_disagreement`; ``None`` (no embeddings): three signals.
 
     Returns:
         ``(N,)`` float64 in ``[0, 1]``. NaN in one signal drops it from that sample's mean (the
@@ -101,19 +116,15 @@ def mislabel_score(*, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: 
         "el2n_all_epochs": np.asarray(el2n_all_epochs, dtype=np.float64),
         "el2n_early": np.asarray(el2n_early, dtype=np.float64),
     }
+    if neighbor_disagreement is not None:
+        signals["neighbor_disagreement"] = np.asarray(neighbor_disagreement, dtype=np.float64)
     shapes = {name: values.shape for name, values in signals.items()}
     if any(len(shape) != 1 for shape in shapes.values()) or len(set(shapes.values())) != 1:
         raise ValueError(
-            f"Expected `aum`, `el2n_all_epochs` and `el2n_early` to be 1-D arrays of one length (one value "
+            f"Expected `aum`, `el2n_all_epochs`, `el2n_early` (and `neighbor_disagreement`) to be 1-D arrays of one length (one value "
             f"per sample) but got shapes {shapes}."
         )
-    ranks = np.stack(
-        [
-            percentile_rank(-signals["aum"]),
-            percentile_rank(signals["el2n_all_epochs"]),
-            percentile_rank(signals["el2n_early"]),
-        ]
-    )
+    ranks = np.stack([percentile_rank(-values if name == "aum" else values) for name, values in signals.items()])
     valid = ~np.isnan(ranks)
     count = valid.sum(axis=0)
     total = np.where(valid, ranks, 0.0).sum(axis=0)

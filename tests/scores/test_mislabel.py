@@ -84,3 +84,17 @@ def test_rejects_mismatched_shapes() -> None:
         mislabel_score(aum=np.zeros(3), el2n_all_epochs=np.zeros(2), el2n_early=np.zeros(3))
     with pytest.raises(ValueError, match=r"1-D arrays of one length"):
         mislabel_score(aum=np.zeros((2, 2)), el2n_all_epochs=np.zeros(2), el2n_early=np.zeros(2))
+
+
+def test_neighbor_disagreement_is_a_fourth_rank() -> None:
+    aum = np.array([3.0, 1.0, 2.0])  # -aum ranks: 0, 1, 0.5
+    el2n_all = np.array([0.1, 0.3, 0.2])  # ranks 0, 1, 0.5
+    el2n_early = np.array([0.2, 0.1, 0.3])  # ranks 0.5, 0, 1
+    disagreement = np.array([1.0, 0.0, NAN])  # ranks 1, 0, (NaN: dropped for sample 2 only)
+    score = mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early,
+                           neighbor_disagreement=disagreement)
+    np.testing.assert_allclose(score, [(0 + 0 + 0.5 + 1) / 4, (1 + 1 + 0 + 0) / 4, (0.5 + 0.5 + 1) / 3])
+    three = mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early)
+    np.testing.assert_allclose(three, [0.5 / 3, 2 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="neighbor_disagreement"):
+        mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early, neighbor_disagreement=np.zeros(2))
