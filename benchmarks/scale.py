@@ -6,14 +6,20 @@ over the similarity to the class centres. Each ``N`` runs in a fresh subprocess 
 compilation and peak memory are those of one training process); stages:
 
 - ``compile``: numba compilation of pynndescent / umap-learn, paid once per process (measured on a
-  tiny warm-up; 0 when the stage does not use them);
-- ``knn``: ``knn_cosine`` (exact up to 50k rows on CPU, NN-descent above);
+  tiny warm-up; 0 with the default methods, which do not use them);
+- ``knn``: ``knn_cosine`` (exact up to 50k rows on CPU, the cluster-pruned ``"ivf"`` search above);
 - ``scores``: outliers, near-duplicates, neighbour disagreement; ``clusters``: MiniBatchKMeans;
-  ``map``: 2-D map (UMAP on 20k rows + propagation); ``tables``: class overlap and clusters;
+  ``map``: 2-D map (the torch graph layout on at most 20k rows + propagation); ``tables``: class
+  overlap and clusters;
 - ``cleanlab``: ``dq_plugins.scores.confident_learning`` on ``pred_probs``;
 - ``parquet``: the per-sample table (training-dynamics columns + embedding columns) to Parquet.
 
 Peak memory is the subprocess's maximum resident set size (``ru_maxrss``), data included.
+
+Extraction: in a separate subprocess, the post-fit embedding pass (a forward pre-hook on the
+classification head of a MiniLM-sized BERT, 6 layers x 384, random weights, pooling and the write
+into :class:`~dq_plugins._embeddings.EmbeddingBuffer`) against the same inference pass without the
+hook, interleaved, as a ratio of medians (target: within 5%).
 
 Usage: ``python benchmarks/scale.py [--sizes 10000 100000] [--no-write]`` writes the ``scale``
 section of ``benchmarks/RESULTS.md``; ``--quick`` runs 10k and only prints. One size alone:
@@ -124,6 +130,55 @@ def worker(num_samples: int, out: Path) -> None:
     out.write_text(json.dumps(result))
 
 
+def extraction_worker(out: Path, batches: int = 12, batch_size: int = 32, length: int = 64, repeats: int = 5) -> None:
+    """Time an inference pass with and without the embedding capture; write the JSON result to ``out``."""
+    import statistics
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from dq_plugins._embeddings import EmbeddingBuffer, find_head, find_tensor, pool
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536, num_labels=NUM_CLASSES)
+    model = BertForSequenceClassification(config).eval()
+    inputs = [torch.randint(0, config.vocab_size, (batch_size, length)) for _ in range(batches)]
+    mask = torch.ones(batch_size, length, dtype=torch.int64)
+    buffer = EmbeddingBuffer(batches * batch_size, config.hidden_size, "cpu")
+    _, head = find_head(model)
+    captured: list[torch.Tensor] = []
+
+    def capture(module: torch.nn.Module, args: tuple) -> None:
+        captured.append(pool(find_tensor(args)))
+
+    def one_pass(hooked: bool) -> float:
+        handle = head.register_forward_pre_hook(capture) if hooked else None
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for index, tokens in enumerate(inputs):
+                model(input_ids=tokens, attention_mask=mask)
+                if hooked:
+                    ids = torch.arange(index * batch_size, (index + 1) * batch_size)
+                    buffer.write(ids, captured.pop())
+            if hooked:
+                buffer.to_numpy()
+        seconds = time.perf_counter() - start
+        if handle is not None:
+            handle.remove()
+        return seconds
+
+    one_pass(True)  # warm-up
+    plain, hooked = [], []
+    for i in range(repeats):
+        for flag in ((True, False) if i % 2 else (False, True)):
+            (hooked if flag else plain).append(one_pass(flag))
+    result = {"plain_s": statistics.median(plain), "hooked_s": statistics.median(hooked),
+              "ratio": statistics.median(hooked) / statistics.median(plain),
+              "samples": batches * batch_size, "repeats": repeats, "load_average": os.getloadavg()[0]}
+    out.write_text(json.dumps(result))
+
+
 STAGE_ORDER = ("compile", "knn", "scores", "cleanlab", "clusters", "map", "tables", "parquet")
 
 
@@ -166,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, nargs="+", default=None,
                         help="render the table from saved worker outputs (--worker N --out FILE) instead of running")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--extraction-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="with --worker: where the JSON goes")
     args = parser.parse_args(argv)
     if args.worker is not None:
         worker(args.worker, args.out)
+        return 0
+    if args.extraction_worker:
+        extraction_worker(args.out)
         return 0
 
     sizes = (10_000,) if args.quick else tuple(args.sizes or DEFAULT_SIZES)
@@ -192,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     body = table(results)
     print(body)
+    extraction = None
+    if not args.results:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "extraction.json"
+            subprocess.run([sys.executable, __file__, "--extraction-worker", "--out", str(out)], cwd=REPO, check=False)
+            extraction = json.loads(out.read_text()) if out.exists() else None
+        print(f"extraction: {extraction}")
     if not (args.no_write or args.quick):
         sys.path.insert(0, str(REPO / "benchmarks"))
         from _common import git_revision, machine_line, write_section
@@ -204,11 +270,20 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine_line()}; revision {git_revision()}. `load avg` is the 1-minute load average "
             "at the end of the run: above 2 the 2 cores were shared with other jobs and times are inflated.\n\n"
             f"{body}\n\n"
-            "`compile` is numba's one-off compilation (pynndescent above 50k rows, umap-learn always) in a fresh "
-            "process; `dq_plugins._embedding_analysis.warm_up` can pay it in a background thread while the model "
-            "trains. `map` is UMAP on at most 20k rows, the others placed over the kNN graph. Precision of "
+            "`compile` is numba's one-off compilation, 0 here: the default methods (the torch `ivf` kNN search "
+            "and the torch graph layout of the map) compile nothing; `knn_method=\"ann\"` (pynndescent) and "
+            "`projection=\"umap\"` (umap-learn) pay 25 to 180 s per process on these cores. `map` is the graph "
+            "layout of at most 20k rows (their own kNN graph by the `ivf` search), the others placed over the kNN "
+            "graph. Precision of "
             f"`neighbor_disagreement` at the noise rate (top 10% vs flipped labels; easy synthetic data): {precision}.\n"
-            f"\n{verdict(results)} The GPU path (exact kNN on the device) is not measured here.\n"
+            + (f"\nExtraction pass (MiniLM-sized BERT, random weights, {extraction['samples']} sequences of 64 tokens, "
+               f"{extraction['repeats']} interleaved repeats, medians): {extraction['hooked_s']:.2f} s with the "
+               f"embedding capture against {extraction['plain_s']:.2f} s of plain inference, ratio "
+               f"**{extraction['ratio']:.3f}** (target within 5%: "
+               f"{'met' if extraction['ratio'] <= 1.05 else 'not met'}), load average {extraction['load_average']:.1f}.\n"
+               if extraction else "")
+            + f"\n{verdict(results)} The GPU path (exact kNN and the layout on the device) is not measured here: "
+            "this machine has no GPU.\n"
         )
         write_section("scale", text)
     return 0

@@ -103,6 +103,9 @@ to 10 times slower than one thread (module docstring)."""
 
 MAX_PROPAGATION_ROUNDS = 50
 
+SUBSAMPLE_EXACT_MAX = 5_000
+"""Above this many fitted rows the subsample's own kNN graph comes from the ``"ivf"`` search."""
+
 
 def umap_available() -> bool:
     """True when ``umap-learn`` can be imported (it is imported lazily, on first use)."""
@@ -187,7 +190,9 @@ def project_2d(
     from dq_plugins.scores.neighbors import knn_cosine
 
     sub_k = min(GRAPH_NEIGHBORS - 1, fit_rows.size - 1)
-    sub_indices, sub_sims = knn_cosine(unit[fit_rows], sub_k, method="exact")
+    # the layout needs a good graph, not the exact one: the cluster-pruned search is 5-10x faster on 20k rows
+    sub_method = "ivf" if fit_rows.size > SUBSAMPLE_EXACT_MAX else "exact"
+    sub_indices, sub_sims = knn_cosine(unit[fit_rows], sub_k, method=sub_method, seed=seed or 0)
     fitted = fit(unit[fit_rows], sub_indices, sub_sims)
     if fit_rows.size == num_samples:
         return fitted.astype(np.float32)
