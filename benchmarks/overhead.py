@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             sections.append((HF_SECTION, hf_report(hf_results, pairs, command, time.perf_counter() - started,
                                                    reading)))
     for name, text in sections:
-        print(text)
+        print(text, end="\n\n")
         if not (args.quick or args.no_write):
             write_section(name, text)
             print(f"wrote the `{name}` section of {RESULTS_PATH}")
