@@ -76,6 +76,11 @@ class SplitHistory:
         return ~np.isnan(self.mean_probs[:, 0]) if self.mean_probs.size else np.zeros(0, bool)
 
 
+_STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
+                                   "early_count")
+"""Device buffers saved in a checkpoint (attribute ``_<name>`` of :class:`SplitLedger`)."""
+
+
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy that does not alias the live buffer (``.cpu()`` of a CPU tensor is the tensor itself)."""
     return tensor.to("cpu", copy=True)
@@ -269,10 +274,16 @@ class SplitLedger:
                 tensor.zero_()
 
     def localize_for_rank(self) -> None:
-        """After a checkpoint restore on every rank, keep the global softmax sums on rank 0 only."""
+        """After a checkpoint restore on every rank, keep the global sums on rank 0 only.
+
+        The checkpoint holds the sums of every rank (:meth:`state_dict`): the pending epoch's
+        partial sums and the cross-epoch softmax sums. Rank 0 keeps them; the other ranks start from
+        zero, so the next all-reduce counts each restored occurrence once.
+        """
         rank, world = distributed_rank_and_world()
         if world > 1 and rank != 0:
-            for tensor in (self._prob_sum, self._prob_count, self._early_sum, self._early_count):
+            for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._early_sum, self._early_count,
+                           self._out_of_range, self._non_finite):
                 tensor.zero_()
 
     # ------------------------------------------------------------------ results
@@ -319,8 +330,22 @@ class SplitLedger:
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
-        """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``)."""
+        """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``).
+
+        Under ``torch.distributed`` this is a collective (every rank must call it, as Lightning's and
+        the HF Trainer's checkpointing do): the buffers of the pending epoch and the cross-epoch
+        softmax sums are summed over ranks into the saved copy, so a checkpoint written by rank 0
+        in the middle of an epoch holds every rank's part of it (see :meth:`localize_for_rank`).
+        The live buffers are left alone.
+        """
         self.flush()
+        buffers = {name: getattr(self, f"_{name}") for name in _STATE_BUFFERS}
+        if distributed_rank_and_world()[1] > 1:
+            import torch.distributed as dist
+
+            buffers = {name: tensor.clone() for name, tensor in buffers.items()}
+            for name, tensor in buffers.items():
+                dist.all_reduce(tensor, op=dist.ReduceOp.MAX if name in ("pred", "labels") else dist.ReduceOp.SUM)
         return {
             "capacity": self.capacity,
             "num_classes": self.num_classes,
@@ -329,15 +354,8 @@ class SplitLedger:
                 int(e): {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in row.items()}
                 for e, row in self.history.items()
             },
-            "sums": _host_copy(self._sums),
-            "count": _host_copy(self._count),
-            "pred": _host_copy(self._pred),
-            "labels": _host_copy(self._labels),
-            "prob_sum": _host_copy(self._prob_sum),
-            "prob_count": _host_copy(self._prob_count),
+            **{name: _host_copy(tensor) for name, tensor in buffers.items()},
             "early_epochs": self.early_epochs,
-            "early_sum": _host_copy(self._early_sum),
-            "early_count": _host_copy(self._early_count),
         }
 
     @classmethod
@@ -349,7 +367,7 @@ class SplitLedger:
             int(e): {k: v.numpy() for k, v in row.items()} for e, row in state.get("history", {}).items()
         }
         ledger.early_epochs = int(state.get("early_epochs", 0))
-        for name in ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum", "early_count"):
+        for name in _STATE_BUFFERS:
             if name in state:
                 getattr(ledger, f"_{name}").copy_(state[name])
         return ledger

@@ -804,11 +804,12 @@ class DataQualityCallback(TrainerCallback):
     # ------------------------------------------------------------------ checkpoint
     @override
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        record = self.session.state_dict()  # a collective under DDP: every rank takes part, rank 0 writes
         if not args.should_save:
             return
         folder = _checkpoint_folder(args, state)
         if os.path.isdir(folder):
-            torch.save(self.session.state_dict(), os.path.join(folder, STATE_FILE))
+            torch.save(record, os.path.join(folder, STATE_FILE))
 
     def _restore(self, args: Any, state: Any, model: Any) -> None:
         """Load the record of the checkpoint this run resumes from (``state.global_step`` > 0)."""

@@ -121,3 +121,42 @@ def test_ledger_reduces_across_ranks_and_dedups_padding(tmp_path):
     assert result["labels"].tolist() == [0, 0, 0, 0]
     expected_p0 = 1 / (1 + np.exp(-np.array([1.0, 2.0, 3.0, 4.0])))
     np.testing.assert_allclose(result["mean_probs"][:, 0], expected_p0, rtol=1e-5)  # not double counted
+
+
+def _resume_worker(rank: int, world: int, init_file: str, out_file: str, interrupted: bool) -> None:
+    """Two ranks, one epoch of 8 ids in two halves; ``interrupted``: a checkpoint after the first half
+    (saved by rank 0 only, as the frameworks do), then fresh ledgers restored from it on every rank."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    halves = [torch.tensor([0, 2]) + 4 * h + rank for h in range(2)]  # rank 0: 0 2 | 4 6, rank 1: 1 3 | 5 7
+    ledger = SplitLedger(capacity=8, num_classes=2)
+    ledger.early_epochs = 1
+
+    def record(ledger, ids, epoch):
+        logits = torch.stack([ids.float() / 4, -ids.float() / 8], dim=1)
+        ledger.record(ids, (ids % 2).long(), logits, epoch)
+
+    record(ledger, halves[0], 0)
+    if interrupted:
+        state = ledger.state_dict()  # collective; then "rank 0 writes the file" and every process restarts
+        saved = [state if rank == 0 else None]
+        dist.broadcast_object_list(saved, src=0)
+        ledger = SplitLedger.from_state_dict(saved[0])
+        ledger.localize_for_rank()
+    record(ledger, halves[1], 0)
+    record(ledger, halves[0], 1)
+    history = ledger.to_history()
+    if rank == 0:
+        np.savez(out_file, margin=history.fields["margin"], mean_probs=history.mean_probs,
+                 early_probs=history.early_probs, count=np.isfinite(history.fields["margin"]).sum(axis=1))
+    dist.destroy_process_group()
+
+
+def test_a_mid_epoch_checkpoint_under_ddp_keeps_every_ranks_part(tmp_path):
+    results = {}
+    for interrupted in (False, True):
+        out = str(tmp_path / f"resume_{interrupted}.npz")
+        mp.spawn(_resume_worker, args=(2, str(tmp_path / f"init_{interrupted}"), out, interrupted), nprocs=2, join=True)
+        results[interrupted] = np.load(out)
+    assert results[True]["count"].tolist() == [8, 4]  # epoch 0: all 8 ids, none lost; epoch 1: 4 so far
+    for key in ("margin", "mean_probs", "early_probs"):
+        np.testing.assert_allclose(results[True][key], results[False][key], rtol=1e-6, equal_nan=True)
