@@ -345,6 +345,11 @@ def record_methods(train: Any, history: Any, noisy: np.ndarray, early_probs: np.
     )
     early_cl = confident_learning(noisy, early_probs)
     n_issues = cleanlab_count(noisy, early_probs)
+    extra = []
+    if "neighbor_disagreement" in train and np.isfinite(train["neighbor_disagreement"].to_numpy(np.float64)).any():
+        # a signal of mislabel_score when the run captured embeddings
+        extra.append(Method("neighbour label disagreement (embeddings)", "signal",
+                            train["neighbor_disagreement"].to_numpy(np.float64), None, epochs))
     return [
         Method(OURS, "ours", score, train["is_label_issue"].to_numpy(dtype=bool), epochs),
         cv,
@@ -355,6 +360,7 @@ def record_methods(train: Any, history: Any, noisy: np.ndarray, early_probs: np.
         Method("1 - self-confidence (mean softmax, all epochs)", "signal", 1.0 - self_confidence, None, epochs),
         Method("el2n, all epochs", "signal", el2n_all, None, epochs),
         Method(f"el2n, early epochs (first {early})", "signal", el2n_early, None, epochs),
+        *extra,
         Method("forgetting events", "signal", train["forgetting_events"].to_numpy(dtype=np.float64), None, epochs),
         Method(f"flags: cleanlab on the early-epoch softmax (first {early})", "proposal", None,
                early_cl.is_label_issue, epochs),
@@ -552,6 +558,8 @@ def run_text_case(case: TextCase, seed: int, tracking_uri: str, dump_dir: Path |
             true_labels=train_data.labels, noisy=noisy, flipped=flipped, cv_probs=cv_probs,
             final_logits=final_logits.numpy(), mean_probs=history.mean_probs, early_probs=history.early_probs,
             epochs=history.epochs, pred=history.pred, frozen_embeddings=embeddings.astype(np.float16),
+            neighbor_disagreement=train["neighbor_disagreement"].to_numpy(np.float64)
+            if "neighbor_disagreement" in train else np.full(len(noisy), np.nan),
             mislabel_score=train["mislabel_score"].to_numpy(), is_label_issue=train["is_label_issue"].to_numpy(bool),
             **{f"field_{name}": values for name, values in history.fields.items()},
         )
