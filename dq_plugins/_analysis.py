@@ -77,7 +77,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
 
     carto = cartography(fields["prob_given"], fields["correct"])
     cl = confident_learning(labels, probs)
-    aum, full_norm, early_norm = _mislabel_signals(fields, early)
+    aum, full_norm, early_norm, early_scored = _mislabel_signals(fields, early, probs.shape[1])
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
     frame = pd.DataFrame(
         {
@@ -85,7 +85,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
             "split": split,
             "label": labels.astype(np.int64),
             "pred": pred.astype(np.int64),
-            "mislabel_score": mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_norm),
+            "mislabel_score": mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_scored),
             "is_label_issue": cl.is_label_issue.astype(bool),
             "suggested_label": cl.suggested_label.astype(np.int64),
             "confidence": carto.confidence,
@@ -103,12 +103,25 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     return frame
 
 
-def _mislabel_signals(fields: dict[str, np.ndarray], early: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(aum, all-epoch EL2N, early EL2N) of (E, N) fields: the dynamics inputs of ``mislabel_score``."""
+def _mislabel_signals(
+    fields: dict[str, np.ndarray], early: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(aum, all-epoch EL2N, early EL2N, early EL2N as scored) of (E, N) fields.
+
+    The last is the input of ``mislabel_score``: the early EL2N, or all NaN (the signal is left out)
+    when the early window does not fit the given labels at least halfway from chance to perfect
+    (mean correctness below ``(1 + 1/C) / 2``, the guard of :func:`early_flags`). Such a window
+    is a model still learning the clean patterns (a short fine-tuning whose first epoch is the
+    whole window), and its errors rank hard and mislabeled samples alike.
+    """
     aum = area_under_margin(fields["margin"])
     full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(fields["prob_given"].shape[0], 1))
     early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
-    return aum, full_norm, early_norm
+    window = fields["correct"][:early]
+    with np.errstate(invalid="ignore"):
+        fit = float(np.nanmean(window)) if np.isfinite(window).any() else 0.0
+    scored = early_norm if fit >= 0.5 * (1.0 + 1.0 / num_classes) else np.full_like(early_norm, np.nan)
+    return aum, full_norm, early_norm, scored
 
 
 def _final_accuracy(correct: np.ndarray) -> float:
@@ -129,8 +142,9 @@ def rescore_with_neighbors(frame: pd.DataFrame, history: SplitHistory, early_epo
     rows = frame["sample_id"].to_numpy()
     fields = {name: values[:, rows] for name, values in history.fields.items()}
     num_epochs = fields["loss"].shape[0]
-    aum, full_norm, early_norm = _mislabel_signals(fields, early_epochs or default_early_epochs(max(num_epochs, 1)))
-    frame["mislabel_score"] = mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_norm,
+    early = early_epochs or default_early_epochs(max(num_epochs, 1))
+    aum, full_norm, _, early_scored = _mislabel_signals(fields, early, history.mean_probs.shape[1])
+    frame["mislabel_score"] = mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_scored,
                                              neighbor_disagreement=disagreement)
     if history.early_probs is not None and num_epochs:
         early_flags(frame, history.early_probs[rows], _final_accuracy(fields["correct"]))

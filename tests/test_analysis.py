@@ -69,3 +69,18 @@ def test_neighbor_disagreement_joins_the_score_and_reorders_the_memorised_flags(
     assert score[is_flipped & (frame["sample_id"] != 0)].min() > score[~is_flipped & (frame["sample_id"] != 0)].max()
     flagged = set(frame.loc[frame["is_label_issue"], "sample_id"])
     assert len(flagged & flipped) >= 27 and len(flagged - flipped) <= 3
+
+
+def test_an_early_window_still_learning_is_left_out_of_the_score():
+    """Early EL2N votes only when the early window fits the labels halfway from chance (C = 4: 0.625)."""
+    from dq_plugins._analysis import _mislabel_signals
+    from dq_plugins._ledger import FLOAT_FIELDS
+
+    rng = np.random.default_rng(0)
+    fields = {name: rng.uniform(0.2, 0.9, (3, 50)).astype(np.float32) for name in FLOAT_FIELDS}
+    fields["correct"][0] = 0.5  # epoch 0 (the window) is at 0.5 < 0.625
+    _, _, early_norm, scored = _mislabel_signals(fields, 1, num_classes=4)
+    assert np.isfinite(early_norm).all() and np.isnan(scored).all()
+    fields["correct"][0] = 0.7
+    _, _, early_norm, scored = _mislabel_signals(fields, 1, num_classes=4)
+    np.testing.assert_array_equal(scored, early_norm)
