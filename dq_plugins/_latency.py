@@ -142,7 +142,7 @@ class LatencyRecorder:
     def record(self, ids: torch.Tensor, spans: Sequence[Span]) -> None:
         """Keep a batch's ``(B,)`` ids (any device) with the spans of its forward(s). No host sync."""
         if spans and ids.numel():
-            self._batches.append((ids.detach().reshape(-1), tuple(spans)))
+            self._batches.append((ids, tuple(spans)))  # (B,) integer ids: no grad, no copy needed
 
     def close_epoch(self, reduce: bool = False, device: torch.device | str | None = None) -> None:
         """Resolve the epoch's spans (one wait on the last CUDA event, one transfer of the ids) into
