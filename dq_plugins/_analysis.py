@@ -25,9 +25,10 @@ from dq_plugins.scores.mislabel import mislabel_score
 
 SAMPLE_COLUMNS: tuple[str, ...] = (
     "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",
-    "confidence", "variability", "correctness", "aum", "forgetting_events", "el2n",
+    "confidence", "variability", "correctness", "aum", "forgetting_events", "el2n", "confidence_pred",
 )
-"""Columns of ``dq/samples.parquet``, in order. Later features append columns."""
+"""Columns of ``dq/samples.parquet``, in order. Later features append columns. ``confidence_pred`` is
+the softmax probability of the predicted class at the last epoch that saw the sample (for calibration)."""
 
 ISSUE_COLUMNS: tuple[str, ...] = (
     "split", "sample_id", "label", "suggested_label", "pred", "mislabel_score", "is_label_issue",
@@ -94,6 +95,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
             "aum": aum,
             "forgetting_events": forgetting_events(fields["correct"]).astype(np.int64),
             "el2n": early_norm,
+            "confidence_pred": last_observed(fields["prob_pred"], np.isnan(fields["prob_pred"])),
         },
         columns=list(SAMPLE_COLUMNS),
     )

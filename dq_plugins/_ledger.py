@@ -11,6 +11,8 @@ What an epoch keeps per sample (the *record*):
 - ``margin``: given-label logit minus the largest other logit (Pleiss et al. 2020);
 - ``correct``: 1.0 when the arg-max prediction equals the given label;
 - ``prob_sq_sum``: sum of squared softmax probabilities (lets EL2N be computed from scalars);
+- ``prob_pred``: softmax probability of the predicted (arg-max) class, the confidence that
+  calibration (expected calibration error per slice) is measured on;
 - ``pred``: arg-max predicted class (int32, -1 when missing).
 
 A sample seen several times in one epoch (a sampler with replacement such as
@@ -30,8 +32,8 @@ light training step. Staging memory: at most ``S * (C + 2)`` x 4-8 bytes with
 Across epochs the ledger also keeps the sum of the full softmax vectors of every valid
 occurrence, ``N x C`` float32 on the device, from which :meth:`SplitLedger.mean_probs` derives
 the out-of-the-loop class probabilities fed to confident learning. Device memory per split:
-``N * (2C + 8) * 4`` bytes (``C = 10, N = 10**6``: 112 MB; a second ``N x C`` buffer keeps the
-early-window softmax). Host memory: ``E * N * 24`` bytes.
+``N * (2C + 9) * 4`` bytes (``C = 10, N = 10**6``: 116 MB; a second ``N x C`` buffer keeps the
+early-window softmax). Host memory: ``E * N * 28`` bytes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum")
+FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
 """Float fields of the per-epoch record, in the row order of ``SplitLedger._sums``."""
 
 
@@ -199,6 +201,7 @@ class SplitLedger:
                 given_logit - other_logit,
                 (pred == safe_labels.squeeze(1)).float(),
                 (probs * probs).sum(dim=1),
+                probs.gather(1, pred.unsqueeze(1)).squeeze(1),
             )
         )
         ones = torch.ones_like(slots, dtype=torch.int32)
@@ -370,7 +373,9 @@ class SplitLedger:
         ledger.early_epochs = int(state.get("early_epochs", 0))
         for name in _STATE_BUFFERS:
             if name in state:
-                getattr(ledger, f"_{name}").copy_(state[name])
+                # a checkpoint of an older version holds fewer float fields: they fill the first rows
+                target = getattr(ledger, f"_{name}")
+                target[: state[name].shape[0]].copy_(state[name])
         return ledger
 
     def to(self, device: torch.device | str) -> SplitLedger:

@@ -33,7 +33,7 @@ TRAIN = "train"
 SCORE_COLUMNS = frozenset((
     "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label", "confidence",
     "variability", "correctness", "aum", "forgetting_events", "el2n", "outlier_score", "is_outlier",
-    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d",
+    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d", "confidence_pred",
 ))
 """Columns computed by the analysis; every other column of ``samples`` (but ``cluster`` and
 ``latency_ms``, sliced on their own) is metadata and gets slices."""

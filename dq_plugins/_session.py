@@ -512,7 +512,9 @@ def load_history(path) -> SplitHistory:
     with np.load(path) as data:
         return SplitHistory(
             epochs=data["epochs"],
-            fields={name: data[f"field_{name}"] for name in FLOAT_FIELDS},
+            # a raw record of an older version lacks the later fields: NaN (missing) there
+            fields={name: data[f"field_{name}"] if f"field_{name}" in data.files
+                    else np.full(data["pred"].shape, np.nan, np.float32) for name in FLOAT_FIELDS},
             pred=data["pred"],
             labels=data["labels"],
             mean_probs=data["mean_probs"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from dq_plugins._analysis import early_flags
@@ -84,3 +85,22 @@ def test_an_early_window_still_learning_is_left_out_of_the_score():
     fields["correct"][0] = 0.7
     _, _, early_norm, scored = _mislabel_signals(fields, 1, num_classes=4)
     np.testing.assert_array_equal(scored, early_norm)
+
+
+def test_confidence_pred_is_the_last_epochs_predicted_class_probability_and_feeds_ece():
+    import torch
+
+    from dq_plugins._analysis import analyze
+    from dq_plugins._ledger import SplitLedger
+    from dq_plugins.slices import slice_metrics
+
+    ledger = SplitLedger(capacity=2, num_classes=2)
+    ledger.record(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([[0.0, 0.0], [0.0, 0.0]]), epoch=0)
+    ledger.record(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([[np.log(3.0), 0.0], [np.log(4.0), 0.0]]),
+                  epoch=1)
+    samples = analyze({"train": ledger.to_history()}).samples
+    np.testing.assert_allclose(samples["confidence_pred"], [0.75, 0.8], rtol=1e-6)  # last epoch: 3/4 and 4/5
+    table = slice_metrics(samples, columns=[], min_size=1)
+    overall = table[(table["column"] == "label") & (table["value"].astype(str) == "1")]
+    # sample 1 predicts class 0 with confidence 0.8 and is wrong: |0 - 0.8| in its one-sample bin
+    assert overall["ece"].iloc[0] == pytest.approx(0.8, rel=1e-5)

@@ -22,6 +22,8 @@ def test_record_matches_hand_computed_values():
     assert f["correct"][0, 0] == 1.0
     assert f["prob_sq_sum"][0, 0] == pytest.approx(p0**2 + (1 - p0) ** 2, rel=1e-6)
     assert f["prob_given"][0, 2] == pytest.approx(0.5)
+    assert f["prob_pred"][0, 0] == pytest.approx(p0, rel=1e-6)  # predicted class 0: its probability
+    assert f["prob_pred"][0, 2] == pytest.approx(0.5)
     assert f["margin"][0, 2] == pytest.approx(0.0)
     assert f["correct"][0, 2] == 0.0
     assert history.pred[0].tolist() == [0, -1, 0]
