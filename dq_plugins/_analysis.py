@@ -95,7 +95,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
             "aum": aum,
             "forgetting_events": forgetting_events(fields["correct"]).astype(np.int64),
             "el2n": early_norm,
-            "confidence_pred": last_observed(fields["prob_pred"], np.isnan(fields["prob_pred"])),
+            "confidence_pred": _confidence_pred(fields),
         },
         columns=list(SAMPLE_COLUMNS),
     )
@@ -103,6 +103,14 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     if history.early_probs is not None and num_epochs:
         early_flags(frame, history.early_probs[seen], _final_accuracy(fields["correct"]))
     return frame
+
+
+def _confidence_pred(fields: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) probability of the predicted class at the last epoch that saw each sample; NaN without ``prob_pred``."""
+    values = fields.get("prob_pred")
+    if values is None:
+        return np.full(fields["loss"].shape[1], np.nan, dtype=np.float32)
+    return last_observed(values, np.isnan(values))
 
 
 def _mislabel_signals(
