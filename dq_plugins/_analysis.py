@@ -272,7 +272,6 @@ def add_embedding_columns(
         & (partner_label.to_numpy() == mean_pred)
     )
     merged["is_label_issue"] = merged["is_label_issue"] | duplicate_issue
-    merged.attrs.update(frame.attrs)
     overlap = analysis.summary.class_overlap.assign(split=split)
     return merged, analysis.summary.metrics(split), overlap
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dq_plugins._stage import RowStage
+
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "classification_head", "head")
 """Attribute names of the classification head in Hugging Face ``*ForSequenceClassification`` models."""
 
@@ -86,8 +88,7 @@ class EmbeddingBuffer:
         # Writes are staged by reference and folded in once S rows are staged or the buffer is read:
         # about 10 small ops per batch become none. Stage memory: at most S * D floats (~16 MB).
         self.stage_rows = int(stage_rows or min(65536, max(256, 4_000_000 // self.dim)))
-        self._stage: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._staged = 0
+        self._stage = RowStage(self.stage_rows)
 
     def write(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Overwrite the rows of ``ids`` (B,) with ``embeddings`` (B, D). No host sync.
@@ -98,18 +99,14 @@ class EmbeddingBuffer:
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
-        self._stage.append((ids, embeddings.detach()))
-        self._staged += ids.shape[0]
-        if self._staged >= self.stage_rows:
+        if self._stage.add(ids, embeddings.detach()):
             self.flush()
 
     def flush(self) -> None:
         """Fold the staged rows into the buffer."""
-        if not self._stage:
-            return
-        stage, self._stage, self._staged = self._stage, [], 0
-        ids, values = zip(*stage)
-        self._fold(torch.cat([t.to(self.device) for t in ids]), torch.cat([t.to(self.device, torch.float32) for t in values]))
+        staged = self._stage.take(self.device, (torch.int64, torch.float32))
+        if staged is not None:
+            self._fold(*staged)
 
     @torch.no_grad()
     def _fold(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:

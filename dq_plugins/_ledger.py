@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dq_plugins._stage import RowStage
+
 FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
 """Float fields of the per-epoch record, in the row order of ``SplitLedger._sums``."""
 
@@ -135,8 +137,7 @@ class SplitLedger:
         self.pending_epoch: int | None = None
         self.history: dict[int, dict[str, np.ndarray]] = {}
         self.stage_rows = int(stage_rows or min(65536, max(1024, 4_000_000 // self.num_classes)))
-        self._stage: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # batches not yet in the sums
-        self._staged = 0  # rows in self._stage
+        self._stage = RowStage(self.stage_rows)  # batches not yet in the sums
 
     # ------------------------------------------------------------------ hot path
     def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int) -> None:
@@ -156,29 +157,19 @@ class SplitLedger:
         logits = logits.detach()
         if logits.is_cuda:
             logits = logits.clone()
-        self._stage.append((ids, labels, logits))
-        self._staged += ids.shape[0]
-        if self._staged >= self.stage_rows:
+        if self._stage.add(ids, labels, logits):
             self.flush()
 
     def flush(self) -> None:
         """Fold the staged rows into the per-sample sums (a handful of device ops, no host sync)."""
-        if not self._stage:
-            return
-        stage, self._stage, self._staged = self._stage, [], 0
-        if len(stage) == 1:
-            self._accumulate(*stage[0])
-            return
-        ids, labels, logits = zip(*stage)
-        self._accumulate(torch.cat([t.to(self.device) for t in ids]), torch.cat([t.to(self.device) for t in labels]),
-                         torch.cat([t.to(self.device, torch.float32) for t in logits]))
+        staged = self._stage.take(self.device, (torch.int64, torch.int64, torch.float32))
+        if staged is not None:
+            self._accumulate(*staged)
 
     @torch.no_grad()
     def _accumulate(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
-        """Add the record of (R,) ids, (R,) labels and (R, C) logits of the pending epoch to the sums."""
-        logits = logits.to(device=self.device, dtype=torch.float32)
-        ids = ids.to(device=self.device, dtype=torch.int64)
-        labels = labels.to(device=self.device, dtype=torch.int64)
+        """Add the record of (R,) int64 ids, (R,) int64 labels and (R, C) float32 logits on the ledger's
+        device (as :meth:`flush` hands them over) of the pending epoch to the sums."""
 
         finite = torch.isfinite(logits.sum(dim=1))  # one reduction: a NaN or inf anywhere makes the sum non-finite
         in_range = (ids >= 0) & (ids < self.capacity) & (labels >= 0) & (labels < self.num_classes)
