@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from dq_plugins._latency import LATENCY_COLUMN
 from dq_plugins._ledger import SplitHistory
 from dq_plugins.scores import (
     area_under_margin,
@@ -20,7 +21,6 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
-from dq_plugins._latency import LATENCY_COLUMN
 from dq_plugins.scores.mislabel import mislabel_score
 
 SAMPLE_COLUMNS: tuple[str, ...] = (
@@ -101,7 +101,7 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
     )
     frame.attrs["noise_rate"] = float(cl.noise_rate)
     if history.early_probs is not None and num_epochs:
-        early_flags(frame, history.early_probs[seen], _final_accuracy(fields["correct"]))
+        early_flags(frame, history.early_probs[seen])
     return frame
 
 
@@ -134,17 +134,11 @@ def _mislabel_signals(
     return aum, full_norm, early_norm, scored
 
 
-def _final_accuracy(correct: np.ndarray) -> float:
-    """Mean correctness of the last recorded epoch of (E, N) ``correct`` (0 when it has no value)."""
-    last = correct[-1]
-    return float(np.nanmean(last)) if np.isfinite(last).any() else 0.0
-
-
 def rescore_with_neighbors(frame: pd.DataFrame, history: SplitHistory, early_epochs: int | None = None) -> None:
     """Add ``neighbor_disagreement`` to ``mislabel_score`` as its fourth signal, in place.
 
-    The early-window flags, which follow the ``mislabel_score`` order when the model memorised,
-    are chosen again with the new order (:func:`early_flags`, a no-op when it did not memorise).
+    The early-window flags, which follow the ``mislabel_score`` order, are chosen again with the
+    new order (:func:`early_flags`, a no-op when the early window is not trusted).
     """
     disagreement = frame["neighbor_disagreement"].to_numpy(dtype=np.float64)
     if not np.isfinite(disagreement).any():
@@ -157,25 +151,29 @@ def rescore_with_neighbors(frame: pd.DataFrame, history: SplitHistory, early_epo
     frame["mislabel_score"] = mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_scored,
                                              neighbor_disagreement=disagreement)
     if history.early_probs is not None and num_epochs:
-        early_flags(frame, history.early_probs[rows], _final_accuracy(fields["correct"]))
+        early_flags(frame, history.early_probs[rows])
 
 
-def early_flags(frame: pd.DataFrame, early_probs: np.ndarray, final_accuracy: float) -> None:
-    """Replace the label-issue flags by the early-window decision, in place, when the model memorised.
+def early_flags(frame: pd.DataFrame, early_probs: np.ndarray) -> None:
+    """Replace the label-issue flags by the early-window decision, in place.
 
-    In-sample probabilities lean towards the given labels, and once a model memorises them the
-    all-epoch mean softmax hides the flips. Before memorisation the softmax still votes for the
-    true class of a flipped sample. So: confident learning (Northcutt et al. 2021) on the
-    early-window softmax estimates *how many* samples are mislabeled (and the noise rate), the
-    flags go to that many samples in ``mislabel_score`` order, keeping only those whose early-window
-    prediction disagrees with the given label (two pieces of evidence); the suggested label is the
-    early-window arg-max among the other classes. Measured in ``benchmarks/label_noise.py``.
+    In-sample probabilities lean towards the given labels: confident learning (Northcutt et al.
+    2021) on the all-epoch mean softmax under-counts the flips (it flagged 693 of 800 on MNIST-5k,
+    20% symmetric noise), and once a model memorises its labels it hides them almost entirely.
+    Before memorisation the softmax still votes for the true class of a flipped sample. So:
+    confident learning on the early-window softmax estimates *how many* samples are mislabeled
+    (and the noise rate), the flags go to that many samples in ``mislabel_score`` order, keeping
+    only those whose early-window prediction disagrees with the given label (two pieces of
+    evidence); the suggested label is the early-window arg-max among the other classes.
 
-    When: only when the model memorised the labels, i.e. its last-epoch accuracy on the given labels
-    exceeds ``1 - r / 2`` with ``r`` the early-window noise estimate (it fits more than half of the
-    estimated flips). Without memorisation the all-epoch flags are more precise (an early window
-    over-counts: hard clean samples are still wrong there) and are kept. Guard: the early window
-    must fit the given labels at least halfway from chance to perfect.
+    Measured on ``benchmarks/label_noise.py`` and on the fix-gain cases (8 seeds, MNIST-5k, 20%
+    noise): precision / recall 0.945 / 0.819 -> 0.925 / 0.935 (symmetric), 0.937 / 0.802 ->
+    0.836 / 0.918 (pair), and dropping the flags before retraining recovers 29% of the accuracy
+    lost to symmetric noise instead of 8% (42% instead of 41% under pair noise).
+
+    Guard: the early window must fit the given labels at least halfway from chance to perfect
+    (a short fine-tuning whose whole window is a first, still-learning epoch ranks hard and
+    mislabeled samples alike and over-counts); otherwise the all-epoch flags are kept.
     """
     labels = frame["label"].to_numpy()
     valid = ~np.isnan(early_probs).any(axis=1)
@@ -186,8 +184,6 @@ def early_flags(frame: pd.DataFrame, early_probs: np.ndarray, final_accuracy: fl
     if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
         return
     early = confident_learning(labels, early_probs)
-    if final_accuracy <= 1.0 - early.noise_rate / 2.0:
-        return
     count = int(early.is_label_issue.sum())
     order = np.argsort(-np.nan_to_num(frame["mislabel_score"].to_numpy(), nan=-1.0), kind="stable")
     flags = np.zeros(len(frame), dtype=bool)
