@@ -16,13 +16,30 @@ def test_hand_computed() -> None:
     sims = np.array([[0.99, 0.5], [0.99, 0.4], [0.97, 0.5], [0.985, np.nan]])
     ids = np.array([10, 11, 12, 13])
     np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids), [11, 10, -1, 12])
-    np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids, threshold=0.96), [11, 10, 10, 12])
+    np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids, threshold=0.96, relative=1.0), [11, 10, 10, 12])
+    # at relative 0.05 row 2 (distance 0.03 against 0.5 at its 2nd neighbour: 0.06) does not stand out
+    np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids, threshold=0.96), [11, 10, -1, 12])
     labels = np.array([0, 0, 1, 2])
     # 10 <-> 11 agree; 13 -> 12 with labels 2 vs 1: both 13 and 12 conflict
     np.testing.assert_array_equal(
         conflicting_duplicates(np.array([11, 10, -1, 12]), labels, ids), [False, False, True, True]
     )
     assert NEAR_DUPLICATE_SIMILARITY == 0.98
+
+
+def test_a_pair_must_stand_out_from_its_neighbourhood() -> None:
+    """Fine-tuned class blobs: every neighbour at cosine >= 0.98, none a copy; a copy is far closer
+    than the rest of its neighbours; identical vectors count whatever surrounds them."""
+    neighbors = np.array([[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]])
+    sims = np.array([[0.995, 0.99, 0.985], [0.995, 0.99, 0.985], [0.9995, 0.6, 0.5], [0.9995, 0.6, 0.5]])
+    ids = np.arange(4)
+    # rows 0, 1: distance 0.005 against 0.015 at the 3rd neighbour (ratio 0.33): a blob, not copies
+    np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids), [-1, -1, 3, 2])
+    np.testing.assert_array_equal(near_duplicate_of(neighbors, sims, ids, relative=1.0), [1, 0, 3, 2])
+    identical = np.array([[1 - 1e-7, 1 - 2e-7, 1 - 3e-7]] * 4)
+    np.testing.assert_array_equal(near_duplicate_of(neighbors, identical, ids), [1, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"`relative` to be a ratio of distances in \[0, 1\] but got 2"):
+        near_duplicate_of(neighbors, sims, ids, relative=2)
 
 
 def test_ties_point_to_the_smallest_id() -> None:
