@@ -88,3 +88,22 @@ def test_rejects_bad_inputs() -> None:
         conflicting_duplicates(np.array([-1, -1]), np.array([0, 1]), np.array([3, 3]))
     with pytest.raises(ValueError, match=r"`labels` and `near_dup_of` to have the same shape"):
         conflicting_duplicates(np.array([-1, -1]), np.array([0]), np.array([3, 4]))
+
+
+def test_a_collapsed_class_blob_is_not_a_pile_of_duplicates() -> None:
+    """What a fine-tuned classifier's embedding looks like: one class squeezed around a point
+    (every pair at cosine > 0.99), the other spread; copies planted in the spread part are found,
+    the blob yields none, and a copy inside the blob is found only when its vector is identical."""
+    rng = np.random.default_rng(1)
+    centre = rng.normal(size=64)
+    blob = centre + 0.02 * rng.normal(size=(200, 64))
+    spread = rng.normal(size=(200, 64))
+    x = np.concatenate([blob, spread])
+    x[390:400] = x[300:310] + 1e-3 * rng.normal(size=(10, 64))  # ten near-copies in the spread part
+    x[199] = x[0]  # one identical copy inside the blob
+    indices, sims = knn_cosine(x.astype(np.float32), 10)
+    assert np.median(sims[:200, 0]) > 0.99  # the blob alone would pass any absolute threshold
+    dup = near_duplicate_of(indices, sims, np.arange(400))
+    flagged = set(np.flatnonzero(dup >= 0).tolist())
+    assert flagged == {0, 199, *range(300, 310), *range(390, 400)}
+    assert (near_duplicate_of(indices, sims, np.arange(400), relative=1.0)[:200] >= 0).sum() > 150
