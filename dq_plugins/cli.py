@@ -62,6 +62,10 @@ SLICE_COLUMNS: tuple[str, ...] = ("label", "cluster")
 """Columns of the per-sample table whose values define the slices that ``report`` and ``compare`` show
 (``cluster`` only when the embeddings feature added it)."""
 
+COMPARABLE_SLICE_COLUMNS: tuple[str, ...] = ("label",)
+"""Slice columns whose values mean the same in two runs; ``compare`` leaves out ``cluster``: k-means
+cluster ids are numbered anew in each run, so ``cluster=3`` of one run is not ``cluster=3`` of another."""
+
 SLICES_PATH = "dq/slices.json"
 """The slice table of the slices feature; shown by ``report`` instead of the per-class slices when present."""
 
@@ -363,8 +367,10 @@ def cmd_compare(args: argparse.Namespace, client: Any, progress: _Progress, out:
     summary = compare_summary(*summaries)
     counts = summary["measure"].isin(["samples", "label_issues"])
     print(format_table(format_numbers(summary, ["A", "B", "B-A"], counts)), file=out)
-    print("\nSlices (largest accuracy drop from A to B first)", file=out)
-    print(format_table(compare_slices(slice_table(tables[0]), slice_table(tables[1])).head(args.top)), file=out)
+    print("\nPer-class slices (largest accuracy drop from A to B first; clusters are numbered anew in each run "
+          "and are not compared)", file=out)
+    slices = [slice_table(t, COMPARABLE_SLICE_COLUMNS) for t in tables]
+    print(format_table(compare_slices(*slices).head(args.top)), file=out)
     overlap = flag_overlap(*tables)
     if overlap:
         print(f"\n{overlap}", file=out)

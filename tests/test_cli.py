@@ -318,6 +318,8 @@ def test_compare_puts_two_runs_side_by_side(store, capsys):
     assert f"A: run {store.run_a}" in out and f"B: run {store.run_b}" in out
     assert "est_noise_rate" in out and "accuracy_B-A" in out
     assert "Flagged train samples (same 150 sample ids in both runs)" in out
+    slices = out.split("Per-class slices")[1]
+    assert "label=" in slices and "cluster=" not in slices  # cluster ids are per run: not comparable
 
 
 def test_compare_with_a_bad_run_is_a_one_line_error(store, capsys):
