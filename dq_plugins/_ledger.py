@@ -58,7 +58,9 @@ class SplitHistory:
         fields: name -> (E, N) float32 for each of :data:`FLOAT_FIELDS`, NaN where missing.
         pred: (E, N) int32 predicted class, -1 where missing.
         labels: (N,) int64 given label, -1 for ids never seen.
-        mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen.
+        mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen;
+            for a held-out split (``SplitLedger.latest_probs_only``) the softmax of its latest pass,
+            the out-of-sample prediction of the final model, as cleanlab expects.
         early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
         latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
@@ -130,6 +132,8 @@ class SplitLedger:
         self._prob_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         # the early window: before memorisation, the softmax still votes for the true class of a flipped label
         self.early_epochs = 0
+        # a held-out split (validation) is never fitted: its latest pass is its best out-of-sample softmax
+        self.latest_probs_only = False
         self._early_sum = torch.zeros(slots, self.num_classes, dtype=torch.float32, device=self.device)
         self._early_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         self._out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -153,6 +157,9 @@ class SplitLedger:
         """
         if self.pending_epoch is not None and epoch != self.pending_epoch:
             self.close_epoch()
+        if self.pending_epoch is None and self.latest_probs_only:  # a new pass replaces the previous softmax
+            self._prob_sum.zero_()
+            self._prob_count.zero_()
         self.pending_epoch = epoch
         logits = logits.detach()
         if logits.is_cuda:
@@ -283,7 +290,8 @@ class SplitLedger:
 
     # ------------------------------------------------------------------ results
     def mean_probs(self) -> np.ndarray:
-        """(N, C) float32 mean softmax over every valid occurrence; NaN rows for unseen ids.
+        """(N, C) float32 mean softmax over every valid occurrence (with ``latest_probs_only``: over
+        the latest pass only); NaN rows for unseen ids.
 
         Under ``torch.distributed`` this is the global mean on rank 0 once the last epoch is closed.
         """
@@ -351,6 +359,7 @@ class SplitLedger:
             },
             **{name: _host_copy(tensor) for name, tensor in buffers.items()},
             "early_epochs": self.early_epochs,
+            "latest_probs_only": self.latest_probs_only,
         }
 
     @classmethod
@@ -362,6 +371,7 @@ class SplitLedger:
             int(e): {k: v.numpy() for k, v in row.items()} for e, row in state.get("history", {}).items()
         }
         ledger.early_epochs = int(state.get("early_epochs", 0))
+        ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
         for name in _STATE_BUFFERS:
             if name in state:
                 # a checkpoint of an older version holds fewer float fields: they fill the first rows

@@ -303,7 +303,10 @@ class DynamicsSession:
                 self.set_capacity(split, None)
                 capacity = self.capacities[split]
             ledger = self.ledgers[split] = SplitLedger(capacity, logits.shape[1], logits.device)
-            ledger.early_epochs = self.early_epochs
+            if split == TRAIN:
+                ledger.early_epochs = self.early_epochs
+            else:  # held out: nothing is memorised, the final model's softmax is the out-of-sample estimate
+                ledger.latest_probs_only = True
         elif logits.shape[1] != ledger.num_classes:
             raise ValueError(
                 f"Expected logits with {ledger.num_classes} classes as in earlier batches of the {split} split, "

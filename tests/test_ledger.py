@@ -81,6 +81,25 @@ def test_mean_probs_average_every_occurrence():
     assert ledger.mean_probs()[0] == pytest.approx([0.75, 0.25], abs=1e-6)
 
 
+def test_a_held_out_split_keeps_the_softmax_of_its_latest_pass():
+    """Validation is never fitted: the final model's softmax is its out-of-sample prediction (what
+    cleanlab expects), not a mean that the first, underfit evaluation drags down. Ids missing from
+    the latest pass have no softmax; the per-epoch fields keep every pass; a checkpoint keeps the mode."""
+    ledger = SplitLedger(capacity=2, num_classes=2)
+    ledger.latest_probs_only = True
+    ledger.record(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([[0.0, 0.0], [0.0, 0.0]]), epoch=0)
+    ledger.close_epoch()
+    ledger.record(torch.tensor([0]), torch.tensor([0]), torch.tensor([[math.log(3.0), 0.0]]), epoch=1)
+    probs = ledger.mean_probs()
+    assert probs[0] == pytest.approx([0.75, 0.25], abs=1e-6)  # the mean over both passes would be 0.625
+    assert np.isnan(probs[1]).all()
+    restored = SplitLedger.from_state_dict(ledger.state_dict())
+    assert restored.latest_probs_only
+    history = ledger.to_history()
+    assert history.fields["prob_given"][:, 0].tolist() == pytest.approx([0.5, 0.75])
+    assert history.early_probs is None
+
+
 def test_low_precision_logits_are_upcast():
     ledger = SplitLedger(capacity=2, num_classes=3)
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.1, 0.0]], dtype=torch.bfloat16)
@@ -144,3 +163,16 @@ def test_staged_record_equals_the_unstaged_one_across_flushes_and_a_checkpoint(s
     np.testing.assert_allclose(staged.early_probs, reference.early_probs, rtol=1e-6, equal_nan=True)
     torch.testing.assert_close(staged_state["sums"], reference_state["sums"])
     assert reference_state["count"].sum() > 0
+
+
+def test_the_session_keeps_the_early_window_for_train_and_the_latest_pass_for_validation():
+    from dq_plugins._session import DynamicsSession, SessionConfig
+
+    session = DynamicsSession(SessionConfig())
+    session.set_max_epochs(10)
+    for split in ("train", "validation"):
+        session.set_capacity(split, 4)
+        session.record(split, 0, torch.arange(4), torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2))
+    train, validation = session.ledgers["train"], session.ledgers["validation"]
+    assert train.early_epochs == 2 and not train.latest_probs_only
+    assert validation.early_epochs == 0 and validation.latest_probs_only
