@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dq_plugins._stage import RowStage
+from dq_plugins._stage import RowStage, last_occurrence
 
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "classification_head", "head")
 """Attribute names of the classification head in Hugging Face ``*ForSequenceClassification`` models."""
@@ -95,7 +95,7 @@ class EmbeddingBuffer:
 
         The tensors are kept by reference until the stage is folded in: the caller must not modify
         them in place (clone activations that a later in-place op may overwrite). When an id occurs
-        twice before the stage is folded in, either occurrence may be kept.
+        more than once before the stage is folded in (a stage can span epochs), the last write wins.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
@@ -114,7 +114,7 @@ class EmbeddingBuffer:
         values = embeddings.to(self.device, torch.float32)
         finite = torch.isfinite(values.sum(dim=1))  # one reduction instead of an elementwise mask
         in_range = (ids >= 0) & (ids < self.capacity) & finite
-        slots = torch.where(in_range, ids, self.capacity)
+        slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)
         # fp16 saturates at 65504: clamp so large activations stay finite
         self._values.index_copy_(0, slots, values.clamp(-65504, 65504).to(torch.float16))
         self._seen.index_fill_(0, slots, True)

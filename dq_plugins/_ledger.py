@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dq_plugins._stage import RowStage
+from dq_plugins._stage import RowStage, last_occurrence
 
 FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
 """Float fields of the per-epoch record, in the row order of ``SplitLedger._sums``."""
@@ -205,8 +205,9 @@ class SplitLedger:
         ones = torch.ones_like(slots, dtype=torch.int32)
         self._sums.index_add_(1, slots, values)
         self._count.index_add_(0, slots, ones)
-        self._pred.index_copy_(0, slots, pred.to(torch.int32))
-        self._labels.index_copy_(0, slots, labels)
+        latest = last_occurrence(slots, self.capacity)  # a sample seen twice in the epoch: its last prediction
+        self._pred.index_copy_(0, latest, pred.to(torch.int32))
+        self._labels.index_copy_(0, latest, labels)
         self._prob_sum.index_add_(0, slots, probs)
         self._prob_count.index_add_(0, slots, ones)
         if self.pending_epoch is not None and self.pending_epoch < self.early_epochs:

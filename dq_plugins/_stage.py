@@ -35,3 +35,17 @@ class RowStage:
             return None
         batches, self._batches, self._count = self._batches, [], 0
         return tuple(torch.cat([t.to(device, dtype) for t in column]) for column, dtype in zip(zip(*batches), dtypes))
+
+
+def last_occurrence(slots: torch.Tensor, trash: int) -> torch.Tensor:
+    """``slots`` (R,) int64 with every occurrence of a slot but its last routed to ``trash``.
+
+    ``index_copy_`` with repeated indices keeps an unspecified one of them (multithreaded on CPU,
+    racing on GPU). A stage can hold the same sample from several epochs, and the latest must win:
+    the position of each slot's last occurrence is found with one ``scatter_reduce`` (no host sync),
+    so only the trash slot is ever written twice.
+    """
+    positions = torch.arange(slots.shape[0], device=slots.device)
+    last = torch.full((trash + 1,), -1, dtype=torch.int64, device=slots.device)
+    last.scatter_reduce_(0, slots, positions, reduce="amax")
+    return torch.where(last[slots] == positions, slots, trash)
