@@ -109,9 +109,8 @@ class EmbeddingBuffer:
             self._fold(*staged)
 
     @torch.no_grad()
-    def _fold(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
-        ids = ids.to(self.device, torch.int64)
-        values = embeddings.to(self.device, torch.float32)
+    def _fold(self, ids: torch.Tensor, values: torch.Tensor) -> None:
+        """Write (R,) int64 ids and (R, D) float32 values on the buffer's device (as :meth:`flush` hands them over)."""
         finite = torch.isfinite(values.sum(dim=1))  # one reduction instead of an elementwise mask
         in_range = (ids >= 0) & (ids < self.capacity) & finite
         slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)

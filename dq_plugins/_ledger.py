@@ -85,6 +85,13 @@ _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum"
                                    "early_count")
 """Device buffers saved in a checkpoint (attribute ``_<name>`` of :class:`SplitLedger`)."""
 
+_SUMMED_BUFFERS: tuple[str, ...] = ("sums", "count", "prob_sum", "prob_count", "early_sum", "early_count",
+                                    "out_of_range", "non_finite")
+"""Device buffers summed over ranks under ``torch.distributed`` (``pred`` and ``labels`` take the max)."""
+
+_CROSS_EPOCH_SUMS: tuple[str, ...] = ("prob_sum", "prob_count", "early_sum", "early_count")
+"""Softmax sums kept across epochs: rank-local between reductions, the global total on rank 0 after one."""
+
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy that does not alias the live buffer (``.cpu()`` of a CPU tensor is the tensor itself)."""
@@ -267,13 +274,12 @@ class SplitLedger:
             return
         import torch.distributed as dist
 
-        for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._early_sum, self._early_count,
-                       self._out_of_range, self._non_finite):
+        for tensor in self._buffers(_SUMMED_BUFFERS):
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        for tensor in (self._pred, self._labels):
+        for tensor in self._buffers(("pred", "labels")):
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         if rank != 0:
-            for tensor in (self._prob_sum, self._prob_count, self._early_sum, self._early_count):
+            for tensor in self._buffers(_CROSS_EPOCH_SUMS):
                 tensor.zero_()
 
     def localize_for_rank(self) -> None:
@@ -285,9 +291,12 @@ class SplitLedger:
         """
         rank, world = distributed_rank_and_world()
         if world > 1 and rank != 0:
-            for tensor in (self._sums, self._count, self._prob_sum, self._prob_count, self._early_sum, self._early_count,
-                           self._out_of_range, self._non_finite):
+            for tensor in self._buffers(_SUMMED_BUFFERS):
                 tensor.zero_()
+
+    def _buffers(self, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """The device buffers ``_<name>`` of ``names``."""
+        return tuple(getattr(self, f"_{name}") for name in names)
 
     # ------------------------------------------------------------------ results
     def mean_probs(self) -> np.ndarray:
@@ -343,7 +352,7 @@ class SplitLedger:
         The live buffers are left alone.
         """
         self.flush()
-        buffers = {name: getattr(self, f"_{name}") for name in _STATE_BUFFERS}
+        buffers = dict(zip(_STATE_BUFFERS, self._buffers(_STATE_BUFFERS)))
         if distributed_rank_and_world()[1] > 1:
             import torch.distributed as dist
 
@@ -385,8 +394,7 @@ class SplitLedger:
         device = torch.device(device)
         if device != self.device:
             self.flush()
-            for name in ("_sums", "_count", "_pred", "_labels", "_prob_sum", "_prob_count", "_early_sum", "_early_count",
-                         "_out_of_range", "_non_finite"):
-                setattr(self, name, getattr(self, name).to(device))
+            for name in (*_SUMMED_BUFFERS, "pred", "labels"):
+                setattr(self, f"_{name}", getattr(self, f"_{name}").to(device))
             self.device = device
         return self
