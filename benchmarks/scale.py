@@ -18,7 +18,7 @@ Peak memory is the subprocess's maximum resident set size (``ru_maxrss``), data 
 
 Extraction: in a separate subprocess, the post-fit embedding pass (a forward pre-hook on the
 classification head of a MiniLM-sized BERT, 6 layers x 384, random weights, pooling and the write
-into :class:`~dq_plugins._embeddings.EmbeddingBuffer`) against the same inference pass without the
+into :class:`~dq_plugins.recording.embeddings.EmbeddingBuffer`) against the same inference pass without the
 hook, interleaved, as a ratio of medians (target: within 5%).
 
 Usage: ``python benchmarks/scale.py [--sizes 10000 100000] [--no-write]`` writes the ``scale``
@@ -78,7 +78,7 @@ def worker(num_samples: int, out: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from dq_plugins._embedding_analysis import analyze_embeddings, warm_up
+    from dq_plugins.analysis.embeddings import analyze_embeddings, warm_up
     from dq_plugins.scores.confident_learning import confident_learning
 
     embeddings, labels, true, pred_probs = synthetic(num_samples)
@@ -137,7 +137,7 @@ def extraction_worker(out: Path, batches: int = 12, batch_size: int = 32, length
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from dq_plugins._embeddings import EmbeddingBuffer, find_head, find_tensor, pool
+    from dq_plugins.recording.embeddings import EmbeddingBuffer, find_head, find_tensor, pool
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,

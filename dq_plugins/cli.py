@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from dq_plugins._offline import (
+from dq_plugins.sinks.offline import (
     RunNotFoundError,
     artifact_paths,
     download,
@@ -41,7 +41,7 @@ from dq_plugins._offline import (
     read_samples,
     reanalyze,
 )
-from dq_plugins._sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
+from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 
 DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
 
@@ -192,7 +192,7 @@ def _run_line(run: Any) -> str:
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
-    from dq_plugins._analysis import top_issues
+    from dq_plugins.analysis.pipeline import top_issues
 
     run = get_run(client, args.run_id)
     progress(f"reading the results of run {args.run_id}")

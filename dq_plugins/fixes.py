@@ -327,7 +327,7 @@ def _provenance(plan: FixPlan, run_id: str, split: str, dataset: Any, fixed: Any
 
 def _log_provenance(client: Any, run_id: str, record: dict[str, Any]) -> None:
     """Append ``record`` to the run's :data:`PROVENANCE_PATH` and set the ``dq.fix.*`` tags."""
-    from dq_plugins._offline import artifact_paths, download
+    from dq_plugins.sinks.offline import artifact_paths, download
 
     with tempfile.TemporaryDirectory(prefix="dq_fix_") as tmp:
         history: list[dict[str, Any]] = []
@@ -388,7 +388,7 @@ def fix(
             or a split the run does not have.
         FileNotFoundError: the run has no ``dq/samples.parquet``.
     """
-    from dq_plugins._offline import make_client, read_samples
+    from dq_plugins.sinks.offline import make_client, read_samples
 
     plan_action = _check_action(action)
     if hasattr(dataset, "keys") and type(dataset).__name__ in ("DatasetDict", "IterableDatasetDict"):

@@ -233,7 +233,7 @@ def select_subset(
         ValueError: ``fraction`` outside (0, 1], ``skip_hardest`` outside [0, 1), or a split the run does not have.
         FileNotFoundError: the run has no ``dq/samples.parquet``.
     """
-    from dq_plugins._offline import make_client, read_samples
+    from dq_plugins.sinks.offline import make_client, read_samples
 
     _check_fraction(fraction)
     _check_skip(skip_hardest)

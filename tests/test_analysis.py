@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dq_plugins._analysis import early_flags
+from dq_plugins.analysis.pipeline import early_flags
 
 
 def planted(n=300, classes=3, flips=30, seed=0):
@@ -54,8 +54,8 @@ def test_an_underfit_early_window_is_not_trusted():
 def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
     """Dynamics that cannot tell the flips apart (a memorised model: identical records for every
     sample) plus a neighbour signal that can: the score follows the neighbours, and so do the flags."""
-    from dq_plugins._analysis import rescore_with_neighbors
-    from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory
+    from dq_plugins.analysis.pipeline import rescore_with_neighbors
+    from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory
 
     frame, early, flipped, _ = planted()
     n, epochs = len(frame), 4
@@ -79,8 +79,8 @@ def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
 
 def test_an_early_window_still_learning_is_left_out_of_the_score():
     """Early EL2N votes only when the early window fits the labels halfway from chance (C = 4: 0.625)."""
-    from dq_plugins._analysis import _mislabel_signals
-    from dq_plugins._ledger import FLOAT_FIELDS
+    from dq_plugins.analysis.pipeline import _mislabel_signals
+    from dq_plugins.recording.ledger import FLOAT_FIELDS
 
     rng = np.random.default_rng(0)
     fields = {name: rng.uniform(0.2, 0.9, (3, 50)).astype(np.float32) for name in FLOAT_FIELDS}
@@ -95,9 +95,9 @@ def test_an_early_window_still_learning_is_left_out_of_the_score():
 def test_confidence_pred_is_the_last_epochs_predicted_class_probability_and_feeds_ece():
     import torch
 
-    from dq_plugins._analysis import analyze
-    from dq_plugins._ledger import SplitLedger
-    from dq_plugins.slices import slice_metrics
+    from dq_plugins.analysis.pipeline import analyze
+    from dq_plugins.recording.ledger import SplitLedger
+    from dq_plugins.analysis.slices import slice_metrics
 
     ledger = SplitLedger(capacity=2, num_classes=2)
     ledger.record(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([[0.0, 0.0], [0.0, 0.0]]), epoch=0)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dq_plugins._analysis import SAMPLE_COLUMNS
-from dq_plugins._offline import carry_columns
+from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
+from dq_plugins.sinks.offline import carry_columns
 from dq_plugins.cli import (
     ExitCode,
     compare_summary,

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dq_plugins._ledger import SplitLedger
+from dq_plugins.recording.ledger import SplitLedger
 
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 

@@ -1,4 +1,4 @@
-"""Tests of dq_plugins._embedding_analysis and dq_plugins._embedding_figures on planted data."""
+"""Tests of dq_plugins.analysis.embeddings and dq_plugins.figures.embedding_map on planted data."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS, EmbeddingAnalysis, EmbeddingSummary, analyze_embeddings
-from dq_plugins._embedding_figures import MAX_POINTS, embedding_map, embedding_map_html, subsample
+from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS, EmbeddingAnalysis, EmbeddingSummary, analyze_embeddings
+from dq_plugins.figures.embedding_map import MAX_POINTS, embedding_map, embedding_map_html, subsample
 
 pytestmark = pytest.mark.filterwarnings("error")
 

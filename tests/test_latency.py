@@ -14,8 +14,8 @@ from scipy.stats import pointbiserialr
 
 from conftest import BlobsDataset
 from dq_plugins import load_samples
-from dq_plugins._latency import ForwardTimer, LatencyRecorder, Span
-from dq_plugins._session import DynamicsSession, SessionConfig
+from dq_plugins.recording.latency import ForwardTimer, LatencyRecorder, Span
+from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.lightning import DataQualityCallback
 from test_lightning_callback import TinyClassifier, fit
 
@@ -104,8 +104,8 @@ def test_cuda_events_are_recorded_in_the_step_and_read_once_at_epoch_close():
 
 
 def test_latency_joins_the_split_record_survives_a_checkpoint_and_the_raw_file(tmp_path):
-    from dq_plugins._analysis import analyze
-    from dq_plugins._session import load_history, save_history
+    from dq_plugins.analysis.pipeline import analyze
+    from dq_plugins.recording.session import load_history, save_history
 
     session = DynamicsSession(SessionConfig())
     session.set_capacity("train", 4)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dq_plugins._ledger import FLOAT_FIELDS, SplitLedger
+from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitLedger
 
 
 def test_record_matches_hand_computed_values():
@@ -166,7 +166,7 @@ def test_staged_record_equals_the_unstaged_one_across_flushes_and_a_checkpoint(s
 
 
 def test_the_session_keeps_the_early_window_for_train_and_the_latest_pass_for_validation():
-    from dq_plugins._session import DynamicsSession, SessionConfig
+    from dq_plugins.recording.session import DynamicsSession, SessionConfig
 
     session = DynamicsSession(SessionConfig())
     session.set_max_epochs(10)

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from conftest import BlobsDataset
 from dq_plugins import load_samples
-from dq_plugins._analysis import SAMPLE_COLUMNS
-from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS
+from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
+from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 
 
@@ -192,7 +192,7 @@ def test_nan_logits_are_recorded_as_missing_without_crashing(tracking_uri):
 
 
 def test_an_analysis_error_warns_and_keeps_the_raw_record(tracking_uri, monkeypatch):
-    import dq_plugins._analysis as analysis
+    import dq_plugins.analysis.pipeline as analysis
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")

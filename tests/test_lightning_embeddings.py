@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import BlobsDataset
-from dq_plugins._embeddings import EmbeddingBuffer, pool
+from dq_plugins.recording.embeddings import EmbeddingBuffer, pool
 from dq_plugins.lightning import DataQualityCallback
 from test_lightning_callback import TinyClassifier, fit
 
@@ -105,7 +105,7 @@ def test_a_stage_spanning_epochs_keeps_each_samples_latest_embedding():
 
 
 def test_last_occurrence_routes_earlier_duplicates_to_the_trash_slot():
-    from dq_plugins._stage import last_occurrence
+    from dq_plugins.recording.stage import last_occurrence
 
     slots = torch.tensor([2, 0, 2, 1, 0, 3])
     assert last_occurrence(slots, trash=3).tolist() == [3, 3, 2, 1, 0, 3]

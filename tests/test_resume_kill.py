@@ -159,7 +159,7 @@ def resume(framework: str, workdir: Path, uri: str, checkpoint: Path) -> str:
 
 
 def raw_record(client, run_id: str, split: str, dst: Path):
-    from dq_plugins._session import load_history
+    from dq_plugins.recording.session import load_history
 
     return load_history(client.download_artifacts(run_id, f"dq/raw/{split}.npz", str(dst)))
 
@@ -169,7 +169,7 @@ def check_resumed_record(uri: str, run_id: str, reference_uri: str, reference_id
     import mlflow
 
     from dq_plugins import load_samples
-    from dq_plugins._ledger import FLOAT_FIELDS
+    from dq_plugins.recording.ledger import FLOAT_FIELDS
 
     client, reference = mlflow.MlflowClient(uri), mlflow.MlflowClient(reference_uri)
     run = client.get_run(run_id)

@@ -1,4 +1,4 @@
-"""dq_plugins.rules and dq_plugins._rule_actions: conditions, validation, the YAML parser (hostile input
+"""dq_plugins.rules and dq_plugins.rules.actions: conditions, validation, the YAML parser (hostile input
 included) and every action against a staging sink."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dq_plugins._rule_actions import (
+from dq_plugins.rules.actions import (
     FAILED_TAG,
     RULE_TABLE_COLUMNS,
     RULES_TABLE_PATH,
@@ -19,8 +19,8 @@ from dq_plugins._rule_actions import (
     outcomes_table,
     run_rule_actions,
 )
-from dq_plugins._sink import MlflowSink
-from dq_plugins.rules import (
+from dq_plugins.sinks.mlflow_sink import MlflowSink
+from dq_plugins.rules.model import (
     MAX_YAML_CHARS,
     Condition,
     DataQualityRuleFailed,
@@ -37,7 +37,7 @@ from dq_plugins.rules import (
     validate_rules,
 )
 from dq_plugins.selection import EmbeddingPool
-from dq_plugins.slices import slice_metrics
+from dq_plugins.analysis.slices import slice_metrics
 
 
 def samples() -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""dq_plugins.slices: slice metrics against a hand-computed case, the weak-slice test, latency, figure."""
+"""dq_plugins.analysis.slices: slice metrics against a hand-computed case, the weak-slice test, latency, figure."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dq_plugins._slice_figures import weak_slices_figure, wilson_interval
-from dq_plugins.slices import (
+from dq_plugins.figures.slices import weak_slices_figure, wilson_interval
+from dq_plugins.analysis.slices import (
     EXACT_SCREEN_P,
     SLICE_COLUMNS,
     WEAK_SLICE_COLUMNS,

@@ -26,7 +26,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
 from dq_plugins import load_samples, with_ids  # noqa: E402
-from dq_plugins._analysis import SAMPLE_COLUMNS  # noqa: E402
+from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS  # noqa: E402
 from dq_plugins.transformers import STATE_FILE, DataQualityCallback  # noqa: E402
 
 NUM_CLASSES = 3

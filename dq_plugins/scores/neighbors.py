@@ -22,7 +22,7 @@ Two methods sit behind :func:`knn_cosine`:
   0.73 at 100k rows on isotropic Gaussian blobs in 384-d (a hard case: every direction is noise),
   above 0.9 on 3k clustered rows in 32-d; real embeddings have a low intrinsic dimension and sit
   nearer the latter. pynndescent compiles its kernels with numba on the first call of a process:
-  75 to 180 s on 2 CPU cores shared with other jobs (``_embedding_analysis.warm_up`` can do it
+  75 to 180 s on 2 CPU cores shared with other jobs (``analysis.embeddings.warm_up`` can do it
   while the model trains), then 24 s for 100k x 384 on the same cores.
 
 - ``"ivf"``: cluster-pruned exact search in torch, on the device of the input (an inverted file

@@ -15,7 +15,7 @@
 
 What a condition means (:meth:`Condition.evaluate`): ``over="samples"`` reads the rows of the rule's
 split in the per-sample table (plus the derived column ``correct = pred == label``), ``over="slices"``
-the rows of the slice table (:func:`dq_plugins.slices.slice_metrics`); ``where`` keeps some of them
+the rows of the slice table (:func:`dq_plugins.analysis.slices.slice_metrics`); ``where`` keeps some of them
 first. Then:
 
 - ``aggregate=None``: each row is tested, ``metric op threshold``; the condition holds when at least
@@ -28,7 +28,7 @@ first. Then:
 
 A rule holds when all its conditions hold; its matching samples are the samples every condition
 matched (for a slice condition: the members of the matching slices). Outcomes are
-:class:`RuleStatus` values. Actions are executed by :func:`dq_plugins._rule_actions.run_rule_actions`.
+:class:`RuleStatus` values. Actions are executed by :func:`dq_plugins.rules.actions.run_rule_actions`.
 
 Rules in YAML (:func:`rules_from_yaml`) are read with ``yaml.safe_load`` only and checked field by
 field against a whitelist: nothing in them is ever executed. See :func:`parse_rules` for the format.
@@ -72,7 +72,7 @@ SLICE_TABLE_COLUMNS: tuple[str, ...] = (
     "split", "slice", "column", "value", "size", "accuracy", "macro_f1", "mean_mislabel_score",
     "label_issue_rate", "ece", "mean_latency_ms",
 )
-"""Columns of the slice table (:data:`dq_plugins.slices.SLICE_COLUMNS`; repeated here so that
+"""Columns of the slice table (:data:`dq_plugins.analysis.slices.SLICE_COLUMNS`; repeated here so that
 importing the rules never imports the analysis)."""
 
 SLICE_TABLE_METRICS: tuple[str, ...] = SLICE_TABLE_COLUMNS[4:]
@@ -491,7 +491,7 @@ def evaluate_rules(
         rules: the rules (checked with :func:`validate_rules` beforehand).
         samples: the per-sample table (``dq/samples.parquet``), or any table with a ``split`` column
             and the columns the rules read (at a validation: ``sample_id, split, label, pred`` and metadata).
-        slices: the slice table (:func:`dq_plugins.slices.slice_metrics`) for slice conditions.
+        slices: the slice table (:func:`dq_plugins.analysis.slices.slice_metrics`) for slice conditions.
 
     Returns:
         one :class:`RuleOutcome` per rule, in order. A rule that needs a missing column is SKIPPED and
@@ -561,7 +561,7 @@ def _slice_member_mask(samples: pd.DataFrame, slice_rows: pd.DataFrame) -> np.nd
     mask = np.zeros(len(samples), dtype=bool)
     if slice_rows.empty:
         return mask
-    from dq_plugins.slices import slice_masks
+    from dq_plugins.analysis.slices import slice_masks
 
     for member in slice_masks(samples, slice_rows).values():
         mask |= member

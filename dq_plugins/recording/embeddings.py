@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dq_plugins._stage import RowStage, last_occurrence
+from dq_plugins.recording.stage import RowStage, last_occurrence
 
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "classification_head", "head")
 """Attribute names of the classification head in Hugging Face ``*ForSequenceClassification`` models."""
@@ -123,7 +123,7 @@ class EmbeddingBuffer:
 
         Each id keeps the row of the lowest rank that saw it, so rows are never summed twice.
         """
-        from dq_plugins._ledger import distributed_rank_and_world
+        from dq_plugins.recording.ledger import distributed_rank_and_world
 
         self.flush()
         rank, world = distributed_rank_and_world()

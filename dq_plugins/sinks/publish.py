@@ -1,7 +1,7 @@
 """Results -> sink: the one place that decides what an analysis writes into a run.
 
-Used at the end of fit (:meth:`dq_plugins._session.DynamicsSession.finish`) and by ``dq analyze``
-(:func:`dq_plugins._offline.analyze_run`), so that an offline rerun writes exactly what a fit
+Used at the end of fit (:meth:`dq_plugins.recording.session.DynamicsSession.finish`) and by ``dq analyze``
+(:func:`dq_plugins.sinks.offline.analyze_run`), so that an offline rerun writes exactly what a fit
 writes: ``dq/samples.parquet``, the issue table, the data map, class overlap, the embedding maps,
 the metrics, and the slice tables, weak slices, latency report and rules.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dq_plugins._latency import LATENCY_COLUMN
-from dq_plugins._sink import (
+from dq_plugins.recording.latency import LATENCY_COLUMN
+from dq_plugins.sinks.mlflow_sink import (
     CLASS_OVERLAP_PATH,
     DATA_MAP_PATH,
     EMBEDDING_HTML_PATH,
@@ -66,7 +66,7 @@ def publish_results(
     The slice and rule part runs after the core results are queued; an error there becomes a
     warning (with the traceback) and the core results stay queued.
     """
-    from dq_plugins._figures import data_map
+    from dq_plugins.figures.data_map import data_map
 
     result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
     sink.add_artifact(SAMPLES_PATH)
@@ -77,7 +77,7 @@ def publish_results(
     if getattr(result, "class_overlap", None) is not None:
         sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
     if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
-        from dq_plugins._embedding_figures import embedding_map, embedding_map_html
+        from dq_plugins.figures.embedding_map import embedding_map, embedding_map_html
 
         sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
         if write_html:
@@ -110,8 +110,8 @@ def _slices_and_rules(
     result: Any, histories: dict, embeddings: dict, sink: MlflowSink, rules: list, pools: dict, rule_history: Any
 ) -> None:
     """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
-    from dq_plugins._slice_figures import weak_slices_figure
-    from dq_plugins.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
+    from dq_plugins.figures.slices import weak_slices_figure
+    from dq_plugins.analysis.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
 
     samples = result.samples
     # slices per class, cluster and latency bucket are added by slice_metrics itself
@@ -136,7 +136,7 @@ def _slices_and_rules(
         return
     import pandas as pd
 
-    from dq_plugins._rule_actions import run_rule_actions
+    from dq_plugins.rules.actions import run_rule_actions
     from dq_plugins.rules import evaluate_rules
     from dq_plugins.selection import EmbeddingPool
 
@@ -155,7 +155,7 @@ def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
     """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
     ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (point-biserial r: negative when
     slower samples are less often correct)."""
-    from dq_plugins.slices import latency_report
+    from dq_plugins.analysis.slices import latency_report
 
     report = latency_report(result.samples, columns=columns)
     result.latency = report

@@ -17,7 +17,7 @@ Timing, by the device of the forward:
   the time to launch the forward, not to run it.
 
 Two pieces: :class:`ForwardTimer` (owned by an adapter) opens and closes spans around forwards;
-:class:`LatencyRecorder` (one per split, owned by :class:`~dq_plugins._session.DynamicsSession`)
+:class:`LatencyRecorder` (one per split, owned by :class:`~dq_plugins.recording.session.DynamicsSession`)
 receives each batch's ids with its spans and turns them into per-sample milliseconds once per epoch.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 LATENCY_COLUMN = "latency_ms"
-"""Column of the per-sample table (see :data:`dq_plugins.slices.LATENCY_COLUMN`)."""
+"""Column of the per-sample table (see :data:`dq_plugins.analysis.slices.LATENCY_COLUMN`)."""
 
 
 def _cuda_event() -> Any:
@@ -184,7 +184,7 @@ def _all_reduce(
     sums: np.ndarray, counts: np.ndarray, device: torch.device | str | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum ``(N,)`` totals and counts over the ranks of the default process group (no-op without one)."""
-    from dq_plugins._ledger import distributed_rank_and_world
+    from dq_plugins.recording.ledger import distributed_rank_and_world
 
     if distributed_rank_and_world()[1] < 2:
         return sums, counts

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dq_plugins._stage import RowStage, last_occurrence
+from dq_plugins.recording.stage import RowStage, last_occurrence
 
 FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
 """Float fields of the per-epoch record, in the row order of ``SplitLedger._sums``."""
@@ -64,7 +64,7 @@ class SplitHistory:
         early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
         latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
-            (:mod:`dq_plugins._latency`), NaN where not timed; ``None`` when nothing was timed.
+            (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
     """
 
     epochs: np.ndarray

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dq_plugins._batch import check_shapes, check_values
-from dq_plugins._embeddings import EmbeddingBuffer
-from dq_plugins._latency import LATENCY_COLUMN, LatencyRecorder, Span
-from dq_plugins._ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
-from dq_plugins._publish import (  # noqa: F401 - SCORE_COLUMNS and the paths are re-exported for the adapters
+from dq_plugins.adapters.batch import check_shapes, check_values
+from dq_plugins.recording.embeddings import EmbeddingBuffer
+from dq_plugins.recording.latency import LATENCY_COLUMN, LatencyRecorder, Span
+from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
+from dq_plugins.sinks.publish import (  # noqa: F401 - SCORE_COLUMNS and the paths are re-exported for the adapters
     LATENCY_PATH,
     SCORE_COLUMNS,
     SLICES_PATH,
@@ -27,7 +27,7 @@ from dq_plugins._publish import (  # noqa: F401 - SCORE_COLUMNS and the paths ar
     WEAK_SLICES_PATH,
     publish_results,
 )
-from dq_plugins._sink import EMBEDDINGS_DIR, RAW_DIR, MlflowSink
+from dq_plugins.sinks.mlflow_sink import EMBEDDINGS_DIR, RAW_DIR, MlflowSink
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -91,8 +91,8 @@ class DynamicsSession:
         """Rules from the config, validated at construction (the earliest moment) against the columns."""
         if config.rules is None:
             return []
-        from dq_plugins._analysis import SAMPLE_COLUMNS
-        from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS
+        from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
+        from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS
         from dq_plugins.rules import rules_from_yaml, validate_rules
 
         rules = config.rules
@@ -145,7 +145,7 @@ class DynamicsSession:
                 columns[key] = value
             frames.append(pd.DataFrame({"sample_id": ids_host, **columns}))
         frame = pd.concat(frames, ignore_index=True)
-        from dq_plugins._ledger import distributed_rank_and_world
+        from dq_plugins.recording.ledger import distributed_rank_and_world
 
         if reduce and distributed_rank_and_world()[1] > 1:
             import torch.distributed as dist
@@ -184,7 +184,7 @@ class DynamicsSession:
 
     # ------------------------------------------------------------------ latency
     def record_latency(self, split: str, ids: torch.Tensor, spans: list[Span]) -> None:
-        """Attribute the timed forward(s) of one batch to its ``(B,)`` ids (see :mod:`dq_plugins._latency`).
+        """Attribute the timed forward(s) of one batch to its ``(B,)`` ids (see :mod:`dq_plugins.recording.latency`).
         No host sync; a split whose number of ids is not known yet is not timed."""
         recorder = self.latency.get(split)
         if recorder is None:
@@ -211,9 +211,9 @@ class DynamicsSession:
             return
         import pandas as pd
 
-        from dq_plugins._rule_actions import RULES_TABLE_PATH, failure_of, marks_failed, outcomes_table
+        from dq_plugins.rules.actions import RULES_TABLE_PATH, failure_of, marks_failed, outcomes_table
         from dq_plugins.rules import RuleStatus, evaluate_rules
-        from dq_plugins.slices import slice_metrics
+        from dq_plugins.analysis.slices import slice_metrics
 
         table = self._validation_epoch_table(epoch)
         metadata = [c for c in table.columns if c not in VALIDATION_RECORD_COLUMNS]
@@ -425,7 +425,7 @@ class DynamicsSession:
             sink.add_artifact(f"{RAW_DIR}/{split}.npz")
         result = None
         try:
-            from dq_plugins._analysis import analyze
+            from dq_plugins.analysis.pipeline import analyze
 
             embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
             for split, (ids, values) in embeddings.items():

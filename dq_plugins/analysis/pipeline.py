@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dq_plugins._latency import LATENCY_COLUMN
-from dq_plugins._ledger import SplitHistory
+from dq_plugins.recording.latency import LATENCY_COLUMN
+from dq_plugins.recording.ledger import SplitHistory
 from dq_plugins.scores import (
     area_under_margin,
     cartography,
@@ -235,7 +235,7 @@ def add_embedding_columns(
     (:func:`rescore_with_neighbors`). Near-duplicates whose labels conflict are reported as label
     issues. Returns the frame, the split's embedding metrics and its class-overlap table.
     """
-    from dq_plugins._embedding_analysis import EMBEDDING_COLUMNS, analyze_embeddings
+    from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS, analyze_embeddings
 
     labels = history.labels[ids]
     known = labels >= 0

@@ -1,12 +1,12 @@
 """Work on finished runs: read their artifacts back, rerun the analysis from the raw record.
 
 Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` and
-:func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins._analysis.analyze`, the raw
-record is read with :func:`dq_plugins._session.load_history` and the artifact paths are those of
-:mod:`dq_plugins._sink`: nothing here recomputes a score.
+:func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins.analysis.pipeline.analyze`, the raw
+record is read with :func:`dq_plugins.recording.session.load_history` and the artifact paths are those of
+:mod:`dq_plugins.sinks.mlflow_sink`: nothing here recomputes a score.
 
-Rerunning into the same run writes what the end of fit writes (:func:`dq_plugins._publish.publish_results`)
-through an :class:`~dq_plugins._sink.MlflowSink` in ``replace`` mode: files are overwritten at their
+Rerunning into the same run writes what the end of fit writes (:func:`dq_plugins.sinks.publish.publish_results`)
+through an :class:`~dq_plugins.sinks.mlflow_sink.MlflowSink` in ``replace`` mode: files are overwritten at their
 artifact paths, tables are replaced rather than appended to, and unchanged metrics are not logged again.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from dq_plugins._publish import publish_results
-from dq_plugins._sink import (
+from dq_plugins.sinks.publish import publish_results
+from dq_plugins.sinks.mlflow_sink import (
     ARTIFACT_DIR,
     EMBEDDING_HTML_PATH,
     EMBEDDINGS_DIR,
@@ -124,7 +124,7 @@ def load_histories(client: Any, run_id: str, dst: str | os.PathLike, progress: P
     Raises:
         FileNotFoundError: neither the run nor its source holds ``dq/raw/*.npz``.
     """
-    from dq_plugins._session import load_history
+    from dq_plugins.recording.session import load_history
 
     holder = run_id
     files = [p for p in artifact_paths(client, run_id, RAW_DIR) if p.endswith(".npz")]
@@ -176,12 +176,12 @@ def read_samples(client: Any, run_id: str, split: str | None = None) -> pd.DataF
 
 
 def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> dict:
-    """The run's ``dq/embeddings/<split>.npz`` (written by ``_session.save_embeddings``), or ``{}``.
+    """The run's ``dq/embeddings/<split>.npz`` (written by ``recording.session.save_embeddings``), or ``{}``.
 
     Returns:
         split -> (ids (M,) int64, embeddings (M, D)).
     """
-    from dq_plugins._session import load_embeddings as read_embeddings
+    from dq_plugins.recording.session import load_embeddings as read_embeddings
 
     embeddings = {}
     for path in sorted(p for p in artifact_paths(client, run_id, EMBEDDINGS_DIR) if p.endswith(".npz")):
@@ -197,7 +197,7 @@ class OfflineAnalysis:
     Attributes:
         run_id: the run the results were logged into.
         source_run_id: the run holding the raw record.
-        result: the :class:`~dq_plugins._analysis.AnalysisResult`.
+        result: the :class:`~dq_plugins.analysis.pipeline.AnalysisResult`.
         kept_columns: columns of the previous ``dq/samples.parquet`` that the core analysis does not
             compute (added by other features), carried over by ``(split, sample_id)``.
         previous_metrics: the run's ``dq.*`` metrics before the rerun (empty for a child run).
@@ -245,14 +245,14 @@ def reanalyze(
         child_run: log into a new run nested under ``run_id`` instead of replacing the results of
             ``run_id`` in place.
         early_epochs: epochs averaged by EL2N (``None``: the default of :func:`~dq_plugins.scores.el2n`).
-        max_issue_rows: rows of ``dq/issues.json`` (``None``: :data:`~dq_plugins._analysis.MAX_ISSUE_ROWS`).
+        max_issue_rows: rows of ``dq/issues.json`` (``None``: :data:`~dq_plugins.analysis.pipeline.MAX_ISSUE_ROWS`).
         rules: rules to evaluate on the new results (a list of :class:`~dq_plugins.rules.Rule`, or YAML
             text or a path to a YAML file); ``None``: none. Their actions run as at the end of fit
             (``SelectSimilar`` can draw from the run's own embeddings).
         progress: receives one line per step.
 
     The results are written by the same code as at the end of fit
-    (:func:`dq_plugins._publish.publish_results`): samples, issues, figures, metrics, the slice
+    (:func:`dq_plugins.sinks.publish.publish_results`): samples, issues, figures, metrics, the slice
     tables, weak slices and latency report (from the metadata and latency columns of the run's
     previous ``dq/samples.parquet``, carried over), and the rules.
 
@@ -263,7 +263,7 @@ def reanalyze(
     Raises:
         RunNotFoundError, FileNotFoundError: unknown run, or no raw record.
     """
-    from dq_plugins._analysis import MAX_ISSUE_ROWS, analyze
+    from dq_plugins.analysis.pipeline import MAX_ISSUE_ROWS, analyze
 
     client = make_client(tracking_uri)
     run = get_run(client, run_id)

@@ -1,6 +1,6 @@
 """Run the actions of rules that held, and log the rule results as ``dq/rules.json``.
 
-The sink is duck-typed (``stage_path``, ``add_artifact``, ``add_table``, as :class:`dq_plugins._sink.MlflowSink`);
+The sink is duck-typed (``stage_path``, ``add_artifact``, ``add_table``, as :class:`dq_plugins.sinks.mlflow_sink.MlflowSink`);
 tags go through a ``set_tag(key, value)`` callable. Nothing here raises for a failing rule: the
 caller gets a :class:`RulesReport` and raises (:meth:`RulesReport.raise_if_failed`) or marks the run
 FAILED (:attr:`RulesReport.mark_failed`) once the results are uploaded. An action that cannot run
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from dq_plugins.rules import (
+from dq_plugins.rules.model import (
     DataQualityRuleFailed,
     ExportRows,
     FailRun,
@@ -54,7 +54,7 @@ RELABEL_COLUMNS: tuple[str, ...] = ("split", "sample_id", "label", "suggested_la
 
 
 class RuleSink(Protocol):
-    """What the actions need from a sink (:class:`dq_plugins._sink.MlflowSink` has it)."""
+    """What the actions need from a sink (:class:`dq_plugins.sinks.mlflow_sink.MlflowSink` has it)."""
 
     def stage_path(self, artifact_path: str) -> Any: ...
     def add_artifact(self, artifact_path: str) -> None: ...
@@ -156,7 +156,7 @@ def run_rule_actions(
 
     Args:
         outcomes: from :func:`dq_plugins.rules.evaluate_rules` on the end-of-fit tables.
-        sink: where artifacts are staged and queued (:class:`dq_plugins._sink.MlflowSink`).
+        sink: where artifacts are staged and queued (:class:`dq_plugins.sinks.mlflow_sink.MlflowSink`).
         set_tag: sets an MLflow tag on the run; ``None``: :class:`TagRun` actions are skipped with a warning.
         embeddings: split -> :class:`dq_plugins.selection.EmbeddingPool` of the recorded samples (the
             query embeddings of :class:`SelectSimilar`).

@@ -1,0 +1,520 @@
+"""PyTorch Lightning adapter: :class:`DataQualityCallback`.
+
+Usage::
+
+    from dq_plugins.lightning import DataQualityCallback
+
+    callback = DataQualityCallback()          # batches hold ids under "idx", labels under "labels"
+    trainer = pl.Trainer(max_epochs=10, callbacks=[callback], logger=MLFlowLogger(...))
+    trainer.fit(module, train_loader, val_loader)
+    callback.run_id                           # the MLflow run that holds dq/samples.parquet etc.
+
+The callback works with ``pytorch_lightning`` and with ``lightning.pytorch``: it subclasses the
+``Callback`` of every flavour installed. It only translates Lightning hooks into calls on the
+shared :class:`~dq_plugins.recording.session.DynamicsSession`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import torch
+
+from dq_plugins.adapters.batch import find_logits, get_key
+from dq_plugins.adapters.compat import lightning_packages
+from dq_plugins.recording.embeddings import find_tensor, pool
+from dq_plugins.recording.latency import ForwardTimer
+from dq_plugins.recording.session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
+from dq_plugins.sinks.mlflow_sink import MlflowSink
+
+_PACKAGES = lightning_packages()
+_CALLBACK_BASES = tuple(package.Callback for package in _PACKAGES)
+
+
+def _mlflow_logger(trainer: Any) -> Any:
+    """The trainer's ``MLFlowLogger``, whichever Lightning flavour it comes from, or ``None``."""
+    classes = []
+    for package in _PACKAGES:
+        logger_cls = getattr(getattr(package, "loggers", None), "MLFlowLogger", None)
+        if logger_cls is not None:
+            classes.append(logger_cls)
+    for logger in getattr(trainer, "loggers", []) or []:
+        if classes and isinstance(logger, tuple(classes)):
+            return logger
+    return None
+
+
+def _dataset_length(loaders: Any) -> int | None:
+    """Length of the dataset behind a dataloader, or of the first one in a list/dict."""
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    elif isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    dataset = getattr(loaders, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
+def _submodule(pl_module: Any, name: str, argument: str) -> Any:
+    try:
+        return pl_module.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in pl_module.named_modules() if n][:20]
+        raise ValueError(
+            f"`{argument}={name!r}` is not a submodule of {type(pl_module).__name__}. HINT: pick one of {names}."
+        ) from None
+
+
+class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
+    """Record per-sample training dynamics and log label issues to MLflow at the end of fit.
+
+    Each batch must be a dict holding integer sample ids under ``id_key`` and class labels under
+    ``label_key`` (:func:`dq_plugins.with_ids` adds ids to any map-style dataset). Logits come from
+    the ``"logits"`` entry of what ``training_step`` / ``validation_step`` return, or, with
+    ``logits_module``, from a forward hook on that submodule.
+
+    Prediction latency (column ``latency_ms``, see :mod:`dq_plugins.recording.latency`): a forward pre-hook and a
+    forward hook on the LightningModule itself time each call of its ``forward`` (``self(x)``) inside a
+    training or validation step, with CUDA events on a GPU (read once per epoch, no host sync in the
+    step) or ``time.perf_counter`` elsewhere; a sample's latency is its batch's forward time divided by
+    the batch size. A validation step that never calls the module's own ``forward`` (it calls
+    ``self.net(x)``) is timed from ``on_validation_batch_start`` to ``on_validation_batch_end`` instead;
+    such a training step is not timed (that span would include the backward pass).
+
+    Args:
+        id_key: batch key of the sample ids (0-based, unique, stable across epochs).
+        label_key: batch key of the class labels.
+        logits_module: dotted name of the submodule whose output is the logits (for example
+            ``"head"`` or ``"model.classifier"``); ``None`` reads ``outputs["logits"]``.
+        num_samples: number of train sample ids; ``None`` uses ``len(train_dataset)``.
+        num_val_samples: number of validation sample ids; ``None`` uses ``len(val_dataset)``.
+        record_validation: also record the first validation dataloader as split "validation".
+        el2n_epochs: epochs averaged by EL2N; ``None`` uses the first 20% of epochs.
+        max_issue_rows: rows of ``dq/issues.json``.
+        tracking_uri, experiment_name, run_name: where to create a run when the trainer has no
+            ``MLFlowLogger`` (``None``: MLflow's current tracking URI and experiment).
+        fallback_dir: local folder that keeps the results when MLflow cannot be reached.
+        embeddings: capture one embedding per sample for outliers, near-duplicates, neighbour
+            label disagreement, clusters and the 2D map; ``False`` switches all of that off.
+        embedding_module: dotted name of the submodule whose OUTPUT is the embedding (3-D outputs
+            are pooled, see ``embedding_pooling``). ``None``: ``outputs["embeddings"]`` when the step
+            returns it, else the INPUT of ``logits_module``, else the input of the last
+            ``nn.Linear`` whose width equals the number of classes (the usual classifier head).
+        embedding_pooling: "mean" (under ``batch[attention_mask_key]`` when present) or "cls".
+        attention_mask_key: batch key of the attention mask used by mean pooling.
+        forward_fn: ``forward_fn(module, batch)`` runs the model on a batch. When given, after fit
+            one eval-mode pass (``torch.inference_mode``, the trainer's precision) over the train
+            and validation loaders refreshes the embeddings with the final weights. When ``None``,
+            the embeddings are those captured during the last training epoch (and the last
+            validation run).
+        metadata_keys: extra batch keys (per-sample values: tensors or lists of strings) kept as
+            columns of ``dq/samples.parquet`` and sliced on (``dq/slices.json``, weak slices).
+        metadata: a DataFrame with a ``sample_id`` column (and optionally ``split``) merged in the same way.
+        rules: :class:`dq_plugins.rules.Rule` objects, or YAML text / a path to a YAML file, validated
+            at construction and evaluated at the end of fit (``dq/rules.json``). Rules with
+            ``on_validation=True`` are also evaluated after each validation epoch on its record (fail
+            fast: see :meth:`~dq_plugins.recording.session.DynamicsSession.check_validation_rules`).
+        projection: the 2D map of the embeddings: "graph" (a UMAP-style layout in torch, seconds,
+            no compilation), "umap" (umap-learn; its first use in a process compiles for 0.5-3
+            minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION`` if set, else
+            "graph".
+        pools: name -> unlabeled pool for ``SelectSimilar`` actions (and :attr:`pools` after fit): a
+            :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
+            ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same
+            embedding hook as the train split, with the final weights.
+
+    Attributes:
+        run_id: the MLflow run holding the results (set at fit start on the main process).
+        pools: name -> :class:`~dq_plugins.selection.EmbeddingPool` after fit (main process), loader pools embedded.
+        result: the :class:`~dq_plugins.analysis.pipeline.AnalysisResult` after fit (main process), else ``None``.
+    """
+
+    def __init__(
+        self,
+        id_key: str = "idx",
+        label_key: str = "labels",
+        logits_module: str | None = None,
+        num_samples: int | None = None,
+        num_val_samples: int | None = None,
+        record_validation: bool = True,
+        el2n_epochs: int | None = None,
+        max_issue_rows: int = 500,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        fallback_dir: str = "dq_artifacts",
+        embeddings: bool = True,
+        embedding_module: str | None = None,
+        embedding_pooling: str = "mean",
+        attention_mask_key: str = "attention_mask",
+        forward_fn: Callable[[Any, Any], Any] | None = None,
+        metadata_keys: Sequence[str] = (),
+        metadata: Any = None,
+        rules: Any = None,
+        pools: Mapping[str, Any] | None = None,
+        projection: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.session = DynamicsSession(
+            SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir,
+                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
+        )
+        self.logits_module = logits_module
+        self.record_validation = record_validation
+        self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
+        self._sink: MlflowSink | None = None
+        self._hook_handle: Any = None
+        self._captured: torch.Tensor | None = None
+        self._warned_no_val_logits = False
+        self.run_id: str | None = None
+        if embedding_pooling not in ("mean", "cls"):
+            raise ValueError(f"Expected `embedding_pooling` to be 'mean' or 'cls', but got {embedding_pooling!r}.")
+        self.embeddings = embeddings
+        self.embedding_module = embedding_module
+        self.embedding_pooling = embedding_pooling
+        self.attention_mask_key = attention_mask_key
+        self.forward_fn = forward_fn
+        self._embedding_handle: Any = None
+        self._captured_embeddings: torch.Tensor | None = None
+        self._auto_head_width: int | None = None  # set when the head was guessed: checked at the first batch
+        self._check_pools()
+        self._forward_timer = ForwardTimer()  # root forward hooks
+        self._batch_timer = ForwardTimer()  # validation fallback: batch start -> batch end
+        self._timing_split: str | None = None  # the split whose step is running, while one is timed
+        self._timing_handles: list[Any] = []
+
+    @property
+    def result(self):
+        return self.session.result
+
+    @property
+    def pools(self) -> dict[str, Any]:
+        return self.session.pools
+
+    def _check_pools(self) -> None:
+        from dq_plugins.selection import EmbeddingPool
+
+        data = [name for name, pool in self.session.pools.items() if not isinstance(pool, EmbeddingPool)]
+        if not data:
+            return
+        not_iterable = [name for name in data if not hasattr(self.session.pools[name], "__iter__")]
+        if not_iterable:
+            raise ValueError(
+                f"`pools` {not_iterable} are neither an EmbeddingPool nor a DataLoader. HINT: pass "
+                "`dq_plugins.selection.EmbeddingPool(ids, embeddings)` or a DataLoader of unlabeled batches."
+            )
+        if self.forward_fn is None or not self.embeddings:
+            raise ValueError(
+                f"`pools` {data} are DataLoaders; embedding them after fit needs `forward_fn=` and `embeddings=True`. "
+                "HINT: pass `forward_fn=lambda module, batch: module(batch['inputs'])`, or embed the pool yourself "
+                "and pass a `dq_plugins.selection.EmbeddingPool`."
+            )
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.logits_module is not None and self._hook_handle is None:
+            module = _submodule(pl_module, self.logits_module, "logits_module")
+            self._hook_handle = module.register_forward_hook(self._capture_logits)
+        if not self._timing_handles:
+            self._timing_handles = [pl_module.register_forward_pre_hook(self._forward_started),
+                                    pl_module.register_forward_hook(self._forward_ended)]
+        if self.embeddings and self._embedding_handle is None:
+            if self.embedding_module is not None:
+                module = _submodule(pl_module, self.embedding_module, "embedding_module")
+                self._embedding_handle = module.register_forward_hook(self._capture_embedding_output)
+                return
+            if self.logits_module is not None:
+                head = pl_module.get_submodule(self.logits_module)
+            else:
+                linears = [m for m in pl_module.modules() if isinstance(m, torch.nn.Linear)]
+                head = linears[-1] if linears else None
+                self._auto_head_width = head.out_features if head is not None else None
+            if head is not None:
+                self._embedding_handle = head.register_forward_pre_hook(self._capture_embedding_input)
+
+    def _forward_started(self, module: Any, args: Any) -> None:
+        if self._timing_split is not None:
+            self._forward_timer.start(module.device)
+
+    def _forward_ended(self, module: Any, args: Any, output: Any) -> None:
+        if self._timing_split is not None:
+            self._forward_timer.stop()
+
+    def _start_timing(self, split: str, device: torch.device) -> None:
+        self._forward_timer.take()
+        self._timing_split = split
+        if split == VALIDATION:
+            self._batch_timer.take()
+            self._batch_timer.start(device)
+
+    def _stop_timing(self) -> list:
+        """The spans of the batch that ends: its root forwards, else (validation) the whole batch."""
+        split, self._timing_split = self._timing_split, None
+        spans = self._forward_timer.take()
+        if split == VALIDATION:
+            self._batch_timer.stop()
+            batch_spans = self._batch_timer.take()
+            spans = spans or batch_spans
+        return spans
+
+    def _capture_logits(self, module: Any, args: Any, output: Any) -> None:
+        self._captured = find_logits(output)
+
+    def _capture_embedding_output(self, module: Any, args: Any, output: Any) -> None:
+        tensor = find_tensor(output)
+        if tensor is not None and tensor.ndim == 2:
+            tensor = tensor.clone()  # a later in-place op (ReLU(inplace=True)) must not rewrite the staged rows
+        self._captured_embeddings = tensor.detach() if tensor is not None else None
+
+    def _capture_embedding_input(self, module: Any, args: Any) -> None:
+        tensor = find_tensor(args)
+        self._captured_embeddings = tensor.detach() if tensor is not None else None
+
+    def _record_embeddings(self, split: str, outputs: Any, batch: Any, ids: torch.Tensor, num_classes: int) -> None:
+        captured, self._captured_embeddings = self._captured_embeddings, None
+        if not self.embeddings:
+            return
+        embeddings = outputs.get("embeddings") if isinstance(outputs, Mapping) else None
+        if not isinstance(embeddings, torch.Tensor):
+            if self._auto_head_width is not None and self._auto_head_width != num_classes:
+                self._disable_embeddings(
+                    f"the last nn.Linear has {self._auto_head_width} outputs, not the {num_classes} classes, "
+                    "so it is not the classifier head"
+                )
+                return
+            embeddings = captured
+        if embeddings is None:
+            return
+        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+        embeddings = pool(embeddings.detach(), mask if isinstance(mask, torch.Tensor) else None, self.embedding_pooling)
+        if embeddings.shape[0] != ids.shape[0]:
+            self._disable_embeddings(f"the captured embeddings have {embeddings.shape[0]} rows for {ids.shape[0]} ids")
+            return
+        self.session.record_embeddings(split, ids, embeddings)
+
+    def _disable_embeddings(self, why: str) -> None:
+        warnings.warn(
+            f"dq_plugins: embeddings are switched off because {why}. HINT: return `outputs['embeddings']` from the "
+            "step or pass `embedding_module=`; pass `embeddings=False` to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
+        self.embeddings = False
+        self.session.embeddings.clear()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        for name in ("_hook_handle", "_embedding_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.remove()
+                setattr(self, name, None)
+        for handle in self._timing_handles:
+            handle.remove()
+        self._timing_handles = []
+        self._timing_split = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        logger = _mlflow_logger(trainer)
+        if logger is not None:
+            self._sink = MlflowSink(client=logger.experiment, run_id=logger.run_id,
+                                    fallback_dir=self.session.config.fallback_dir)
+        else:
+            self._sink = MlflowSink(fallback_dir=self.session.config.fallback_dir, **self._sink_options)
+        try:
+            self.run_id = self._sink.ensure_run()
+        except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
+            warnings.warn(
+                f"dq_plugins could not open an MLflow run ({type(err).__name__}: {err}); training goes on and "
+                f"the results will be kept under {self.session.config.fallback_dir!r}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.session.set_capacity(TRAIN, _dataset_length(trainer.train_dataloader))
+        if self.record_validation and trainer.val_dataloaders is not None:
+            self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
+        self.session.set_max_epochs(trainer.max_epochs)
+        self.session.resume(pl_module.device, trainer.current_epoch)
+
+    # ------------------------------------------------------------------ recording
+    def _logits(self, outputs: Any) -> torch.Tensor | None:
+        if self.logits_module is not None:
+            logits, self._captured = self._captured, None
+            if logits is None:
+                raise ValueError(
+                    f"`logits_module={self.logits_module!r}` did not run during this batch, or its output holds "
+                    "no tensor. HINT: name the module that produces the logits."
+                )
+            return logits
+        if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+            return outputs["logits"]
+        return None
+
+    def _ids_and_labels(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.session.config
+        return get_key(batch, cfg.id_key, "ids", "id_key"), get_key(batch, cfg.label_key, "labels", "label_key")
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._start_timing(TRAIN, pl_module.device)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        spans = self._stop_timing()
+        logits = self._logits(outputs)
+        if logits is None:
+            keys = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+            raise ValueError(
+                f"dq_plugins needs the logits of each training batch, but `training_step` returned {keys}. "
+                "HINT: return `{'loss': loss, 'logits': logits}` from `training_step`, or pass "
+                "`logits_module='<name of the submodule whose output is the logits>'` to the callback."
+            )
+        ids, labels = self._ids_and_labels(batch)
+        self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
+        self.session.record_metadata(TRAIN, ids, batch)
+        self.session.record_latency(TRAIN, ids, spans)
+        self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self.session.close_epoch(TRAIN)
+
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not (trainer.sanity_checking or not self.record_validation or dataloader_idx != 0):
+            self._start_timing(VALIDATION, pl_module.device)
+
+    def on_validation_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        spans = self._stop_timing()
+        if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
+            self._captured = self._captured_embeddings = None
+            return
+        logits = self._logits(outputs)
+        if logits is None:
+            if not self._warned_no_val_logits:
+                warnings.warn(
+                    "dq_plugins: `validation_step` returned no logits, so the validation split is not recorded. "
+                    "HINT: return `{'loss': loss, 'logits': logits}` from `validation_step`, or pass "
+                    "`logits_module=` to the callback.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._warned_no_val_logits = True
+            return
+        ids, labels = self._ids_and_labels(batch)
+        self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
+        self.session.record_metadata(VALIDATION, ids, batch)
+        self.session.record_latency(VALIDATION, ids, spans)
+        self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.session.close_epoch(VALIDATION)
+            self.session.check_validation_rules(self._sink)  # a FailRun("raise") rule stops fit (on_exception)
+
+    # ------------------------------------------------------------------ end of fit
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.embeddings and self.forward_fn is not None:
+            self._inference_pass(trainer, pl_module)
+            if trainer.is_global_zero:
+                self._embed_pools(trainer, pl_module)
+        self.session.close_all()  # a collective under DDP: every rank takes part
+        if not trainer.is_global_zero or self._sink is None:
+            return
+        try:
+            self.session.finish_run(self._sink)
+        finally:
+            self.run_id = self._sink.run_id
+
+    def _inference_pass(self, trainer: Any, pl_module: Any) -> None:
+        """One eval-mode pass over the train and validation loaders with ``forward_fn``: final embeddings."""
+        loaders = [(TRAIN, trainer.train_dataloader)]
+        if self.record_validation and trainer.val_dataloaders is not None:
+            val = trainer.val_dataloaders
+            loaders.append((VALIDATION, val[0] if isinstance(val, (list, tuple)) else val))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                for split, loader in loaders:
+                    for batch in loader if loader is not None else []:
+                        batch = trainer.strategy.batch_to_device(batch)
+                        self._captured_embeddings = None
+                        outputs = self.forward_fn(pl_module, batch)
+                        ids = get_key(batch, self.session.config.id_key, "ids", "id_key")
+                        width = self.session.ledgers[split].num_classes if split in self.session.ledgers else -1
+                        self._record_embeddings(split, outputs, batch, ids, width)
+        finally:
+            pl_module.train(was_training)
+
+    def _embed_pools(self, trainer: Any, pl_module: Any) -> None:
+        """Replace each DataLoader pool by the :class:`EmbeddingPool` of its batches, embedded like the
+        train split (``forward_fn`` in eval and inference mode, the same hook and pooling)."""
+        from dq_plugins.selection import EmbeddingPool
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                for name, loader in list(self.session.pools.items()):
+                    if isinstance(loader, EmbeddingPool):
+                        continue
+                    ids, rows = [], []
+                    for batch in loader:
+                        batch = trainer.strategy.batch_to_device(batch)
+                        self._captured_embeddings = None
+                        outputs = self.forward_fn(pl_module, batch)
+                        captured, self._captured_embeddings = self._captured_embeddings, None
+                        embeddings = outputs.get("embeddings") if isinstance(outputs, Mapping) else None
+                        embeddings = embeddings if isinstance(embeddings, torch.Tensor) else captured
+                        if embeddings is None:
+                            raise ValueError(
+                                f"Pool {name!r}: `forward_fn` ran but no embedding was captured. HINT: make "
+                                "`forward_fn` call the module whose head the callback hooks, or return "
+                                "{'embeddings': tensor}."
+                            )
+                        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+                        rows.append(pool(embeddings.detach(), mask if isinstance(mask, torch.Tensor) else None,
+                                         self.embedding_pooling).float())
+                        ids.append(get_key(batch, self.session.config.id_key, "ids", "id_key").reshape(-1))
+                    if not rows:
+                        warnings.warn(f"dq_plugins: pool {name!r} yielded no batch; it is left out.", UserWarning,
+                                      stacklevel=2)
+                        del self.session.pools[name]
+                        continue
+                    self.session.pools[name] = EmbeddingPool(torch.cat(ids).cpu().numpy(),
+                                                             torch.cat(rows).cpu().numpy())
+        finally:
+            pl_module.train(was_training)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Keep the raw record of an interrupted fit, and mark a run this callback opened as failed."""
+        if not trainer.is_global_zero or self._sink is None or not self.session.ledgers:
+            return
+        try:
+            from dq_plugins.recording.session import save_history
+            from dq_plugins.sinks.mlflow_sink import RAW_DIR
+
+            self.session.close_all(reduce=False)  # other ranks may be gone: no collective
+            for split, history in self.session.histories().items():
+                save_history(history, self._sink.stage_path(f"{RAW_DIR}/{split}.npz"))
+                self._sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+            self._sink.flush()
+        finally:
+            self._sink.end("FAILED")
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return self.session.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.session.load_state_dict(state_dict)

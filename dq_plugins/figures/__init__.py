@@ -1,0 +1,1 @@
+"""Figures logged with the results: data map, embedding map (PNG and HTML), weak slices."""
