@@ -36,8 +36,11 @@ SEQ_LEN = 12
 @pytest.fixture(scope="session")
 def empty_mlflow_store(tmp_path_factory):
     """An initialised, empty MLflow sqlite store: creating one takes seconds, copying it does not."""
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    path = folder / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the Default experiment's artifact root (./mlruns) resolves here, not in the repository
+        mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 

@@ -62,6 +62,7 @@ def folder(kept, tmp_path) -> Path:
 def store(tmp_path, monkeypatch) -> str:
     """A sqlite tracking URI in tmp_path that does not exist yet, also MLflow's current one."""
     uri = f"sqlite:///{tmp_path}/uploaded.db"
+    monkeypatch.chdir(tmp_path)  # the store's artifact root (./mlruns) resolves here, not in the repository
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield uri
