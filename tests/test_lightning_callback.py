@@ -177,6 +177,34 @@ def test_resume_from_checkpoint_neither_loses_nor_repeats_an_epoch(tracking_uri,
         assert second.session.ledgers[split].to_history().epochs.tolist() == [0, 1, 2, 3]
 
 
+def test_two_callbacks_keep_their_records_apart_in_one_checkpoint(tracking_uri, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    data, val = BlobsDataset(48), BlobsDataset(20, seed=1)
+
+    def pair():
+        return DataQualityCallback(run_name="both"), DataQualityCallback(run_name="train_only", record_validation=False)
+
+    first = pair()
+    assert first[0].state_key != first[1].state_key
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    make_trainer(None, max_epochs=2, callbacks=[*first, checkpoint], enable_checkpointing=True).fit(
+        TinyClassifier(), DataLoader(data, batch_size=16), DataLoader(val, batch_size=16)
+    )
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert {first[0].state_key, first[1].state_key} <= set(saved)
+    second = pair()
+    make_trainer(None, max_epochs=3, callbacks=[*second, ModelCheckpoint(dirpath=tmp_path / "c2")],
+                 enable_checkpointing=True).fit(
+        TinyClassifier(), DataLoader(data, batch_size=16), DataLoader(val, batch_size=16),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+    )
+    assert sorted(second[0].session.ledgers) == ["train", "validation"]
+    assert sorted(second[1].session.ledgers) == ["train"]
+    for callback in second:
+        assert callback.session.ledgers["train"].to_history().epochs.tolist() == [0, 1, 2]
+
+
 def test_nan_logits_are_recorded_as_missing_without_crashing(tracking_uri):
     class NanForSampleZero(TinyClassifier):
         def training_step(self, batch, batch_idx):

@@ -513,6 +513,23 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             self._sink.end("FAILED")
 
     # ------------------------------------------------------------------ checkpoint
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in a checkpoint: two instances that record differently (other keys,
+        logits module, splits or run) keep their records apart in one checkpoint."""
+        cfg = self.session.config
+        return self._generate_state_key(
+            id_key=cfg.id_key, label_key=cfg.label_key, logits_module=self.logits_module,
+            record_validation=self.record_validation, **self._sink_options,
+        )
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Read a checkpoint written before :attr:`state_key` existed (state under the class name)."""
+        states = checkpoint.get("callbacks") or {}
+        legacy = type(self).__qualname__
+        if self.state_key not in states and legacy in states:
+            self.load_state_dict(states[legacy])
+
     def state_dict(self) -> dict[str, Any]:
         return self.session.state_dict()
 
