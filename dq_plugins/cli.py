@@ -265,6 +265,9 @@ def issue_column(samples: pd.DataFrame, issue: str) -> tuple[str, str | None]:
 
 
 def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
+    target = args.output or f"dq_{args.issue}_issues_{args.run_id[:8]}.{args.format}"
+    if target != "-" and Path(target).exists() and not args.force:
+        raise FileExistsError(f"{target} exists. HINT: pass --force to overwrite it, or --output another path.")
     progress(f"reading the results of run {args.run_id}")
     samples = read_samples(client, args.run_id, split=args.split)
     column, score = issue_column(samples, args.issue)
@@ -272,7 +275,6 @@ def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: 
     if score is not None:
         rows = rows.sort_values(score, ascending=False, kind="stable")
     rows = rows.reset_index(drop=True)
-    target = args.output or f"dq_{args.issue}_issues_{args.run_id[:8]}.{args.format}"
     if target == "-":
         _write_rows(rows, args.format, out)
         where = "stdout"
@@ -285,9 +287,27 @@ def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: 
     return ExitCode.OK
 
 
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV text cell starting with one of these runs as a formula in a spreadsheet (CSV injection)."""
+
+
+def escape_formulas(rows: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``rows`` whose text cells starting with a :data:`FORMULA_PREFIXES` character get a leading
+    ``'`` (what spreadsheets show as text); numbers (a negative AUM) are left as they are."""
+    escaped = rows.copy()
+    for column in escaped.columns:
+        values = escaped[column]
+        if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
+            continue
+        risky = values.map(lambda cell: isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES))
+        if risky.any():
+            escaped[column] = values.where(~risky, "'" + values.astype(str))
+    return escaped
+
+
 def _write_rows(rows: pd.DataFrame, fmt: str, target: Path | TextIO) -> None:
     if fmt == "csv":
-        rows.to_csv(target, index=False)
+        escape_formulas(rows).to_csv(target, index=False)
     elif fmt == "jsonl":
         text = rows.to_json(orient="records", lines=True)
         if isinstance(target, Path):
@@ -543,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", metavar="PATH", help="file to write, '-' for stdout (csv, jsonl); "
                         "default dq_<issue>_issues_<run id prefix>.<format>.")
     export.add_argument("--split", default=None, help="only this split (default: every split, with a split column).")
+    export.add_argument("--force", action="store_true", help="overwrite the output file if it exists.")
     export.set_defaults(handler=cmd_export)
 
     analyze = commands.add_parser("analyze", help="rerun the end-of-fit analysis from the raw record in a run.")
@@ -589,7 +610,7 @@ def _quiet_mlflow() -> None:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
-    expected = (RunNotFoundError, FileNotFoundError, ValueError, PermissionError)
+    expected = (RunNotFoundError, FileNotFoundError, FileExistsError, ValueError, PermissionError)
     if not isinstance(err, expected):
         text = f"{type(err).__name__}: {text} (rerun with --traceback for details)"
     return text

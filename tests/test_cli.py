@@ -16,6 +16,7 @@ from dq_plugins.sinks.offline import carry_columns
 from dq_plugins.cli import (
     ExitCode,
     compare_summary,
+    escape_formulas,
     flag_overlap,
     format_numbers,
     issue_types,
@@ -145,6 +146,28 @@ def test_export_default_path_split_filter_and_stdout(store, capsys, tmp_path, mo
     code, out, _ = run_dq(capsys, "export", store.run_a, "--format", "jsonl", "--output", "-", "--split", "train")
     assert code == ExitCode.OK
     assert [json.loads(line)["sample_id"] for line in out.splitlines()] == written["sample_id"].tolist()
+
+
+def test_export_refuses_to_overwrite_without_force(store, capsys, tmp_path):
+    target = tmp_path / "fix.csv"
+    target.write_text("mine")
+    code, _, err = run_dq(capsys, "export", store.run_a, "-o", str(target))
+    assert code == ExitCode.ERROR
+    assert_one_line_error(err, "export", f"{target} exists. HINT: pass --force")
+    assert target.read_text() == "mine"
+    code, _, _ = run_dq(capsys, "export", store.run_a, "-o", str(target), "--force")
+    assert code == ExitCode.OK
+    assert pd.read_csv(target)["is_label_issue"].all()
+
+
+def test_csv_cells_that_would_run_as_formulas_are_escaped():
+    rows = pd.DataFrame({"source": ["=HYPERLINK(1)", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "plain", None],
+                         "aum": [-0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
+    escaped = escape_formulas(rows)
+    assert escaped["source"].tolist()[:7] == ["'=HYPERLINK(1)", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\ry", "plain"]
+    assert escaped["source"].isna().tolist()[-1]
+    assert escaped["aum"].tolist() == rows["aum"].tolist()  # numbers stay numbers
+    assert rows["source"].iloc[0] == "=HYPERLINK(1)"  # the input is left alone
 
 
 def test_export_unknown_issue_type_lists_the_available_ones(store, capsys):
