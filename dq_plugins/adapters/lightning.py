@@ -24,6 +24,7 @@ import torch
 
 from dq_plugins.adapters.batch import find_logits, get_key
 from dq_plugins.adapters.compat import lightning_packages
+from dq_plugins.adapters.options import check_projection
 from dq_plugins.recording.embeddings import find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer
 from dq_plugins.recording.session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
@@ -158,6 +159,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
     ) -> None:
+        check_projection(projection)
         super().__init__()
         self.session = DynamicsSession(
             SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir,

@@ -67,6 +67,7 @@ from typing_extensions import override
 
 from dq_plugins.adapters.batch import find_logits
 from dq_plugins.adapters.compat import require
+from dq_plugins.adapters.options import check_projection
 from dq_plugins.recording.embeddings import find_head, find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer, Span
 from dq_plugins.recording.session import SCORE_COLUMNS, TRAIN, VALIDATION, DynamicsSession, SessionConfig
@@ -462,6 +463,7 @@ class DataQualityCallback(TrainerCallback):
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
     ) -> None:
+        check_projection(projection)
         self.embeddings = embeddings
         self.head_module = head_module
         self.final_pass = final_pass

@@ -375,18 +375,16 @@ def _empty(columns: Sequence[str]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------- statistics helpers
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """(K,) -> (K,) Benjamini-Hochberg adjusted p-values (q-values), as
+    """(K,) -> (K,) Benjamini-Hochberg adjusted p-values (q-values):
     ``scipy.stats.false_discovery_control(p, method="bh")``; rejecting ``q <= alpha`` controls the
-    false discovery rate at ``alpha`` (Benjamini & Hochberg 1995)."""
-    p = np.asarray(p_values, dtype=np.float64)
+    false discovery rate at ``alpha`` (Benjamini & Hochberg 1995). ``p`` is clipped to [0, 1] first
+    (a p-value summed from probabilities may exceed 1 by a rounding error)."""
+    from scipy.stats import false_discovery_control
+
+    p = np.clip(np.asarray(p_values, dtype=np.float64), 0.0, 1.0)
     if p.size == 0:
-        return p.copy()
-    order = np.argsort(p)
-    ranked = p[order] * p.size / np.arange(1, p.size + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty_like(p)
-    out[order] = np.clip(q, 0.0, 1.0)
-    return out
+        return p
+    return false_discovery_control(p, method="bh")
 
 
 def lower_accuracy_p_value(correct_in: np.ndarray, size_in: np.ndarray, correct_all: np.ndarray,

@@ -107,19 +107,43 @@ SUBSAMPLE_EXACT_MAX = 5_000
 """Above this many fitted rows the subsample's own kNN graph comes from the ``"ivf"`` search."""
 
 
-def umap_available() -> bool:
-    """True when ``umap-learn`` can be imported (it is imported lazily, on first use)."""
-    import importlib.util
+UMAP_MISSING = (
+    'projection="umap" needs umap-learn, an optional dependency that is not installed. '
+    'HINT: `pip install "dq_plugins[umap]"`, or use projection="graph" (the default, a UMAP-style layout in torch).'
+)
 
-    return importlib.util.find_spec("umap") is not None
+
+def require_umap() -> None:
+    """Raise ``ModuleNotFoundError`` (:data:`UMAP_MISSING`) when umap-learn cannot be imported.
+
+    Looks the module up without importing it (importing umap-learn loads numba: seconds).
+    """
+    import importlib.util
+    import sys
+
+    if sys.modules.get("umap") is not None:
+        return
+    try:
+        spec = importlib.util.find_spec("umap")
+    except (ImportError, ValueError):  # ValueError: sys.modules["umap"] is None (import blocked)
+        spec = None
+    if spec is None:
+        raise ModuleNotFoundError(UMAP_MISSING, name="umap")
 
 
 def resolve_projection(method: str) -> str:
-    """``"graph"``, ``"umap"`` or ``"pca"`` for ``method`` (``"auto"``: ``"graph"``)."""
+    """``"graph"``, ``"umap"`` or ``"pca"`` for ``method`` (``"auto"``: ``"graph"``).
+
+    Raises:
+        ValueError: an unknown method.
+        ModuleNotFoundError: ``"umap"`` without umap-learn installed (:func:`require_umap`).
+    """
     if method not in PROJECTION_METHODS:
         raise ValueError(
             f"Expected argument `method` to be one of {list(PROJECTION_METHODS)} but got {method!r}."
         )
+    if method == "umap":
+        require_umap()
     return "graph" if method == "auto" else method
 
 
@@ -454,7 +478,10 @@ def _umap_fit(unit: np.ndarray, indices: np.ndarray, similarities: np.ndarray, s
     """UMAP of ``unit`` rows on their given kNN graph (self excluded; self is prepended here)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # umap 0.5 warns (ImportWarning) that TensorFlow is missing
-        import umap
+        try:
+            import umap
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(UMAP_MISSING, name="umap") from error
 
     num_samples = unit.shape[0]
     rows = np.arange(num_samples)[:, None]

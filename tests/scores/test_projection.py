@@ -81,14 +81,25 @@ def test_propagation_hand_computed() -> None:
 
 
 def test_auto_is_the_graph_layout_with_or_without_umap(monkeypatch: pytest.MonkeyPatch) -> None:
-    for installed in (False, True):
-        monkeypatch.setattr(projection, "umap_available", lambda installed=installed: installed)
-        assert resolve_projection("auto") == "graph"
     assert resolve_projection("umap") == "umap" and resolve_projection("pca") == "pca"
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn not installed
+    assert resolve_projection("auto") == "graph" and resolve_projection("graph") == "graph"
     with pytest.raises(ValueError, match=r"`method` to be one of \['auto', 'graph', 'umap', 'pca'\] but got 'tsne'"):
         resolve_projection("tsne")
     with pytest.raises(ValueError, match=r"`max_fit` to be an integer >= 2 but got 1"):
         project_2d(np.ones((3, 2)), max_fit=1, method="pca")
+
+
+def test_umap_without_the_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn not installed
+    hint = r'projection="umap" needs umap-learn.*HINT: `pip install "dq_plugins\[umap\]"`'
+    with pytest.raises(ModuleNotFoundError, match=hint):
+        resolve_projection("umap")
+    with pytest.raises(ModuleNotFoundError, match=hint):
+        project_2d(np.ones((3, 2)), method="umap")
+    with pytest.raises(ModuleNotFoundError, match=hint):
+        projection._umap_fit(np.ones((3, 2)), np.zeros((3, 1), dtype=np.int64), np.ones((3, 1)), 0)
+    assert project_2d(np.eye(3), method="graph").shape == (3, 2)  # the default needs no umap
 
 
 def _many_blobs(n: int = 800, blobs: int = 20, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +221,7 @@ def test_graph_layout_on_gpu_is_deterministic_and_separates() -> None:
 
 @SLOW
 def test_umap_subsample_and_propagation() -> None:
-    assert "umap" in sys.modules or projection.umap_available()
+    projection.require_umap()
     x, truth = _blobs(1200)
     indices, sims = knn_cosine(x, 10)
     coords = project_2d(x, method="umap", max_fit=300, neighbor_indices=indices, similarities=sims)
