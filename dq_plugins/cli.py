@@ -136,21 +136,54 @@ def _metric(metrics: dict[str, float], key: str) -> float:
 
 def summary_table(samples: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFrame:
     """One row per split: samples, accuracy (against the given labels), label issues and their
-    rate, the estimated noise rate (the run's ``dq.estimated_noise_rate*`` metric) and mean mislabel_score."""
+    rate, the estimated noise rate (the run's ``dq.estimated_noise_rate*`` metric, NaN when the run's
+    ``dq.flags_trusted*`` is 0), the flags' trust (``dq.flags_trusted*``, 1/0, NaN for older runs) and
+    the mean mislabel_score. :func:`report_summary` is the text the report shows."""
     rows = []
     for split in _ordered_splits(samples):
         part = samples[samples["split"] == split]
         suffix = "" if split == "train" else f".{split}"
+        trusted = _metric(metrics, f"dq.flags_trusted{suffix}")
         rows.append({
             "split": split,
             "samples": len(part),
             "accuracy": float((part["pred"] == part["label"]).mean()),
             "label_issues": int(part["is_label_issue"].sum()),
             "issue_rate": float(part["is_label_issue"].mean()),
-            "est_noise_rate": _metric(metrics, f"dq.estimated_noise_rate{suffix}"),
+            "est_noise_rate": np.nan if trusted == 0.0 else _metric(metrics, f"dq.estimated_noise_rate{suffix}"),
+            "flags_trusted": trusted,
             "mean_mislabel_score": float(part["mislabel_score"].mean()),
         })
     return pd.DataFrame(rows)
+
+
+def report_summary(summary: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFrame:
+    """:func:`summary_table` as ``dq report`` shows it: the noise rate with its 95% bootstrap interval
+    (``0.3000 [0.2700, 0.3300]``) or ``untrusted``, and the trust with its confidence (``yes (0.95)``)."""
+    shown = summary.copy()
+    suffixes = ["" if split == "train" else f".{split}" for split in shown["split"]]
+    shown["est_noise_rate"] = [noise_rate_text(metrics, suffix) for suffix in suffixes]
+    shown["flags_trusted"] = [trust_text(metrics, suffix) for suffix in suffixes]
+    return shown
+
+
+def noise_rate_text(metrics: dict[str, float], suffix: str) -> str:
+    """``"0.3000 [0.2700, 0.3300]"``, ``"0.3000"`` (a run without the interval), ``"untrusted"`` or ``"-"``."""
+    if _metric(metrics, f"dq.flags_trusted{suffix}") == 0.0:
+        return "untrusted"
+    rate = _metric(metrics, f"dq.estimated_noise_rate{suffix}")
+    if not np.isfinite(rate):
+        return "-"
+    low, high = (_metric(metrics, f"dq.estimated_noise_rate_{end}{suffix}") for end in ("low", "high"))
+    return f"{rate:.4f} [{low:.4f}, {high:.4f}]" if np.isfinite(low) and np.isfinite(high) else f"{rate:.4f}"
+
+
+def trust_text(metrics: dict[str, float], suffix: str) -> str:
+    """``"yes (0.95)"`` / ``"NO (0.00)"`` from ``dq.flags_trusted*`` and ``dq.flags_confidence*``; ``"-"`` for older runs."""
+    trusted = _metric(metrics, f"dq.flags_trusted{suffix}")
+    if not np.isfinite(trusted):
+        return "-"
+    return f"{'yes' if trusted else 'NO'} ({_metric(metrics, f'dq.flags_confidence{suffix}'):.2f})"
 
 
 def slice_table(samples: pd.DataFrame, columns: Sequence[str] = SLICE_COLUMNS) -> pd.DataFrame:
@@ -200,7 +233,12 @@ def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: 
     print(f"dq report: {_run_line(run)}", file=out)
     print(f"tracking URI: {client.tracking_uri}", file=out)
     print("\nSummary (accuracy is against the given, possibly noisy, labels)", file=out)
-    print(format_table(summary_table(samples, run.data.metrics)), file=out)
+    summary = summary_table(samples, run.data.metrics)
+    print(format_table(report_summary(summary, run.data.metrics)), file=out)
+    untrusted = summary.loc[summary["flags_trusted"] == 0.0, "split"].tolist()
+    if untrusted:
+        print(f"Label-issue flags NOT to be trusted for {', '.join(untrusted)}: the model has not learned enough "
+              "(fewer than 2 epochs or accuracy near chance); the noise rate is not estimated.", file=out)
 
     issues = top_issues(samples, max_rows=args.top)
     print(f"\nTop {len(issues)} issues (flagged label issues first, then by mislabel_score)", file=out)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from dq_plugins.analysis.trust import FlagTrust, flag_trust
 from dq_plugins.recording.latency import LATENCY_COLUMN
 from dq_plugins.recording.ledger import SplitHistory
 from dq_plugins.scores import (
@@ -48,6 +49,7 @@ class AnalysisResult:
         issues: the top rows to act on, columns :data:`ISSUE_COLUMNS`, at most ``max_issue_rows``.
         metrics: summary metrics (``dq.*``), one value each.
         epoch_metrics: key -> list of (epoch, value), logged as MLflow metric histories.
+        trust: split -> whether its flags and noise rate can be trusted (:mod:`dq_plugins.analysis.trust`).
     """
 
     samples: pd.DataFrame
@@ -55,6 +57,11 @@ class AnalysisResult:
     metrics: dict[str, float]
     epoch_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     class_overlap: pd.DataFrame | None = None
+    trust: dict[str, FlagTrust] = field(default_factory=dict)
+
+    def trust_lines(self) -> list[str]:
+        """One line per split for the end-of-fit warning and ``dq report``."""
+        return [verdict.line(split) for split, verdict in self.trust.items()]
 
 
 def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -100,6 +107,8 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
         columns=list(SAMPLE_COLUMNS),
     )
     frame.attrs["noise_rate"] = float(cl.noise_rate)
+    frame.attrs["noise_rate_interval"] = cl.noise_rate_interval
+    frame.attrs["early_window_fitted"] = None if history.early_probs is None else False
     if history.early_probs is not None and num_epochs:
         early_flags(frame, history.early_probs[seen])
     return frame
@@ -193,6 +202,29 @@ def early_flags(frame: pd.DataFrame, early_probs: np.ndarray) -> None:
     frame["is_label_issue"] = flags
     frame["suggested_label"] = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
     frame.attrs["noise_rate"] = float(early.noise_rate)
+    frame.attrs["noise_rate_interval"] = early.noise_rate_interval
+    frame.attrs["early_window_fitted"] = True
+
+
+def label_issue_metrics(frame: pd.DataFrame, split: str, trust: FlagTrust) -> dict[str, float]:
+    """The split's label-issue metrics; keys end in ``.<split>`` except for train.
+
+    ``dq.num_label_issues``, ``dq.flags_trusted`` (1/0) and ``dq.flags_confidence`` always;
+    ``dq.estimated_noise_rate`` and its 95% bootstrap interval ``dq.estimated_noise_rate_low`` /
+    ``_high`` only when the flags are trusted: an untrusted estimate is not presented as a fact.
+    """
+    suffix = "" if split == "train" else f".{split}"
+    metrics = {
+        f"dq.num_label_issues{suffix}": float(frame["is_label_issue"].sum()),
+        f"dq.flags_trusted{suffix}": float(trust.trusted),
+        f"dq.flags_confidence{suffix}": float(trust.confidence),
+    }
+    if trust.trusted:
+        low, high = frame.attrs.get("noise_rate_interval", (float("nan"), float("nan")))
+        metrics[f"dq.estimated_noise_rate{suffix}"] = float(frame.attrs["noise_rate"])
+        metrics[f"dq.estimated_noise_rate_low{suffix}"] = float(low)
+        metrics[f"dq.estimated_noise_rate_high{suffix}"] = float(high)
+    return metrics
 
 
 def issue_reason(row: pd.Series) -> str:
@@ -289,7 +321,8 @@ def analyze(
         projection: the 2D map: "auto" (= "graph", a UMAP-style layout in torch), "graph", "umap"
             (umap-learn) or "pca".
     """
-    frames, metrics, epoch_metrics, overlaps = [], {}, {}, []
+    frames, metrics, epoch_metrics, overlaps, trust = [], {}, {}, [], {}
+    train_epochs = int(histories["train"].epochs.size) if "train" in histories else None
     for split, history in histories.items():
         frame = analyze_split(history, split, early_epochs=early_epochs)
         if embeddings and split in embeddings and len(frame):
@@ -307,13 +340,11 @@ def analyze(
         epoch_metrics[f"dq.epoch_accuracy.{split}"] = [
             (int(e), float(v)) for e, v in zip(history.epochs, per_epoch) if not np.isnan(v)
         ]
-        if split == "train":
-            metrics["dq.num_label_issues"] = float(frame["is_label_issue"].sum())
-            metrics["dq.estimated_noise_rate"] = frame.attrs["noise_rate"]
-        else:
-            metrics[f"dq.num_label_issues.{split}"] = float(frame["is_label_issue"].sum())
-            metrics[f"dq.estimated_noise_rate.{split}"] = frame.attrs["noise_rate"]
+        epochs = train_epochs if train_epochs is not None else int(history.epochs.size)
+        trust[split] = flag_trust(frame["label"].to_numpy(), frame["pred"].to_numpy(), epochs,
+                                  early_window_fitted=frame.attrs.get("early_window_fitted"))
+        metrics.update(label_issue_metrics(frame, split, trust[split]))
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
-    result = AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics)
+    result = AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics, trust=trust)
     result.class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
     return result

@@ -42,6 +42,9 @@ class ConfidentLearningScores:
         noise_rate: estimated fraction of wrong labels, ``1 - trace(joint)``.
         joint: ``(C, C)`` float64 estimate of ``P(given label = i, true label = j)``, summing to 1
             (all zeros when no row was recorded).
+        noise_rate_interval: ``(low, high)``, the 95% bootstrap interval of ``noise_rate`` over
+            samples (:func:`noise_rate_interval`); ``(noise_rate, noise_rate)`` when nothing could be
+            estimated.
     """
 
     is_label_issue: np.ndarray
@@ -49,6 +52,7 @@ class ConfidentLearningScores:
     label_quality: np.ndarray
     noise_rate: float
     joint: np.ndarray
+    noise_rate_interval: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def _import_cleanlab() -> tuple[ModuleType, ModuleType, ModuleType]:
@@ -91,6 +95,69 @@ def _check_inputs(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str) ->
         raise ValueError(
             f"Expected argument `pred_probs` to have a float dtype but got {pred_probs.dtype}."
         )
+
+
+BOOTSTRAP_DRAWS = 1000
+"""Bootstrap resamples of :func:`noise_rate_interval`."""
+
+
+def noise_rate_interval(
+    confident_joint: np.ndarray, label_counts: np.ndarray, *, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval over samples of the noise rate ``1 - trace(joint)`` of confident learning.
+
+    Confident learning counts each sample into at most one cell of the ``(C, C)`` confident joint
+    (given label ``i``, confidently class ``j``) and calibrates every row to its label count
+    ``n_i``: ``noise_rate = 1 - sum_i (n_i / N) * cj[i, i] / sum_j cj[i, j]`` (Northcutt et al.
+    2021, Eq. 3-4; cleanlab's ``estimate_joint``). Resampling the ``N`` samples with replacement
+    is a multinomial draw of ``N`` over the ``C * C`` cells plus one "not confidently counted" cell
+    per given label, so each resample costs ``O(C^2)``, not ``O(N)``, and no model is refitted.
+    The per-class thresholds are held fixed (their own sampling error is not in the interval).
+
+    Args:
+        confident_joint: ``(C, C)`` non-negative counts, uncalibrated
+            (``cleanlab.count.compute_confident_joint(..., calibrate=False)``).
+        label_counts: ``(C,)`` number of samples given each label (a row sum above it counts instead).
+        level: coverage of the central interval.
+        draws: number of resamples.
+        seed: seed of the resampling (the interval is deterministic for given counts).
+
+    Returns:
+        ``(low, high)`` percentiles of the resampled noise rates.
+
+    Raises:
+        ValueError: on shapes that do not fit or negative counts.
+    """
+    joint = np.asarray(confident_joint, dtype=np.float64)
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if joint.ndim != 2 or joint.shape[0] != joint.shape[1] or counts.shape != (joint.shape[0],):
+        raise ValueError(
+            f"Expected `confident_joint` of shape (C, C) and `label_counts` of shape (C,) but got {joint.shape} and "
+            f"{counts.shape}."
+        )
+    if (joint < 0).any() or (counts < 0).any():
+        raise ValueError("Expected non-negative counts in `confident_joint` and `label_counts`.")
+    # cleanlab puts at least 1 on every diagonal cell, so a row may exceed its label count by one
+    unassigned = np.maximum(counts - joint.sum(axis=1), 0.0)
+    counts = joint.sum(axis=1) + unassigned
+    total = counts.sum()
+    num_classes = joint.shape[0]
+    if total <= 0:
+        return float("nan"), float("nan")
+    cells = np.concatenate([joint.ravel(), np.maximum(unassigned, 0.0)])
+    rng = np.random.default_rng(seed)
+    drawn = rng.multinomial(int(round(total)), cells / cells.sum(), size=draws).astype(np.float64)
+    cj = drawn[:, : num_classes * num_classes].reshape(draws, num_classes, num_classes)
+    n = cj.sum(axis=2) + drawn[:, num_classes * num_classes:]
+    rows = cj.sum(axis=2)
+    diagonal = np.diagonal(cj, axis1=1, axis2=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kept = np.where(rows > 0, diagonal / np.maximum(rows, 1e-12), 1.0)
+    rates = 1.0 - (n / n.sum(axis=1, keepdims=True) * kept).sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(rates, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def _normalise_rows(probs: np.ndarray) -> np.ndarray:
@@ -164,7 +231,7 @@ def confident_learning(
     label_quality = np.full(num_samples, np.nan)
     joint = np.zeros((num_classes, num_classes))
     if valid_labels.size == 0:
-        return ConfidentLearningScores(is_label_issue, suggested_label, label_quality, 0.0, joint)
+        return ConfidentLearningScores(is_label_issue, suggested_label, label_quality, 0.0, joint, (0.0, 0.0))
 
     cl_filter, cl_rank, cl_count = _import_cleanlab()
     probs = _normalise_rows(pred_probs[valid].astype(np.float64))
@@ -176,7 +243,7 @@ def confident_learning(
     if valid_labels.size < 2 or present.size < 2:
         frequencies = np.bincount(valid_labels, minlength=num_classes) / valid_labels.size
         return ConfidentLearningScores(
-            is_label_issue, suggested_label, label_quality, 0.0, np.diag(frequencies)
+            is_label_issue, suggested_label, label_quality, 0.0, np.diag(frequencies), (0.0, 0.0)
         )
 
     # Restrict to the classes present among the given labels, then map back.
@@ -187,6 +254,8 @@ def confident_learning(
     )
     compact_joint = cl_count.estimate_joint(compact_labels, compact_probs)
     joint[np.ix_(present, present)] = compact_joint
+    confident = cl_count.compute_confident_joint(compact_labels, compact_probs, calibrate=False)
+    interval = noise_rate_interval(confident, np.bincount(compact_labels, minlength=present.size))
 
     valid_rows = np.flatnonzero(valid)
     flagged_rows = valid_rows[issues]
@@ -194,5 +263,5 @@ def confident_learning(
     suggested_label[flagged_rows] = present[np.argmax(compact_probs[issues], axis=1)]
     noise_rate = float(1.0 - np.trace(joint))
     return ConfidentLearningScores(
-        is_label_issue, suggested_label, label_quality, noise_rate, joint
+        is_label_issue, suggested_label, label_quality, noise_rate, joint, interval
     )

@@ -90,6 +90,7 @@ def publish_results(
     for key, values in result.epoch_metrics.items():
         for epoch, value in values:
             sink.add_metric(key, value, step=epoch, series=True)
+    warn_if_untrusted(result)
     try:
         _slices_and_rules(result, histories, embeddings, sink, rules or [], pools or {}, rule_history)
     except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
@@ -99,6 +100,21 @@ def publish_results(
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def warn_if_untrusted(result: Any) -> None:
+    """The end-of-fit warning when a split's label-issue flags are not to be trusted
+    (:mod:`dq_plugins.analysis.trust`): one line per split, with the reasons."""
+    trust = getattr(result, "trust", None) or {}
+    if all(verdict.trusted for verdict in trust.values()):
+        return
+    warnings.warn(
+        "dq_plugins: the label-issue flags are not to be trusted; the estimated noise rate is not logged for:\n  "
+        + "\n  ".join(verdict.line(split) for split, verdict in trust.items() if not verdict.trusted)
+        + "\nHINT: train longer (at least 2 epochs) or fix the model until it learns, then rerun.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def metadata_columns(samples: Any) -> list[str]:
