@@ -41,6 +41,7 @@ from dq_plugins.sinks.offline import (
     read_samples,
     reanalyze,
 )
+from dq_plugins.deprecation import warn_renamed
 from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 
 DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
@@ -356,9 +357,22 @@ def _write_rows(rows: pd.DataFrame, fmt: str, target: Path | TextIO) -> None:
         rows.to_parquet(target, index=False)
 
 
+class _RenamedFlag(argparse.Action):
+    """A flag's former name: stores into the new flag's ``dest`` and warns (:func:`~dq_plugins.deprecation.warn_renamed`)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        warn_renamed(option_string or self.option_strings[0], self.new, parser.prog, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 def cmd_analyze(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
     done = reanalyze(
-        args.run_id, tracking_uri=client.tracking_uri, child_run=args.child_run, early_epochs=args.el2n_epochs,
+        args.run_id, tracking_uri=client.tracking_uri, child_run=args.child_run, early_epochs=args.early_epochs,
         max_issue_rows=args.max_issue_rows, rules=Path(args.rules) if args.rules else None, progress=progress,
     )
     metrics = done.result.metrics
@@ -608,8 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run_id", metavar="RUN_ID")
     analyze.add_argument("--child-run", action="store_true",
                          help="log into a new run nested under RUN_ID instead of replacing its dq/ results.")
-    analyze.add_argument("--el2n-epochs", type=_positive_int, default=None,
-                         help="early epochs averaged by EL2N (default: the callback's default).")
+    analyze.add_argument("--early-epochs", type=_positive_int, default=None,
+                         help="the first epochs, averaged by EL2N and the early mislabel signals (default: the "
+                         "callback's default).")
+    analyze.add_argument("--el2n-epochs", dest="early_epochs", type=_positive_int, action=_RenamedFlag,
+                         new="--early-epochs", help=argparse.SUPPRESS)
     analyze.add_argument("--max-issue-rows", type=_positive_int, default=None,
                          help="rows of dq/issues.json (default 500).")
     analyze.add_argument("--rules", type=_existing_file, default=None, metavar="YAML",

@@ -15,6 +15,7 @@ from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
 from dq_plugins.sinks.offline import carry_columns
 from dq_plugins.cli import (
     ExitCode,
+    build_parser,
     compare_summary,
     escape_formulas,
     flag_overlap,
@@ -229,12 +230,20 @@ def test_analyze_rebuilds_results_in_place_without_duplicates(store, capsys):
 def test_analyze_with_new_options_updates_metrics_once(store, capsys):
     run = copy_run(store, store.run_a, ("dq/raw/train.npz",))
     assert main(["-q", "analyze", run]) == ExitCode.OK
-    code, out, _ = run_dq(capsys, "analyze", run, "--el2n-epochs", "1", "--max-issue-rows", "7")
+    code, out, _ = run_dq(capsys, "analyze", run, "--early-epochs", "1", "--max-issue-rows", "7")
     assert code == ExitCode.OK
     client = mlflow.MlflowClient(store.uri)
     issues = pd.read_json(client.download_artifacts(run, "dq/issues.json", str(store.folder / "dl7")), orient="split")
     assert len(issues) == 7
     assert json.loads(client.get_run(run).data.tags["dq.analysis"])["early_epochs"] == 1
+
+
+def test_analyze_former_el2n_epochs_flag_works_and_warns():
+    parser = build_parser()
+    with pytest.warns(FutureWarning, match=r"`--el2n-epochs` is deprecated .*use `--early-epochs`"):
+        old = parser.parse_args(["analyze", "run", "--el2n-epochs", "3"])
+    assert old.early_epochs == 3 == parser.parse_args(["analyze", "run", "--early-epochs", "3"]).early_epochs
+    assert "--el2n-epochs" not in parser._subparsers._group_actions[0].choices["analyze"].format_help()
 
 
 def test_analyze_child_run_leaves_the_source_alone(store, capsys):
@@ -357,7 +366,7 @@ def test_no_command_prints_help_and_exits_2(capsys):
     assert "report" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["report"], ["report", "x", "--top", "0"], ["analyze", "x", "--el2n-epochs", "a"],
+@pytest.mark.parametrize("argv", [["report"], ["report", "x", "--top", "0"], ["analyze", "x", "--early-epochs", "a"], ["analyze", "x", "--el2n-epochs", "a"],
                                   ["frobnicate"]])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:

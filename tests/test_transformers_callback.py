@@ -226,7 +226,7 @@ def test_missing_id_column_fails_at_train_start_with_the_line_that_adds_it(track
 def test_custom_id_and_label_columns(tracking_uri, tmp_path):
     ds = make_dataset(64, seed=0, ids=False, label_name="label").map(lambda ex, i: {"sid": i}, with_indices=True)
     val = make_dataset(24, seed=1, ids=False, label_name="label").map(lambda ex, i: {"sid": i}, with_indices=True)
-    callback, trainer = train(tmp_path, callback=DataQualityCallback(id_column="sid"), train_dataset=ds,
+    callback, trainer = train(tmp_path, callback=DataQualityCallback(id_key="sid"), train_dataset=ds,
                               eval_dataset=val, num_train_epochs=1)
     samples = load_samples(callback.run_id)
     assert sorted(samples[samples["split"] == "train"]["sample_id"]) == list(range(64))
@@ -235,7 +235,7 @@ def test_custom_id_and_label_columns(tracking_uri, tmp_path):
 
 def test_missing_label_column_names_the_option(tracking_uri, tmp_path):
     with pytest.raises(ValueError, match=r"no label column `target`.*Trainer drops columns"):
-        train(tmp_path, callback=DataQualityCallback(label_column="target"))
+        train(tmp_path, callback=DataQualityCallback(label_key="target"))
 
 
 def test_callback_added_after_construction_is_refused(tracking_uri, tmp_path):

@@ -1,4 +1,4 @@
-"""The Hugging Face adapter's ``metadata_columns`` and prediction latency, on a tiny BERT."""
+"""The Hugging Face adapter's ``metadata_keys`` and prediction latency, on a tiny BERT."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
-def test_metadata_columns_are_read_by_id_and_latency_is_recorded(tmp_path, store):
+def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, store):
     train, val = make_dataset(40, 20, seed=0), make_dataset(24, 8, seed=1)  # slices of >= 20 (min_size)
-    callback = DataQualityCallback(metadata_columns=["source", "length"], embeddings=False)
+    callback = DataQualityCallback(metadata_keys=["source", "length"], embeddings=False)
     make_trainer(tmp_path, callback, train, val).train()  # default TrainingArguments: remove_unused_columns=True
     samples = load_samples(callback.run_id, tracking_uri=store)
     for split, num_slow in (("train", 20), ("validation", 8)):
@@ -89,14 +89,14 @@ def test_metadata_columns_are_read_by_id_and_latency_is_recorded(tmp_path, store
 
 
 def test_a_missing_metadata_column_fails_at_train_begin_naming_it(tmp_path, store):
-    callback = DataQualityCallback(metadata_columns=["source", "day"], embeddings=False)
+    callback = DataQualityCallback(metadata_keys=["source", "day"], embeddings=False)
     trainer = make_trainer(tmp_path, callback, make_dataset(16, 4, seed=0), None, eval_strategy="no")
     with pytest.raises(ValueError, match=r"names \['day'\].*train dataset has no such column.*'length', 'source'"):
         trainer.train()
 
 
-def test_metadata_columns_are_checked_at_construction():
+def test_metadata_keys_are_checked_at_construction():
     with pytest.raises(ValueError, match=r"list of column names but got the string 'source'.*\['source'\]"):
-        DataQualityCallback(metadata_columns="source")
+        DataQualityCallback(metadata_keys="source")
     with pytest.raises(ValueError, match=r"\['labels', 'mislabel_score'\] name the id or label column"):
-        DataQualityCallback(metadata_columns=["labels", "mislabel_score", "source"])
+        DataQualityCallback(metadata_keys=["labels", "mislabel_score", "source"])

@@ -24,10 +24,11 @@ import torch
 
 from dq_plugins.adapters.batch import find_logits, get_key
 from dq_plugins.adapters.compat import lightning_packages
-from dq_plugins.adapters.options import check_projection
+from dq_plugins.adapters.options import LIGHTNING_RENAMED, check_projection
 from dq_plugins.recording.embeddings import find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer
 from dq_plugins.recording.session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
+from dq_plugins.deprecation import renamed_options
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _PACKAGES = lightning_packages()
@@ -94,7 +95,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         num_samples: number of train sample ids; ``None`` uses ``len(train_dataset)``.
         num_val_samples: number of validation sample ids; ``None`` uses ``len(val_dataset)``.
         record_validation: also record the first validation dataloader as split "validation".
-        el2n_epochs: epochs averaged by EL2N; ``None`` uses the first 20% of epochs.
+        early_epochs: the first epochs, averaged by EL2N and by the early signals of ``mislabel_score``;
+            ``None`` uses the first 20% of epochs. (Formerly ``el2n_epochs``, still accepted with a warning.)
         max_issue_rows: rows of ``dq/issues.json``.
         tracking_uri, experiment_name, run_name: where to create a run when the trainer has no
             ``MLFlowLogger`` (``None``: MLflow's current tracking URI and experiment).
@@ -142,7 +144,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         num_samples: int | None = None,
         num_val_samples: int | None = None,
         record_validation: bool = True,
-        el2n_epochs: int | None = None,
+        early_epochs: int | None = None,
         max_issue_rows: int = 500,
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
@@ -158,11 +160,15 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
+        **renamed: Any,
     ) -> None:
+        if renamed:
+            early_epochs = renamed_options(DataQualityCallback.__init__, renamed, LIGHTNING_RENAMED,
+                                           {"early_epochs": early_epochs})["early_epochs"]
         check_projection(projection)
         super().__init__()
         self.session = DynamicsSession(
-            SessionConfig(id_key, label_key, num_samples, num_val_samples, el2n_epochs, max_issue_rows, fallback_dir,
+            SessionConfig(id_key, label_key, num_samples, num_val_samples, early_epochs, max_issue_rows, fallback_dir,
                           metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
         self.logits_module = logits_module

@@ -35,7 +35,7 @@ original ``forward`` it calls, with CUDA events when the batch is on a GPU (read
 host sync in the step) or ``time.perf_counter`` otherwise; a sample's latency is its batch's forward
 time divided by the batch size.
 
-Metadata columns (``metadata_columns=``) never pass through the forward or the data collator (a string
+Metadata columns (``metadata_keys=``) never pass through the forward or the data collator (a string
 column could not be batched as a tensor): the Trainer drops them with the other unused columns, and
 the callback reads them once by sample id from the Trainer's own ``train_dataset`` / ``eval_dataset`` at
 ``on_train_begin``. Callbacks get no reference to the Trainer, so it is found as the ``self`` of the
@@ -67,17 +67,18 @@ from typing_extensions import override
 
 from dq_plugins.adapters.batch import find_logits
 from dq_plugins.adapters.compat import require
-from dq_plugins.adapters.options import check_projection
+from dq_plugins.adapters.options import TRANSFORMERS_RENAMED, check_projection
 from dq_plugins.recording.embeddings import find_head, find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer, Span
 from dq_plugins.recording.session import SCORE_COLUMNS, TRAIN, VALIDATION, DynamicsSession, SessionConfig
+from dq_plugins.deprecation import renamed_options
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _transformers = require("transformers", "transformers accelerate")
 TrainerCallback = _transformers.TrainerCallback
 
 LABEL_COLUMNS: tuple[str, ...] = ("labels", "label", "label_ids")
-"""Label columns tried in order when ``label_column`` is ``None`` (the names the Trainer's collators accept)."""
+"""Label columns tried in order when ``label_key`` is ``None`` (the names the Trainer's collators accept)."""
 
 STATE_FILE = "dq_plugins_state.pt"
 """File inside each Trainer checkpoint folder that holds the record so far."""
@@ -142,7 +143,7 @@ def _install_tap(model: torch.nn.Module, id_column: str) -> _IdTap:
     if id_column in signature.parameters:
         raise ValueError(
             f"`{type(model).__name__}.forward` already takes an argument `{id_column}`, so the sample ids cannot "
-            f"use that name. HINT: store the ids in another column and pass `id_column=` that name to the callback."
+            f"use that name. HINT: store the ids in another column and pass `id_key=` that name to the callback."
         )
     tap = _IdTap(id_column)
     # Call the original through the instance it is bound to *at call time*, so a deep copy of the
@@ -224,7 +225,7 @@ def _read_columns(
             "HINT: the Trainer drops columns that the model's forward does not take; name the label column "
             "`labels` or `label`."
             if label_column is not None
-            else "HINT: pass `label_column=` the column that holds the class labels."
+            else "HINT: pass `label_key=` the column that holds the class labels."
         )
         raise ValueError(
             f"The {split} dataset has no label column {' or '.join(f'`{c}`' for c in candidates)} "
@@ -292,7 +293,7 @@ def _read_metadata(dataset: Any, id_column: str, columns: Sequence[str], split: 
     missing = [c for c in columns if c not in available]
     if missing:
         raise ValueError(
-            f"`metadata_columns` names {missing}, but the {split} dataset has no such column (its columns are "
+            f"`metadata_keys` names {missing}, but the {split} dataset has no such column (its columns are "
             f"{sorted(map(str, available))}). HINT: {hint}"
         )
     if id_column not in available:
@@ -363,19 +364,19 @@ def _checkpoint_folder(args: Any, state: Any) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
-def _check_metadata_columns(columns: Sequence[str], id_column: str, label_column: str | None) -> tuple[str, ...]:
+def _check_metadata_keys(columns: Sequence[str], id_column: str, label_column: str | None) -> tuple[str, ...]:
     if isinstance(columns, str):
-        raise ValueError(f"Expected `metadata_columns` to be a list of column names but got the string {columns!r}. "
-                         f"HINT: metadata_columns=[{columns!r}].")
+        raise ValueError(f"Expected `metadata_keys` to be a list of column names but got the string {columns!r}. "
+                         f"HINT: metadata_keys=[{columns!r}].")
     columns = tuple(columns)
     bad = [c for c in columns if not isinstance(c, str) or not c]
     if bad:
-        raise ValueError(f"Expected `metadata_columns` to hold column names (strings) but got {bad}.")
+        raise ValueError(f"Expected `metadata_keys` to hold column names (strings) but got {bad}.")
     taken = {id_column, *(LABEL_COLUMNS if label_column is None else (label_column,))}
     reserved = [c for c in columns if c in taken or c in SCORE_COLUMNS or c in ("cluster", "latency_ms")]
     if reserved:
         raise ValueError(
-            f"`metadata_columns` {reserved} name the id or label column or a column dq_plugins computes "
+            f"`metadata_keys` {reserved} name the id or label column or a column dq_plugins computes "
             f"({sorted(SCORE_COLUMNS | {'cluster', 'latency_ms'})}). HINT: name only extra dataset columns such as "
             "'source'; rename a dataset column that clashes."
         )
@@ -386,7 +387,7 @@ def _check_metadata_columns(columns: Sequence[str], id_column: str, label_column
 class DataQualityCallback(TrainerCallback):
     """Record per-sample training dynamics in a ``transformers.Trainer`` and log label issues to MLflow.
 
-    The train (and eval) dataset needs an integer sample-id column ``id_column`` (0-based, stable
+    The train (and eval) dataset needs an integer sample-id column ``id_key`` (0-based, stable
     across epochs): ``ds.map(lambda ex, i: {"idx": i}, with_indices=True)`` or
     :func:`dq_plugins.with_ids`. Works with default ``TrainingArguments`` (the id column survives
     ``remove_unused_columns=True``), gradient accumulation, dataloader workers, mixed precision,
@@ -394,14 +395,15 @@ class DataQualityCallback(TrainerCallback):
     ``Trainer(callbacks=[...])``: it attaches to the model while the Trainer is built.
 
     Args:
-        id_column: dataset column of the sample ids.
-        label_column: dataset column of the class labels; ``None`` tries "labels", "label", "label_ids".
+        id_key: dataset column of the sample ids.
+        label_key: dataset column of the class labels; ``None`` tries "labels", "label", "label_ids".
         num_samples: number of train sample ids; ``None`` uses ``len(train_dataset)``.
         num_val_samples: number of validation sample ids; ``None`` uses ``len(eval_dataset)``.
         record_validation: also record the (first) eval dataset as split "validation". Evaluations run
             during an epoch (``eval_strategy="steps"``) or at its end count for that epoch; when an epoch
             has several, the last one is kept. ``eval_on_start`` is not recorded.
-        el2n_epochs: epochs averaged by EL2N; ``None`` uses the first 20% of epochs.
+        early_epochs: the first epochs, averaged by EL2N and by the early signals of ``mislabel_score``;
+            ``None`` uses the first 20% of epochs.
         max_issue_rows: rows of ``dq/issues.json``.
         tracking_uri, experiment_name, run_name: where to create a run when the Trainer has no active
             MLflow run (``report_to`` without "mlflow"); ``None``: MLflow's current tracking URI and experiment.
@@ -409,7 +411,8 @@ class DataQualityCallback(TrainerCallback):
         embeddings: capture the input of the classification head (the pooled representation) as
             each sample's embedding for outliers, near-duplicates, neighbour label disagreement,
             clusters and the 2D map; ``False`` switches all of that off.
-        head_module: dotted name of the head whose INPUT is the embedding; ``None`` finds
+        logits_module: dotted name of the classification head (its output is the logits, its INPUT
+            the embedding, as with the Lightning callback's ``logits_module``); ``None`` finds
             ``classifier`` / ``score`` / ``classification_head``. 3-D head inputs (RoBERTa-style
             heads) are pooled: first token, or the mean under the attention mask for ``score`` heads.
         final_pass: after training, one eval-mode pass over the train loader (inference mode,
@@ -417,7 +420,7 @@ class DataQualityCallback(TrainerCallback):
             ``False`` keeps those captured during the last epoch.
         texts: train texts by sample id (a sequence indexed by id, or a mapping), shown on hover in
             ``dq/embedding_map.html``.
-        metadata_columns: columns of the train (and eval) dataset, one scalar per row (numbers or
+        metadata_keys: columns of the train (and eval) dataset, one scalar per row (numbers or
             strings), kept as columns of ``dq/samples.parquet`` and sliced on (``dq/slices.json``, weak
             slices). They never reach the model or the data collator: they are read by sample id from
             the Trainer's datasets at train begin (see the module docstring); a missing column is an
@@ -434,6 +437,9 @@ class DataQualityCallback(TrainerCallback):
             "graph".
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
 
+    The former names ``id_column``, ``label_column``, ``head_module``, ``metadata_columns`` and
+    ``el2n_epochs`` still work, with a ``FutureWarning`` naming the new one.
+
     Attributes:
         run_id: the MLflow run holding the results (set at train start on the main process). With
             ``report_to="mlflow"`` it is the Trainer's own run.
@@ -442,43 +448,52 @@ class DataQualityCallback(TrainerCallback):
 
     def __init__(
         self,
-        id_column: str = "idx",
-        label_column: str | None = None,
+        id_key: str = "idx",
+        label_key: str | None = None,
         num_samples: int | None = None,
         num_val_samples: int | None = None,
         record_validation: bool = True,
-        el2n_epochs: int | None = None,
+        early_epochs: int | None = None,
         max_issue_rows: int = 500,
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
         fallback_dir: str = "dq_artifacts",
         embeddings: bool = True,
-        head_module: str | None = None,
+        logits_module: str | None = None,
         final_pass: bool = True,
         texts: Any = None,
-        metadata_columns: Sequence[str] = (),
+        metadata_keys: Sequence[str] = (),
         metadata: Any = None,
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
+        **renamed: Any,
     ) -> None:
+        if renamed:
+            options = renamed_options(
+                DataQualityCallback.__init__, renamed, TRANSFORMERS_RENAMED,
+                {"id_key": id_key, "label_key": label_key, "logits_module": logits_module,
+                 "metadata_keys": metadata_keys, "early_epochs": early_epochs},
+            )
+            id_key, label_key, logits_module = options["id_key"], options["label_key"], options["logits_module"]
+            metadata_keys, early_epochs = options["metadata_keys"], options["early_epochs"]
         check_projection(projection)
         self.embeddings = embeddings
-        self.head_module = head_module
+        self.logits_module = logits_module
         self.final_pass = final_pass
         self.texts = texts
         self._head_handle: Any = None
         self._head_name = ""
         self._captured_embeddings: torch.Tensor | None = None
         self._final_split: str | None = None
-        self.label_column = label_column
+        self.label_key = label_key
         self.record_validation = record_validation
         self.session = DynamicsSession(
-            SessionConfig(id_key=id_column, label_key=label_column or LABEL_COLUMNS[0], num_samples=num_samples,
-                          num_val_samples=num_val_samples, el2n_epochs=el2n_epochs, max_issue_rows=max_issue_rows,
+            SessionConfig(id_key=id_key, label_key=label_key or LABEL_COLUMNS[0], num_samples=num_samples,
+                          num_val_samples=num_val_samples, early_epochs=early_epochs, max_issue_rows=max_issue_rows,
                           fallback_dir=fallback_dir,
-                          metadata_columns=_check_metadata_columns(metadata_columns, id_column, label_column),
+                          metadata_columns=_check_metadata_keys(metadata_keys, id_key, label_key),
                           metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
         self._forward_timer = ForwardTimer()
@@ -496,7 +511,7 @@ class DataQualityCallback(TrainerCallback):
         self.run_id: str | None = None
 
     @property
-    def id_column(self) -> str:
+    def id_key(self) -> str:
         return self.session.config.id_key
 
     @property
@@ -507,16 +522,16 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
-            self._tap = _install_tap(_forward_owner(model), self.id_column)
+            self._tap = _install_tap(_forward_owner(model), self.id_key)
             if self.embeddings and self._head_handle is None:
                 owner = _forward_owner(model)
-                if self.head_module is not None:
+                if self.logits_module is not None:
                     try:
-                        head, self._head_name = owner.get_submodule(self.head_module), self.head_module
+                        head, self._head_name = owner.get_submodule(self.logits_module), self.logits_module
                     except AttributeError:
                         names = [n for n, _ in owner.named_modules() if n][:20]
                         raise ValueError(
-                            f"`head_module={self.head_module!r}` is not a submodule of {type(owner).__name__}. "
+                            f"`logits_module={self.logits_module!r}` is not a submodule of {type(owner).__name__}. "
                             f"HINT: pick one of {names}."
                         ) from None
                 else:
@@ -541,21 +556,21 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         owner = _forward_owner(model) if model is not None else None
-        if self._tap is None or owner is None or _tap_of(owner.forward, self.id_column) is not self._tap:
+        if self._tap is None or owner is None or _tap_of(owner.forward, self.id_key) is not self._tap:
             raise ValueError(
                 "DataQualityCallback did not attach to the model before the Trainer built its dataloaders, so the "
-                f"`{self.id_column}` column was dropped. This happens when the callback is added with "
+                f"`{self.id_key}` column was dropped. This happens when the callback is added with "
                 "`trainer.add_callback()` after `Trainer(...)`, or when the Trainer creates a new model "
                 "(`model_init`). "
                 "HINT: pass it at construction: `Trainer(model=model, ..., callbacks=[DataQualityCallback()])`."
             )
-        ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_column,
-                                           self.label_column, TRAIN)
+        ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_key,
+                                           self.label_key, TRAIN)
         resumed = state.global_step > 0  # the Trainer loaded the state of a checkpoint
         self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
         self.session.set_capacity(TRAIN, len(ids))
         self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
-        self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_column, TRAIN)
+        self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
         self._eval_stash = []
         self._epoch = None
@@ -569,7 +584,7 @@ class DataQualityCallback(TrainerCallback):
         self._tap.timer = self._forward_timer
 
     def _load_metadata(self, train_dataloader: Any) -> None:
-        """Read ``metadata_columns`` by sample id from the Trainer's train (and first eval) dataset."""
+        """Read ``metadata_keys`` by sample id from the Trainer's train (and first eval) dataset."""
         columns = self.session.config.metadata_columns
         self._val_metadata_read = False
         if not columns:
@@ -577,20 +592,20 @@ class DataQualityCallback(TrainerCallback):
         trainer = _calling_trainer()
         if trainer is not None:
             hint = "add the column to the dataset given to the Trainer, or pass a `metadata=` DataFrame."
-            frame = _read_metadata(trainer.train_dataset, self.id_column, columns, TRAIN, hint)
+            frame = _read_metadata(trainer.train_dataset, self.id_key, columns, TRAIN, hint)
             self.session.set_metadata(TRAIN, frame)
             eval_dataset = trainer.eval_dataset
             if isinstance(eval_dataset, Mapping):  # evaluated in order: the first one is recorded
                 eval_dataset = next(iter(eval_dataset.values()), None)
-            if self.record_validation and eval_dataset is not None and self.id_column in _column_names(eval_dataset):
+            if self.record_validation and eval_dataset is not None and self.id_key in _column_names(eval_dataset):
                 self.session.set_metadata(
-                    VALIDATION, _read_metadata(eval_dataset, self.id_column, columns, VALIDATION, hint))
+                    VALIDATION, _read_metadata(eval_dataset, self.id_key, columns, VALIDATION, hint))
                 self._val_metadata_read = True
             return
         hint = ("no Trainer runs this callback, so the columns are read from the train dataloader's dataset, "
                 "from which the Trainer drops unused columns: pass `remove_unused_columns=False`, or a `metadata=` "
                 "DataFrame.")
-        self.session.set_metadata(TRAIN, _read_metadata(_dataset_of(train_dataloader), self.id_column, columns,
+        self.session.set_metadata(TRAIN, _read_metadata(_dataset_of(train_dataloader), self.id_key, columns,
                                                         TRAIN, hint))
 
     def _open_sink(self, args: Any) -> None:
@@ -631,9 +646,9 @@ class DataQualityCallback(TrainerCallback):
         if ids is None:
             if training:
                 raise ValueError(
-                    f"A training batch reached the model without `{self.id_column}` although the train dataset has "
+                    f"A training batch reached the model without `{self.id_key}` although the train dataset has "
                     f"that column. HINT: a `compute_loss` override must call `model(**inputs)` (or pass "
-                    f"`{self.id_column}=inputs[{self.id_column!r}]`), and a custom `data_collator` must keep the "
+                    f"`{self.id_key}=inputs[{self.id_key!r}]`), and a custom `data_collator` must keep the "
                     "column (as `DataCollatorWithPadding` and `default_data_collator` do)."
                 )
             return
@@ -680,9 +695,9 @@ class DataQualityCallback(TrainerCallback):
                 self._warned_other_eval = True
             return None
         try:
-            ids, labels, _ = _read_columns(dataset, self.id_column, self.label_column, VALIDATION)
+            ids, labels, _ = _read_columns(dataset, self.id_key, self.label_key, VALIDATION)
             self.session.set_capacity(VALIDATION, len(ids))
-            table = _LabelTable(ids, labels, self.session.capacities[VALIDATION], self.id_column, VALIDATION)
+            table = _LabelTable(ids, labels, self.session.capacities[VALIDATION], self.id_key, VALIDATION)
         except ValueError as err:
             warnings.warn(
                 f"dq_plugins does not record the validation split: {err} Or pass `record_validation=False` to "
@@ -697,7 +712,7 @@ class DataQualityCallback(TrainerCallback):
         if columns and not self._val_metadata_read:  # no Trainer at train begin: read the eval loader's dataset
             self._val_metadata_read = True
             try:
-                self.session.set_metadata(VALIDATION, _read_metadata(dataset, self.id_column, columns, VALIDATION,
+                self.session.set_metadata(VALIDATION, _read_metadata(dataset, self.id_key, columns, VALIDATION,
                                                                      "pass `remove_unused_columns=False`."))
             except ValueError as err:
                 warnings.warn(f"dq_plugins: the validation split has no metadata: {err}", UserWarning, stacklevel=2)

@@ -187,7 +187,7 @@ def slice_columns(samples: pd.DataFrame, columns: Sequence[str] | None) -> list[
         if column not in valid:
             raise ValueError(
                 f"Unknown slice column {column!r}: the per-sample table has no such column. Valid columns: {valid}. "
-                "HINT: metadata columns appear when the callback is given `metadata_keys=` / `metadata_columns=` "
+                "HINT: metadata columns appear when the callback is given `metadata_keys=` "
                 "or a metadata DataFrame."
             )
         if column not in chosen:

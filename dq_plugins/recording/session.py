@@ -51,7 +51,7 @@ class SessionConfig:
     label_key: str = "labels"
     num_samples: int | None = None
     num_val_samples: int | None = None
-    el2n_epochs: int | None = None
+    early_epochs: int | None = None
     max_issue_rows: int = 500
     fallback_dir: str = "dq_artifacts"
     metadata_keys: tuple[str, ...] = ()
@@ -83,7 +83,7 @@ class DynamicsSession:
         self._rule_history: list[Any] = []  # dq/rules.json rows of the validation-time evaluations
         self.mark_failed_at_validation = False
         self.result = None
-        self.early_epochs = config.el2n_epochs or 2  # refined by set_max_epochs once the trainer is known
+        self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
 
     # ------------------------------------------------------------------ metadata, rules
     @staticmethod
@@ -272,7 +272,7 @@ class DynamicsSession:
         """Size the early window (EL2N and the early softmax) from the planned number of epochs."""
         from dq_plugins.scores import default_early_epochs
 
-        if self.config.el2n_epochs is None and max_epochs and max_epochs > 0:
+        if self.config.early_epochs is None and max_epochs and max_epochs > 0:
             self.early_epochs = default_early_epochs(int(max_epochs))
 
     def resume(self, device: torch.device, current_epoch: int) -> None:
@@ -431,7 +431,7 @@ class DynamicsSession:
             for split, (ids, values) in embeddings.items():
                 save_embeddings(ids, values, sink.stage_path(f"{EMBEDDINGS_DIR}/{split}.npz"))
                 sink.add_artifact(f"{EMBEDDINGS_DIR}/{split}.npz")
-            result = analyze(histories, early_epochs=self.config.el2n_epochs, max_issue_rows=self.config.max_issue_rows,
+            result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
                              embeddings=embeddings,
                              projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
             metadata = self.metadata_frame()
