@@ -102,6 +102,15 @@ def test_results_land_in_the_mlflow_logger_run(tracking_uri):
     runs = mlflow.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     assert "dq/samples.parquet" in artifact_paths(logger.run_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the logger's experiment
+
+
+def test_the_experiment_opens_on_its_runs_unless_the_user_chose_a_view(tracking_uri):
+    fit(DataQualityCallback(experiment_name="fresh"), max_epochs=1)
+    assert mlflow.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == "custom_model_development"
+    mine = mlflow.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    fit(DataQualityCallback(experiment_name="mine"), max_epochs=1)
+    assert mlflow.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_logits_module_hook_reads_logits_when_the_step_returns_only_the_loss(tracking_uri):

@@ -11,6 +11,7 @@ The kept folder (a *fallback folder*) mirrors the run's artifact paths and holds
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,11 @@ FALLBACK_FORMAT = "dq_plugins.fallback"
 FALLBACK_VERSION = 1
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 """MLflow's tag listing the JSON tables its UI renders (written by ``log_table``)."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""Experiment tag from which MLflow 3's UI picks its view; without it an experiment opens on the GenAI
+"Traces" page and its runs show only after switching to "Model training"."""
+EXPERIMENT_KIND = "custom_model_development"
+"""The value of :data:`EXPERIMENT_KIND_TAG` that opens an experiment on its run list."""
 
 
 class MlflowSink:
@@ -80,6 +86,7 @@ class MlflowSink:
         self._tables: list[tuple[Any, str]] = []
         self._figures: list[tuple[Any, str]] = []
         self._tags: dict[str, str] = {}
+        self._experiment_marked = False
 
     @property
     def client(self) -> Any:
@@ -90,7 +97,9 @@ class MlflowSink:
         return self._client
 
     def ensure_run(self) -> str:
-        """Return the run id, creating a run (owned by this sink) when none was given."""
+        """Return the run id, creating a run (owned by this sink) when none was given.
+
+        The experiment that holds the run gets :data:`EXPERIMENT_KIND_TAG` (once, unless it has one)."""
         if self.run_id is None:
             name = self.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
             experiment = self.client.get_experiment_by_name(name)
@@ -98,7 +107,23 @@ class MlflowSink:
             run = self.client.create_run(experiment_id, run_name=self.run_name, tags={"dq_plugins": "true"})
             self.run_id = run.info.run_id
             self.owns_run = True
+            self._mark_experiment(experiment_id)
+        elif not self._experiment_marked:
+            self._mark_experiment(None)
         return self.run_id
+
+    def _mark_experiment(self, experiment_id: str | None) -> None:
+        """Set :data:`EXPERIMENT_KIND_TAG` on the run's experiment unless it has a value (the user's wins).
+        Cosmetic: a failure is logged at DEBUG level and never stops the run."""
+        self._experiment_marked = True
+        try:
+            if experiment_id is None:
+                experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            experiment = self.client.get_experiment(experiment_id)
+            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except Exception as err:  # noqa: BLE001 - the UI view is not worth a failed run
+            logging.getLogger("dq_plugins").debug("could not tag the experiment of run %s: %s", self.run_id, err)
 
     # ------------------------------------------------------------------ staging
     def stage_path(self, artifact_path: str) -> Path:
