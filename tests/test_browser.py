@@ -1,4 +1,5 @@
-"""The MLflow UI, in a real browser: the issue table and the figures render in the run's artifact view.
+"""The MLflow UI, in a real browser: the experiment opens on its run list; the issue table, the figures,
+the interactive map and a metric chart render.
 
 A real ``mlflow server`` (sqlite backend, local artifact root served over HTTP) runs on a free
 loopback port; a tiny Lightning model trains with :class:`dq_plugins.lightning.DataQualityCallback`
@@ -152,6 +153,14 @@ class TrainedRun:
     def page(self) -> str:
         return f"{self.server}/#/experiments/{self.experiment_id}/runs/{self.run_id}/artifacts"
 
+    @property
+    def experiment_page(self) -> str:
+        """The experiment as the callback's end-of-fit line links it (MLflow 3.17 picks its view from the URL's
+        ``workflowType``, older 3.x from the experiment tag ``mlflow.experimentKind``)."""
+        from dq_plugins.sinks.mlflow_sink import ui_url
+
+        return ui_url(self.server, self.experiment_id)
+
 
 @pytest.fixture(scope="module")
 def trained_run(mlflow_server, tmp_path_factory) -> TrainedRun:
@@ -172,6 +181,7 @@ def trained_run(mlflow_server, tmp_path_factory) -> TrainedRun:
         assert not failed, f"the callback did not reach the tracking server: {failed}"
         client = mlflow.MlflowClient(mlflow_server)
         experiment_id = client.get_run(run_id).info.experiment_id
+        assert client.get_experiment(experiment_id).tags.get("mlflow.experimentKind") == "custom_model_development"
         local = Path(client.download_artifacts(run_id, "dq", str(folder / "downloaded")))
     return TrainedRun(mlflow_server, experiment_id, run_id, local)
 
@@ -223,7 +233,7 @@ def _open_artifact(browser: Any, run: TrainedRun, artifact_path: str) -> None:
     """Show ``artifact_path`` in the run's artifact view: load the page once, unfold its folders, click it."""
     from selenium.webdriver.common.by import By
 
-    if run.run_id not in browser.current_url:
+    if f"/runs/{run.run_id}/artifacts" not in browser.current_url:
         browser.get(run.page)
     wait = _wait(browser)
     parts = artifact_path.split("/")
@@ -319,6 +329,63 @@ def _evidence_on_failure(browser: Any, folder: Path, stem: str) -> Iterator[None
 
 
 # ---------------------------------------------------------------------------------------- tests
+def test_experiment_opens_on_its_run_list(driver, trained_run, screenshots, capsys):
+    from selenium.webdriver.common.by import By
+
+    with _evidence_on_failure(driver, screenshots, "experiment"):
+        driver.get(trained_run.server)
+        driver.execute_script("window.localStorage.clear()")  # a new user: no view remembered from other tests
+        driver.get(trained_run.experiment_page)
+        selector = f'a[href$="/experiments/{trained_run.experiment_id}/runs/{trained_run.run_id}"]'
+        link = _wait(driver).until(lambda b: next((a for a in b.find_elements(By.CSS_SELECTOR, selector)
+                                                   if a.is_displayed()), None),
+                                   "the experiment page shows no run list with the dq run (GenAI view?)")
+        assert link.text == "blobs-seed0"
+        path = _screenshot(driver, screenshots, "experiment_runs.png")
+        link.click()  # the run list leads to the run
+        _wait(driver).until(lambda b: f"/runs/{trained_run.run_id}" in b.current_url)
+    _report(capsys, f"MLflow UI screenshot (run list): {path}")
+
+
+def test_interactive_map_draws_in_the_artifact_view(driver, trained_run, screenshots):
+    from selenium.webdriver.common.by import By
+
+    assert (trained_run.artifacts / "embedding_map.html").is_file()
+    with _evidence_on_failure(driver, screenshots, "embedding_map_html"):
+        _open_artifact(driver, trained_run, "dq/embedding_map.html")
+        frame = _wait(driver).until(lambda b: next(iter(b.find_elements(By.CSS_SELECTOR, "iframe.mlflow-html-iframe")),
+                                                   None), "dq/embedding_map.html is not shown in an HTML frame")
+        driver.switch_to.frame(frame)
+        try:
+            # The page's own script ran (the frame allows scripts) and drew the points on its canvas.
+            title, painted = _wait(driver).until(lambda b: b.execute_script(
+                """const c = document.getElementById("map"); if (!c) return null;
+                const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data; let k = 0;
+                for (let i = 3; i < d.length; i += 4) if (d[i] > 0) k++;
+                return k > 0 ? [document.title, k] : null;"""), "the map's canvas stayed empty")
+        finally:
+            driver.switch_to.default_content()
+    assert title.startswith("Embedding map, train") and painted > 500, (title, painted)
+
+
+def test_metric_history_draws_as_a_chart(driver, trained_run, screenshots):
+    from selenium.webdriver.common.by import By
+
+    with _evidence_on_failure(driver, screenshots, "metric_chart"):
+        driver.get(f"{trained_run.server}/#/experiments/{trained_run.experiment_id}/runs/{trained_run.run_id}"
+                   "/model-metrics")
+
+        def chart(b: Any) -> Any:
+            for card in b.find_elements(By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]'):
+                if "dq.epoch_accuracy.train" in card.text and card.find_elements(By.CSS_SELECTOR, "svg path"):
+                    return card
+            return None
+
+        card = _wait(driver).until(chart, "no chart of dq.epoch_accuracy.train on the run's Model metrics tab")
+        assert "Step" in card.text  # a per-epoch line chart, not a single-value bar
+        assert card.is_displayed()
+
+
 def test_issue_table_renders_as_a_table(driver, trained_run, screenshots, capsys):
     from selenium.webdriver.common.by import By
 

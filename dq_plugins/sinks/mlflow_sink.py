@@ -269,6 +269,27 @@ class MlflowSink:
             shutil.rmtree(self._staging, ignore_errors=True)
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"
+"""Where ``mlflow ui`` serves by default."""
+
+
+def ui_url(server: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's run list, or of one run, on ``server`` (``http://host:port``).
+
+    ``workflowType=machine_learning`` makes MLflow 3.17's UI show runs, not its GenAI pages (it picks the view
+    from the URL, else from what the browser last chose, else GenAI); older 3.x read :data:`EXPERIMENT_KIND_TAG`.
+    """
+    page = f"{server.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}?workflowType=machine_learning" if run_id else f"{page}?workflowType=machine_learning"
+
+
+def open_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open a run in the MLflow UI: the ``mlflow ui`` command for a local store, and the page."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {ui_url(tracking_uri, experiment_id, run_id)}"
+    return f"open it with `mlflow ui --backend-store-uri {tracking_uri}` and {ui_url(UI_ADDRESS, experiment_id, run_id)}"
+
+
 def upload_command(folder: str | os.PathLike) -> str:
     """The ``dq upload`` command line that uploads a fallback folder (with its tracking URI when recorded)."""
     import shlex
