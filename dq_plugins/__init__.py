@@ -1,6 +1,7 @@
 """dq_plugins: find data-quality issues while a classifier trains.
 
-Public API: :func:`with_ids`, :func:`load_samples`, :func:`fix`, :func:`select_subset` here, the
+Public API: :func:`with_ids`, :func:`load_samples`, :func:`fix`, :func:`select_subset`,
+:func:`issue_types` and :func:`register_issue_type` (the registry of :mod:`dq_plugins.schema`) here, the
 callbacks in :mod:`dq_plugins.lightning` and :mod:`dq_plugins.transformers`, and the ``dq`` command
 line (:mod:`dq_plugins.cli`). Heavy modules load on first use.
 """
@@ -10,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["IndexedDataset", "fix", "load_samples", "select_subset", "with_ids", "__version__"]
+__all__ = [
+    "IndexedDataset", "IssueType", "fix", "issue_types", "load_samples", "register_issue_type", "select_subset",
+    "with_ids", "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from dq_plugins import data
 
         return getattr(data, name)
+    if name in ("issue_types", "register_issue_type", "IssueType"):
+        from dq_plugins import schema
+
+        return getattr(schema, name)
     if name == "load_samples":
         from dq_plugins.results import load_samples
 

@@ -42,6 +42,7 @@ from dq_plugins.sinks.offline import (
     reanalyze,
 )
 from dq_plugins.deprecation import warn_renamed
+from dq_plugins.schema import SLICES_PATH, ordered_splits, summary_metric_key
 from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 
 DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
@@ -66,9 +67,6 @@ SLICE_COLUMNS: tuple[str, ...] = ("label", "cluster")
 COMPARABLE_SLICE_COLUMNS: tuple[str, ...] = ("label",)
 """Slice columns whose values mean the same in two runs; ``compare`` leaves out ``cluster``: k-means
 cluster ids are numbered anew in each run, so ``cluster=3`` of one run is not ``cluster=3`` of another."""
-
-SLICES_PATH = "dq/slices.json"
-"""The slice table of the slices feature; shown by ``report`` instead of the per-class slices when present."""
 
 MIN_SLICE_SIZE = 5
 """Slices with fewer samples are left out of the weakest-slices table (their accuracy is noise)."""
@@ -141,17 +139,18 @@ def summary_table(samples: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFr
     ``dq.flags_trusted*`` is 0), the flags' trust (``dq.flags_trusted*``, 1/0, NaN for older runs) and
     the mean mislabel_score. :func:`report_summary` is the text the report shows."""
     rows = []
-    for split in _ordered_splits(samples):
+    for split in ordered_splits(samples["split"]):
         part = samples[samples["split"] == split]
-        suffix = "" if split == "train" else f".{split}"
-        trusted = _metric(metrics, f"dq.flags_trusted{suffix}")
+        trusted = _metric(metrics, summary_metric_key("flags_trusted", split))
         rows.append({
             "split": split,
             "samples": len(part),
             "accuracy": float((part["pred"] == part["label"]).mean()),
             "label_issues": int(part["is_label_issue"].sum()),
             "issue_rate": float(part["is_label_issue"].mean()),
-            "est_noise_rate": np.nan if trusted == 0.0 else _metric(metrics, f"dq.estimated_noise_rate{suffix}"),
+            "est_noise_rate": (
+                np.nan if trusted == 0.0 else _metric(metrics, summary_metric_key("estimated_noise_rate", split))
+            ),
             "flags_trusted": trusted,
             "mean_mislabel_score": float(part["mislabel_score"].mean()),
         })
@@ -162,29 +161,28 @@ def report_summary(summary: pd.DataFrame, metrics: dict[str, float]) -> pd.DataF
     """:func:`summary_table` as ``dq report`` shows it: the noise rate with its 95% bootstrap interval
     (``0.3000 [0.2700, 0.3300]``) or ``untrusted``, and the trust with its confidence (``yes (0.95)``)."""
     shown = summary.copy()
-    suffixes = ["" if split == "train" else f".{split}" for split in shown["split"]]
-    shown["est_noise_rate"] = [noise_rate_text(metrics, suffix) for suffix in suffixes]
-    shown["flags_trusted"] = [trust_text(metrics, suffix) for suffix in suffixes]
+    shown["est_noise_rate"] = [noise_rate_text(metrics, split) for split in shown["split"]]
+    shown["flags_trusted"] = [trust_text(metrics, split) for split in shown["split"]]
     return shown
 
 
-def noise_rate_text(metrics: dict[str, float], suffix: str) -> str:
+def noise_rate_text(metrics: dict[str, float], split: str) -> str:
     """``"0.3000 [0.2700, 0.3300]"``, ``"0.3000"`` (a run without the interval), ``"untrusted"`` or ``"-"``."""
-    if _metric(metrics, f"dq.flags_trusted{suffix}") == 0.0:
+    if _metric(metrics, summary_metric_key("flags_trusted", split)) == 0.0:
         return "untrusted"
-    rate = _metric(metrics, f"dq.estimated_noise_rate{suffix}")
+    rate = _metric(metrics, summary_metric_key("estimated_noise_rate", split))
     if not np.isfinite(rate):
         return "-"
-    low, high = (_metric(metrics, f"dq.estimated_noise_rate_{end}{suffix}") for end in ("low", "high"))
+    low, high = (_metric(metrics, summary_metric_key(f"estimated_noise_rate_{end}", split)) for end in ("low", "high"))
     return f"{rate:.4f} [{low:.4f}, {high:.4f}]" if np.isfinite(low) and np.isfinite(high) else f"{rate:.4f}"
 
 
-def trust_text(metrics: dict[str, float], suffix: str) -> str:
+def trust_text(metrics: dict[str, float], split: str) -> str:
     """``"yes (0.95)"`` / ``"NO (0.00)"`` from ``dq.flags_trusted*`` and ``dq.flags_confidence*``; ``"-"`` for older runs."""
-    trusted = _metric(metrics, f"dq.flags_trusted{suffix}")
+    trusted = _metric(metrics, summary_metric_key("flags_trusted", split))
     if not np.isfinite(trusted):
         return "-"
-    return f"{'yes' if trusted else 'NO'} ({_metric(metrics, f'dq.flags_confidence{suffix}'):.2f})"
+    return f"{'yes' if trusted else 'NO'} ({_metric(metrics, summary_metric_key('flags_confidence', split)):.2f})"
 
 
 def slice_table(samples: pd.DataFrame, columns: Sequence[str] = SLICE_COLUMNS) -> pd.DataFrame:
@@ -211,12 +209,6 @@ def weakest_slices(slices: pd.DataFrame, top: int, min_size: int = MIN_SLICE_SIZ
     """The ``top`` slices of at least ``min_size`` samples with the lowest accuracy."""
     big = slices[slices["size"] >= min_size]
     return big.sort_values(["accuracy", "size"], ascending=[True, False]).head(top).reset_index(drop=True)
-
-
-def _ordered_splits(samples: pd.DataFrame) -> list[str]:
-    present = set(samples["split"])
-    known = [s for s in ("train", "validation") if s in present]
-    return known + sorted(present - set(known))
 
 
 def _run_line(run: Any) -> str:

@@ -38,8 +38,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-PROVENANCE_PATH = "dq/fix_provenance.json"
-"""Artifact of the source run listing every fix applied from it."""
+from dq_plugins.schema import PROVENANCE_PATH
 
 
 class FixAction(StrEnum):

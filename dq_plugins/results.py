@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from dq_plugins.sinks.mlflow_sink import SAMPLES_PATH
+from dq_plugins.schema import SAMPLES_PATH
 
 
 def load_samples(run_id: str, tracking_uri: str | None = None, split: str | None = None) -> Any:

@@ -58,7 +58,8 @@ def test_columns_alignment_and_types(planted: dict[str, np.ndarray], result: Emb
     dtypes = samples.dtypes.astype(str).to_dict()
     assert dtypes == {
         "sample_id": "int64", "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64",
-        "conflicting_duplicate": "bool", "neighbor_disagreement": "float64", "cluster": "int64",
+        "is_near_duplicate": "bool", "near_duplicate_score": "float64", "conflicting_duplicate": "bool",
+        "conflicting_duplicate_score": "float64", "neighbor_disagreement": "float64", "cluster": "int64",
         "x2d": "float32", "y2d": "float32",
     }
     assert samples["outlier_score"].between(0, 1).all() and samples["neighbor_disagreement"].between(0, 1).all()

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+import dq_plugins
 from conftest import BlobsDataset
 from dq_plugins import load_samples
 from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
 from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
+from dq_plugins.schema import COMPUTED_COLUMNS, COMPUTED_IN
 
 
 class TinyClassifier(pl.LightningModule):
@@ -90,6 +92,21 @@ def test_fit_logs_samples_issues_figure_and_metrics(tracking_uri):
     assert {"path": "dq/issues.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
     history = mlflow.MlflowClient().get_metric_history(callback.run_id, "dq.epoch_accuracy.train")
     assert [m.step for m in history] == [0, 1, 2]
+    _check_schema(samples)
+
+
+def _check_schema(samples):
+    """The registry of dq_plugins.schema and a real samples.parquet agree: every boolean column is the flag
+    of a registered issue type and every registered flag (with its score) is written; every column is declared."""
+    flags = {c for c in samples.columns if pd.api.types.is_bool_dtype(samples[c])}
+    assert flags == {t.flag_column for t in dq_plugins.issue_types()}
+    for issue in dq_plugins.issue_types():
+        assert pd.api.types.is_numeric_dtype(samples[issue.score_column]), issue
+    assert set(samples.columns) <= COMPUTED_COLUMNS and set(samples.columns) <= set(COMPUTED_IN)
+    conflicting = samples[samples["conflicting_duplicate"]]
+    assert (conflicting["conflicting_duplicate_score"] > 0).all()
+    assert (samples.loc[~samples["conflicting_duplicate"], "conflicting_duplicate_score"].fillna(0) == 0).all()
+    assert (samples["is_near_duplicate"] == (samples["near_duplicate_of"] >= 0)).all()
 
 
 def test_results_land_in_the_mlflow_logger_run(tracking_uri):

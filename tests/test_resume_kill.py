@@ -125,7 +125,8 @@ TRAIN = {"lightning": train_lightning, "hf": train_hf}
 # ---------------------------------------------------------------------------------- the tests
 def _run_script(framework: str, workdir: Path, uri: str, *options: str) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))  # a worktree first
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     log = open(workdir / f"log{len(list(workdir.glob('log*')))}.txt", "w")
     return subprocess.Popen([sys.executable, str(SCRIPT), framework, str(workdir), uri, *options], cwd=workdir,
                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

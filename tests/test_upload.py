@@ -19,7 +19,8 @@ import pytest
 
 from conftest import BlobsDataset
 from dq_plugins import load_samples
-from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, SAMPLES_PATH, read_fallback_manifest
+from dq_plugins.schema import SAMPLES_PATH
+from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 from dq_plugins.cli import UPLOADED_FROM_TAG, ExitCode, main
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.rules import Condition, Rule, TagRun

@@ -27,8 +27,9 @@ from dq_plugins.adapters.compat import lightning_packages
 from dq_plugins.adapters.options import LIGHTNING_RENAMED, check_projection
 from dq_plugins.recording.embeddings import find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer
-from dq_plugins.recording.session import TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins.deprecation import renamed_options
+from dq_plugins.recording.session import DynamicsSession, SessionConfig
+from dq_plugins.schema import TRAIN, VALIDATION
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _PACKAGES = lightning_packages()
@@ -509,13 +510,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if not trainer.is_global_zero or self._sink is None or not self.session.ledgers:
             return
         try:
-            from dq_plugins.recording.session import save_history
-            from dq_plugins.sinks.mlflow_sink import RAW_DIR
-
             self.session.close_all(reduce=False)  # other ranks may be gone: no collective
-            for split, history in self.session.histories().items():
-                save_history(history, self._sink.stage_path(f"{RAW_DIR}/{split}.npz"))
-                self._sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+            self.session.save_raw(self._sink)
             self._sink.flush()
         finally:
             self._sink.end("FAILED")

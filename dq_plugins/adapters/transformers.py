@@ -70,8 +70,9 @@ from dq_plugins.adapters.compat import require
 from dq_plugins.adapters.options import TRANSFORMERS_RENAMED, check_projection
 from dq_plugins.recording.embeddings import find_head, find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer, Span
-from dq_plugins.recording.session import SCORE_COLUMNS, TRAIN, VALIDATION, DynamicsSession, SessionConfig
 from dq_plugins.deprecation import renamed_options
+from dq_plugins.recording.session import DynamicsSession, SessionConfig
+from dq_plugins.schema import COMPUTED_COLUMNS, TRAIN, VALIDATION
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _transformers = require("transformers", "transformers accelerate")
@@ -373,11 +374,11 @@ def _check_metadata_keys(columns: Sequence[str], id_column: str, label_column: s
     if bad:
         raise ValueError(f"Expected `metadata_keys` to hold column names (strings) but got {bad}.")
     taken = {id_column, *(LABEL_COLUMNS if label_column is None else (label_column,))}
-    reserved = [c for c in columns if c in taken or c in SCORE_COLUMNS or c in ("cluster", "latency_ms")]
+    reserved = [c for c in columns if c in taken or c in COMPUTED_COLUMNS]
     if reserved:
         raise ValueError(
             f"`metadata_keys` {reserved} name the id or label column or a column dq_plugins computes "
-            f"({sorted(SCORE_COLUMNS | {'cluster', 'latency_ms'})}). HINT: name only extra dataset columns such as "
+            f"({sorted(COMPUTED_COLUMNS)}). HINT: name only extra dataset columns such as "
             "'source'; rename a dataset column that clashes."
         )
     return columns

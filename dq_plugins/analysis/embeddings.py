@@ -23,19 +23,20 @@ import pandas as pd
 import torch
 
 from dq_plugins.scores.clusters import class_overlap, cluster_embeddings, cluster_summary
-from dq_plugins.scores.duplicates import NEAR_DUPLICATE_SIMILARITY, conflicting_duplicates, near_duplicate_of
+from dq_plugins.schema import EMBEDDING_COLUMNS, TRAIN, summary_metric_key
+from dq_plugins.scores.duplicates import (
+    NEAR_DUPLICATE_SIMILARITY,
+    conflicting_duplicate_score,
+    conflicting_duplicates,
+    near_duplicate_of,
+    near_duplicate_score,
+)
 from dq_plugins.scores.neighbors import KnnMethod, knn_cosine, neighbor_label_disagreement, resolve_method, unit_rows
 from dq_plugins.scores.outliers import is_outlier, outlier_score
 from dq_plugins.scores.projection import DEFAULT_MAX_FIT, ProjectionMethod, project_2d, resolve_projection
 
 DEFAULT_K = 10
 """Neighbours per sample: cleanlab's default for outliers and SimiFeat's order of magnitude."""
-
-EMBEDDING_COLUMNS: tuple[str, ...] = (
-    "outlier_score", "is_outlier", "near_duplicate_of", "conflicting_duplicate",
-    "neighbor_disagreement", "cluster", "x2d", "y2d",
-)
-"""Per-sample columns added to ``dq/samples.parquet``, in order (after ``sample_id``)."""
 
 
 @dataclass
@@ -70,15 +71,14 @@ class EmbeddingSummary:
     clusters: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
 
-    def metrics(self, split: str = "train") -> dict[str, float]:
-        """``dq.*`` metrics of this summary; keys carry ``.{split}`` except for ``train``."""
-        suffix = "" if split == "train" else f".{split}"
+    def metrics(self, split: str = TRAIN) -> dict[str, float]:
+        """``dq.*`` metrics of this summary (keys by :func:`dq_plugins.schema.summary_metric_key`)."""
         return {
-            f"dq.num_near_duplicates{suffix}": float(self.num_near_duplicates),
-            f"dq.num_conflicting_duplicates{suffix}": float(self.num_conflicting_duplicates),
-            f"dq.num_outliers{suffix}": float(self.num_outliers),
-            f"dq.num_clusters{suffix}": float(self.num_clusters),
-            f"dq.embedding_analysis_seconds{suffix}": float(sum(self.timings.values())),
+            summary_metric_key("num_near_duplicates", split): float(self.num_near_duplicates),
+            summary_metric_key("num_conflicting_duplicates", split): float(self.num_conflicting_duplicates),
+            summary_metric_key("num_outliers", split): float(self.num_outliers),
+            summary_metric_key("num_clusters", split): float(self.num_clusters),
+            summary_metric_key("embedding_analysis_seconds", split): float(sum(self.timings.values())),
         }
 
 
@@ -147,7 +147,10 @@ def _empty_frame(ids: np.ndarray) -> pd.DataFrame:
             "outlier_score": np.full(num_samples, np.nan),
             "is_outlier": np.zeros(num_samples, dtype=bool),
             "near_duplicate_of": np.full(num_samples, -1, dtype=np.int64),
+            "is_near_duplicate": np.zeros(num_samples, dtype=bool),
+            "near_duplicate_score": np.full(num_samples, np.nan),
             "conflicting_duplicate": np.zeros(num_samples, dtype=bool),
+            "conflicting_duplicate_score": np.full(num_samples, np.nan),
             "neighbor_disagreement": np.full(num_samples, np.nan),
             "cluster": np.zeros(num_samples, dtype=np.int64),
             "x2d": np.zeros(num_samples, dtype=np.float32),
@@ -226,7 +229,9 @@ def analyze_embeddings(
         outliers = outlier_score(sims)
         outlier_flags = is_outlier(sims)
         duplicate_of = near_duplicate_of(indices, sims, ids, duplicate_threshold)
+        nearest = near_duplicate_score(sims)
         conflicting = conflicting_duplicates(duplicate_of, labels, ids)
+        conflict_score = conflicting_duplicate_score(duplicate_of, nearest, labels, ids)
     with _timed(timings, "clusters"):
         cluster = cluster_embeddings(unit, n_clusters=n_clusters, seed=seed)
     with _timed(timings, "projection"):
@@ -245,7 +250,10 @@ def analyze_embeddings(
             "outlier_score": outliers,
             "is_outlier": outlier_flags,
             "near_duplicate_of": duplicate_of,
+            "is_near_duplicate": duplicate_of >= 0,
+            "near_duplicate_score": nearest,
             "conflicting_duplicate": conflicting,
+            "conflicting_duplicate_score": conflict_score,
             "neighbor_disagreement": disagreement,
             "cluster": cluster,
             "x2d": coords[:, 0],

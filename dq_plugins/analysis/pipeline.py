@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.trust import FlagTrust, flag_trust
-from dq_plugins.recording.latency import LATENCY_COLUMN
 from dq_plugins.recording.ledger import SplitHistory
+from dq_plugins.schema import DYNAMICS_COLUMNS, EMBEDDING_COLUMNS, LATENCY_COLUMN, split_metric_key, summary_metric_key
 from dq_plugins.scores import (
     area_under_margin,
     cartography,
@@ -24,12 +24,8 @@ from dq_plugins.scores import (
 )
 from dq_plugins.scores.mislabel import mislabel_score
 
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",
-    "confidence", "variability", "correctness", "aum", "forgetting_events", "el2n", "confidence_pred",
-)
-"""Columns of ``dq/samples.parquet``, in order. Later features append columns. ``confidence_pred`` is
-the softmax probability of the predicted class at the last epoch that saw the sample (for calibration)."""
+SAMPLE_COLUMNS: tuple[str, ...] = DYNAMICS_COLUMNS
+"""The first columns of ``dq/samples.parquet``, in order (:data:`dq_plugins.schema.DYNAMICS_COLUMNS`)."""
 
 ISSUE_COLUMNS: tuple[str, ...] = (
     "split", "sample_id", "label", "suggested_label", "pred", "mislabel_score", "is_label_issue",
@@ -207,23 +203,22 @@ def early_flags(frame: pd.DataFrame, early_probs: np.ndarray) -> None:
 
 
 def label_issue_metrics(frame: pd.DataFrame, split: str, trust: FlagTrust) -> dict[str, float]:
-    """The split's label-issue metrics; keys end in ``.<split>`` except for train.
+    """The split's label-issue metrics (keys by :func:`~dq_plugins.schema.summary_metric_key`).
 
     ``dq.num_label_issues``, ``dq.flags_trusted`` (1/0) and ``dq.flags_confidence`` always;
     ``dq.estimated_noise_rate`` and its 95% bootstrap interval ``dq.estimated_noise_rate_low`` /
     ``_high`` only when the flags are trusted: an untrusted estimate is not presented as a fact.
     """
-    suffix = "" if split == "train" else f".{split}"
     metrics = {
-        f"dq.num_label_issues{suffix}": float(frame["is_label_issue"].sum()),
-        f"dq.flags_trusted{suffix}": float(trust.trusted),
-        f"dq.flags_confidence{suffix}": float(trust.confidence),
+        summary_metric_key("num_label_issues", split): float(frame["is_label_issue"].sum()),
+        summary_metric_key("flags_trusted", split): float(trust.trusted),
+        summary_metric_key("flags_confidence", split): float(trust.confidence),
     }
     if trust.trusted:
         low, high = frame.attrs.get("noise_rate_interval", (float("nan"), float("nan")))
-        metrics[f"dq.estimated_noise_rate{suffix}"] = float(frame.attrs["noise_rate"])
-        metrics[f"dq.estimated_noise_rate_low{suffix}"] = float(low)
-        metrics[f"dq.estimated_noise_rate_high{suffix}"] = float(high)
+        metrics[summary_metric_key("estimated_noise_rate", split)] = float(frame.attrs["noise_rate"])
+        metrics[summary_metric_key("estimated_noise_rate_low", split)] = float(low)
+        metrics[summary_metric_key("estimated_noise_rate_high", split)] = float(high)
     return metrics
 
 
@@ -267,7 +262,7 @@ def add_embedding_columns(
     (:func:`rescore_with_neighbors`). Near-duplicates whose labels conflict are reported as label
     issues. Returns the frame, the split's embedding metrics and its class-overlap table.
     """
-    from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS, analyze_embeddings
+    from dq_plugins.analysis.embeddings import analyze_embeddings
 
     labels = history.labels[ids]
     known = labels >= 0
@@ -277,13 +272,14 @@ def add_embedding_columns(
     analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection)
     columns = analysis.samples[["sample_id", *EMBEDDING_COLUMNS]]
     merged = frame.merge(columns, on="sample_id", how="left")
-    fill = {"outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "conflicting_duplicate": False,
+    fill = {"outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "is_near_duplicate": False,
+            "near_duplicate_score": np.nan, "conflicting_duplicate": False, "conflicting_duplicate_score": np.nan,
             "neighbor_disagreement": np.nan, "cluster": -1, "x2d": np.nan, "y2d": np.nan}
     for column, value in fill.items():
         merged[column] = merged[column].fillna(value)
     for column in ("near_duplicate_of", "cluster"):
         merged[column] = merged[column].astype(np.int64)
-    for column in ("is_outlier", "conflicting_duplicate"):
+    for column in ("is_outlier", "is_near_duplicate", "conflicting_duplicate"):
         merged[column] = merged[column].astype(bool)
     merged.attrs.update(frame.attrs)
     rescore_with_neighbors(merged, history, early_epochs)
@@ -333,11 +329,13 @@ def analyze(
         if history.latency_ms is not None and len(frame):
             frame[LATENCY_COLUMN] = history.latency_ms[frame["sample_id"].to_numpy()]
         frames.append(frame)
-        metrics[f"dq.accuracy.{split}"] = float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
-        metrics[f"dq.num_samples.{split}"] = float(len(frame))
+        metrics[split_metric_key("accuracy", split)] = (
+            float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
+        )
+        metrics[split_metric_key("num_samples", split)] = float(len(frame))
         with np.errstate(invalid="ignore"):
             per_epoch = np.nanmean(history.fields["correct"], axis=1) if history.epochs.size else []
-        epoch_metrics[f"dq.epoch_accuracy.{split}"] = [
+        epoch_metrics[split_metric_key("epoch_accuracy", split)] = [
             (int(e), float(v)) for e, v in zip(history.epochs, per_epoch) if not np.isnan(v)
         ]
         epochs = train_epochs if train_epochs is not None else int(history.epochs.size)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dq_plugins.schema import LATENCY_COLUMN, SLICE_TABLE_COLUMNS, SLICE_TABLE_METRICS, ordered_splits
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("sample_id", "split", "label", "pred")
 """Columns every function here needs."""
 
@@ -49,9 +51,6 @@ BUILTIN_COLUMNS: tuple[str, ...] = ("label", "cluster", "latency_ms")
 
 CATEGORICAL_COLUMNS: tuple[str, ...] = ("label", "cluster", "pred", "suggested_label")
 """Integer columns that are never bucketed: each value is a slice."""
-
-LATENCY_COLUMN = "latency_ms"
-"""Prediction latency of a sample in milliseconds (its forward pass's wall time, attributed to it)."""
 
 CONFIDENCE_COLUMN = "confidence_pred"
 """Max softmax probability of the final prediction; the expected calibration error needs it."""
@@ -62,13 +61,10 @@ ECE_BINS = 10
 MISSING_VALUE = "<NA>"
 """Value name of the slice of rows where a column is missing."""
 
-SLICE_COLUMNS: tuple[str, ...] = (
-    "split", "slice", "column", "value", "size", "accuracy", "macro_f1", "mean_mislabel_score",
-    "label_issue_rate", "ece", "mean_latency_ms",
-)
-"""Columns of :func:`slice_metrics` (and of ``dq/slices.json``)."""
+SLICE_COLUMNS: tuple[str, ...] = SLICE_TABLE_COLUMNS
+"""Columns of :func:`slice_metrics` (and of ``dq/slices.json``; :data:`dq_plugins.schema.SLICE_TABLE_COLUMNS`)."""
 
-SLICE_METRICS: tuple[str, ...] = SLICE_COLUMNS[4:]
+SLICE_METRICS: tuple[str, ...] = SLICE_TABLE_METRICS
 """The numeric columns of a slice table: what a rule ``over="slices"`` can test."""
 
 WEAK_SLICE_COLUMNS: tuple[str, ...] = (
@@ -82,8 +78,6 @@ LATENCY_REPORT_COLUMNS: tuple[str, ...] = ("split", "column", "method", "statist
 
 PAIR_JOIN = " AND "
 """Joins the two slice names of a pair slice."""
-
-_SPLIT_ORDER = ("train", "validation")
 
 
 # ---------------------------------------------------------------------------------------- keys
@@ -194,11 +188,6 @@ def slice_columns(samples: pd.DataFrame, columns: Sequence[str] | None) -> list[
             chosen.append(column)
     chosen += [c for c in BUILTIN_COLUMNS if c in samples.columns and c not in chosen]
     return chosen
-
-
-def _ordered_splits(samples: pd.DataFrame) -> list[str]:
-    present = list(pd.unique(samples["split"].astype(str)))
-    return [s for s in _SPLIT_ORDER if s in present] + sorted(s for s in present if s not in _SPLIT_ORDER)
 
 
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -336,7 +325,7 @@ def slice_metrics(
     keys = [slice_key(samples, column, numeric_bins) for column in chosen]
     split_of = samples["split"].astype(str).to_numpy()
     frames, left_out = [], []
-    for split in _ordered_splits(samples):
+    for split in ordered_splits(samples["split"]):
         mask = split_of == split
         rows = _Rows.of(samples[mask])
         for key in keys:
@@ -491,7 +480,7 @@ def find_weak_slices(
     keys = [slice_key(samples, column, numeric_bins) for column in chosen]
     split_of = samples["split"].astype(str).to_numpy()
     found = []
-    for split in _ordered_splits(samples):
+    for split in ordered_splits(samples["split"]):
         mask = split_of == split
         frame = _weak_in_split(split, _Rows.of(samples[mask]), [_restrict(k, mask) for k in keys],
                                min_size, alpha, max_pairs_columns)
@@ -661,7 +650,7 @@ def latency_report(samples: pd.DataFrame, columns: Sequence[str] | None = None) 
         )
     chosen = [c for c in slice_columns(samples, columns) if c != LATENCY_COLUMN]
     rows = []
-    for split in _ordered_splits(samples):
+    for split in ordered_splits(samples["split"]):
         part = samples[samples["split"].astype(str) == split]
         latency = part[LATENCY_COLUMN].to_numpy(dtype=np.float64, na_value=np.nan)
         correct = (part["label"].to_numpy() == part["pred"].to_numpy()).astype(np.float64)

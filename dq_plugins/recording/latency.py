@@ -31,8 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-LATENCY_COLUMN = "latency_ms"
-"""Column of the per-sample table (see :data:`dq_plugins.analysis.slices.LATENCY_COLUMN`)."""
 
 
 def _cuda_event() -> Any:

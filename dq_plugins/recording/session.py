@@ -17,20 +17,21 @@ import torch
 
 from dq_plugins.adapters.batch import check_shapes, check_values
 from dq_plugins.recording.embeddings import EmbeddingBuffer
-from dq_plugins.recording.latency import LATENCY_COLUMN, LatencyRecorder, Span
+from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
-from dq_plugins.sinks.publish import (  # noqa: F401 - SCORE_COLUMNS and the paths are re-exported for the adapters
-    LATENCY_PATH,
-    SCORE_COLUMNS,
-    SLICES_PATH,
-    WEAK_SLICES_FIGURE_PATH,
-    WEAK_SLICES_PATH,
-    publish_results,
+from dq_plugins.schema import (
+    ANALYSIS_ERROR_PATH,
+    DYNAMICS_COLUMNS,
+    EMBEDDING_COLUMNS,
+    LATENCY_COLUMN,
+    RAW_DIR,
+    TRAIN,
+    VALIDATION,
+    embeddings_path,
+    raw_path,
 )
-from dq_plugins.sinks.mlflow_sink import EMBEDDINGS_DIR, RAW_DIR, MlflowSink
-
-TRAIN = "train"
-VALIDATION = "validation"
+from dq_plugins.sinks.mlflow_sink import MlflowSink
+from dq_plugins.sinks.publish import publish_results
 
 VALIDATION_RECORD_COLUMNS: tuple[str, ...] = (
     "sample_id", "split", "label", "pred", "correct", "loss", "prob_given", "margin", LATENCY_COLUMN,
@@ -91,18 +92,16 @@ class DynamicsSession:
         """Rules from the config, validated at construction (the earliest moment) against the columns."""
         if config.rules is None:
             return []
-        from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
-        from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS
         from dq_plugins.rules import rules_from_yaml, validate_rules
 
         rules = config.rules
         if isinstance(rules, (str, os.PathLike)):
             rules = rules_from_yaml(rules)
-        columns = [*SAMPLE_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, *config.metadata_columns, LATENCY_COLUMN]
+        columns = [*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, *config.metadata_columns, LATENCY_COLUMN]
         if config.metadata is not None:
             columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
         validate_rules(list(rules), columns, pools=list(config.pools or {}) or None)
-        metadata = [c for c in columns if c not in SAMPLE_COLUMNS and c not in EMBEDDING_COLUMNS]
+        metadata = [c for c in columns if c not in DYNAMICS_COLUMNS and c not in EMBEDDING_COLUMNS]
         for rule in rules:
             if rule.on_validation:
                 _check_validation_rule(rule, metadata)
@@ -380,11 +379,14 @@ class DynamicsSession:
             for buffer in self.embeddings.values():
                 buffer.gather()
 
-    def save_raw(self, sink: MlflowSink) -> None:
-        """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only)."""
-        for split, history in self.histories().items():
-            save_history(history, sink.stage_path(f"{RAW_DIR}/{split}.npz"))
-            sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+    def save_raw(self, sink: MlflowSink, histories: dict[str, SplitHistory] | None = None) -> None:
+        """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only).
+
+        ``histories``: the records of :meth:`histories` when the caller already has them (``None``: read them).
+        """
+        for split, history in (self.histories() if histories is None else histories).items():
+            save_history(history, sink.stage_path(raw_path(split)))
+            sink.add_artifact(raw_path(split))
 
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
@@ -420,17 +422,15 @@ class DynamicsSession:
 
     def _finish(self, sink: MlflowSink):
         histories = self.histories()
-        for split, history in histories.items():
-            save_history(history, sink.stage_path(f"{RAW_DIR}/{split}.npz"))
-            sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+        self.save_raw(sink, histories)
         result = None
         try:
             from dq_plugins.analysis.pipeline import analyze
 
             embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
             for split, (ids, values) in embeddings.items():
-                save_embeddings(ids, values, sink.stage_path(f"{EMBEDDINGS_DIR}/{split}.npz"))
-                sink.add_artifact(f"{EMBEDDINGS_DIR}/{split}.npz")
+                save_embeddings(ids, values, sink.stage_path(embeddings_path(split)))
+                sink.add_artifact(embeddings_path(split))
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
                              embeddings=embeddings,
                              projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
@@ -445,8 +445,8 @@ class DynamicsSession:
                             rule_history=rule_history)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
-            sink.stage_path(f"{RAW_DIR}/analysis_error.txt").write_text(trace)
-            sink.add_artifact(f"{RAW_DIR}/analysis_error.txt")
+            sink.stage_path(ANALYSIS_ERROR_PATH).write_text(trace)
+            sink.add_artifact(ANALYSIS_ERROR_PATH)
             warnings.warn(
                 "dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
                 f"dynamics were saved under `{RAW_DIR}/` in the run so the analysis can be rerun.\n{trace}",

@@ -39,9 +39,8 @@ from dq_plugins.rules.model import (
     SelectSimilar,
     TagRun,
 )
+from dq_plugins.schema import RULES_DIR, RULES_TABLE_PATH
 
-RULES_DIR = "dq/rules"
-RULES_TABLE_PATH = "dq/rules.json"
 FAILED_TAG = "dq.rules.failed"
 """Tag set (to the comma-separated rule names) whenever a :class:`FailRun` rule held."""
 

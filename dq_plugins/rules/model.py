@@ -50,6 +50,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 
+from dq_plugins.schema import SLICE_TABLE_COLUMNS, SLICE_TABLE_METRICS
+
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Aggregate = Literal["rate", "mean", "count", "any", "min", "max"]
 Over = Literal["samples", "slices"]
@@ -68,15 +70,6 @@ FAIL_MODES: tuple[str, ...] = get_args(FailMode)
 DERIVED_COLUMNS: tuple[str, ...] = ("correct",)
 """Columns a sample condition may use besides those of the per-sample table: ``correct = pred == label``."""
 
-SLICE_TABLE_COLUMNS: tuple[str, ...] = (
-    "split", "slice", "column", "value", "size", "accuracy", "macro_f1", "mean_mislabel_score",
-    "label_issue_rate", "ece", "mean_latency_ms",
-)
-"""Columns of the slice table (:data:`dq_plugins.analysis.slices.SLICE_COLUMNS`; repeated here so that
-importing the rules never imports the analysis)."""
-
-SLICE_TABLE_METRICS: tuple[str, ...] = SLICE_TABLE_COLUMNS[4:]
-"""What a condition ``over="slices"`` can test."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 """Rule and artifact names: they become file names under ``dq/rules/``."""

@@ -118,18 +118,27 @@ def near_duplicate_of(
     return np.where(duplicate, chosen, -1).astype(np.int64)
 
 
-def conflicting_duplicates(near_dup_of: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``(N,)`` bool: True for both members of every near-duplicate pair whose labels differ.
+def near_duplicate_score(similarities: np.ndarray) -> np.ndarray:
+    """``(N,)`` float64: the cosine similarity to the nearest neighbour (higher: more of a copy).
 
-    Row ``i`` with ``near_dup_of[i] = j_id != -1`` and ``labels[i] != label of j_id`` marks ``i`` and
-    the row of ``j_id``. A ``j_id`` that is not among ``ids`` (its sample was scored elsewhere) is
-    ignored.
+    The score of the near-duplicate issue type: :func:`near_duplicate_of` flags a row when this
+    reaches the threshold and its neighbourhood agrees. NaN for a row without a neighbour.
 
     Args:
-        near_dup_of: ``(N,)`` int64 from :func:`near_duplicate_of`.
-        labels: ``(N,)`` integer given labels.
-        ids: ``(N,)`` unique sample ids, aligned with the two above.
+        similarities: ``(N, k)`` cosine similarities (``knn_cosine``); NaN = missing neighbour.
     """
+    sims = np.asarray(similarities, dtype=np.float64)
+    if sims.ndim != 2:
+        raise ValueError(f"Expected argument `similarities` to be 2-D of shape (N, k) but got shape {sims.shape}.")
+    if sims.shape[1] == 0:
+        return np.full(sims.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):
+        best = np.where(np.isnan(sims), -np.inf, sims).max(axis=1)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def _conflicting_pairs(near_dup_of: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(rows, partners)`` of the near-duplicate pairs whose labels differ (checked inputs)."""
     near_dup_of = np.asarray(near_dup_of)
     labels = np.asarray(labels)
     ids = _check_ids(ids, near_dup_of.shape[0])
@@ -148,7 +157,53 @@ def conflicting_duplicates(near_dup_of: np.ndarray, labels: np.ndarray, ids: np.
     found = (slots < sorted_ids.size) & (sorted_ids[in_range] == near_dup_of[rows])
     rows, partners = rows[found], order[slots[found]]
     conflict = labels[rows] != labels[partners]
-    flags = np.zeros(near_dup_of.shape, dtype=bool)
-    flags[rows[conflict]] = True
-    flags[partners[conflict]] = True
+    return rows[conflict], partners[conflict]
+
+
+def conflicting_duplicates(near_dup_of: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: True for both members of every near-duplicate pair whose labels differ.
+
+    Row ``i`` with ``near_dup_of[i] = j_id != -1`` and ``labels[i] != label of j_id`` marks ``i`` and
+    the row of ``j_id``. A ``j_id`` that is not among ``ids`` (its sample was scored elsewhere) is
+    ignored.
+
+    Args:
+        near_dup_of: ``(N,)`` int64 from :func:`near_duplicate_of`.
+        labels: ``(N,)`` integer given labels.
+        ids: ``(N,)`` unique sample ids, aligned with the two above.
+    """
+    rows, partners = _conflicting_pairs(near_dup_of, labels, ids)
+    flags = np.zeros(np.shape(near_dup_of), dtype=bool)
+    flags[rows] = True
+    flags[partners] = True
     return flags
+
+
+def conflicting_duplicate_score(
+    near_dup_of: np.ndarray, nearest_similarity: np.ndarray, labels: np.ndarray, ids: np.ndarray
+) -> np.ndarray:
+    """``(N,)`` float64 in [0, 1]: how close the conflicting near-duplicate pair of each row is.
+
+    Both members of a pair found by :func:`conflicting_duplicates` score the pair's cosine similarity
+    (``nearest_similarity`` of the row that points at the other, clipped to [0, 1]; the highest when a
+    row is in several pairs); every other row scores 0. Higher: the two labels are more surely
+    given to the same content.
+
+    Args:
+        near_dup_of: ``(N,)`` int64 from :func:`near_duplicate_of`.
+        nearest_similarity: ``(N,)`` cosine similarity to the nearest neighbour (:func:`near_duplicate_score`).
+        labels: ``(N,)`` integer given labels.
+        ids: ``(N,)`` unique sample ids, aligned with the others.
+    """
+    similarity = np.asarray(nearest_similarity, dtype=np.float64)
+    if similarity.shape != np.shape(near_dup_of):
+        raise ValueError(
+            f"Expected `nearest_similarity` and `near_dup_of` to have the same shape but got {similarity.shape} "
+            f"and {np.shape(near_dup_of)}."
+        )
+    rows, partners = _conflicting_pairs(near_dup_of, labels, ids)
+    pair = np.clip(np.nan_to_num(similarity[rows], nan=0.0), 0.0, 1.0)
+    score = np.zeros(similarity.shape, dtype=np.float64)
+    np.maximum.at(score, rows, pair)
+    np.maximum.at(score, partners, pair)
+    return score

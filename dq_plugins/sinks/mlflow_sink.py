@@ -20,15 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ARTIFACT_DIR = "dq"
-SAMPLES_PATH = f"{ARTIFACT_DIR}/samples.parquet"
-ISSUES_PATH = f"{ARTIFACT_DIR}/issues.json"
-DATA_MAP_PATH = f"{ARTIFACT_DIR}/data_map.png"
-RAW_DIR = f"{ARTIFACT_DIR}/raw"
-EMBEDDINGS_DIR = f"{ARTIFACT_DIR}/embeddings"
-EMBEDDING_MAP_PATH = f"{ARTIFACT_DIR}/embedding_map.png"
-EMBEDDING_HTML_PATH = f"{ARTIFACT_DIR}/embedding_map.html"
-CLASS_OVERLAP_PATH = f"{ARTIFACT_DIR}/class_overlap.json"
+from dq_plugins.schema import ARTIFACT_DIR
+
 FALLBACK_MANIFEST = "dq_fallback.json"
 """File of a fallback folder that says what could not be logged besides the files: where the results
 were meant to go (tracking URI, run id or experiment and run name), the metrics, the tags, and which

@@ -3,7 +3,7 @@
 Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` and
 :func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins.analysis.pipeline.analyze`, the raw
 record is read with :func:`dq_plugins.recording.session.load_history` and the artifact paths are those of
-:mod:`dq_plugins.sinks.mlflow_sink`: nothing here recomputes a score.
+:mod:`dq_plugins.schema`: nothing here recomputes a score.
 
 Rerunning into the same run writes what the end of fit writes (:func:`dq_plugins.sinks.publish.publish_results`)
 through an :class:`~dq_plugins.sinks.mlflow_sink.MlflowSink` in ``replace`` mode: files are overwritten at their
@@ -23,15 +23,9 @@ from typing import Any
 
 import pandas as pd
 
+from dq_plugins.schema import ARTIFACT_DIR, EMBEDDING_HTML_PATH, EMBEDDINGS_DIR, RAW_DIR, SAMPLES_PATH
+from dq_plugins.sinks.mlflow_sink import MlflowSink
 from dq_plugins.sinks.publish import publish_results
-from dq_plugins.sinks.mlflow_sink import (
-    ARTIFACT_DIR,
-    EMBEDDING_HTML_PATH,
-    EMBEDDINGS_DIR,
-    RAW_DIR,
-    SAMPLES_PATH,
-    MlflowSink,
-)
 
 SOURCE_RUN_TAG = "dq.source_run"
 """Tag of a run derived from another (a child analysis run): the id of the run holding the raw record."""

@@ -14,29 +14,23 @@ from typing import Any
 
 import numpy as np
 
-from dq_plugins.recording.latency import LATENCY_COLUMN
-from dq_plugins.sinks.mlflow_sink import (
+from dq_plugins.schema import (
     CLASS_OVERLAP_PATH,
+    COMPUTED_COLUMNS,
     DATA_MAP_PATH,
     EMBEDDING_HTML_PATH,
     EMBEDDING_MAP_PATH,
     ISSUES_PATH,
+    LATENCY_COLUMN,
+    LATENCY_PATH,
     SAMPLES_PATH,
-    MlflowSink,
+    SLICES_PATH,
+    TRAIN,
+    WEAK_SLICES_FIGURE_PATH,
+    WEAK_SLICES_PATH,
+    split_metric_key,
 )
-
-SLICES_PATH = "dq/slices.json"
-LATENCY_PATH = "dq/latency.json"
-WEAK_SLICES_PATH = "dq/weak_slices.json"
-WEAK_SLICES_FIGURE_PATH = "dq/weak_slices.png"
-TRAIN = "train"
-SCORE_COLUMNS = frozenset((
-    "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label", "confidence",
-    "variability", "correctness", "aum", "forgetting_events", "el2n", "outlier_score", "is_outlier",
-    "near_duplicate_of", "conflicting_duplicate", "neighbor_disagreement", "x2d", "y2d", "confidence_pred",
-))
-"""Columns computed by the analysis; every other column of ``samples`` (but ``cluster`` and
-``latency_ms``, sliced on their own) is metadata and gets slices."""
+from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 
 def publish_results(
@@ -119,7 +113,7 @@ def warn_if_untrusted(result: Any) -> None:
 
 def metadata_columns(samples: Any) -> list[str]:
     """The metadata columns of a samples table (everything the analysis did not compute)."""
-    return [c for c in samples.columns if c not in SCORE_COLUMNS and c not in ("cluster", LATENCY_COLUMN)]
+    return [c for c in samples.columns if c not in COMPUTED_COLUMNS]
 
 
 def _slices_and_rules(
@@ -138,8 +132,9 @@ def _slices_and_rules(
     sink.add_table(slices, SLICES_PATH)
     sink.add_table(weak, WEAK_SLICES_PATH)
     shown = weak if len(weak) else slices
-    if len(shown) and "dq.accuracy.train" in result.metrics:
-        sink.add_figure(weak_slices_figure(shown, result.metrics["dq.accuracy.train"]), WEAK_SLICES_FIGURE_PATH)
+    train_accuracy = split_metric_key("accuracy", TRAIN)
+    if len(shown) and train_accuracy in result.metrics:
+        sink.add_figure(weak_slices_figure(shown, result.metrics[train_accuracy]), WEAK_SLICES_FIGURE_PATH)
     correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
     for key, values in slice_epoch_accuracy(samples, shown, correct).items():
         for epoch, value in values:
@@ -179,9 +174,10 @@ def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
     for split, part in result.samples.groupby("split", sort=False):
         mean = float(part[LATENCY_COLUMN].mean())
         if np.isfinite(mean):
-            result.metrics[f"dq.mean_latency_ms.{split}"] = mean
-            sink.add_metric(f"dq.mean_latency_ms.{split}", mean)
+            result.metrics[split_metric_key("mean_latency_ms", split)] = mean
+            sink.add_metric(split_metric_key("mean_latency_ms", split), mean)
     for row in report[report["column"] == "correct"].itertuples():
         if np.isfinite(row.statistic):
-            result.metrics[f"dq.latency.corr_correct.{row.split}"] = float(row.statistic)
-            sink.add_metric(f"dq.latency.corr_correct.{row.split}", float(row.statistic))
+            key = split_metric_key("latency.corr_correct", row.split)
+            result.metrics[key] = float(row.statistic)
+            sink.add_metric(key, float(row.statistic))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dq_plugins.scores.duplicates import NEAR_DUPLICATE_SIMILARITY, conflicting_duplicates, near_duplicate_of
+from dq_plugins.scores.duplicates import (
+    NEAR_DUPLICATE_SIMILARITY,
+    conflicting_duplicate_score,
+    conflicting_duplicates,
+    near_duplicate_of,
+    near_duplicate_score,
+)
 from dq_plugins.scores.neighbors import knn_cosine
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -25,6 +31,22 @@ def test_hand_computed() -> None:
         conflicting_duplicates(np.array([11, 10, -1, 12]), labels, ids), [False, False, True, True]
     )
     assert NEAR_DUPLICATE_SIMILARITY == 0.98
+
+
+def test_scores_hand_computed() -> None:
+    """near_duplicate_score: the best similarity of each row; conflicting_duplicate_score: the similarity
+    of a conflicting pair on both members, 0 elsewhere."""
+    sims = np.array([[0.99, 0.5], [0.99, 0.4], [0.97, 0.5], [0.985, np.nan], [np.nan, np.nan]])
+    np.testing.assert_allclose(near_duplicate_score(sims), [0.99, 0.99, 0.97, 0.985, np.nan])
+    ids = np.array([10, 11, 12, 13, 14])
+    labels = np.array([0, 0, 1, 2, 0])
+    near = np.array([11, 10, -1, 12, -1])
+    score = conflicting_duplicate_score(near, near_duplicate_score(sims), labels, ids)
+    # 10 <-> 11 agree (0); 13 -> 12 conflict at similarity 0.985, given to 13 and to its partner 12
+    np.testing.assert_allclose(score, [0.0, 0.0, 0.985, 0.985, 0.0])
+    assert ((score > 0) == conflicting_duplicates(near, labels, ids)).all()
+    with pytest.raises(ValueError, match=r"`nearest_similarity` and `near_dup_of` to have the same shape"):
+        conflicting_duplicate_score(near, np.zeros(3), labels, ids)
 
 
 def test_a_pair_must_stand_out_from_its_neighbourhood() -> None:
