@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 recipe: $(STAMP)
-	$(PY) recipes/lightning_classification.py --config recipes/configs/lightning_mnist.yaml
+	$(PY) -m recipes.lightning_classification --config recipes/configs/lightning_mnist.yaml
 
 recipe-text: $(STAMP)
-	$(PY) recipes/text_classification.py --config recipes/configs/text_trec6.yaml
+	$(PY) -m recipes.text_classification --config recipes/configs/text_trec6.yaml
 
 recipe-al: $(STAMP)
-	$(PY) recipes/active_learning.py --config recipes/configs/al_digits.yaml
+	$(PY) -m recipes.active_learning --config recipes/configs/al_digits.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

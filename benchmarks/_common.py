@@ -1,7 +1,7 @@
-"""Pieces shared by the benchmarks: a fast dict-batch loader, an MLP module, a trainer, RESULTS.md.
+"""Pieces shared by the benchmarks: a fast dict-batch loader, a small CNN, a trainer, RESULTS.md.
 
-Benchmarks put ``<repo>/recipes`` on ``sys.path`` (for ``from common import ...``) through
-:func:`use_recipes_common`, then import from here.
+The benchmarks run from the repository root as modules (``python -m benchmarks.overhead``) and import
+``recipes.common`` (data, noise, the example MLP ``recipes.common.models.MLPClassifier``) and this module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,13 +24,6 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "benchmarks" / "RESULTS.md"
-
-
-def use_recipes_common() -> None:
-    """Make ``from common import ...`` (``recipes/common``) importable."""
-    path = str(REPO / "recipes")
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 
 @contextlib.contextmanager
@@ -88,35 +80,6 @@ def batch_loader(dataset: TensorDictDataset, batch_size: int, *, shuffle: bool, 
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
-
-
-class MLP(pl.LightningModule):
-    """``in -> [Linear, ReLU, (Dropout)] x len(hidden) -> Linear``; Adam; returns loss and logits."""
-
-    def __init__(
-        self, in_dim: int, num_classes: int, hidden: Sequence[int], dropout: float = 0.0, lr: float = 1e-3
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = size
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-        self.lr = lr
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["inputs"])
-        return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 class SmallCNN(pl.LightningModule):

@@ -1,7 +1,7 @@
 """Fix gain: how much of the accuracy lost to label noise does fixing the flagged rows win back?
 
-    python benchmarks/fix_gain.py            # MNIST-5k (20% symmetric, 20% pair) and TREC-6 (20% symmetric), 3 seeds
-    python benchmarks/fix_gain.py --quick    # one seed, MNIST-5k symmetric only, fewer epochs: a smoke run
+    python -m benchmarks.fix_gain            # MNIST-5k (20% symmetric, 20% pair) and TREC-6 (20% symmetric), 3 seeds
+    python -m benchmarks.fix_gain --quick    # one seed, MNIST-5k symmetric only, fewer epochs: a smoke run
 
 Each case is :func:`recipes/fix_and_retrain.run_case`: hold out a clean test set, flip 20% of the
 train labels, train an MLP with ``DataQualityCallback`` (the "no fix" model), then
@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -28,14 +27,9 @@ import warnings
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import git_revision, machine_line, quiet_lightning, use_recipes_common, write_section  # noqa: E402
-
-use_recipes_common()
-
-from common import RecipeConfig  # noqa: E402
-from fix_and_retrain import CONDITIONS, CaseResult, run_case  # noqa: E402
+from benchmarks._common import git_revision, machine_line, quiet_lightning, write_section
+from recipes.common import RecipeConfig
+from recipes.fix_and_retrain import CONDITIONS, CaseResult, run_case
 
 CASES: tuple[tuple[str, str], ...] = (("mnist5k", "symmetric"), ("mnist5k", "pair"), ("trec6", "symmetric"))
 """(data set, noise kind) of the full run; the noise rate is 20% in every case."""
@@ -130,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n".join([
         "### Fix gain: drop or relabel the flagged rows, retrain, test on clean labels",
         "",
-        f"`python benchmarks/fix_gain.py` ({seeds} seeds, mean ± std; {epochs} epochs; an MLP 784|2000 -> 256 -> C "
+        f"`python -m benchmarks.fix_gain` ({seeds} seeds, mean ± std; {epochs} epochs; an MLP 784|2000 -> 256 -> C "
         "with dropout 0.2, Adam 1e-3, batch 128; 20% of the rows held out as the clean test set; "
         "MNIST-5k pixels, TREC-6 TF-IDF). The no-fix model is the one trained with the callback. "
         "Gap recovered = (fixed - no fix) / (clean - no fix), per seed.",

@@ -25,10 +25,10 @@ Its rows go to their own RESULTS.md section (``label_noise_text``).
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/label_noise.py --seeds 0 1   # as in RESULTS.md; writes benchmarks/RESULTS.md
-    .venv/bin/python benchmarks/label_noise.py               # one seed, half the time
-    .venv/bin/python benchmarks/label_noise.py --quick       # smoke run (digits, tiny MLP, 6 epochs; text, 200 rows), no write
-    .venv/bin/python benchmarks/label_noise.py --cases trec6-symmetric-minilm --seeds 0 1   # the text case alone
+    .venv/bin/python -m benchmarks.label_noise --seeds 0 1   # as in RESULTS.md; writes benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.label_noise               # one seed, half the time
+    .venv/bin/python -m benchmarks.label_noise --quick       # smoke run (digits, tiny MLP, 6 epochs; text, 200 rows), no write
+    .venv/bin/python -m benchmarks.label_noise --cases trec6-symmetric-minilm --seeds 0 1   # the text case alone
 
 ``--reading FILE`` puts a written interpretation into the section; ``--dump DIR`` keeps every run's
 per-epoch record (``.npz``) for offline study of other designs.
@@ -54,10 +54,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
 
-from _common import (  # noqa: E402
-    MLP,
+from benchmarks._common import (
     RESULTS_PATH,
     TensorDictDataset,
     batch_loader,
@@ -66,18 +67,10 @@ from _common import (  # noqa: E402
     make_trainer,
     predict_logits,
     quiet_lightning,
-    use_recipes_common,
     working_directory,
     write_section,
 )
-
-use_recipes_common()
-
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from common import (  # noqa: E402
+from recipes.common import (
     RecipeConfig,
     detection_metrics,
     encode_texts,
@@ -87,10 +80,11 @@ from common import (  # noqa: E402
     resolve_model,
     training_arguments,
 )
-from common.config import MINILM_MODEL  # noqa: E402
-from dq_plugins.lightning import DataQualityCallback  # noqa: E402
-from dq_plugins.scores import confident_learning, default_early_epochs, el2n  # noqa: E402
-from dq_plugins.scores.mislabel import percentile_rank  # noqa: E402
+from recipes.common.config import MINILM_MODEL
+from recipes.common.models import MLPClassifier
+from dq_plugins.lightning import DataQualityCallback
+from dq_plugins.scores import confident_learning, default_early_epochs, el2n
+from dq_plugins.scores.mislabel import percentile_rank
 
 SECTION = "label_noise"
 NOISE_RATE = 0.2
@@ -182,7 +176,7 @@ class RunResult:
 
 def new_model(case: Case, in_dim: int, num_classes: int, seed: int) -> MLP:
     pl.seed_everything(seed, verbose=False)
-    return MLP(in_dim, num_classes, case.hidden, case.dropout, case.lr)
+    return MLPClassifier(in_dim, num_classes, case.hidden, case.dropout, case.lr, log_val_loss=False)
 
 
 class EpochProbsRecorder(pl.Callback):
@@ -751,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()  # the classifier's "newly initialized" notice, per run
-    command = "python benchmarks/label_noise.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.label_noise " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.perf_counter()
     by_case: dict[str, list[RunResult]] = {case.name: [] for case in [*image_cases, *text_cases]}
     walls = {"image": 0.0, "text": 0.0}

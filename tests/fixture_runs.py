@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
-import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from conftest import BlobsDataset
+from recipes.common.models import MLPClassifier
 
 NUM_SAMPLES = 150
 NUM_CLASSES = 3
@@ -37,23 +36,9 @@ class NoisyBlobs(BlobsDataset):
         self.labels[self.flipped] = (self.labels[self.flipped] + 1) % NUM_CLASSES
 
 
-class TinyMLP(pl.LightningModule):
-    def __init__(self, dim: int = 8, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim, 16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes))
-
-    def _step(self, batch):
-        logits = self.net(batch["inputs"])
-        return {"loss": F.cross_entropy(logits, batch["labels"]), "logits": logits}
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch)
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+def tiny_mlp(dim: int = 8, num_classes: int = NUM_CLASSES) -> MLPClassifier:
+    """The example MLP, ``dim -> 16 -> num_classes``, SGD at 0.1."""
+    return MLPClassifier(dim, num_classes, hidden=(16,), lr=0.1, optimizer="sgd", log_val_loss=False)
 
 
 def train_run(tracking_uri: str, *, seed: int = 0, flip_fraction: float = 0.1, epochs: int = 6) -> tuple[str, NoisyBlobs]:
@@ -66,7 +51,7 @@ def train_run(tracking_uri: str, *, seed: int = 0, flip_fraction: float = 0.1, e
     callback = DataQualityCallback(tracking_uri=tracking_uri, run_name=f"blobs-seed{seed}")
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1)
-    trainer.fit(TinyMLP(), DataLoader(train, batch_size=16, shuffle=True), DataLoader(val, batch_size=64))
+    trainer.fit(tiny_mlp(), DataLoader(train, batch_size=16, shuffle=True), DataLoader(val, batch_size=64))
     assert callback.run_id is not None
     return callback.run_id, train
 

@@ -23,7 +23,7 @@ SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 
 def run_script(tmp_path: Path, devices: int, tracking_uri: str) -> pd.DataFrame:
     out = tmp_path / f"samples_{devices}.parquet"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), tracking_uri],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,7 +57,7 @@ def run_hf(tmp_path: Path, processes: int) -> tuple[pd.DataFrame, list]:
     out = tmp_path / f"hf_{processes}.parquet"
     uri = f"sqlite:///{tmp_path}/hf_{processes}.db"
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]), "OMP_NUM_THREADS": "1",
            "DQ_PLUGINS_PROJECTION": "pca"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, *launcher, str(HF_SCRIPT), str(out), uri], cwd=tmp_path, env=env,

@@ -20,33 +20,16 @@ from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
 from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.schema import COMPUTED_COLUMNS, COMPUTED_IN
+from recipes.common.models import MLPClassifier
 
 
-class TinyClassifier(pl.LightningModule):
-    """Returns {"loss", "logits"} unless ``return_logits`` is False (then only the loss)."""
+class TinyClassifier(MLPClassifier):
+    """The example MLP, ``dim -> hidden -> num_classes``, SGD at 0.1; returns {"loss", "logits"} unless
+    ``return_logits`` is False (then only the loss)."""
 
     def __init__(self, dim: int = 8, num_classes: int = 3, return_logits: bool = True, hidden: int = 16) -> None:
-        super().__init__()
-        self.backbone = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU())
-        self.head = torch.nn.Linear(hidden, num_classes)
-        self.return_logits = return_logits
-
-    def forward(self, inputs):
-        return self.head(self.backbone(inputs))
-
-    def _step(self, batch):
-        logits = self(batch["inputs"])
-        loss = F.cross_entropy(logits, batch["labels"])
-        return {"loss": loss, "logits": logits} if self.return_logits else loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch)
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        super().__init__(dim, num_classes, hidden=(hidden,), lr=0.1, optimizer="sgd", return_logits=return_logits,
+                         log_val_loss=False)
 
 
 def make_trainer(callback, **kwargs):

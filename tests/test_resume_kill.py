@@ -125,7 +125,8 @@ TRAIN = {"lightning": train_lightning, "hf": train_hf}
 # ---------------------------------------------------------------------------------- the tests
 def _run_script(framework: str, workdir: Path, uri: str, *options: str) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))  # a worktree first
+    # tests/ for the script's imports, the root for recipes.common, then the caller's path (a worktree first)
+    path = os.pathsep.join(filter(None, [str(SCRIPT.parent), str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     log = open(workdir / f"log{len(list(workdir.glob('log*')))}.txt", "w")
     return subprocess.Popen([sys.executable, str(SCRIPT), framework, str(workdir), uri, *options], cwd=workdir,
@@ -242,5 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(SCRIPT.parent))
     main()

@@ -1,13 +1,16 @@
-"""Shared pieces of the recipes and benchmarks: data, label noise, configuration, report.
+"""Shared pieces of the recipes, benchmarks and tests: data, label noise, configuration, report, model.
 
-Recipes and benchmarks put ``<repo>/recipes`` on ``sys.path`` and ``from common import ...``.
+Imported as ``from recipes.common import ...`` (the repository root on ``sys.path``: ``python -m``
+from there, or pytest's ``pythonpath``).
 
-- :mod:`common.data`: offline data sets (:func:`load_dataset`), stratified split and subsample;
-- :mod:`common.noise`: :func:`inject_noise`, label flips with a known ground truth;
-- :mod:`common.config`: :class:`RecipeConfig`, its YAML file and command-line overrides;
-- :mod:`common.report`: :func:`print_report` and :func:`detection_metrics`;
-- :mod:`common.text`: the text recipe's steps (model folder, noisy split, tokenised dataset,
-  training arguments), shared with the benchmarks.
+- :mod:`recipes.common.data`: offline data sets (:func:`load_dataset`), stratified split and subsample;
+- :mod:`recipes.common.noise`: :func:`inject_noise`, label flips with a known ground truth;
+- :mod:`recipes.common.config`: :class:`RecipeConfig`, its YAML file and command-line overrides;
+- :mod:`recipes.common.report`: :func:`print_report` and :func:`detection_metrics`;
+- :mod:`recipes.common.text`: the text recipe's steps (model folder, noisy split, tokenised dataset,
+  training arguments), shared with the benchmarks;
+- :mod:`recipes.common.models`: :class:`~recipes.common.models.MLPClassifier`, the example
+  LightningModule (imported from there: it needs PyTorch Lightning).
 """
 
 from .config import (

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_transformers_callback import make_dataset, make_model  # noqa: E402
+from test_transformers_callback import make_dataset, make_model  # tests/ is on PYTHONPATH (tests/test_distributed.py)
 
-from dq_plugins.transformers import DataQualityCallback  # noqa: E402
+from dq_plugins.transformers import DataQualityCallback
 
 GLOBAL_BATCH = 16
 

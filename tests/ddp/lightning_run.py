@@ -12,11 +12,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import BlobsDataset  # noqa: E402
-from test_lightning_callback import TinyClassifier  # noqa: E402
+from conftest import BlobsDataset  # tests/ and the repository root are on PYTHONPATH (tests/test_distributed.py)
+from test_lightning_callback import TinyClassifier
 
-from dq_plugins.lightning import DataQualityCallback  # noqa: E402
+from dq_plugins.lightning import DataQualityCallback
 
 
 def main(out: str, devices: int, tracking_uri: str) -> None:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from recipes import active_learning as recipe
+from recipes.common import load_config
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-sys.path.insert(0, str(RECIPES))
-
-from common import load_config  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("active_learning", RECIPES / "active_learning.py")
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
 
 
 def test_the_config_loads_and_its_rules_parse():

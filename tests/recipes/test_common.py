@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-
-from common import (
+from recipes.common import (
     RECIPE_DEFAULTS,
     Dataset,
     RecipeConfig,

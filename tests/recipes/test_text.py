@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-
-from common import (
+from recipes.common import (
     Dataset,
     RecipeConfig,
     encode_texts,
@@ -21,7 +18,7 @@ from common import (
     subsample,
     training_arguments,
 )
-from common.config import MINILM_MODEL
+from recipes.common.config import MINILM_MODEL
 
 
 def _texts(n: int = 120, classes: int = 3) -> Dataset:
