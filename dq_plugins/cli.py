@@ -42,7 +42,15 @@ from dq_plugins.sinks.offline import (
     reanalyze,
 )
 from dq_plugins.deprecation import warn_renamed
-from dq_plugins.schema import SLICES_PATH, ordered_splits, summary_metric_key
+from dq_plugins.schema import (
+    SLICES_PATH,
+    IssueType,
+    ScoreDirection,
+    issue_type,
+    ordered_splits,
+    summary_metric_key,
+)
+from dq_plugins.schema import issue_types as registered_issue_types
 from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
 
 DESCRIPTION = """Read, export, re-analyse and compare the dq_plugins results of past MLflow runs.
@@ -233,6 +241,9 @@ def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: 
         print(f"Label-issue flags NOT to be trusted for {', '.join(untrusted)}: the model has not learned enough "
               "(fewer than 2 epochs or accuracy near chance); the noise rate is not estimated.", file=out)
 
+    print(f"\nIssues by type (rows of each: `dq export {args.run_id} --issue ISSUE`)", file=out)
+    print(format_table(issue_counts(samples)), file=out)
+
     issues = top_issues(samples, max_rows=args.top)
     print(f"\nTop {len(issues)} issues (flagged label issues first, then by mislabel_score)", file=out)
     print(format_table(issues[list(ISSUE_TABLE_COLUMNS)]), file=out)
@@ -261,39 +272,36 @@ def _logged_slices(client: Any, run_id: str, progress: _Progress) -> pd.DataFram
     return table.head(10).reset_index(drop=True)
 
 
-def issue_types(samples: pd.DataFrame) -> dict[str, tuple[str, str | None]]:
-    """Issue types of a per-sample table: name -> (boolean flag column, score column to sort by or ``None``).
-
-    ``label`` is ``is_label_issue`` (sorted by ``mislabel_score``), ``duplicate`` is
-    ``conflicting_duplicate`` (near-duplicates with another label), and any boolean ``is_<name>_issue``
-    or ``is_<name>`` column is type ``<name>`` (sorted by ``<name>_score`` when present).
-    """
-    found: dict[str, tuple[str, str | None]] = {}
-    for column in samples.columns:
-        if not pd.api.types.is_bool_dtype(samples[column]):
-            continue
-        if column == "conflicting_duplicate":
-            name = "duplicate"
-        elif column.startswith("is_"):
-            name = column[3:].removesuffix("_issue")
-        else:
-            continue
-        score = "mislabel_score" if name in ("label", "duplicate") else f"{name}_score"
-        found[name] = (column, score if score in samples.columns else None)
-    return found
+def issue_types(samples: pd.DataFrame) -> dict[str, IssueType]:
+    """The registered issue types (:func:`dq_plugins.issue_types`) whose flag column the table has, by name."""
+    return {issue.name: issue for issue in registered_issue_types() if issue.flag_column in samples.columns}
 
 
-def issue_column(samples: pd.DataFrame, issue: str) -> tuple[str, str | None]:
-    """The (flag, score) columns of issue type ``issue`` (see :func:`issue_types`).
+def issue_column(samples: pd.DataFrame, issue: str) -> IssueType:
+    """The registered issue type ``issue``, checked against the table.
 
     Raises:
-        ValueError: the table has no such issue type (the message lists the ones it has).
+        ValueError: the table has no such issue type (the message lists the ones it has and the registered ones).
     """
     types = issue_types(samples)
     if issue not in types:
-        raise ValueError(f"The run has no {issue!r} issues. Issue types in this run: {sorted(types)}.")
+        known = [t.name for t in registered_issue_types()]
+        why = "" if issue not in known else f" (no {issue_type(issue).flag_column} column)"
+        raise ValueError(f"The run has no {issue!r} issues{why}. Issue types in this run: {sorted(types)}. "
+                         f"HINT: the registered issue types are {known}.")
     return types[issue]
 
+
+def issue_counts(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per issue type of the table (registry order): its name, flag column, the flagged rows of
+    each split and its description."""
+    splits = ordered_splits(samples["split"])
+    rows = []
+    for issue in issue_types(samples).values():
+        flags = samples[issue.flag_column].astype(bool)
+        counts = {split: int(flags[samples["split"] == split].sum()) for split in splits}
+        rows.append({"issue": issue.name, "flag": issue.flag_column, **counts, "description": issue.description})
+    return pd.DataFrame(rows, columns=["issue", "flag", *splits, "description"])
 
 def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: TextIO) -> ExitCode:
     target = args.output or f"dq_{args.issue}_issues_{args.run_id[:8]}.{args.format}"
@@ -301,10 +309,11 @@ def cmd_export(args: argparse.Namespace, client: Any, progress: _Progress, out: 
         raise FileExistsError(f"{target} exists. HINT: pass --force to overwrite it, or --output another path.")
     progress(f"reading the results of run {args.run_id}")
     samples = read_samples(client, args.run_id, split=args.split)
-    column, score = issue_column(samples, args.issue)
-    rows = samples[samples[column]]
-    if score is not None:
-        rows = rows.sort_values(score, ascending=False, kind="stable")
+    issue = issue_column(samples, args.issue)
+    rows = samples[samples[issue.flag_column].astype(bool)]
+    if issue.score_column in rows.columns:  # runs of older versions may lack a score
+        worst_first = issue.score_direction is ScoreDirection.HIGHER_IS_WORSE
+        rows = rows.sort_values(issue.score_column, ascending=not worst_first, kind="stable")
     rows = rows.reset_index(drop=True)
     if target == "-":
         _write_rows(rows, args.format, out)
@@ -601,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write the flagged rows of a run, with suggested labels.")
     export.add_argument("run_id", metavar="RUN_ID")
-    export.add_argument("--issue", default="label", help="issue type: 'label' (is_label_issue, default), "
-                        "'outlier' (is_outlier), 'duplicate' (conflicting_duplicate), or any boolean is_<type> column.")
+    names = ", ".join(f"'{t.name}' ({t.flag_column})" for t in registered_issue_types())
+    export.add_argument("--issue", default="label", help=f"issue type: {names}; default 'label'.")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="csv", help="file format (default csv).")
     export.add_argument("--output", "-o", metavar="PATH", help="file to write, '-' for stdout (csv, jsonl); "
                         "default dq_<issue>_issues_<run id prefix>.<format>.")

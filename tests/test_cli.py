@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import dq_plugins
 from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
 from dq_plugins.sinks.offline import carry_columns
 from dq_plugins.cli import (
@@ -20,6 +22,8 @@ from dq_plugins.cli import (
     escape_formulas,
     flag_overlap,
     format_numbers,
+    issue_column,
+    issue_counts,
     issue_types,
     main,
     slice_table,
@@ -61,8 +65,11 @@ def test_report_prints_summary_issues_and_slices(store, capsys):
     code, out, err = run_dq(capsys, "report", store.run_a, "--tracking-uri", store.uri, "--top", "3")
     assert code == ExitCode.OK
     assert store.run_a in out
-    for title in ("Summary", "Top 3 issues", "Weakest slices"):
+    for title in ("Summary", "Issues by type", "Top 3 issues", "Weakest slices"):
         assert title in out
+    by_type = out.split("Issues by type", 1)[1].split("Top", 1)[0]
+    shown = [line.split()[0] for line in by_type.strip().splitlines()[2:]]
+    assert shown == [t.name for t in dq_plugins.issue_types()]  # every type: the run has embeddings
     summary = out.split("Summary", 1)[1].split("Top", 1)[0]
     assert "train" in summary and "validation" in summary and "est_noise_rate" in summary
     assert "label=" in out.split("Weakest slices", 1)[1]
@@ -174,14 +181,30 @@ def test_csv_cells_that_would_run_as_formulas_are_escaped():
 def test_export_unknown_issue_type_lists_the_available_ones(store, capsys):
     code, _, err = run_dq(capsys, "export", store.run_a, "--issue", "typo")
     assert code == ExitCode.ERROR
-    assert_one_line_error(err, "export", "The run has no 'typo' issues. Issue types in this run: [", "'label'")
+    assert_one_line_error(err, "export", "The run has no 'typo' issues. Issue types in this run: [", "'label'",
+                          "HINT: the registered issue types are ['label', 'outlier', 'near_duplicate', 'duplicate']")
 
 
-def test_issue_types_of_a_table():
-    frame = toy_samples().assign(is_outlier=True, outlier_score=0.5, conflicting_duplicate=False, is_odd_issue=False,
-                                 is_text="no")
-    assert issue_types(frame) == {"label": ("is_label_issue", "mislabel_score"), "outlier": ("is_outlier", "outlier_score"),
-                                  "duplicate": ("conflicting_duplicate", "mislabel_score"), "odd": ("is_odd_issue", None)}
+@pytest.mark.parametrize("issue", [t.name for t in dq_plugins.issue_types()])
+def test_export_accepts_every_registered_issue_type(store, capsys, issue):
+    kind = next(t for t in dq_plugins.issue_types() if t.name == issue)
+    code, out, _ = run_dq(capsys, "export", store.run_a, "--issue", issue, "-o", "-")
+    assert code == ExitCode.OK
+    rows = pd.read_csv(io.StringIO(out)) if out.strip() else pd.DataFrame(columns=[kind.flag_column])
+    assert rows[kind.flag_column].all()
+    assert rows[kind.score_column].is_monotonic_decreasing  # every built-in score: higher is worse
+
+
+def test_issue_types_of_a_table_come_from_the_registry():
+    frame = toy_samples().assign(is_outlier=True, outlier_score=0.5, conflicting_duplicate=False, is_odd_issue=False)
+    types = issue_types(frame)
+    assert list(types) == ["label", "outlier", "duplicate"]  # registry order; is_odd_issue is not registered
+    assert (types["duplicate"].flag_column, types["duplicate"].score_column) == (
+        "conflicting_duplicate", "conflicting_duplicate_score")
+    with pytest.raises(ValueError, match=r"no 'near_duplicate' issues \(no is_near_duplicate column\)"):
+        issue_column(frame, "near_duplicate")
+    counts = issue_counts(frame)
+    assert list(counts.columns[:2]) == ["issue", "flag"] and list(counts["issue"]) == list(types)
 
 
 def test_export_unknown_split_lists_the_splits(store, capsys):

@@ -158,6 +158,9 @@ def test_validate_rules_names_unknown_metrics_and_columns():
         validate_rules([Rule("r", Condition("mislabel", ">", 0.5))], COLUMNS)
     with pytest.raises(ValueError, match=r"unknown metric 'accuracy' .* HINT: slice metrics need over='slices'"):
         validate_rules([Rule("r", Condition("accuracy", "<", 0.5))], COLUMNS)
+    with pytest.raises(ValueError, match=r"unknown metric 'outlier' .* HINT: 'outlier' is an issue type; test its "
+                                         r"flag column 'is_outlier' \(or its score 'outlier_score'\)"):
+        validate_rules([Rule("r", Condition("outlier", ">", 0.1, aggregate="rate"))], COLUMNS)
     with pytest.raises(ValueError, match=r"Rule 'r': unknown column 'day' in `where`\. Valid columns: \["):
         validate_rules([Rule("r", Condition("correct", "<", 0.5, where={"day": 1}))], COLUMNS)
     with pytest.raises(ValueError, match=r"unknown metric 'mislabel_score' for a condition over slices\. "

@@ -39,7 +39,7 @@ from dq_plugins.rules.model import (
     SelectSimilar,
     TagRun,
 )
-from dq_plugins.schema import RULES_DIR, RULES_TABLE_PATH
+from dq_plugins.schema import RULES_DIR, RULES_TABLE_PATH, ScoreDirection, issue_type
 
 FAILED_TAG = "dq.rules.failed"
 """Tag set (to the comma-separated rule names) whenever a :class:`FailRun` rule held."""
@@ -128,17 +128,20 @@ def marks_failed(outcomes: Sequence[RuleOutcome]) -> bool:
 
 
 def relabel_list(matched: pd.DataFrame) -> pd.DataFrame:
-    """``split, sample_id, label, suggested_label, action`` (+ ``mislabel_score`` when present), most
-    suspicious first: ``action`` is ``"relabel"`` where ``suggested_label`` differs from ``label``, else ``"drop"``."""
+    """``split, sample_id, label, suggested_label, action`` (+ the label issue's score, ``mislabel_score``,
+    when present), most suspicious first: ``action`` is ``"relabel"`` where ``suggested_label`` differs from
+    ``label``, else ``"drop"``."""
     frame = matched.copy()
     if "suggested_label" not in frame.columns:
         frame["suggested_label"] = pd.NA
     relabel = frame["suggested_label"].notna() & (frame["suggested_label"] != frame["label"])
     frame["action"] = np.where(relabel.to_numpy(dtype=bool), "relabel", "drop")
-    columns = list(RELABEL_COLUMNS) + (["mislabel_score"] if "mislabel_score" in frame.columns else [])
-    frame = frame[columns]
-    if "mislabel_score" in frame.columns:
-        frame = frame.sort_values("mislabel_score", ascending=False, kind="stable")
+    label = issue_type("label")
+    score = [label.score_column] if label.score_column in frame.columns else []
+    frame = frame[list(RELABEL_COLUMNS) + score]
+    if score:
+        worst_first = label.score_direction is ScoreDirection.HIGHER_IS_WORSE
+        frame = frame.sort_values(score, ascending=not worst_first, kind="stable")
     return frame.reset_index(drop=True)
 
 

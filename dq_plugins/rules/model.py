@@ -50,7 +50,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 
-from dq_plugins.schema import SLICE_TABLE_COLUMNS, SLICE_TABLE_METRICS
+from dq_plugins.schema import SLICE_TABLE_COLUMNS, SLICE_TABLE_METRICS, issue_types
 
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Aggregate = Literal["rate", "mean", "count", "any", "min", "max"]
@@ -597,6 +597,7 @@ def validate_rules(
                     f"Rule {rule.name!r}: unknown metric {condition.metric!r} for a condition over {condition.over}. "
                     f"Valid metrics: {valid_metric}."
                     + (" HINT: slice metrics need over='slices'." if condition.metric in SLICE_TABLE_METRICS else "")
+                    + _issue_type_hint(condition.metric)
                 )
             for column, value in (condition.where or {}).items():
                 if column not in valid_where:
@@ -625,6 +626,15 @@ def validate_rules(
                         f"Rule {rule.name!r}: SelectSimilar uses pool {action.pool!r}, but the callback was given "
                         f"pools {pools}. HINT: pass `pools={{{action.pool!r}: dataset}}` to the callback."
                     )
+
+
+def _issue_type_hint(name: str) -> str:
+    """A HINT naming the columns of the registered issue type ``name`` (empty when there is none)."""
+    kind = {issue.name: issue for issue in issue_types()}.get(name)
+    if kind is None:
+        return ""
+    return (f" HINT: {name!r} is an issue type; test its flag column {kind.flag_column!r} "
+            f"(or its score {kind.score_column!r}).")
 
 
 # ---------------------------------------------------------------------------------------- YAML
