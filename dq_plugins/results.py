@@ -1,37 +1,29 @@
-"""Read results back from an MLflow run."""
+"""Read results back from an MLflow run: :func:`load_samples` (public as ``dq_plugins.load_samples``)."""
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
-
-from dq_plugins.schema import SAMPLES_PATH
 
 
 def load_samples(run_id: str, tracking_uri: str | None = None, split: str | None = None) -> Any:
     """Return the run's ``dq/samples.parquet`` as a pandas DataFrame.
 
+    One reader serves this function, the ``dq`` commands, ``fix`` and ``select_subset``:
+    :func:`dq_plugins.sinks.offline.read_samples`.
+
     Args:
         run_id: the MLflow run (``callback.run_id``).
         tracking_uri: ``None`` means MLflow's current tracking URI.
-        split: keep only "train" or "validation" rows; ``None`` keeps all.
+        split: keep only "train" or "validation" rows (none: an empty frame); ``None`` keeps all.
 
     Raises:
-        FileNotFoundError: when the run has no ``dq/samples.parquet``.
+        LookupError: the run does not exist at the tracking URI
+            (:class:`~dq_plugins.sinks.offline.RunNotFoundError`).
+        FileNotFoundError: the run has no ``dq/samples.parquet``, or a ``sqlite:///`` store file does not exist.
     """
-    import mlflow
-    import pandas as pd
+    from dq_plugins.sinks.offline import make_client, read_samples
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, SAMPLES_PATH, tmp)
-        except Exception as err:  # noqa: BLE001 - re-raised with the fix
-            raise FileNotFoundError(
-                f"Run {run_id!r} has no {SAMPLES_PATH} at tracking URI {client.tracking_uri!r} ({err}). "
-                "HINT: check the run id and the tracking URI (`MLFLOW_TRACKING_URI`), and that the run finished."
-            ) from err
-        frame = pd.read_parquet(path)
+    frame = read_samples(make_client(tracking_uri), run_id)
     if split is not None:
         frame = frame[frame["split"] == split].reset_index(drop=True)
     return frame

@@ -240,3 +240,14 @@ def test_different_dataset_warns_about_labels_and_missing_ids(store):
     messages = [str(w.message) for w in caught]
     assert any("are not in the dataset and were skipped" in m for m in messages)
     assert any("have a different label in the dataset than in the run" in m for m in messages)
+
+
+def test_load_samples_reads_the_table_as_the_commands_do(store, train_rows):
+    from dq_plugins.sinks.offline import make_client, read_samples
+
+    everything = dq_plugins.load_samples(store.run_a)
+    pd.testing.assert_frame_equal(everything, read_samples(make_client(), store.run_a))
+    pd.testing.assert_frame_equal(train_rows, read_samples(make_client(), store.run_a, split="train"))
+    assert dq_plugins.load_samples(store.run_a, split="test").empty  # no such split: no rows, as before
+    with pytest.raises(LookupError, match="Run 'nope' was not found at tracking URI"):
+        dq_plugins.load_samples("nope")

@@ -176,3 +176,19 @@ def test_the_session_keeps_the_early_window_for_train_and_the_latest_pass_for_va
     train, validation = session.ledgers["train"], session.ledgers["validation"]
     assert train.early_epochs == 2 and not train.latest_probs_only
     assert validation.early_epochs == 0 and validation.latest_probs_only
+
+
+def test_session_state_of_a_newer_version_is_refused_and_an_old_one_loads():
+    from dq_plugins.recording.session import STATE_VERSION, DynamicsSession, SessionConfig
+
+    session = DynamicsSession(SessionConfig())
+    session.set_capacity("train", 4)
+    session.record("train", 0, torch.arange(4), torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2))
+    state = session.state_dict()
+    assert state["version"] == STATE_VERSION
+    with pytest.raises(ValueError, match=rf"state of version {STATE_VERSION + 1}.*reads versions up to "
+                                         rf"{STATE_VERSION}.*HINT: upgrade dq_plugins"):
+        DynamicsSession(SessionConfig()).load_state_dict({**state, "version": STATE_VERSION + 1})
+    restored = DynamicsSession(SessionConfig())
+    restored.load_state_dict({k: v for k, v in state.items() if k != "version"})  # written before the version key
+    assert set(restored._restored) == {"train"}

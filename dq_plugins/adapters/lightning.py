@@ -123,9 +123,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             ``on_validation=True`` are also evaluated after each validation epoch on its record (fail
             fast: see :meth:`~dq_plugins.recording.session.DynamicsSession.check_validation_rules`).
         projection: the 2D map of the embeddings: "graph" (a UMAP-style layout in torch, seconds,
-            no compilation), "umap" (umap-learn; its first use in a process compiles for 0.5-3
-            minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION`` if set, else
-            "graph".
+            no compilation), "umap" (umap-learn, the extra ``dq_plugins[umap]``; its first use in a
+            process compiles numba kernels, minutes on CPU), "pca", or ``None``/"auto":
+            ``$DQ_PLUGINS_PROJECTION`` if set, else "graph".
         pools: name -> unlabeled pool for ``SelectSimilar`` actions (and :attr:`pools` after fit): a
             :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
             ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same

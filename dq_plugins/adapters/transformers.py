@@ -433,9 +433,9 @@ class DataQualityCallback(TrainerCallback):
             ``on_validation=True`` are also evaluated after each evaluation on its record (fail fast: see
             :meth:`~dq_plugins.recording.session.DynamicsSession.check_validation_rules`).
         projection: the 2D map of the embeddings: "graph" (a UMAP-style layout in torch, seconds,
-            no compilation), "umap" (umap-learn; its first use in a process compiles for 0.5-3
-            minutes on CPU), "pca", or ``None``/"auto": ``$DQ_PLUGINS_PROJECTION`` if set, else
-            "graph".
+            no compilation), "umap" (umap-learn, the extra ``dq_plugins[umap]``; its first use in a
+            process compiles numba kernels, minutes on CPU), "pca", or ``None``/"auto":
+            ``$DQ_PLUGINS_PROJECTION`` if set, else "graph".
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
 
     The former names ``id_column``, ``label_column``, ``head_module``, ``metadata_columns`` and

@@ -125,8 +125,8 @@ def warm_up(num_samples: int, *, projection: ProjectionMethod = "auto", device: 
     """Compile the numba kernels that :func:`analyze_embeddings` of ``num_samples`` rows will use.
 
     pynndescent (``knn_method="ann"``, never chosen by ``"auto"``) and umap-learn (``projection="umap"``)
-    compile their kernels at their first call in a process: 40 to 180 s on 2 CPU cores, more than
-    the analysis itself at 100k rows; the default methods need no compilation. Calling this on tiny data in a background thread while the
+    compile their kernels at their first call in a process, which can take longer than the analysis
+    itself (``benchmarks/RESULTS.md``); the default methods need no compilation. Calling this on tiny data in a background thread while the
     model trains (``threading.Thread(target=warm_up, args=(n,), daemon=True).start()``) moves that
     cost out of the end of fit. Returns the seconds spent.
     """

@@ -42,6 +42,7 @@ the record of that validation epoch, before any end-of-fit score exists."""
 VALIDATION_SLICE_METRICS: tuple[str, ...] = ("size", "accuracy", "macro_f1", "mean_latency_ms")
 """Slice metrics defined at a validation (the others need end-of-fit scores)."""
 STATE_VERSION = 1
+"""Version of :meth:`DynamicsSession.state_dict`; a checkpoint of a newer version is refused on load."""
 
 
 @dataclass(frozen=True)
@@ -366,6 +367,18 @@ class DynamicsSession:
         return {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (a checkpoint without ``"version"`` is of version 1).
+
+        Raises:
+            ValueError: the state was written by a newer dq_plugins (``"version"`` above :data:`STATE_VERSION`).
+        """
+        version = state.get("version", 1)
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise ValueError(
+                f"The checkpoint holds dq_plugins callback state of version {version!r}, but this dq_plugins reads "
+                f"versions up to {STATE_VERSION}: it was written by a newer dq_plugins. HINT: upgrade dq_plugins "
+                "(`pip install -U dq_plugins`), or resume without that checkpoint."
+            )
         self._restored = dict(state.get("ledgers", {}))
         self.ledgers = {}
         self.latency = {split: LatencyRecorder.from_state_dict(s) for split, s in state.get("latency", {}).items()}
@@ -397,7 +410,7 @@ class DynamicsSession:
                 history.latency_ms = recorder.latest[: history.labels.shape[0]].copy()
         return histories
 
-    def finish(self, sink: MlflowSink, *, extra_tags: dict[str, str] | None = None):
+    def finish(self, sink: MlflowSink):
         """Save the raw record, analyse it and log everything through ``sink``.
 
         Never raises: an analysis error becomes a warning, and the raw record is uploaded (or kept

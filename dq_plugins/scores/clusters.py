@@ -2,8 +2,8 @@
 
 - :func:`cluster_embeddings`: spherical-style k-means (k-means on L2-normalised rows, so squared
   euclidean distance is ``2 - 2 cos``) with scikit-learn's ``MiniBatchKMeans`` (Sculley, "Web-scale
-  k-means clustering", WWW 2010). Cost ``O(N K D)`` per pass over the data; 1M x 384 with
-  K = 100 takes well under a minute on 2 CPU cores.
+  k-means clustering", WWW 2010). Cost ``O(N K D)`` per pass over the data (timings:
+  ``benchmarks/RESULTS.md``).
 - :func:`cluster_summary`: one row per cluster (size, majority label, purity, mean issue
   signals), to find clusters that are mostly wrong and decide to relabel or drop them whole.
 - :func:`class_overlap`: pairs of classes sharing many boundary samples, from the kNN graph and,
@@ -95,7 +95,7 @@ def kmeans_plus_plus(unit: np.ndarray, n_clusters: int, rng: np.random.Generator
     Each next centre is a row drawn with probability proportional to its squared distance
     ``2 - 2 cos`` to the nearest centre so far. One matrix-vector product per centre in fp32:
     ``O(m K D)``. scikit-learn's own seeding upcasts to float64 and evaluates ``2 + log K`` candidates
-    per centre, 40x slower at 10k x 384 with K = 71; one candidate is the original algorithm.
+    per centre, which is much slower (``benchmarks/RESULTS.md``); one candidate is the original algorithm.
 
     Returns:
         ``(n_clusters, D)`` float32 centres (rows of ``unit``).

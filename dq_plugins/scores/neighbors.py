@@ -13,17 +13,16 @@ Two methods sit behind :func:`knn_cosine`:
 - ``"exact"``: rows are L2-normalised, and blocks of query rows are multiplied with all rows
   (``block @ keys.T``) followed by ``topk``, on the device of the input tensor (or ``device=``).
   Memory is the normalised fp32 keys (``N x D``) plus one ``rows x N`` fp32 block, never ``N x N``;
-  fp16 / bf16 input is upcast per block. Cost ``2 N^2 D`` flops: 6 s for 10k x 384 on 2 CPU cores
-  shared with other jobs (``benchmarks/RESULTS.md``), about 25x that for 50k, most of a day for 1M
-  on CPU; 1M x 384 is 7.7e14 flops, tens of seconds on one data-centre GPU.
+  fp16 / bf16 input is upcast per block. Cost ``2 N^2 D`` flops (1M x 384: 7.7e14), quadratic in
+  ``N``: fine on CPU up to tens of thousands of rows, on a GPU up to millions (timings:
+  ``benchmarks/RESULTS.md``, "Readings formerly in docstrings").
 - ``"ann"``: NN-descent (Dong, Charikar and Li, "Efficient k-nearest neighbor graph construction
   for generic similarity measures", WWW 2011) through ``pynndescent.NNDescent`` with
-  ``metric="cosine"``, on CPU, cost near ``O(N^1.14 D)``. Recall@10 measured here: 0.95 at 20k and
-  0.73 at 100k rows on isotropic Gaussian blobs in 384-d (a hard case: every direction is noise),
-  above 0.9 on 3k clustered rows in 32-d; real embeddings have a low intrinsic dimension and sit
-  nearer the latter. pynndescent compiles its kernels with numba on the first call of a process:
-  75 to 180 s on 2 CPU cores shared with other jobs (``analysis.embeddings.warm_up`` can do it
-  while the model trains), then 24 s for 100k x 384 on the same cores.
+  ``metric="cosine"``, on CPU, cost near ``O(N^1.14 D)``. Its recall falls on high-dimensional
+  isotropic data (every direction is noise) and stays high on clustered rows; real embeddings have a
+  low intrinsic dimension and sit nearer the latter. pynndescent compiles its kernels with numba on
+  the first call of a process, which can take minutes on CPU (``analysis.embeddings.warm_up`` can
+  do it while the model trains). Recall and timings: ``benchmarks/RESULTS.md``.
 
 - ``"ivf"``: cluster-pruned exact search in torch, on the device of the input (an inverted file
   index as in Jegou, Douze and Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI
@@ -61,14 +60,14 @@ KNN_METHODS: tuple[str, ...] = ("auto", "exact", "ivf", "ann")
 EXACT_MAX_SAMPLES_CPU = 50_000
 """Largest ``N`` for which ``method="auto"`` computes exact neighbours on CPU.
 
-Exact search costs ``2 N^2 D`` flops: 6 s for 10k x 384 on 2 shared CPU cores (fp32 matmul at
-30 to 100 GFLOP/s), so about 150 s for 50k and 600 s for 100k, where NN-descent takes 24 s (plus its
-one-off numba compilation, see the module docstring). At 50k the two are about even once
-compilation is counted; above it the approximate search wins.
+Exact search costs ``2 N^2 D`` flops, quadratic in ``N``; the approximate searches grow about
+linearly. On the 2 shared CPU cores this was chosen on, the two were about even at 50k rows once
+NN-descent's one-off compilation is counted (``benchmarks/RESULTS.md``, "Readings formerly in
+docstrings"); above it ``"ivf"`` wins.
 """
 
 EXACT_MAX_SAMPLES_GPU = 2_000_000
-"""Largest ``N`` for which ``method="auto"`` computes exact neighbours on a GPU (1M x 384: ~15 s)."""
+"""Largest ``N`` for which ``method="auto"`` computes exact neighbours on a GPU."""
 
 IVF_NPROBE = 10
 """Lists searched per list of queries by the ``"ivf"`` method (its own list included)."""

@@ -10,19 +10,15 @@ Methods (``project_2d(method=...)``):
   :data:`GRAPH_EPOCHS` epochs of negative-sampling SGD over all edges at once
   (:func:`graph_layout`). It runs on CPU or on a GPU (``device=``), needs no compilation, and is
   deterministic for an integer seed on either.
-- ``"umap"``: umap-learn itself, for users who want the reference implementation. Its numba
-  kernels compile for 25 to 55 s at the first call of every process on 2 CPU cores (it does not
-  cache them), then fit in 27 s for 10k rows and 36 to 51 s for a 20k subsample.
+- ``"umap"``: umap-learn itself (the optional extra ``dq_plugins[umap]``), for users who want the
+  reference implementation. Its numba kernels compile at the first call of every process (it does
+  not cache them), which costs more than the graph layout's whole fit.
 - ``"pca"``: scikit-learn's PCA, a linear map (clusters that differ along more than two directions
   overlap).
 
-Measured on 2 CPU cores shared with other jobs (load average 4 to 7; D = 384, the synthetic data of
-``benchmarks/scale.py``; torch 2.13): ``"graph"`` lays out 20k rows on their 14-NN graph in 5 to 6 s
-(fuzzy graph 0.3 to 0.7 s, PCA start 0.4 s, 200 epochs 4 to 5 s), where umap-learn fits in 36 s
-after 25 s of compilation; the map of 100k rows takes 23 s (exact 14-NN graph of the 20k subsample
-14 s, layout 9 s, propagation 0.3 s). The layout runs on one torch thread on CPU
-(:data:`LAYOUT_CPU_THREADS`): with two it took 62 s on those cores. On sklearn's digits (64-d pixels)
-a 10-NN classifier in 2-D scores 0.98 on its map, as on umap-learn's, and 0.62 on PCA's.
+Timings of each method and of each step, and how well a 2-D 10-NN classifier does on each map,
+are in ``benchmarks/RESULTS.md`` ("Readings formerly in docstrings"). The layout runs on one torch
+thread on CPU (:data:`LAYOUT_CPU_THREADS`).
 
 Large N. Every method is fitted on a random subsample of at most ``max_fit`` rows:
 
@@ -33,8 +29,8 @@ Large N. Every method is fitted on a random subsample of at most ``max_fit`` row
   kNN graph of all rows (the graph the other embedding scores use, computed once by
   ``knn_cosine``): a row gets the similarity-weighted mean position of its neighbours that are
   already placed, round after round, which is the initialisation ``UMAP.transform`` uses, without
-  its per-point optimisation (``UMAP.transform`` takes about 1 s per 1000 rows on 2 CPU cores after
-  its compilation; the propagation takes seconds for 1M). Rows the graph does not connect to the
+  its per-point optimisation (``UMAP.transform`` optimises every row again; the propagation is a
+  few sparse matrix products). Rows the graph does not connect to the
   subsample get a least-squares linear map of the embedding instead. With ``N <= max_fit`` the
   given kNN graph of all rows is used as is.
 
@@ -97,9 +93,9 @@ FIXED_POINT_BITS = 24
 """Per-row gradient sums are taken in ``2^-FIXED_POINT_BITS`` fixed point (see :func:`graph_layout`)."""
 
 LAYOUT_CPU_THREADS = 1
-"""torch threads of the graph layout on CPU. Its ops are small (about 1 ms each at 20k rows), so
-with 2 threads each op waits for both, and on cores shared with other jobs that made the layout 5
-to 10 times slower than one thread (module docstring)."""
+"""torch threads of the graph layout on CPU. Its ops are small, so with more threads each op waits
+for all of them, and on cores shared with other jobs that made the layout several times slower
+than one thread (``benchmarks/RESULTS.md``)."""
 
 MAX_PROPAGATION_ROUNDS = 50
 
@@ -214,7 +210,7 @@ def project_2d(
     from dq_plugins.scores.neighbors import knn_cosine
 
     sub_k = min(GRAPH_NEIGHBORS - 1, fit_rows.size - 1)
-    # the layout needs a good graph, not the exact one: the cluster-pruned search is 5-10x faster on 20k rows
+    # the layout needs a good graph, not the exact one: the cluster-pruned search is faster above this size
     sub_method = "ivf" if fit_rows.size > SUBSAMPLE_EXACT_MAX else "exact"
     sub_indices, sub_sims = knn_cosine(unit[fit_rows], sub_k, method=sub_method, seed=seed or 0)
     fitted = fit(unit[fit_rows], sub_indices, sub_sims)
