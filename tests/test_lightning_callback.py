@@ -105,6 +105,20 @@ def test_results_land_in_the_mlflow_logger_run(tracking_uri):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the logger's experiment
 
 
+def test_mark_failed_on_a_logger_owned_run_says_why_not_and_tags_it(tracking_uri):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from dq_plugins.rules import Condition, FailRun, Rule
+
+    rule = Rule("always", Condition("confidence", ">=", 0, aggregate="min"), then=[FailRun("mark_failed")])
+    logger = MLFlowLogger(experiment_name="exp", tracking_uri=tracking_uri)
+    with pytest.warns(RuntimeWarning, match=r"belongs to the Lightning MLFlowLogger, which sets the run's status "
+                                            r"itself .* tagged dq.run_failed=true instead\. HINT: .*FailRun\('raise'\)"):
+        fit(DataQualityCallback(rules=[rule]), logger=logger, max_epochs=1)
+    run = mlflow.MlflowClient().get_run(logger.run_id)
+    assert run.data.tags["dq.run_failed"] == "true" and run.info.status == "FINISHED"
+
+
 def test_the_experiment_opens_on_its_runs_unless_the_user_chose_a_view(tracking_uri):
     fit(DataQualityCallback(experiment_name="fresh"), max_epochs=1)
     assert mlflow.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == "custom_model_development"

@@ -18,6 +18,7 @@ from dq_plugins.analysis.slices import (
     _screened_lower_p,
     benjamini_hochberg,
     find_weak_slices,
+    LATENCY_REPORT_COLUMNS,
     latency_report,
     lower_accuracy_p_value,
     macro_f1_by_slice,
@@ -292,14 +293,48 @@ def test_weak_slices_bad_arguments():
 def test_latency_report_relates_latency_to_correctness_and_columns():
     report = latency_report(planted(), ["source", "length"])
     train = report[report["split"] == "train"].set_index("column")
-    assert train.loc["correct", "method"] == "point_biserial"
+    assert list(report.columns) == list(LATENCY_REPORT_COLUMNS)
+    # every sample timed alone (all latencies differ): each sample is its own batch
+    assert train.loc["correct", ["level", "method", "n"]].tolist() == ["batch", "spearman", 2400]
     assert train.loc["correct", "statistic"] < -0.3  # wrong predictions took 4 ms longer
-    assert "slower samples are less often correct" in train.loc["correct", "summary"]
+    assert "slower batches are less often correct" in train.loc["correct", "summary"]
     assert train.loc["length", "method"] == "spearman"
-    assert train.loc["source", "method"] == "kruskal_epsilon2"
+    assert train.loc["source", ["level", "method"]].tolist() == ["sample", "kruskal_epsilon2"]
     assert 0.0 <= train.loc["source", "statistic"] <= 1.0
     with pytest.raises(ValueError, match=r"latency_report needs a 'latency_ms' column"):
         latency_report(planted().drop(columns=["latency_ms"]), [])
+
+
+def batched(order: np.ndarray, batch_size: int, seed: int = 0) -> pd.DataFrame:
+    """300 samples, 3 classes, timed in batches taken in ``order``: each batch's latency is its time / size,
+    and the batch time does not depend on the classes in it."""
+    rng = np.random.default_rng(seed)
+    label = np.arange(300) % 3
+    latency = np.empty(300)
+    for start in range(0, 300, batch_size):
+        members = order[start:start + batch_size]
+        latency[members] = rng.gamma(20.0, 1.0) / len(members)
+    return pd.DataFrame({"sample_id": np.arange(300), "split": "validation", "label": label, "pred": label,
+                         "latency_ms": latency})
+
+
+def test_latency_grouping_confounded_with_batches_makes_no_claim():
+    by_class = np.argsort(np.arange(300) % 3, kind="stable")  # a validation set sorted by class
+    row = latency_report(batched(by_class, 100), []).set_index("column").loc["label"]  # one batch per class
+    assert row["level"] == "none" and np.isnan(row["statistic"]) and np.isnan(row["p_value"])
+    assert "no claim (confounded with batch composition: 3 of 3 batches hold a single value of label" in row["summary"]
+    # enough single-class batches: compared across batches, never per sample
+    row = latency_report(batched(by_class, 10), []).set_index("column").loc["label"]
+    assert row["level"] == "batch" and row["n"] == 30 and "confounded with batch composition" in row["summary"]
+
+
+def test_latency_per_sample_only_when_batches_mix_the_groups():
+    shuffled = np.random.default_rng(1).permutation(300)
+    report = latency_report(batched(shuffled, 30), []).set_index("column")
+    assert report.loc["label", ["level", "n"]].tolist() == ["sample", 300]
+    assert "batches mix its values" in report.loc["label", "summary"]
+    assert report.loc["correct", "level"] == "batch"  # correctness: always per batch (10 batches, all correct)
+    assert report.loc["correct", "n"] == 10
 
 
 def test_latency_report_constant_latency_is_nan_not_an_error():
@@ -344,6 +379,14 @@ def test_weak_slices_figure(tmp_path):
     figure.savefig(tmp_path / "weak.png")
     assert (tmp_path / "weak.png").stat().st_size > 1000
     empty = weak_slices_figure(weak.iloc[:0], overall_accuracy=0.9)
-    assert "no slice to show" in [t.get_text() for t in empty.axes[0].texts]
+    assert "no significantly weak slice in train" in [t.get_text() for t in empty.axes[0].texts]
+    # One panel per split, named: a weak slice of validation is drawn even when train has none.
+    only_validation = weak[weak["split"] == "validation"].head(2)
+    assert len(only_validation) == 2
+    both = weak_slices_figure(only_validation, {"train": 0.9, "validation": 0.8}, split=["train", "validation"])
+    assert [a.get_title() for a in both.axes] == ["Weakest slices, train", "Weakest slices, validation"]
+    assert "no significantly weak slice in train" in [t.get_text() for t in both.axes[0].texts]
+    assert len(both.axes[1].patches) == 2 and "validation overall accuracy 0.80" in [
+        t.get_text() for t in both.axes[1].get_legend().get_texts()]
     low, high = wilson_interval(np.array([5.0]), np.array([10.0]))
     assert (low[0], high[0]) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))

@@ -198,6 +198,22 @@ def test_report_to_mlflow_logs_into_the_trainers_single_run(tracking_uri, tmp_pa
     issues = json.loads(open(client.download_artifacts(callback.run_id, "dq/issues.json", str(tmp_path))).read())
     assert "columns" in issues
     assert len(load_samples(callback.run_id, split="train")) == len(TRAIN)
+    # The results went in before transformers' MLflowCallback ended the run: its end time comes after them.
+    assert run.info.status == "FINISHED"
+    written = max(m.timestamp for key in run.data.metrics if key.startswith("dq.")
+                  for m in client.get_metric_history(callback.run_id, key))
+    assert run.info.end_time >= written
+
+
+def test_report_to_mlflow_and_a_mark_failed_rule_end_the_trainers_run_failed(tracking_uri, tmp_path):
+    from dq_plugins.rules import Condition, FailRun, Rule
+
+    rule = Rule("always", Condition("confidence", ">=", 0, aggregate="min"), then=[FailRun("mark_failed")])
+    callback, _ = train(tmp_path, DataQualityCallback(rules=[rule]), report_to="mlflow", logging_strategy="epoch")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [run.info.run_id for run in runs] == [callback.run_id]
+    assert runs[0].info.status == "FAILED" and runs[0].data.tags["dq.run_failed"] == "true"
+    assert mlflow.active_run() is None
 
 
 def test_resume_mid_epoch_continues_the_record(tracking_uri, tmp_path):

@@ -16,12 +16,12 @@ shared :class:`~dq_plugins.recording.session.DynamicsSession`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
 
+from dq_plugins.logs import warn
 from dq_plugins.adapters.batch import find_logits, get_key
 from dq_plugins.adapters.compat import lightning_packages
 from dq_plugins.adapters.options import LIGHTNING_RENAMED, check_projection
@@ -72,6 +72,19 @@ def _submodule(pl_module: Any, name: str, argument: str) -> Any:
         ) from None
 
 
+def _timed_modules(pl_module: Any) -> list[Any]:
+    """The modules whose forwards make up the model's forward, whatever a step calls: the LightningModule
+    itself (``self(x)``) and its direct submodules that hold parameters (``self.net(x)``, or
+    ``self.head(self.backbone(x))``); parameter-free children (losses, metrics) are not the model."""
+    children = [child for child in pl_module.children() if next(child.parameters(), None) is not None]
+    return [pl_module, *children]
+
+
+def _module_device(module: Any) -> torch.device | None:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else getattr(module, "device", None)
+
+
 class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     """Record per-sample training dynamics and log label issues to MLflow at the end of fit.
 
@@ -80,13 +93,13 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     the ``"logits"`` entry of what ``training_step`` / ``validation_step`` return, or, with
     ``logits_module``, from a forward hook on that submodule.
 
-    Prediction latency (column ``latency_ms``, see :mod:`dq_plugins.recording.latency`): a forward pre-hook and a
-    forward hook on the LightningModule itself time each call of its ``forward`` (``self(x)``) inside a
-    training or validation step, with CUDA events on a GPU (read once per epoch, no host sync in the
-    step) or ``time.perf_counter`` elsewhere; a sample's latency is its batch's forward time divided by
-    the batch size. A validation step that never calls the module's own ``forward`` (it calls
-    ``self.net(x)``) is timed from ``on_validation_batch_start`` to ``on_validation_batch_end`` instead;
-    such a training step is not timed (that span would include the backward pass).
+    Prediction latency (column ``latency_ms``, see :mod:`dq_plugins.recording.latency`): forward pre-hooks and
+    forward hooks on the LightningModule and on its direct submodules that hold parameters time the model's
+    forward inside a training or validation step, whatever the step calls (``self(x)``, ``self.net(x)``, or
+    ``self.head(self.backbone(x))``: nested forwards count once, consecutive ones add up), with CUDA events on
+    a GPU (read once per epoch, no host sync in the step) or ``time.perf_counter`` elsewhere; a sample's
+    latency is its batch's forward time divided by the batch size. A validation step in which none of them
+    runs is timed from ``on_validation_batch_start`` to ``on_validation_batch_end`` instead.
 
     Args:
         id_key: batch key of the sample ids (0-based, unique, stable across epochs).
@@ -231,8 +244,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             module = _submodule(pl_module, self.logits_module, "logits_module")
             self._hook_handle = module.register_forward_hook(self._capture_logits)
         if not self._timing_handles:
-            self._timing_handles = [pl_module.register_forward_pre_hook(self._forward_started),
-                                    pl_module.register_forward_hook(self._forward_ended)]
+            for module in _timed_modules(pl_module):
+                self._timing_handles += [module.register_forward_pre_hook(self._forward_started),
+                                         module.register_forward_hook(self._forward_ended)]
         if self.embeddings and self._embedding_handle is None:
             if self.embedding_module is not None:
                 module = _submodule(pl_module, self.embedding_module, "embedding_module")
@@ -249,7 +263,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _forward_started(self, module: Any, args: Any) -> None:
         if self._timing_split is not None:
-            self._forward_timer.start(module.device)
+            self._forward_timer.start(_module_device(module))
 
     def _forward_ended(self, module: Any, args: Any, output: Any) -> None:
         if self._timing_split is not None:
@@ -308,7 +322,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.record_embeddings(split, ids, embeddings)
 
     def _disable_embeddings(self, why: str) -> None:
-        warnings.warn(
+        warn(
             f"dq_plugins: embeddings are switched off because {why}. HINT: return `outputs['embeddings']` from the "
             "step or pass `embedding_module=`; pass `embeddings=False` to silence this.",
             UserWarning,
@@ -335,12 +349,13 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if logger is not None:
             self._sink = MlflowSink(client=logger.experiment, run_id=logger.run_id,
                                     fallback_dir=self.session.config.fallback_dir)
+            self._sink.run_owner = "the Lightning MLFlowLogger"
         else:
             self._sink = MlflowSink(fallback_dir=self.session.config.fallback_dir, **self._sink_options)
         try:
             self.run_id = self._sink.ensure_run()
         except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
-            warnings.warn(
+            warn(
                 f"dq_plugins could not open an MLflow run ({type(err).__name__}: {err}); training goes on and "
                 f"the results will be kept under {self.session.config.fallback_dir!r}.",
                 RuntimeWarning,
@@ -410,7 +425,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         logits = self._logits(outputs)
         if logits is None:
             if not self._warned_no_val_logits:
-                warnings.warn(
+                warn(
                     "dq_plugins: `validation_step` returned no logits, so the validation split is not recorded. "
                     "HINT: return `{'loss': loss, 'logits': logits}` from `validation_step`, or pass "
                     "`logits_module=` to the callback.",
@@ -496,7 +511,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                                          self.embedding_pooling).float())
                         ids.append(get_key(batch, self.session.config.id_key, "ids", "id_key").reshape(-1))
                     if not rows:
-                        warnings.warn(f"dq_plugins: pool {name!r} yielded no batch; it is left out.", UserWarning,
+                        warn(f"dq_plugins: pool {name!r} yielded no batch; it is left out.", UserWarning,
                                       stacklevel=2)
                         del self.session.pools[name]
                         continue

@@ -56,7 +56,6 @@ import inspect
 import math
 import os
 import types
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -65,6 +64,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
+from dq_plugins.logs import warn
 from dq_plugins.adapters.batch import find_logits
 from dq_plugins.adapters.compat import require
 from dq_plugins.adapters.options import TRANSFORMERS_RENAMED, check_projection
@@ -270,6 +270,19 @@ def _calling_trainer() -> Any:
         return None
     finally:
         del frame
+
+
+def _end_active_run(run_id: str) -> Callable[[str], None]:
+    """A function that ends MLflow's active (fluent) run with a status, if it is still ``run_id``."""
+
+    def end(status: str) -> None:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+
+    return end
 
 
 def _column_names(dataset: Any) -> list[str]:
@@ -619,17 +632,36 @@ class DataQualityCallback(TrainerCallback):
         if run is not None:
             self._sink = MlflowSink(run_id=run.info.run_id, tracking_uri=mlflow.get_tracking_uri(),
                                     fallback_dir=fallback_dir)
+            self._sink.run_owner = "transformers' MLflowCallback (report_to='mlflow')"
+            self._sink.end_foreign = _end_active_run(run.info.run_id)
+            self._run_before_mlflow_callback()
         else:
             self._sink = MlflowSink(fallback_dir=fallback_dir, **self._sink_options)
         try:
             self.run_id = self._sink.ensure_run()
         except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
-            warnings.warn(
+            warn(
                 f"dq_plugins could not open an MLflow run ({type(err).__name__}: {err}); training goes on and "
                 f"the results will be kept under {fallback_dir!r}.",
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def _run_before_mlflow_callback(self) -> None:
+        """Move this callback ahead of transformers' ``MLflowCallback``, whose ``on_train_end`` ends the run:
+        the results are then in the run before it ends (its end time comes after them), and a
+        ``FailRun("mark_failed")`` rule can end it FAILED first (the MLflowCallback then finds no active run
+        and leaves it). The events of ``on_train_begin`` still in progress run in the old order."""
+        trainer = _calling_trainer()
+        integration = getattr(getattr(_transformers, "integrations", None), "MLflowCallback", None)
+        if trainer is None or integration is None:
+            return
+        callbacks = list(trainer.callback_handler.callbacks)
+        first = next((i for i, callback in enumerate(callbacks) if isinstance(callback, integration)), None)
+        mine = next((i for i, callback in enumerate(callbacks) if callback is self), None)
+        if first is not None and mine is not None and mine > first:
+            callbacks.insert(first, callbacks.pop(mine))
+            trainer.callback_handler.callbacks = callbacks  # a new list: the running event loop keeps its own
 
     # ------------------------------------------------------------------ recording
     def _capture(self, ids: torch.Tensor | None, output: Any, training: bool) -> None:
@@ -687,7 +719,7 @@ class DataQualityCallback(TrainerCallback):
             if key == self._val_key:
                 return self._val_labels
             if not self._warned_other_eval:
-                warnings.warn(
+                warn(
                     "dq_plugins records the first eval dataset only as split 'validation'; other eval datasets "
                     "are not recorded.",
                     UserWarning,
@@ -700,7 +732,7 @@ class DataQualityCallback(TrainerCallback):
             self.session.set_capacity(VALIDATION, len(ids))
             table = _LabelTable(ids, labels, self.session.capacities[VALIDATION], self.id_key, VALIDATION)
         except ValueError as err:
-            warnings.warn(
+            warn(
                 f"dq_plugins does not record the validation split: {err} Or pass `record_validation=False` to "
                 "the callback.",
                 UserWarning,
@@ -716,7 +748,7 @@ class DataQualityCallback(TrainerCallback):
                 self.session.set_metadata(VALIDATION, _read_metadata(dataset, self.id_key, columns, VALIDATION,
                                                                      "pass `remove_unused_columns=False`."))
             except ValueError as err:
-                warnings.warn(f"dq_plugins: the validation split has no metadata: {err}", UserWarning, stacklevel=2)
+                warn(f"dq_plugins: the validation split has no metadata: {err}", UserWarning, stacklevel=2)
         return table
 
     @override
@@ -839,7 +871,7 @@ class DataQualityCallback(TrainerCallback):
                      if isinstance(f, str) and os.path.isfile(os.path.join(f, STATE_FILE))), None)
         current_epoch = math.floor((state.epoch or 0.0) + 1e-6)
         if path is None:
-            warnings.warn(
+            warn(
                 f"dq_plugins: training resumes at step {state.global_step} but {folders[1]!r} holds no "
                 f"{STATE_FILE}, so the record starts at epoch {current_epoch} and earlier epochs are missing "
                 "from the analysis. HINT: resume from a checkpoint under `output_dir`, or also pass its path as "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.trust import FlagTrust, flag_trust
+from dq_plugins.logs import progress
 from dq_plugins.recording.ledger import SplitHistory
 from dq_plugins.schema import DYNAMICS_COLUMNS, EMBEDDING_COLUMNS, LATENCY_COLUMN, split_metric_key, summary_metric_key
 from dq_plugins.scores import (
@@ -319,7 +320,7 @@ def analyze(
     """
     frames, metrics, epoch_metrics, overlaps, trust = [], {}, {}, [], {}
     train_epochs = int(histories["train"].epochs.size) if "train" in histories else None
-    for split, history in histories.items():
+    for split, history in progress(histories.items(), total=len(histories), desc="scores per split"):
         frame = analyze_split(history, split, early_epochs=early_epochs)
         if embeddings and split in embeddings and len(frame):
             frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,42 +34,59 @@ def _short(text: str) -> str:
 
 
 def weak_slices_figure(
-    slices: pd.DataFrame, overall_accuracy: float, *, split: str = "train", top: int = MAX_BARS,
-    title: str | None = None,
+    slices: pd.DataFrame, overall_accuracy: float | Mapping[str, float], *, split: str | Sequence[str] = "train",
+    top: int = MAX_BARS, title: str | None = None,
 ) -> Any:
-    """Horizontal bars of the ``top`` least accurate slices of ``split``, weakest on top.
+    """Horizontal bars of the ``top`` least accurate slices of each split in ``split``, weakest on top: one panel
+    per split, titled with the split, so the figure shows what ``dq/weak_slices.json`` holds for each split.
 
     Args:
         slices: a table with ``split, slice, size, accuracy`` (from
             :func:`dq_plugins.analysis.slices.find_weak_slices`, or :func:`dq_plugins.analysis.slices.slice_metrics`); with a
             ``q_value`` column the bars say it, and a ``rest_accuracy`` column is not needed.
-        overall_accuracy: accuracy of the whole split, drawn as a vertical line.
-        split: which split to draw.
-        top: how many slices.
+        overall_accuracy: accuracy of the whole split, drawn as a vertical line (a mapping: per split).
+        split: which split, or splits (one panel each, in this order), to draw.
+        top: how many slices per split.
+        title: heading of a one-split figure (default ``Weakest slices, <split>``).
 
     Returns:
-        a matplotlib ``Figure`` (Agg, no display needed); with no slice, a figure that says so.
+        a matplotlib ``Figure`` (Agg, no display needed); a split with no slice gets a panel that says so
+        (``no significantly weak slice in <split>`` for a table with ``q_value``).
         Bars carry a 95% Wilson interval and ``accuracy (n=size)``.
     """
     from matplotlib.figure import Figure
+
+    splits = [split] if isinstance(split, str) else list(split)
+    panels = []
+    for name in splits:
+        rows = slices[slices["split"].astype(str) == name].sort_values(["accuracy", "size"], ascending=[True, False])
+        panels.append((name, rows.head(top).iloc[::-1]))  # barh draws bottom-up: weakest on top
+    heights = [1.2 + 0.42 * max(len(rows), 2) for _, rows in panels]
+    figure = Figure(figsize=(9, sum(heights) + 0.6 * (len(panels) - 1)))
+    grid = figure.add_gridspec(len(panels), 1, height_ratios=heights, hspace=0.9 / max(len(panels), 1) + 0.35)
+    for index, (name, rows) in enumerate(panels):
+        overall = overall_accuracy.get(name) if isinstance(overall_accuracy, Mapping) else overall_accuracy
+        heading = title if title and len(panels) == 1 else f"Weakest slices, {name}"
+        empty = "no significantly weak slice in " + name if "q_value" in slices.columns else "no slice to show"
+        _draw_panel(figure.add_subplot(grid[index]), rows, overall, name, heading, heights[index], empty,
+                    "q_value" in slices.columns)
+    return figure
+
+
+def _draw_panel(axes: Any, rows: pd.DataFrame, overall_accuracy: float | None, split: str, heading: str,
+                height: float, empty: str, tested: bool) -> None:
     from matplotlib.patches import Patch
 
-    rows = slices[slices["split"].astype(str) == split].sort_values(["accuracy", "size"], ascending=[True, False])
-    rows = rows.head(top).iloc[::-1]  # barh draws bottom-up: weakest on top
-    height = 1.2 + 0.42 * max(len(rows), 2)
-    figure = Figure(figsize=(9, height))
-    axes = figure.add_subplot()
-    heading = title or f"Weakest slices, {split}"
     if rows.empty:
-        axes.text(0.5, 0.5, "no slice to show", ha="center", va="center", transform=axes.transAxes, color="0.4")
+        axes.text(0.5, 0.5, empty, ha="center", va="center", transform=axes.transAxes, color="0.4")
         axes.set_axis_off()
         axes.set_title(heading)
-        return figure
+        return
     accuracy = rows["accuracy"].to_numpy(dtype=np.float64)
     size = rows["size"].to_numpy(dtype=np.float64)
     lower, upper = wilson_interval(accuracy * size, size)
     positions = np.arange(len(rows))
-    significant = rows["q_value"].to_numpy() <= 0.05 if "q_value" in rows.columns else np.zeros(len(rows), bool)
+    significant = rows["q_value"].to_numpy() <= 0.05 if tested else np.zeros(len(rows), bool)
     colours = np.where(significant, SIGNIFICANT, OTHER)
     axes.barh(positions, accuracy, color=colours, height=0.65,
               xerr=np.clip(np.nan_to_num(np.vstack([accuracy - lower, upper - accuracy])), 0.0, None),
@@ -81,7 +99,7 @@ def weak_slices_figure(
     if overall_accuracy is not None and not math.isnan(overall_accuracy):
         handles.append(axes.axvline(overall_accuracy, color="#2c3e50", linestyle="--", linewidth=1.2,
                                     label=f"{split} overall accuracy {overall_accuracy:.2f}"))
-    if "q_value" in rows.columns:
+    if tested:
         handles.append(Patch(color=SIGNIFICANT, label="significantly below the rest of the split (q <= 0.05)"))
         if not significant.all():
             handles.append(Patch(color=OTHER, label="not significant"))
@@ -93,4 +111,3 @@ def weak_slices_figure(
                 frameon=False, ncol=2)
     axes.grid(axis="x", alpha=0.3)
     axes.set_axisbelow(True)
-    return figure

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dq_plugins.adapters.batch import check_shapes, check_values
+from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
@@ -85,6 +86,7 @@ class DynamicsSession:
         self._rule_history: list[Any] = []  # dq/rules.json rows of the validation-time evaluations
         self.mark_failed_at_validation = False
         self.result = None
+        self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
 
     # ------------------------------------------------------------------ metadata, rules
@@ -344,19 +346,19 @@ class DynamicsSession:
         if latency is not None:
             latency.close_epoch(reduce=reduce, device=ledger.device)
         if counters["out_of_range"]:
-            warnings.warn(
+            warn(
                 f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
                 f"0..{ledger.capacity - 1} or a label outside 0..{ledger.num_classes - 1} and were not recorded. "
                 "HINT: give stable 0-based ids (`dq_plugins.with_ids`) or pass `num_samples=` to the callback.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=2, once=self._warned, key=f"out_of_range/{split}",
             )
         if counters["non_finite"]:
-            warnings.warn(
+            warn(
                 f"dq_plugins: {counters['non_finite']} {split} rows in epoch {epoch} had NaN or inf logits; "
-                "they are recorded as missing for that epoch.",
+                "they are recorded as missing for that epoch (warned once per split).",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=2, once=self._warned, key=f"non_finite/{split}",
             )
 
     # ------------------------------------------------------------------ checkpoint
@@ -428,7 +430,9 @@ class DynamicsSession:
         result = self.finish(sink)
         report = getattr(result, "rules_report", None)
         failed = self.mark_failed_at_validation or (report is not None and report.mark_failed)
-        sink.end("FAILED" if failed else "FINISHED")
+        sink.end("FAILED" if failed else "FINISHED", by_rule=failed)
+        logger.info(fit_summary_line(result.metrics if result is not None else {},
+                                     result.samples if result is not None else None, sink.location()))
         if report is not None:
             report.raise_if_failed()
         return result
@@ -437,8 +441,11 @@ class DynamicsSession:
         histories = self.histories()
         self.save_raw(sink, histories)
         result = None
+        bar = progress(total=3, desc="end-of-fit analysis")
         try:
             from dq_plugins.analysis.pipeline import analyze
+
+            bar.set_postfix_str("scores")
 
             embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
             for split, (ids, values) in embeddings.items():
@@ -454,19 +461,25 @@ class DynamicsSession:
             import pandas as pd
 
             rule_history = pd.concat(self._rule_history, ignore_index=True) if self._rule_history else None
+            bar.update()
+            bar.set_postfix_str("figures, slices, rules")
             publish_results(result, histories, embeddings, sink, texts=self.texts, rules=self.rules, pools=self.pools,
                             rule_history=rule_history)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
             sink.stage_path(ANALYSIS_ERROR_PATH).write_text(trace)
             sink.add_artifact(ANALYSIS_ERROR_PATH)
-            warnings.warn(
+            warn(
                 "dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
                 f"dynamics were saved under `{RAW_DIR}/` in the run so the analysis can be rerun.\n{trace}",
                 RuntimeWarning,
                 stacklevel=2,
             )
+        bar.update()
+        bar.set_postfix_str("upload")
         sink.flush()
+        bar.update()
+        bar.close()
         self.result = result
         return result
 

@@ -11,15 +11,14 @@ The kept folder (a *fallback folder*) mirrors the run's artifact paths and holds
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+from dq_plugins.logs import logger, warn
 from dq_plugins.schema import ARTIFACT_DIR
 
 FALLBACK_MANIFEST = "dq_fallback.json"
@@ -80,6 +79,10 @@ class MlflowSink:
         self._figures: list[tuple[Any, str]] = []
         self._tags: dict[str, str] = {}
         self._experiment_marked = False
+        self.experiment_id: str | None = None
+        self.kept_at: Path | None = None  # the fallback folder, once a flush failed
+        self.run_owner: str | None = None  # who ends a run this sink did not create, in words (for messages)
+        self.end_foreign: Any = None  # callable(status) that ends such a run with a status, where one can
 
     @property
     def client(self) -> Any:
@@ -112,11 +115,12 @@ class MlflowSink:
         try:
             if experiment_id is None:
                 experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            self.experiment_id = experiment_id
             experiment = self.client.get_experiment(experiment_id)
             if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
                 self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as err:  # noqa: BLE001 - the UI view is not worth a failed run
-            logging.getLogger("dq_plugins").debug("could not tag the experiment of run %s: %s", self.run_id, err)
+            logger.debug("could not tag the experiment of run %s: %s", self.run_id, err)
 
     # ------------------------------------------------------------------ staging
     def stage_path(self, artifact_path: str) -> Path:
@@ -178,8 +182,8 @@ class MlflowSink:
                 for start in range(0, len(metrics), 500):
                     self.client.log_batch(run_id, metrics=metrics[start : start + 500])
         except Exception as err:  # noqa: BLE001 - any tracking failure must keep the files
-            target = self._keep_locally(err)
-            warnings.warn(
+            target = self.kept_at = self._keep_locally(err)
+            warn(
                 f"dq_plugins could not write to MLflow ({type(err).__name__}: {err}). The results are kept in "
                 f"{target}. Upload them once the tracking server is reachable with `{upload_command(target)}` "
                 "(add `--run-id RUN_ID` to log into another existing run).",
@@ -251,16 +255,54 @@ class MlflowSink:
         }
         path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Terminate the run if this sink created it; remove the staging folder."""
+    def location(self) -> str:
+        """Where the results are and how to open them: the run and its MLflow UI page (for a local store,
+        the ``mlflow ui`` command with the store's absolute URI), or the fallback folder."""
+        if self.kept_at is not None:
+            return f"MLflow could not be reached; the results are kept in {self.kept_at} (`{upload_command(self.kept_at)}`)."
+        if self.run_id is None:
+            return "no MLflow run was opened."
+        try:
+            uri = absolute_tracking_uri(getattr(self.client, "tracking_uri", None) or self.tracking_uri or "")
+            if self.experiment_id is None:
+                self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            return f"Run {self.run_id}: {open_hint(uri, self.experiment_id, self.run_id)}."
+        except Exception:  # noqa: BLE001 - the id alone still finds the run
+            return f"Run {self.run_id}."
+
+    def end(self, status: str = "FINISHED", *, by_rule: bool = False) -> None:
+        """Terminate the run if this sink created it; remove the staging folder.
+
+        ``by_rule=True`` (with ``status="FAILED"``): a ``FailRun("mark_failed")`` rule held. A run owned by
+        someone else is then tagged :data:`RUN_FAILED_TAG` and ended FAILED through :attr:`end_foreign`; where
+        there is none (the Lightning ``MLFlowLogger`` sets the status itself after the callbacks), a warning
+        says so and what to do instead."""
         try:
             if self.owns_run and self.run_id is not None:
                 self.client.set_terminated(self.run_id, status=status)
+            elif by_rule and status == "FAILED" and self.run_id is not None:
+                self.client.set_tag(self.run_id, RUN_FAILED_TAG, "true")
+                if self.end_foreign is not None:
+                    self.end_foreign(status)
+                else:
+                    owner = self.run_owner or "another component"
+                    warn(
+                        f"dq_plugins: a FailRun('mark_failed') rule held, but run {self.run_id} belongs to {owner}, "
+                        f"which sets the run's status itself when it ends (FINISHED after a completed fit); the run is "
+                        f"tagged {RUN_FAILED_TAG}=true instead. HINT: find such runs with "
+                        f"`mlflow.search_runs(filter_string=\"tags.`{RUN_FAILED_TAG}` = 'true'\")`, or use "
+                        f"FailRun('raise'): the fit then stops and {owner} ends the run FAILED.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"dq_plugins could not close MLflow run {self.run_id}: {err}", RuntimeWarning, stacklevel=2)
+            warn(f"dq_plugins could not close MLflow run {self.run_id}: {err}", RuntimeWarning, stacklevel=2)
         finally:
             shutil.rmtree(self._staging, ignore_errors=True)
 
+
+RUN_FAILED_TAG = "dq.run_failed"
+"""Tag set to ``"true"`` on a run a ``FailRun("mark_failed")`` rule failed, when dq_plugins does not own the run."""
 
 UI_ADDRESS = "http://127.0.0.1:5000"
 """Where ``mlflow ui`` serves by default."""
@@ -274,6 +316,19 @@ def ui_url(server: str, experiment_id: str, run_id: str | None = None) -> str:
     """
     page = f"{server.rstrip('/')}/#/experiments/{experiment_id}"
     return f"{page}/runs/{run_id}?workflowType=machine_learning" if run_id else f"{page}?workflowType=machine_learning"
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite or file path made absolute (it then works from any folder)."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            path = uri[len(scheme):]
+            if path and not os.path.isabs(path) and path != ":memory:":
+                return f"{scheme}{os.path.abspath(path)}"
+            return uri
+    if uri and "://" not in uri:  # a plain folder (file store)
+        return os.path.abspath(uri)
+    return uri
 
 
 def open_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:

@@ -9,11 +9,11 @@ the metrics, and the slice tables, weak slices, latency report and rules.
 from __future__ import annotations
 
 import traceback
-import warnings
 from typing import Any
 
 import numpy as np
 
+from dq_plugins.logs import warn
 from dq_plugins.schema import (
     CLASS_OVERLAP_PATH,
     COMPUTED_COLUMNS,
@@ -88,7 +88,7 @@ def publish_results(
     try:
         _slices_and_rules(result, histories, embeddings, sink, rules or [], pools or {}, rule_history)
     except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
-        warnings.warn(
+        warn(
             f"dq_plugins: the slice and rule analysis failed; the per-sample results are saved.\n"
             f"{traceback.format_exc()}",
             RuntimeWarning,
@@ -102,13 +102,18 @@ def warn_if_untrusted(result: Any) -> None:
     trust = getattr(result, "trust", None) or {}
     if all(verdict.trusted for verdict in trust.values()):
         return
-    warnings.warn(
+    warn(
         "dq_plugins: the label-issue flags are not to be trusted; the estimated noise rate is not logged for:\n  "
         + "\n  ".join(verdict.line(split) for split, verdict in trust.items() if not verdict.trusted)
         + "\nHINT: train longer (at least 2 epochs) or fix the model until it learns, then rerun.",
         UserWarning,
         stacklevel=3,
     )
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    """Train first, then validation, then any other split by name."""
+    return ({"train": 0, "validation": 1}.get(split, 2), split)
 
 
 def metadata_columns(samples: Any) -> list[str]:
@@ -132,9 +137,11 @@ def _slices_and_rules(
     sink.add_table(slices, SLICES_PATH)
     sink.add_table(weak, WEAK_SLICES_PATH)
     shown = weak if len(weak) else slices
-    train_accuracy = split_metric_key("accuracy", TRAIN)
-    if len(shown) and train_accuracy in result.metrics:
-        sink.add_figure(weak_slices_figure(shown, result.metrics[train_accuracy]), WEAK_SLICES_FIGURE_PATH)
+    splits = [split for split in histories if (samples["split"] == split).any()]
+    if len(shown) and splits:
+        overall = {split: result.metrics.get(split_metric_key("accuracy", split), float("nan")) for split in splits}
+        sink.add_figure(weak_slices_figure(shown, overall, split=sorted(splits, key=_split_order)),
+                        WEAK_SLICES_FIGURE_PATH)
     correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
     for key, values in slice_epoch_accuracy(samples, shown, correct).items():
         for epoch, value in values:
@@ -164,8 +171,8 @@ def _slices_and_rules(
 
 def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
     """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
-    ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (point-biserial r: negative when
-    slower samples are less often correct)."""
+    ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (Spearman rho across batches between a
+    batch's latency and its accuracy: negative when slower batches are less often correct)."""
     from dq_plugins.analysis.slices import latency_report
 
     report = latency_report(result.samples, columns=columns)
