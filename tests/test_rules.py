@@ -20,8 +20,7 @@ from dq_plugins.rules.actions import (
     run_rule_actions,
 )
 from dq_plugins.sinks.mlflow_sink import MlflowSink
-from dq_plugins.rules.model import (
-    MAX_YAML_CHARS,
+from dq_plugins.rules import (
     Condition,
     DataQualityRuleFailed,
     ExportRows,
@@ -36,6 +35,7 @@ from dq_plugins.rules.model import (
     rules_from_yaml,
     validate_rules,
 )
+from dq_plugins.rules.model import MAX_YAML_CHARS
 from dq_plugins.selection import EmbeddingPool
 from dq_plugins.analysis.slices import slice_metrics
 

@@ -29,16 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from dq_plugins.rules.model import (
-    DataQualityRuleFailed,
-    ExportRows,
-    FailRun,
-    RelabelList,
-    RuleOutcome,
-    RuleStatus,
-    SelectSimilar,
-    TagRun,
-)
+from dq_plugins.rules.evaluation import RuleOutcome, RuleStatus
+from dq_plugins.rules.model import DataQualityRuleFailed, ExportRows, FailRun, RelabelList, SelectSimilar, TagRun
 from dq_plugins.schema import RULES_DIR, RULES_TABLE_PATH, ScoreDirection, issue_type
 
 FAILED_TAG = "dq.rules.failed"
