@@ -348,6 +348,20 @@ def _log_provenance(client: Any, run_id: str, record: dict[str, Any]) -> None:
         client.set_tag(run_id, key, value)
 
 
+def _log_fixed_dataset(client: Any, run_id: str, record: dict[str, Any]) -> None:
+    """Log the fixed dataset as an MLflow dataset whose source is the source run (lineage): into the source run
+    (context ``fix_output``), and into MLflow's active run, if another one is open (context ``train``: the run
+    that retrains on it)."""
+    import mlflow
+
+    from dq_plugins.sinks.datasets import fix_dataset_input
+
+    client.log_inputs(run_id, datasets=[fix_dataset_input(record, "fix_output")])
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id != run_id:
+        mlflow.MlflowClient().log_inputs(active.info.run_id, datasets=[fix_dataset_input(record, "train")])
+
+
 def fix(
     dataset: Any,
     run_id: str,
@@ -416,4 +430,5 @@ def fix(
         fixed.provenance = record
     if log_provenance:
         _log_provenance(client, run_id, record)
+        _log_fixed_dataset(client, run_id, record)
     return (fixed, record) if return_provenance else fixed

@@ -202,6 +202,22 @@ def test_provenance_is_logged_in_the_source_run_and_appended(store):
     assert len(fixes[1]["new_labels"]) == len(fixes[1]["sample_ids"]) == fixes[1]["rows_changed"]
 
 
+def test_the_fixed_dataset_is_an_mlflow_dataset_whose_source_is_the_source_run(store):
+    client = mlflow.MlflowClient(store.uri)
+    run = store.run_b
+    with mlflow.start_run(run_name="retrain") as retrain:
+        fixed, record = dq_plugins.fix(store.train_a, run, "drop", return_provenance=True)
+    for run_id, context in ((run, "fix_output"), (retrain.info.run_id, "train")):
+        inputs = [i for i in client.get_run(run_id).inputs.dataset_inputs
+                  if i.dataset.source_type == "dq_plugins.fix" and json.loads(i.dataset.source)["action"] == "drop"]
+        assert len(inputs) == 1, f"no fix dataset in run {run_id}"  # the same fix twice is one dataset
+        assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == context
+        assert json.loads(inputs[0].dataset.source)["source_run_id"] == run  # lineage
+        assert inputs[0].dataset.name == "train-drop"
+        assert json.loads(inputs[0].dataset.profile)["num_rows"] == len(fixed)
+    assert record["rows_changed"] > 0
+
+
 def test_no_provenance_logged_when_switched_off(store):
     client = mlflow.MlflowClient(store.uri)
     before = client.get_run(store.run_a).data.tags.get("dq.fix.count")

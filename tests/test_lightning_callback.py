@@ -119,6 +119,29 @@ def test_mark_failed_on_a_logger_owned_run_says_why_not_and_tags_it(tracking_uri
     assert run.data.tags["dq.run_failed"] == "true" and run.info.status == "FINISHED"
 
 
+def test_recorded_splits_options_and_version_are_in_the_run(tracking_uri):
+    import dq_plugins
+
+    val = BlobsDataset(30, seed=1)
+    first, _ = fit(DataQualityCallback(run_name="a", metadata=pd.DataFrame({"sample_id": [0], "w": [1]})), val=val,
+                   max_epochs=1)
+    second, _ = fit(DataQualityCallback(run_name="b"), val=val, max_epochs=1)
+    client = mlflow.MlflowClient()
+    runs = [client.get_run(c.run_id) for c in (first, second)]
+    inputs = [{i.dataset.name: i for i in run.inputs.dataset_inputs} for run in runs]
+    assert sorted(inputs[0]) == ["train", "validation"]
+    train = inputs[0]["train"]
+    assert {t.key: t.value for t in train.tags} == {"mlflow.data.context": "train"}
+    assert json.loads(train.dataset.source)["record"] == "dq/raw/train.npz"
+    assert json.loads(train.dataset.profile)["num_rows"] == 96
+    assert inputs[0]["train"].dataset.digest == inputs[1]["train"].dataset.digest  # same data version
+    assert inputs[0]["train"].dataset.digest != inputs[0]["validation"].dataset.digest
+    params = runs[0].data.params
+    assert params["dq.id_key"] == "idx" and params["dq.run_name"] == "a" and params["dq.logits_module"] == "None"
+    assert params["dq.metadata"] == "DataFrame(1 rows; columns ['sample_id', 'w'])"
+    assert runs[0].data.tags["dq_plugins.version"] == dq_plugins.__version__
+
+
 def test_the_experiment_opens_on_its_runs_unless_the_user_chose_a_view(tracking_uri):
     fit(DataQualityCallback(experiment_name="fresh"), max_epochs=1)
     assert mlflow.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == "custom_model_development"

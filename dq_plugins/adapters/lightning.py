@@ -30,6 +30,7 @@ from dq_plugins.recording.latency import ForwardTimer
 from dq_plugins.deprecation import renamed_options
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.schema import TRAIN, VALIDATION
+from dq_plugins.sinks.datasets import given_options
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _PACKAGES = lightning_packages()
@@ -180,7 +181,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             early_epochs = renamed_options(DataQualityCallback.__init__, renamed, LIGHTNING_RENAMED,
                                            {"early_epochs": early_epochs})["early_epochs"]
         check_projection(projection)
+        given = given_options(DataQualityCallback.__init__, locals())
         super().__init__()
+        self._options = given  # logged as dq.* parameters
         self.session = DynamicsSession(
             SessionConfig(id_key, label_key, num_samples, num_val_samples, early_epochs, max_issue_rows, fallback_dir,
                           metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
@@ -455,7 +458,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if not trainer.is_global_zero or self._sink is None:
             return
         try:
-            self.session.finish_run(self._sink)
+            self.session.finish_run(self._sink, options=self._options)
         finally:
             self.run_id = self._sink.run_id
 

@@ -73,6 +73,7 @@ from dq_plugins.recording.latency import ForwardTimer, Span
 from dq_plugins.deprecation import renamed_options
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.schema import COMPUTED_COLUMNS, TRAIN, VALIDATION
+from dq_plugins.sinks.datasets import given_options
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _transformers = require("transformers", "transformers accelerate")
@@ -493,6 +494,7 @@ class DataQualityCallback(TrainerCallback):
             id_key, label_key, logits_module = options["id_key"], options["label_key"], options["logits_module"]
             metadata_keys, early_epochs = options["metadata_keys"], options["early_epochs"]
         check_projection(projection)
+        self._options = given_options(DataQualityCallback.__init__, locals())  # logged as dq.* parameters
         self.embeddings = embeddings
         self.logits_module = logits_module
         self.final_pass = final_pass
@@ -808,7 +810,7 @@ class DataQualityCallback(TrainerCallback):
             self.session.texts = dict(texts) if isinstance(texts, Mapping) else dict(enumerate(texts))
         sink, self._sink = self._sink, None
         try:
-            self.session.finish_run(sink)
+            self.session.finish_run(sink, options=self._options)
         finally:
             self.run_id = sink.run_id
 

@@ -412,22 +412,35 @@ class DynamicsSession:
                 history.latency_ms = recorder.latest[: history.labels.shape[0]].copy()
         return histories
 
-    def finish(self, sink: MlflowSink):
-        """Save the raw record, analyse it and log everything through ``sink``.
+    def finish(self, sink: MlflowSink, *, options: Any = None):
+        """Save the raw record, analyse it and log everything through ``sink`` (with :meth:`describe_run`).
 
         Never raises: an analysis error becomes a warning, and the raw record is uploaded (or kept
         locally) first so the analysis can be rerun. Returns the ``AnalysisResult`` or ``None``.
         """
         threads = torch.get_num_threads()  # UMAP/numba can change torch's thread count: restore it
         try:
-            return self._finish(sink)
+            return self._finish(sink, options)
         finally:
             torch.set_num_threads(threads)
 
-    def finish_run(self, sink: MlflowSink):
+    def describe_run(self, sink: MlflowSink, histories: dict[str, SplitHistory], options: Any = None) -> None:
+        """Stage what the run saw (:mod:`dq_plugins.sinks.datasets`): each recorded split as a dataset input,
+        the callback's ``options`` (name -> value as given) as ``dq.<name>`` parameters, the library version tag."""
+        from dq_plugins import __version__
+        from dq_plugins.sinks.datasets import VERSION_TAG, option_params, split_input
+
+        sink.add_tag(VERSION_TAG, __version__)
+        for key, value in option_params(options or {}).items():
+            sink.add_param(key, value)
+        for split, history in histories.items():
+            ids = np.flatnonzero(history.seen)
+            sink.add_input(split_input(split, ids, history.labels[ids]))
+
+    def finish_run(self, sink: MlflowSink, *, options: Any = None):
         """:meth:`finish`, then close the run (FAILED when a ``FailRun("mark_failed")`` rule held) and
         raise :class:`~dq_plugins.rules.DataQualityRuleFailed` when a ``FailRun("raise")`` rule held."""
-        result = self.finish(sink)
+        result = self.finish(sink, options=options)
         report = getattr(result, "rules_report", None)
         failed = self.mark_failed_at_validation or (report is not None and report.mark_failed)
         sink.end("FAILED" if failed else "FINISHED", by_rule=failed)
@@ -437,9 +450,10 @@ class DynamicsSession:
             report.raise_if_failed()
         return result
 
-    def _finish(self, sink: MlflowSink):
+    def _finish(self, sink: MlflowSink, options: Any = None):
         histories = self.histories()
         self.save_raw(sink, histories)
+        self.describe_run(sink, histories, options)
         result = None
         bar = progress(total=3, desc="end-of-fit analysis")
         try:

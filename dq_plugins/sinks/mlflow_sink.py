@@ -78,6 +78,8 @@ class MlflowSink:
         self._tables: list[tuple[Any, str]] = []
         self._figures: list[tuple[Any, str]] = []
         self._tags: dict[str, str] = {}
+        self._params: dict[str, str] = {}
+        self._inputs: list[Any] = []
         self._experiment_marked = False
         self.experiment_id: str | None = None
         self.kept_at: Path | None = None  # the fallback folder, once a flush failed
@@ -148,6 +150,15 @@ class MlflowSink:
         """Queue a run tag."""
         self._tags[key] = str(value)
 
+    def add_param(self, key: str, value: str) -> None:
+        """Queue a run parameter (MLflow keeps a parameter's first value: log each key with one value only)."""
+        self._params[key] = str(value)
+
+    def add_input(self, dataset_input: Any) -> None:
+        """Queue an ``mlflow.entities.DatasetInput`` (see :mod:`dq_plugins.sinks.datasets`); not logged again
+        when ``replace`` (the run has it from its fit)."""
+        self._inputs.append(dataset_input)
+
     def add_metric(self, key: str, value: float, step: int = 0, series: bool = False) -> None:
         """Queue a metric; ``series=True`` marks one point of a per-epoch series (see ``replace``)."""
         self._metrics.append((key, float(value), int(step), bool(series)))
@@ -167,6 +178,15 @@ class MlflowSink:
                     self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
             for key, value in self._tags.items():
                 self.client.set_tag(run_id, key, value)
+            if self._params:
+                from mlflow.entities import Param
+
+                logged = self.client.get_run(run_id).data.params
+                params = [Param(k, v) for k, v in self._params.items() if k not in logged]  # first value stays
+                if params:
+                    self.client.log_batch(run_id, params=params)
+            if self._inputs and not self.replace:
+                self.client.log_inputs(run_id, datasets=self._inputs)
             for figure, artifact_path in self._figures:
                 self.client.log_figure(run_id, figure, artifact_path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             if self._metrics:
@@ -199,6 +219,8 @@ class MlflowSink:
             self._tables.clear()
             self._figures.clear()
             self._tags.clear()
+            self._params.clear()
+            self._inputs.clear()
         return True
 
     def _replace_tables(self, run_id: str) -> None:
