@@ -133,7 +133,7 @@ def select_for_slice(result: Any, embeddings: dict, pool: Any, pool_days: np.nda
                      options: dict[str, Any]) -> tuple[Any, np.ndarray]:
     """Pool picks most similar to the members of ``slice_row``; returns (selection table, member ids)."""
     from dq_plugins.selection import select_similar
-    from dq_plugins.analysis.slices import slice_members
+    from dq_plugins.analysis.slice_history import slice_members
 
     members = slice_members(result.samples, [(slice_row["split"], slice_row["slice"])])
     ids = members[(slice_row["split"], slice_row["slice"])]

@@ -1,4 +1,4 @@
-"""dq_plugins.analysis.slices: slice metrics against a hand-computed case, the weak-slice test, latency, figure."""
+"""Slices (dq_plugins.analysis: slice_keys, slices, weak_slices, latency_report, slice_history): metrics against a hand-computed case, the weak-slice test, latency, figure."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ import pandas as pd
 import pytest
 
 from dq_plugins.figures.slices import weak_slices_figure, wilson_interval
-from dq_plugins.analysis.slices import (
+from dq_plugins.analysis.latency_report import LATENCY_REPORT_COLUMNS, latency_report
+from dq_plugins.analysis.slice_history import metric_key, slice_epoch_accuracy, slice_members
+from dq_plugins.analysis.slices import SLICE_COLUMNS, _Rows, macro_f1_by_slice, slice_metrics
+from dq_plugins.analysis.weak_slices import (
     EXACT_SCREEN_P,
-    SLICE_COLUMNS,
     WEAK_SLICE_COLUMNS,
-    _Rows,
     _screened_lower_p,
     benjamini_hochberg,
     find_weak_slices,
-    LATENCY_REPORT_COLUMNS,
-    latency_report,
     lower_accuracy_p_value,
-    macro_f1_by_slice,
-    metric_key,
-    slice_epoch_accuracy,
-    slice_members,
-    slice_metrics,
 )
 
 
@@ -251,7 +245,7 @@ def test_benjamini_hochberg_gives_the_hand_written_implementations_values():
 
 
 def test_weak_slices_are_the_same_as_with_the_hand_written_correction(monkeypatch: pytest.MonkeyPatch):
-    import dq_plugins.analysis.slices as slices_module
+    import dq_plugins.analysis.weak_slices as slices_module
 
     frame = planted().drop(columns=["latency_ms"])
     now = find_weak_slices(frame, columns=["source", "length", "day", "group"])

@@ -42,7 +42,7 @@ def weak_slices_figure(
 
     Args:
         slices: a table with ``split, slice, size, accuracy`` (from
-            :func:`dq_plugins.analysis.slices.find_weak_slices`, or :func:`dq_plugins.analysis.slices.slice_metrics`); with a
+            :func:`dq_plugins.analysis.weak_slices.find_weak_slices`, or :func:`dq_plugins.analysis.slices.slice_metrics`); with a
             ``q_value`` column the bars say it, and a ``rest_accuracy`` column is not needed.
         overall_accuracy: accuracy of the whole split, drawn as a vertical line (a mapping: per split).
         split: which split, or splits (one panel each, in this order), to draw.

@@ -143,7 +143,7 @@ def _slice_member_mask(samples: pd.DataFrame, slice_rows: pd.DataFrame) -> np.nd
     mask = np.zeros(len(samples), dtype=bool)
     if slice_rows.empty:
         return mask
-    from dq_plugins.analysis.slices import slice_masks
+    from dq_plugins.analysis.slice_history import slice_masks
 
     for member in slice_masks(samples, slice_rows).values():
         mask |= member

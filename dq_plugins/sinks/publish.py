@@ -126,7 +126,9 @@ def _slices_and_rules(
 ) -> None:
     """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
     from dq_plugins.figures.slices import weak_slices_figure
-    from dq_plugins.analysis.slices import find_weak_slices, slice_epoch_accuracy, slice_metrics
+    from dq_plugins.analysis.slice_history import slice_epoch_accuracy
+    from dq_plugins.analysis.slices import slice_metrics
+    from dq_plugins.analysis.weak_slices import find_weak_slices
 
     samples = result.samples
     # slices per class, cluster and latency bucket are added by slice_metrics itself
@@ -173,7 +175,7 @@ def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
     """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
     ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (Spearman rho across batches between a
     batch's latency and its accuracy: negative when slower batches are less often correct)."""
-    from dq_plugins.analysis.slices import latency_report
+    from dq_plugins.analysis.latency_report import latency_report
 
     report = latency_report(result.samples, columns=columns)
     result.latency = report
