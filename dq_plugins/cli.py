@@ -145,7 +145,8 @@ def summary_table(samples: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFr
     """One row per split: samples, accuracy (against the given labels), label issues and their
     rate, the estimated noise rate (the run's ``dq.estimated_noise_rate*`` metric, NaN when the run's
     ``dq.flags_trusted*`` is 0), the flags' trust (``dq.flags_trusted*``, 1/0, NaN for older runs) and
-    the mean mislabel_score. :func:`report_summary` is the text the report shows."""
+    the mean AUM (given-label margin: lower = the model fought the labels more; mislabel_score, a percentile
+    rank within the split, would average 0.5 in every split). :func:`report_summary` is the text the report shows."""
     rows = []
     for split in ordered_splits(samples["split"]):
         part = samples[samples["split"] == split]
@@ -160,7 +161,7 @@ def summary_table(samples: pd.DataFrame, metrics: dict[str, float]) -> pd.DataFr
                 np.nan if trusted == 0.0 else _metric(metrics, summary_metric_key("estimated_noise_rate", split))
             ),
             "flags_trusted": trusted,
-            "mean_mislabel_score": float(part["mislabel_score"].mean()),
+            "mean_aum": float(part["aum"].mean()) if "aum" in part.columns else np.nan,
         })
     return pd.DataFrame(rows)
 
@@ -195,21 +196,22 @@ def trust_text(metrics: dict[str, float], split: str) -> str:
 
 def slice_table(samples: pd.DataFrame, columns: Sequence[str] = SLICE_COLUMNS) -> pd.DataFrame:
     """Per split and per value of each of ``columns`` present: size, accuracy, label-issue rate and
-    mean mislabel_score. The slice is named ``column=value``."""
+    mean AUM (NaN without an ``aum`` column). The slice is named ``column=value``."""
     frames = []
     for column in (c for c in columns if c in samples.columns):
         grouped = samples.assign(
             _correct=(samples["pred"] == samples["label"]).astype(float),
             _issue=samples["is_label_issue"].astype(float),
+            _aum=samples["aum"] if "aum" in samples.columns else np.nan,
         ).groupby(["split", column], sort=True)
         table = grouped.agg(
             size=("sample_id", "size"), accuracy=("_correct", "mean"), issue_rate=("_issue", "mean"),
-            mean_mislabel_score=("mislabel_score", "mean"),
+            mean_aum=("_aum", "mean"),
         ).reset_index()
         table.insert(1, "slice", [f"{column}={value}" for value in table.pop(column)])
         frames.append(table)
     if not frames:
-        return pd.DataFrame(columns=["split", "slice", "size", "accuracy", "issue_rate", "mean_mislabel_score"])
+        return pd.DataFrame(columns=["split", "slice", "size", "accuracy", "issue_rate", "mean_aum"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -269,6 +271,9 @@ def _logged_slices(client: Any, run_id: str, progress: _Progress) -> pd.DataFram
         table = pd.read_json(download(client, run_id, SLICES_PATH, tmp), orient="split")
     if "accuracy" in table.columns:
         table = table.sort_values("accuracy")
+    # mislabel_score is a percentile rank within its split: its mean over a slice says little (about 0.5);
+    # label_issue_rate is what the table shows about the labels instead.
+    table = table.drop(columns=["mean_mislabel_score"], errors="ignore")
     return table.head(10).reset_index(drop=True)
 
 

@@ -109,3 +109,26 @@ def test_confidence_pred_is_the_last_epochs_predicted_class_probability_and_feed
     overall = table[(table["column"] == "label") & (table["value"].astype(str) == "1")]
     # sample 1 predicts class 0 with confidence 0.8 and is wrong: |0 - 0.8| in its one-sample bin
     assert overall["ece"].iloc[0] == pytest.approx(0.8, rel=1e-5)
+
+
+def test_issue_table_leads_with_train_and_display_tables_are_rounded():
+    import pandas as pd
+
+    from dq_plugins.analysis.pipeline import top_issues
+    from dq_plugins.sinks.mlflow_sink import rounded_for_display
+
+    samples = pd.DataFrame({
+        "sample_id": [0, 1, 2, 3], "split": ["validation", "train", "validation", "train"], "label": 0, "pred": 0,
+        "suggested_label": 0, "mislabel_score": np.array([0.99, 0.2, 0.5, 0.7], np.float32),
+        "is_label_issue": [True, False, False, True], "confidence": np.float32(0.123456789), "aum": 1.0,
+        "forgetting_events": 0,
+    })
+    issues = top_issues(samples)
+    assert issues.columns[0] == "split"
+    assert issues[["split", "sample_id"]].values.tolist() == [["train", 3], ["train", 1], ["validation", 0],
+                                                               ["validation", 2]]
+    shown = rounded_for_display(issues.assign(p_value=3.6123e-200))
+    text = shown.to_json(orient="split")
+    assert '"mislabel_score"' in text and "0.7" in text and "0.69999" not in text and "0.1235" in text
+    assert shown["p_value"].iloc[0] == 3.612e-200  # significant digits: a tiny p-value keeps its exponent
+    assert issues["confidence"].dtype.kind == "f"  # the input is left alone

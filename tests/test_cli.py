@@ -412,6 +412,7 @@ def toy_samples() -> pd.DataFrame:
         "pred": [0, 1, 1, 1, 0, 0],
         "is_label_issue": [False, True, False, False, False, False],
         "mislabel_score": [0.1, 0.9, 0.2, 0.4, 0.3, 0.7],
+        "aum": [2.0, -1.0, 1.0, 3.0, 0.5, -0.5],
     })
 
 
@@ -420,7 +421,7 @@ def test_summary_table_hand_computed():
     train = table.iloc[0]
     assert (train["split"], train["samples"], train["accuracy"], train["label_issues"]) == ("train", 4, 0.75, 1)
     assert train["issue_rate"] == 0.25 and train["est_noise_rate"] == 0.25
-    assert train["mean_mislabel_score"] == pytest.approx(0.4)
+    assert train["mean_aum"] == pytest.approx(1.25)
     assert np.isnan(table.iloc[1]["est_noise_rate"])  # no metric logged for validation
 
 
@@ -428,7 +429,9 @@ def test_slice_table_and_weakest_hand_computed():
     slices = slice_table(toy_samples())
     row = slices[(slices["split"] == "train") & (slices["slice"] == "label=0")].iloc[0]
     assert (row["size"], row["accuracy"], row["issue_rate"]) == (2, 0.5, 0.5)
-    assert row["mean_mislabel_score"] == pytest.approx(0.5)
+    assert row["mean_aum"] == pytest.approx(0.5)
+    other = slices[(slices["split"] == "train") & (slices["slice"] == "label=1")].iloc[0]
+    assert other["mean_aum"] == pytest.approx(2.0)  # varies by class
     weakest = weakest_slices(slices, top=2, min_size=1)
     assert weakest["accuracy"].tolist() == [0.0, 0.5]
 

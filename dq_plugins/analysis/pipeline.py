@@ -240,11 +240,14 @@ def issue_reason(row: pd.Series) -> str:
 
 
 def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.DataFrame:
-    """Flagged rows first, then by mislabel_score, across splits, bounded to ``max_rows``."""
+    """Train first (the data one fixes), then the held-out splits; within a split flagged rows first, then by
+    mislabel_score; bounded to ``max_rows``. The split is the first column."""
     if samples.empty:
         return pd.DataFrame(columns=list(ISSUE_COLUMNS))
-    ordered = samples.sort_values(["is_label_issue", "mislabel_score"], ascending=[False, False])
-    top = ordered.head(max_rows).copy()
+    split = samples["split"].astype(str)
+    ordered = samples.assign(_rank=split.map({"train": 0, "validation": 1}).fillna(2), _split=split).sort_values(
+        ["_rank", "_split", "is_label_issue", "mislabel_score"], ascending=[True, True, False, False], kind="stable")
+    top = ordered.drop(columns=["_rank", "_split"]).head(max_rows).copy()
     top["reason"] = top.apply(issue_reason, axis=1)
     top["mislabel_score"] = top["mislabel_score"].round(4)
     top["confidence"] = top["confidence"].round(4)

@@ -136,7 +136,9 @@ class MlflowSink:
         self._pending.append((str(self.stage_path(artifact_path)), str(Path(artifact_path).parent)))
 
     def add_table(self, frame: Any, artifact_path: str) -> None:
-        """Queue a table in the JSON format of ``mlflow.log_table`` (rendered by the MLflow UI)."""
+        """Queue a table in the JSON format of ``mlflow.log_table`` (rendered by the MLflow UI), its numbers
+        rounded for reading (:func:`rounded_for_display`; full precision stays in ``dq/samples.parquet``)."""
+        frame = rounded_for_display(frame)
         path = self.stage_path(artifact_path)
         frame.to_json(path, orient="split", index=False, date_format="iso")  # the local copy
         self._tables.append((frame, artifact_path))
@@ -338,6 +340,25 @@ def ui_url(server: str, experiment_id: str, run_id: str | None = None) -> str:
     """
     page = f"{server.rstrip('/')}/#/experiments/{experiment_id}"
     return f"{page}/runs/{run_id}?workflowType=machine_learning" if run_id else f"{page}?workflowType=machine_learning"
+
+
+DISPLAY_DIGITS = 4
+"""Significant digits of the floats in a table written for the MLflow UI (a p-value keeps its exponent)."""
+
+
+def rounded_for_display(frame: Any, digits: int = DISPLAY_DIGITS) -> Any:
+    """A copy of ``frame`` whose float columns hold ``digits`` significant digits, as float64 (a float32 column
+    would print as ``0.12340000271797180``); other columns are left as they are."""
+    import numpy as np
+
+    floats = [column for column in frame.columns if frame[column].dtype.kind == "f"]
+    if not floats:
+        return frame
+    rounded = frame.copy()
+    for column in floats:
+        values = rounded[column].to_numpy(dtype=np.float64)
+        rounded[column] = [float(f"{v:.{digits}g}") if np.isfinite(v) else v for v in values]
+    return rounded
 
 
 def absolute_tracking_uri(uri: str) -> str:
