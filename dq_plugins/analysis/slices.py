@@ -80,19 +80,25 @@ def _finite_mean(codes: np.ndarray, values: np.ndarray | None, size: int) -> np.
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def macro_f1_by_slice(codes: np.ndarray, rows: _Rows, size: int) -> np.ndarray:
-    """(S,) macro F1 of ``pred`` vs ``label`` within each slice.
+MIN_CLASS_SHARE = 0.05
+"""A class enters a slice's macro F1 when it holds at least this share of the slice's given labels."""
 
-    The macro average runs over the classes that occur as *given labels* in the slice (sklearn's
-    ``f1_score(label, pred, labels=np.unique(label), average="macro", zero_division=0)``), so a slice
-    that holds one class is scored on that class only instead of being dragged down by the zero F1 of
-    classes it does not contain. Per class: ``F1 = 2 TP / (support + predicted)``.
+
+def macro_f1_by_slice(codes: np.ndarray, rows: _Rows, size: int) -> np.ndarray:
+    """(S,) macro F1 of ``pred`` (the final prediction) vs ``label`` (the given label) within each slice.
+
+    The macro average runs over the classes that hold at least :data:`MIN_CLASS_SHARE` of the slice's
+    *given labels* (sklearn's ``f1_score(label, pred, labels=those classes, average="macro",
+    zero_division=0)``). So a slice that holds one class is scored on that class only, and a k-means
+    cluster of one class with a few stray labels of other classes (often label noise, which ``accuracy``
+    and ``label_issue_rate`` count) is not scored near ``1 / classes`` by the zero F1 of each stray class.
+    Per class: ``F1 = 2 TP / (support + predicted)``.
     """
     c = rows.num_classes
     support = np.bincount(codes * c + rows.label_class, minlength=size * c).reshape(size, c)
     predicted = np.bincount(codes * c + rows.pred_class, minlength=size * c).reshape(size, c)
     true_pos = np.bincount(codes * c + rows.label_class, weights=rows.correct, minlength=size * c).reshape(size, c)
-    present = support > 0
+    present = (support > 0) & (support >= MIN_CLASS_SHARE * support.sum(1, keepdims=True))
     f1 = np.where(present, 2.0 * true_pos / np.maximum(support + predicted, 1), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(present.any(1), f1.sum(1) / present.sum(1), np.nan)
