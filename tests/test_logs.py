@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +31,8 @@ def test_the_fit_ends_with_one_info_line_saying_what_was_found_and_how_to_open_i
     assert "validation: " in line
     assert "estimated noise rate (train)" in line or "no trusted noise-rate estimate" in line
     store = os.path.join(os.getcwd(), "mlflow.db")  # the real, absolute store, not the relative default
-    assert f"Run {callback.run_id}: open it with `mlflow ui --backend-store-uri sqlite:///{store}`" in line
+    mlflow = Path(sys.executable).parent / "mlflow"  # this venv's: works without activating it
+    assert f"Run {callback.run_id}: open it with `{mlflow} ui --backend-store-uri sqlite:///{store}`" in line
     assert f"runs/{callback.run_id}?workflowType=machine_learning" in line
     assert "dq_plugins: end-of-fit" not in capsys.readouterr().err  # stderr is no terminal here: no bar
 

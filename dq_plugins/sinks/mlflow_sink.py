@@ -374,11 +374,25 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def mlflow_command() -> str:
+    """The ``mlflow`` program of this Python environment (``.venv/bin/mlflow``, relative to the working
+    directory when inside it), which works without activating the venv; plain ``mlflow`` if there is none."""
+    import shlex
+    import sys
+
+    program = Path(sys.executable).parent / "mlflow"
+    if not program.is_file():
+        return "mlflow"
+    relative = os.path.relpath(program)
+    return shlex.quote(relative if not relative.startswith("..") else str(program))
+
+
 def open_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """How to open a run in the MLflow UI: the ``mlflow ui`` command for a local store, and the page."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {ui_url(tracking_uri, experiment_id, run_id)}"
-    return f"open it with `mlflow ui --backend-store-uri {tracking_uri}` and {ui_url(UI_ADDRESS, experiment_id, run_id)}"
+    return (f"open it with `{mlflow_command()} ui --backend-store-uri {tracking_uri}` and "
+            f"{ui_url(UI_ADDRESS, experiment_id, run_id)}")
 
 
 def upload_command(folder: str | os.PathLike) -> str:

@@ -161,12 +161,34 @@ def _relative_store(uri: str) -> bool:
 
 
 def _view_command(tracking_uri: str | None) -> str:
+    """The ``mlflow ui`` command line, with the ``mlflow`` of this venv (works without activating it)."""
+    from dq_plugins.sinks.mlflow_sink import mlflow_command
+
+    program = mlflow_command()
+    if program != "mlflow" and not os.path.isabs(program):
+        program = shlex.quote(os.path.abspath(program))  # the command may start with a `cd`
     if tracking_uri is None:
-        return f"cd {shlex.quote(os.getcwd())} && mlflow ui"
-    command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+        return f"cd {shlex.quote(os.getcwd())} && {program} ui"
+    command = f"{program} ui --backend-store-uri {shlex.quote(tracking_uri)}"
     if _relative_store(tracking_uri):
         command = f"cd {shlex.quote(os.getcwd())} && {command}"
     return command
+
+
+def _run_page(run_id: str, tracking_uri: str | None) -> str:
+    """The run's page in ``mlflow ui`` (its Model-training view), or the UI's address if the run cannot be read."""
+    from dq_plugins.sinks.mlflow_sink import ui_url
+
+    store = (tracking_uri or "sqlite:///mlflow.db").removeprefix("sqlite:///")
+    if (tracking_uri is None or tracking_uri.startswith("sqlite:///")) and not os.path.isfile(store):
+        return MLFLOW_UI_URL  # reading would create an empty store
+    try:
+        import mlflow
+
+        experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a hint: the address alone still works
+        return MLFLOW_UI_URL
+    return ui_url(MLFLOW_UI_URL, experiment_id, run_id)
 
 
 def print_report(
@@ -259,4 +281,4 @@ def print_report(
         return
     emit(f"MLflow run: {run_id}")
     emit(f"  view it:   {_view_command(tracking_uri)}")
-    emit(f"  then open: {MLFLOW_UI_URL}")
+    emit(f"  then open: {_run_page(run_id, tracking_uri)}")

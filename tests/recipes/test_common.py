@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+MLFLOW = str(Path(sys.executable).parent / "mlflow") if (Path(sys.executable).parent / "mlflow").is_file() else "mlflow"
+"""The `mlflow` the recipes' hints name: this venv's, so it works without activating the venv."""
+
 from recipes.common import (
     RECIPE_DEFAULTS,
     Dataset,
@@ -330,8 +333,8 @@ def test_print_report_lines() -> None:
         "mislabel_score: precision@2 0.5000  AUROC 0.7500  AUPRC 0.8333" in text
     )  # AUROC: 0.9 beats 2, 0.2 beats 1 of 2 negatives
     assert "MLflow run: run123" in lines
-    assert "  view it:   mlflow ui --backend-store-uri sqlite:////tmp/dq/mlflow.db" in lines
-    assert "  then open: http://127.0.0.1:5000" in lines
+    assert f"  view it:   {MLFLOW} ui --backend-store-uri sqlite:////tmp/dq/mlflow.db" in lines
+    assert "  then open: http://127.0.0.1:5000" in lines  # the run cannot be read: the address alone
 
 
 def test_print_report_without_flips_relative_store_and_missing_columns(
@@ -340,7 +343,7 @@ def test_print_report_without_flips_relative_store_and_missing_columns(
     print_report(_samples(), flipped_ids=None, run_id="r", tracking_uri="sqlite:///mlflow.db")
     text = capsys.readouterr().out
     assert "Detection" not in text and "injected_flip" not in text
-    assert f"cd {Path.cwd()} && mlflow ui --backend-store-uri sqlite:///mlflow.db" in text
+    assert f"cd {Path.cwd()} && {MLFLOW} ui --backend-store-uri sqlite:///mlflow.db" in text
     with pytest.raises(ValueError, match=r"lacks the columns \['mislabel_score'\]"):
         print_report(
             _samples().drop(columns="mislabel_score"),
