@@ -15,21 +15,17 @@ import pytest
 import dq_plugins
 from dq_plugins.analysis.pipeline import SAMPLE_COLUMNS
 from dq_plugins.sinks.offline import carry_columns
-from dq_plugins.cli import (
+from dq_plugins.cli import build_parser, main
+from dq_plugins.cli.commands import (
     ExitCode,
-    build_parser,
     compare_summary,
     escape_formulas,
     flag_overlap,
-    format_numbers,
     issue_column,
     issue_counts,
     issue_types,
-    main,
-    slice_table,
-    summary_table,
-    weakest_slices,
 )
+from dq_plugins.cli.tables import format_numbers, slice_table, summary_table, weakest_slices
 from fixture_runs import copy_run, shared_store, use_store
 
 

@@ -21,7 +21,9 @@ from conftest import BlobsDataset
 from dq_plugins import load_samples
 from dq_plugins.schema import SAMPLES_PATH
 from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
-from dq_plugins.cli import UPLOADED_FROM_TAG, ExitCode, main
+from dq_plugins.cli import main
+from dq_plugins.cli.commands import ExitCode
+from dq_plugins.cli.upload import UPLOADED_FROM_TAG
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.rules import Condition, Rule, TagRun
 from test_lightning_callback import fit
