@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,6 +37,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dq_plugins.logs import warn
 from dq_plugins.schema import PROVENANCE_PATH
 
 
@@ -272,7 +272,7 @@ def _check_labels(dataset: Any, plan: FixPlan, id_column: str, label_column: str
     known = seen.notna() & expected.notna()
     mismatched = int((seen[known].astype(np.int64) != expected[known]).sum())
     if mismatched:
-        warnings.warn(
+        warn(
             f"dq_plugins.fix: {mismatched} of the {int(known.sum())} rows checked have a different label in the "
             "dataset than in the run. HINT: pass the dataset the run was trained on (same ids, same labels).",
             UserWarning,
@@ -419,7 +419,7 @@ def fix(
     _check_labels(dataset, plan, id_column, label_column)
     record = _provenance(plan, run_id, split, dataset, fixed, present)
     if present < len(plan.sample_ids):
-        warnings.warn(
+        warn(
             f"dq_plugins.fix: {len(plan.sample_ids) - present} of the {len(plan.sample_ids)} sample ids to "
             f"{plan.action.value} are not in the dataset and were skipped. HINT: pass the dataset the run was "
             "trained on.",

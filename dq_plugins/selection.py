@@ -26,13 +26,14 @@ Concepts"), and the usual greedy near-duplicate filter.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from dq_plugins.logs import warn
 
 SELECTION_COLUMNS: tuple[str, ...] = ("pool_id", "similarity", "partition", "rank")
 """Columns of :func:`select_similar`."""
@@ -209,16 +210,16 @@ def select_similar(
 
     finite_queries = _finite_rows(query_embeddings) if query_embeddings.shape[0] else np.zeros(0, bool)
     if not finite_queries.all():
-        warnings.warn(f"dq_plugins: {int((~finite_queries).sum())} query rows with NaN/inf embeddings are ignored.",
+        warn(f"dq_plugins: {int((~finite_queries).sum())} query rows with NaN/inf embeddings are ignored.",
                       RuntimeWarning, stacklevel=2)
         query_embeddings = query_embeddings[np.flatnonzero(finite_queries)]
     if query_embeddings.shape[0] == 0:
-        warnings.warn("dq_plugins: select_similar got an empty query set (an empty slice?); nothing selected.",
+        warn("dq_plugins: select_similar got an empty query set (an empty slice?); nothing selected.",
                       RuntimeWarning, stacklevel=2)
         return _result(ids, np.zeros(0, np.int64), np.zeros(0, np.float32), partitions)
     eligible = _finite_rows(pool_embeddings)
     if not eligible.all():
-        warnings.warn(f"dq_plugins: {int((~eligible).sum())} pool rows with NaN/inf embeddings are left out.",
+        warn(f"dq_plugins: {int((~eligible).sum())} pool rows with NaN/inf embeddings are left out.",
                       RuntimeWarning, stacklevel=2)
     if exclude_ids is not None:
         eligible &= ~np.isin(ids, np.asarray(exclude_ids))

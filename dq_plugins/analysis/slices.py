@@ -10,13 +10,13 @@ full of mislabeled samples looks weak too; its ``label_issue_rate`` tells the tw
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from dq_plugins.logs import warn
 from dq_plugins.analysis.slice_keys import _check_positive_int, slice_columns, slice_key
 from dq_plugins.schema import LATENCY_COLUMN, SLICE_TABLE_COLUMNS, SLICE_TABLE_METRICS, ordered_splits
 
@@ -185,7 +185,7 @@ def slice_metrics(
             frame.insert(0, "split", split)
             frames.append(frame)
     if left_out:
-        warnings.warn(
+        warn(
             f"dq_plugins: no slice reaches min_size={min_size} samples for column {', column '.join(left_out)}; "
             "those columns are left out of the slice table. HINT: lower `min_size` to see small slices.",
             RuntimeWarning,

@@ -7,13 +7,13 @@ Fisher exact test, Benjamini-Hochberg correction), ranked, each with a plain-lan
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from dq_plugins.logs import warn
 from dq_plugins.analysis.slice_keys import PAIR_JOIN, SliceKey, _check_positive_int, slice_columns, slice_key
 from dq_plugins.analysis.slices import _empty, _Rows, _statistics
 from dq_plugins.schema import ordered_splits
@@ -178,7 +178,7 @@ def _weak_in_split(split: str, rows: _Rows, keys: list[SliceKey], min_size: int,
                    max_pairs_columns: int) -> pd.DataFrame | None:
     total = len(rows.correct)
     if total == 0:
-        warnings.warn(f"dq_plugins: split {split!r} has no rows; no weak slices searched.", RuntimeWarning,
+        warn(f"dq_plugins: split {split!r} has no rows; no weak slices searched.", RuntimeWarning,
                       stacklevel=3)
         return None
     total_correct = rows.correct.sum()
@@ -218,7 +218,7 @@ def _weak_in_split(split: str, rows: _Rows, keys: list[SliceKey], min_size: int,
             [f"{key_a.values[a]} & {key_b.values[b]}" for a, b in zip(code_a, code_b, strict=True)],
             2, {k: v[keep] for k, v in stats.items()}, parents)
     if not cand.slice:
-        warnings.warn(
+        warn(
             f"dq_plugins: no slice of split {split!r} has at least min_size={min_size} samples and rows outside it; "
             "no weak slices searched. HINT: lower `min_size`.",
             RuntimeWarning,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from dq_plugins.logs import warn
 from dq_plugins.rules.evaluation import RuleOutcome, RuleStatus
 from dq_plugins.rules.model import DataQualityRuleFailed, ExportRows, FailRun, RelabelList, SelectSimilar, TagRun
 from dq_plugins.schema import RULES_DIR, RULES_TABLE_PATH, ScoreDirection, issue_type
@@ -171,10 +171,10 @@ def run_rule_actions(
                     line, paths = _run(action, outcome, sink, set_tag, embeddings, pools)
                 except _Skip as skip:
                     line, paths = f"{_kind(action)}: skipped ({skip})", []
-                    warnings.warn(f"dq_plugins: rule {outcome.rule.name!r}: {line}", RuntimeWarning, stacklevel=2)
+                    warn(f"dq_plugins: rule {outcome.rule.name!r}: {line}", RuntimeWarning, stacklevel=2)
                 except Exception as err:  # noqa: BLE001 - one failing action must not stop the others
                     line, paths = f"{_kind(action)}: failed ({type(err).__name__}: {err})", []
-                    warnings.warn(f"dq_plugins: rule {outcome.rule.name!r}: {line}\n{traceback.format_exc()}",
+                    warn(f"dq_plugins: rule {outcome.rule.name!r}: {line}\n{traceback.format_exc()}",
                                   RuntimeWarning, stacklevel=2)
                 lines.append(line)
                 artifacts += paths
@@ -186,7 +186,7 @@ def run_rule_actions(
         try:
             set_tag(FAILED_TAG, ",".join(dict.fromkeys(failed)))
         except Exception as err:  # noqa: BLE001 - a tracking error must not hide the rule results
-            warnings.warn(f"dq_plugins: could not set tag {FAILED_TAG}: {err}", RuntimeWarning, stacklevel=2)
+            warn(f"dq_plugins: could not set tag {FAILED_TAG}: {err}", RuntimeWarning, stacklevel=2)
     table = outcomes_table(done)
     if history is not None and len(history):
         table = pd.concat([history[list(RULE_TABLE_COLUMNS)], table], ignore_index=True)
@@ -232,7 +232,7 @@ def _export(action: ExportRows, outcome: RuleOutcome, sink: RuleSink) -> tuple[s
     if action.columns is not None:
         missing = [c for c in action.columns if c not in frame.columns]
         if missing:
-            warnings.warn(f"dq_plugins: rule {outcome.rule.name!r}: export_rows columns {missing} are not in the "
+            warn(f"dq_plugins: rule {outcome.rule.name!r}: export_rows columns {missing} are not in the "
                           "table; exported without them.", RuntimeWarning, stacklevel=4)
         frame = frame[[c for c in action.columns if c in frame.columns]]
     paths = [f"{RULES_DIR}/{name}.parquet"]

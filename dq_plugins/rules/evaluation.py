@@ -6,7 +6,6 @@ What a condition means is in :mod:`dq_plugins.rules.model` (:meth:`~dq_plugins.r
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,6 +13,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
+from dq_plugins.logs import warn
 from dq_plugins.rules.model import Rule, _where_mask
 
 
@@ -84,7 +84,7 @@ def evaluate_rules(
     for rule in rules:
         outcome = _evaluate(rule, samples, slices)
         if outcome.status in (RuleStatus.SKIPPED, RuleStatus.NO_DATA):
-            warnings.warn(f"dq_plugins: rule {rule.name!r} {outcome.status.value}: {outcome.message}",
+            warn(f"dq_plugins: rule {rule.name!r} {outcome.status.value}: {outcome.message}",
                           RuntimeWarning, stacklevel=2)
         outcomes.append(outcome)
     return outcomes
