@@ -85,7 +85,11 @@ def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, store):
     val_rows = samples[samples["split"] == "validation"].set_index("sample_id").sort_index()
     assert val_rows["latency_ms"].iloc[:8].min() > 100 / 8 > val_rows["latency_ms"].iloc[8:].min()
     report = callback.result.latency.set_index(["split", "column"])
-    assert report.loc[("validation", "source"), "p_value"] < 0.01
+    # Each evaluation batch holds one source (1 scan batch, 2 web batches): latency is confounded with batch
+    # composition, and one batch per value cannot support a claim, so the report makes none and says why.
+    source = report.loc[("validation", "source")]
+    assert source["level"] == "none" and np.isnan(source["p_value"])
+    assert "confounded with batch composition: 3 of 3 batches hold a single value of source" in source["summary"]
 
 
 def test_a_missing_metadata_column_fails_at_train_begin_naming_it(tmp_path, store):
