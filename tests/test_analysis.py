@@ -1,4 +1,4 @@
-"""The early-window flags that replace the all-epoch flags when the early window is trusted."""
+"""The per-split analysis: early-window flags, the neighbour signal in mislabel_score, confidence_pred."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dq_plugins.analysis.pipeline import early_flags
+from dq_plugins.analysis.pipeline import analyze_split, early_window_flags, label_flags, mislabel_signals
+from dq_plugins.scores import confident_learning
 
 
 def planted(n=300, classes=3, flips=30, seed=0):
@@ -18,78 +19,81 @@ def planted(n=300, classes=3, flips=30, seed=0):
     early = np.full((n, classes), 0.04)
     early[np.arange(n), truth] = 0.92
     score = np.where(np.isin(np.arange(n), flipped), 0.9, 0.1) + rng.uniform(0, 0.05, n)
-    frame = pd.DataFrame({"sample_id": np.arange(n), "label": labels, "mislabel_score": score,
-                          "is_label_issue": False, "suggested_label": labels})
-    return frame, early, set(flipped.tolist()), truth
+    return labels, early, score, set(flipped.tolist()), truth
 
 
 def test_the_early_window_counts_and_the_score_orders_the_flags():
-    frame, early, flipped, truth = planted()
-    early_flags(frame, early)
-    flagged = set(frame.loc[frame["is_label_issue"], "sample_id"])
+    labels, early, score, flipped, truth = planted()
+    flags = early_window_flags(labels, early, score)
+    flagged = set(np.flatnonzero(flags.is_label_issue))
     assert len(flagged & flipped) >= 27 and len(flagged - flipped) <= 3
-    rows = frame[frame["is_label_issue"]]
-    assert (rows["suggested_label"].to_numpy() == truth[rows["sample_id"]]).mean() > 0.9
-    assert 0.05 < frame.attrs["noise_rate"] < 0.15
+    rows = np.flatnonzero(flags.is_label_issue)
+    assert (flags.suggested_label[rows] == truth[rows]).mean() > 0.9
+    assert (flags.suggested_label[~flags.is_label_issue] == labels[~flags.is_label_issue]).all()
+    assert 0.05 < flags.noise_rate < 0.15 and flags.early_window_fitted is True
 
 
 def test_a_flag_needs_the_early_model_to_disagree_with_the_label():
     """The count comes from the early window, the order from the score; a top-scored sample whose
     early prediction agrees with its label is not flagged."""
-    frame, early, flipped, _ = planted()
-    clean_top = int(np.flatnonzero(~np.isin(np.arange(len(frame)), list(flipped)))[0])
-    frame.loc[clean_top, "mislabel_score"] = 2.0  # ranked first, but the early window agrees with its label
-    early_flags(frame, early)
-    assert not frame.loc[clean_top, "is_label_issue"]
-    assert len(set(frame.loc[frame["is_label_issue"], "sample_id"]) & flipped) >= 27
+    labels, early, score, flipped, _ = planted()
+    clean_top = int(np.flatnonzero(~np.isin(np.arange(len(labels)), list(flipped)))[0])
+    score[clean_top] = 2.0  # ranked first, but the early window agrees with its label
+    flags = early_window_flags(labels, early, score)
+    assert not flags.is_label_issue[clean_top]
+    assert len(set(np.flatnonzero(flags.is_label_issue)) & flipped) >= 27
 
 
 def test_an_underfit_early_window_is_not_trusted():
-    frame, early, _, _ = planted()
+    labels, early, score, _, _ = planted()
     early = np.full_like(early, 1 / 3)
-    early_flags(frame, early)
-    assert not frame["is_label_issue"].any()
+    assert early_window_flags(labels, early, score) is None
+    cl = confident_learning(labels, early)
+    flags = label_flags(labels, cl, score, early)  # the all-epoch flags are kept
+    np.testing.assert_array_equal(flags.is_label_issue, cl.is_label_issue)
+    assert flags.early_window_fitted is False and label_flags(labels, cl, score, None).early_window_fitted is None
 
 
 def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
     """Dynamics that cannot tell the flips apart (a memorised model: identical records for every
-    sample) plus a neighbour signal that can: the score follows the neighbours, and so do the flags."""
-    from dq_plugins.analysis.pipeline import rescore_with_neighbors
+    sample) plus embeddings whose neighbours can: the score follows the neighbours, and so do the flags."""
     from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory
 
-    frame, early, flipped, _ = planted()
-    n, epochs = len(frame), 4
+    labels, early, _, flipped, truth = planted()
+    n, epochs = len(labels), 4
     fields = {name: np.ones((epochs, n), np.float32) for name in FLOAT_FIELDS}
     fields["prob_given"][:] = 0.99
     fields["prob_sq_sum"][:] = 0.98
     history = SplitHistory(epochs=np.arange(epochs), fields=fields, pred=np.zeros((epochs, n), np.int32),
-                           labels=frame["label"].to_numpy(), mean_probs=early.astype(np.float32),
-                           early_probs=early.astype(np.float32))
-    frame["mislabel_score"] = 0.5  # what three tied signals give
-    is_flipped = np.isin(frame["sample_id"], list(flipped))
-    frame["neighbor_disagreement"] = np.where(is_flipped, 0.8, 0.1)
-    frame.loc[0, "neighbor_disagreement"] = np.nan  # no embedding: keeps the three-signal score
-    rescore_with_neighbors(frame, history, early_epochs=1)
-    score = frame["mislabel_score"].to_numpy()
-    assert score[0] == 0.5
-    assert score[is_flipped & (frame["sample_id"] != 0)].min() > score[~is_flipped & (frame["sample_id"] != 0)].max()
-    flagged = set(frame.loc[frame["is_label_issue"], "sample_id"])
+                           labels=labels, mean_probs=early.astype(np.float32), early_probs=early.astype(np.float32))
+    rng = np.random.default_rng(1)
+    vectors = 4.0 * np.eye(3)[truth] + rng.normal(size=(n, 3)) * 0.5  # neighbours share the true class
+    ids = np.arange(1, n)  # sample 0 has no embedding: it keeps the three-signal score
+    tied = analyze_split(history, "train", early_epochs=1).samples["mislabel_score"].to_numpy()
+    part = analyze_split(history, "train", early_epochs=1, embeddings=(ids, vectors[ids].astype(np.float32)),
+                         projection="pca")
+    score = part.samples["mislabel_score"].to_numpy()
+    assert score[0] == tied[0]
+    is_flipped = np.isin(np.arange(n), list(flipped))
+    rest = np.arange(n) != 0
+    assert score[is_flipped & rest].min() > score[~is_flipped & rest].max()
+    flagged = set(np.flatnonzero(part.flags.is_label_issue))
     assert len(flagged & flipped) >= 27 and len(flagged - flipped) <= 3
+    assert part.samples["neighbor_disagreement"].isna().tolist() == [True] + [False] * (n - 1)
 
 
 def test_an_early_window_still_learning_is_left_out_of_the_score():
     """Early EL2N votes only when the early window fits the labels halfway from chance (C = 4: 0.625)."""
-    from dq_plugins.analysis.pipeline import _mislabel_signals
     from dq_plugins.recording.ledger import FLOAT_FIELDS
 
     rng = np.random.default_rng(0)
     fields = {name: rng.uniform(0.2, 0.9, (3, 50)).astype(np.float32) for name in FLOAT_FIELDS}
     fields["correct"][0] = 0.5  # epoch 0 (the window) is at 0.5 < 0.625
-    _, _, early_norm, scored = _mislabel_signals(fields, 1, num_classes=4)
-    assert np.isfinite(early_norm).all() and np.isnan(scored).all()
+    signals = mislabel_signals(fields, 1, num_classes=4)
+    assert np.isfinite(signals.el2n_early).all() and np.isnan(signals.el2n_early_scored).all()
     fields["correct"][0] = 0.7
-    _, _, early_norm, scored = _mislabel_signals(fields, 1, num_classes=4)
-    np.testing.assert_array_equal(scored, early_norm)
+    signals = mislabel_signals(fields, 1, num_classes=4)
+    np.testing.assert_array_equal(signals.el2n_early_scored, signals.el2n_early)
 
 
 def test_confidence_pred_is_the_last_epochs_predicted_class_probability_and_feeds_ece():

@@ -6,7 +6,8 @@ Pure host code on numpy/pandas: no framework, no MLflow. Scores come from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,14 @@ import pandas as pd
 from dq_plugins.analysis.trust import FlagTrust, flag_trust
 from dq_plugins.logs import progress
 from dq_plugins.recording.ledger import SplitHistory
-from dq_plugins.schema import DYNAMICS_COLUMNS, EMBEDDING_COLUMNS, LATENCY_COLUMN, split_metric_key, summary_metric_key
+from dq_plugins.schema import (
+    DYNAMICS_COLUMNS,
+    EMBEDDING_COLUMNS,
+    LATENCY_COLUMN,
+    TRAIN,
+    split_metric_key,
+    summary_metric_key,
+)
 from dq_plugins.scores import (
     area_under_margin,
     cartography,
@@ -24,6 +32,9 @@ from dq_plugins.scores import (
     forgetting_events,
 )
 from dq_plugins.scores.mislabel import mislabel_score
+
+if TYPE_CHECKING:
+    from dq_plugins.rules.actions import RulesReport
 
 SAMPLE_COLUMNS: tuple[str, ...] = DYNAMICS_COLUMNS
 """The first columns of ``dq/samples.parquet``, in order (:data:`dq_plugins.schema.DYNAMICS_COLUMNS`)."""
@@ -46,7 +57,12 @@ class AnalysisResult:
         issues: the top rows to act on, columns :data:`ISSUE_COLUMNS`, at most ``max_issue_rows``.
         metrics: summary metrics (``dq.*``), one value each.
         epoch_metrics: key -> list of (epoch, value), logged as MLflow metric histories.
+        class_overlap: class-overlap table of the splits with embeddings (``dq/class_overlap.json``), or ``None``.
         trust: split -> whether its flags and noise rate can be trusted (:mod:`dq_plugins.analysis.trust`).
+        slices, weak_slices, latency: ``dq/slices.json``, ``dq/weak_slices.json`` and ``dq/latency.json``, set
+            when the results are published (:func:`dq_plugins.sinks.publish.publish_results`); ``None`` before,
+            or when that step failed (``latency``: no latency recorded).
+        rules_report: what the rules did at the end (``None``: no rules, or not published yet).
     """
 
     samples: pd.DataFrame
@@ -55,6 +71,10 @@ class AnalysisResult:
     epoch_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     class_overlap: pd.DataFrame | None = None
     trust: dict[str, FlagTrust] = field(default_factory=dict)
+    slices: pd.DataFrame | None = None
+    weak_slices: pd.DataFrame | None = None
+    latency: pd.DataFrame | None = None
+    rules_report: RulesReport | None = None
 
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""
@@ -70,8 +90,69 @@ def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
     return values[last, np.arange(values.shape[1])]
 
 
-def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None = None) -> pd.DataFrame:
-    """The per-sample table of one split (only ids recorded at least once)."""
+@dataclass(frozen=True)
+class MislabelSignals:
+    """The training-dynamics signals of ``mislabel_score``, each ``(N,)`` float (see :func:`mislabel_signals`)."""
+
+    aum: np.ndarray
+    el2n_all_epochs: np.ndarray
+    el2n_early: np.ndarray
+    el2n_early_scored: np.ndarray
+
+
+@dataclass(frozen=True)
+class LabelFlags:
+    """The label-issue decision of one split.
+
+    Attributes:
+        is_label_issue: ``(N,)`` bool.
+        suggested_label: ``(N,)`` int64, the given label where not flagged.
+        noise_rate: estimated share of wrong labels.
+        noise_rate_interval: its 95% bootstrap interval ``(low, high)``.
+        early_window_fitted: ``True`` when the flags come from the early window, ``False`` when it was
+            recorded but did not fit the labels (the all-epoch flags are kept), ``None`` when not recorded.
+    """
+
+    is_label_issue: np.ndarray
+    suggested_label: np.ndarray
+    noise_rate: float
+    noise_rate_interval: tuple[float, float]
+    early_window_fitted: bool | None = None
+
+
+@dataclass
+class SplitAnalysis:
+    """What the analysis found in one split.
+
+    Attributes:
+        samples: the split's rows of ``dq/samples.parquet`` (dynamics columns, then the embedding
+            columns when the split has embeddings, then ``latency_ms`` when timed).
+        flags: the label-issue decision (before near-duplicate conflicts add their flags).
+        embedding_metrics: ``dq.*`` metrics of the embedding analysis (empty without embeddings).
+        class_overlap: the split's class-overlap table, or ``None`` without embeddings.
+    """
+
+    samples: pd.DataFrame
+    flags: LabelFlags
+    embedding_metrics: dict[str, float] = field(default_factory=dict)
+    class_overlap: pd.DataFrame | None = None
+
+
+def analyze_split(
+    history: SplitHistory,
+    split: str,
+    *,
+    early_epochs: int | None = None,
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    projection: str = "auto",
+) -> SplitAnalysis:
+    """Every score of one split (only ids recorded at least once), each computed once.
+
+    Order: the dynamics signals and confident learning; the embedding analysis (when ``embeddings``
+    = ``(ids (M,), embeddings (M, D))`` is given), whose ``neighbor_disagreement`` is the fourth
+    signal of ``mislabel_score``; then ``mislabel_score`` and the label flags (:func:`label_flags`);
+    last, near-duplicate pairs whose labels conflict add label issues (:func:`duplicate_label_issues`).
+    """
     seen = history.seen
     ids = np.flatnonzero(seen)
     fields = {name: values[:, seen] for name, values in history.fields.items()}
@@ -82,7 +163,21 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
 
     carto = cartography(fields["prob_given"], fields["correct"])
     cl = confident_learning(labels, probs)
-    aum, full_norm, early_norm, early_scored = _mislabel_signals(fields, early, probs.shape[1])
+    signals = mislabel_signals(fields, early, probs.shape[1])
+    embedding = None
+    if embeddings is not None and ids.size:
+        embedding = _embedding_analysis(history, *embeddings, cl.is_label_issue, ids, projection)
+    disagreement = None
+    if embedding is not None:
+        by_id = embedding.samples.set_index("sample_id")["neighbor_disagreement"]
+        values = by_id.reindex(ids).to_numpy(dtype=np.float64)
+        disagreement = values if np.isfinite(values).any() else None
+    score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
+                           el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement)
+    early_probs = history.early_probs[seen] if history.early_probs is not None else None
+    flags = label_flags(labels, cl, score, early_probs if num_epochs else None)
+    if early_probs is not None and not num_epochs:
+        flags = replace(flags, early_window_fitted=False)
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
     frame = pd.DataFrame(
         {
@@ -90,25 +185,27 @@ def analyze_split(history: SplitHistory, split: str, *, early_epochs: int | None
             "split": split,
             "label": labels.astype(np.int64),
             "pred": pred.astype(np.int64),
-            "mislabel_score": mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_scored),
-            "is_label_issue": cl.is_label_issue.astype(bool),
-            "suggested_label": cl.suggested_label.astype(np.int64),
+            "mislabel_score": score,
+            "is_label_issue": flags.is_label_issue,
+            "suggested_label": flags.suggested_label,
             "confidence": carto.confidence,
             "variability": carto.variability,
             "correctness": carto.correctness,
-            "aum": aum,
+            "aum": signals.aum,
             "forgetting_events": forgetting_events(fields["correct"]).astype(np.int64),
-            "el2n": early_norm,
+            "el2n": signals.el2n_early,
             "confidence_pred": _confidence_pred(fields),
         },
         columns=list(SAMPLE_COLUMNS),
     )
-    frame.attrs["noise_rate"] = float(cl.noise_rate)
-    frame.attrs["noise_rate_interval"] = cl.noise_rate_interval
-    frame.attrs["early_window_fitted"] = None if history.early_probs is None else False
-    if history.early_probs is not None and num_epochs:
-        early_flags(frame, history.early_probs[seen])
-    return frame
+    if embedding is not None:
+        frame = _merge_embedding_columns(frame, embedding.samples)
+        frame["is_label_issue"] = frame["is_label_issue"] | duplicate_label_issues(frame, history.mean_probs)
+    if history.latency_ms is not None and len(frame):
+        frame[LATENCY_COLUMN] = history.latency_ms[frame["sample_id"].to_numpy()]
+    if embedding is None:
+        return SplitAnalysis(frame, flags)
+    return SplitAnalysis(frame, flags, embedding.summary.metrics(split), embedding.summary.class_overlap.assign(split=split))
 
 
 def _confidence_pred(fields: dict[str, np.ndarray]) -> np.ndarray:
@@ -119,16 +216,14 @@ def _confidence_pred(fields: dict[str, np.ndarray]) -> np.ndarray:
     return last_observed(values, np.isnan(values))
 
 
-def _mislabel_signals(
-    fields: dict[str, np.ndarray], early: int, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(aum, all-epoch EL2N, early EL2N, early EL2N as scored) of (E, N) fields.
+def mislabel_signals(fields: dict[str, np.ndarray], early: int, num_classes: int) -> MislabelSignals:
+    """The dynamics signals of ``mislabel_score`` from ``(E, N)`` fields.
 
-    The last is the input of ``mislabel_score``: the early EL2N, or all NaN (the signal is left out)
-    when the early window does not fit the given labels at least halfway from chance to perfect
-    (mean correctness below ``(1 + 1/C) / 2``, the guard of :func:`early_flags`). Such a window
-    is a model still learning the clean patterns (a short fine-tuning whose first epoch is the
-    whole window), and its errors rank hard and mislabeled samples alike.
+    ``el2n_early_scored`` is the input of ``mislabel_score``: the early EL2N, or all NaN (the signal
+    is left out) when the early window does not fit the given labels at least halfway from chance
+    to perfect (mean correctness below ``(1 + 1/C) / 2``, the guard of :func:`early_window_flags`).
+    Such a window is a model still learning the clean patterns (a short fine-tuning whose first
+    epoch is the whole window), and its errors rank hard and mislabeled samples alike.
     """
     aum = area_under_margin(fields["margin"])
     full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(fields["prob_given"].shape[0], 1))
@@ -137,39 +232,30 @@ def _mislabel_signals(
     with np.errstate(invalid="ignore"):
         fit = float(np.nanmean(window)) if np.isfinite(window).any() else 0.0
     scored = early_norm if fit >= 0.5 * (1.0 + 1.0 / num_classes) else np.full_like(early_norm, np.nan)
-    return aum, full_norm, early_norm, scored
+    return MislabelSignals(aum, full_norm, early_norm, scored)
 
 
-def rescore_with_neighbors(frame: pd.DataFrame, history: SplitHistory, early_epochs: int | None = None) -> None:
-    """Add ``neighbor_disagreement`` to ``mislabel_score`` as its fourth signal, in place.
-
-    The early-window flags, which follow the ``mislabel_score`` order, are chosen again with the
-    new order (:func:`early_flags`, a no-op when the early window is not trusted).
-    """
-    disagreement = frame["neighbor_disagreement"].to_numpy(dtype=np.float64)
-    if not np.isfinite(disagreement).any():
-        return
-    rows = frame["sample_id"].to_numpy()
-    fields = {name: values[:, rows] for name, values in history.fields.items()}
-    num_epochs = fields["loss"].shape[0]
-    early = early_epochs or default_early_epochs(max(num_epochs, 1))
-    aum, full_norm, _, early_scored = _mislabel_signals(fields, early, history.mean_probs.shape[1])
-    frame["mislabel_score"] = mislabel_score(aum=aum, el2n_all_epochs=full_norm, el2n_early=early_scored,
-                                             neighbor_disagreement=disagreement)
-    if history.early_probs is not None and num_epochs:
-        early_flags(frame, history.early_probs[rows])
+def label_flags(labels: np.ndarray, cl: Any, score: np.ndarray, early_probs: np.ndarray | None) -> LabelFlags:
+    """The label flags of one split: the early-window decision (:func:`early_window_flags`) when the
+    early softmax ``(N, C)`` is given and fits the labels, else confident learning's ``cl`` (the
+    ``ConfidentLearningResult`` of the all-epoch mean softmax)."""
+    flags = LabelFlags(cl.is_label_issue.astype(bool), cl.suggested_label.astype(np.int64), float(cl.noise_rate),
+                       cl.noise_rate_interval, None if early_probs is None else False)
+    if early_probs is None:
+        return flags
+    return early_window_flags(labels, early_probs, score) or flags
 
 
-def early_flags(frame: pd.DataFrame, early_probs: np.ndarray) -> None:
-    """Replace the label-issue flags by the early-window decision, in place.
+def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.ndarray) -> LabelFlags | None:
+    """The label-issue flags of the early window, or ``None`` when it is not trusted.
 
     In-sample probabilities lean towards the given labels: confident learning (Northcutt et al.
     2021) on the all-epoch mean softmax under-counts the flips (it flagged 693 of 800 on MNIST-5k,
     20% symmetric noise), and once a model memorises its labels it hides them almost entirely.
     Before memorisation the softmax still votes for the true class of a flipped sample. So:
     confident learning on the early-window softmax estimates *how many* samples are mislabeled
-    (and the noise rate), the flags go to that many samples in ``mislabel_score`` order, keeping
-    only those whose early-window prediction disagrees with the given label (two pieces of
+    (and the noise rate), the flags go to that many samples in ``score`` (``mislabel_score``) order,
+    keeping only those whose early-window prediction disagrees with the given label (two pieces of
     evidence); the suggested label is the early-window arg-max among the other classes.
 
     Measured on ``benchmarks/label_noise.py`` and on the fix-gain cases (8 seeds, MNIST-5k, 20%
@@ -177,33 +263,34 @@ def early_flags(frame: pd.DataFrame, early_probs: np.ndarray) -> None:
     0.836 / 0.918 (pair), and dropping the flags before retraining recovers 29% of the accuracy
     lost to symmetric noise instead of 8% (42% instead of 41% under pair noise).
 
-    Guard: the early window must fit the given labels at least halfway from chance to perfect
-    (a short fine-tuning whose whole window is a first, still-learning epoch ranks hard and
-    mislabeled samples alike and over-counts); otherwise the all-epoch flags are kept.
+    Guard (``None``): the early window must fit the given labels at least halfway from chance to
+    perfect (a short fine-tuning whose whole window is a first, still-learning epoch ranks hard and
+    mislabeled samples alike and over-counts); fewer than 2 samples with an early softmax: ``None``.
+
+    Args:
+        labels: ``(N,)`` integer given labels.
+        early_probs: ``(N, C)`` mean softmax over the early window (NaN rows: not seen in it).
+        score: ``(N,)`` ``mislabel_score`` (NaN ranks last).
     """
-    labels = frame["label"].to_numpy()
     valid = ~np.isnan(early_probs).any(axis=1)
     num_classes = early_probs.shape[1]
     if valid.sum() < 2:
-        return
+        return None
     accuracy = float((early_probs[valid].argmax(axis=1) == labels[valid]).mean())
     if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
-        return
+        return None
     early = confident_learning(labels, early_probs)
     count = int(early.is_label_issue.sum())
-    order = np.argsort(-np.nan_to_num(frame["mislabel_score"].to_numpy(), nan=-1.0), kind="stable")
-    flags = np.zeros(len(frame), dtype=bool)
+    order = np.argsort(-np.nan_to_num(np.asarray(score), nan=-1.0), kind="stable")
+    flags = np.zeros(len(labels), dtype=bool)
     flags[order[:count]] = True
     flags &= early_probs.argmax(axis=1) != labels  # the early model itself must disagree with the label
     others = np.where(np.arange(num_classes)[None, :] == labels[:, None], -np.inf, np.nan_to_num(early_probs, nan=0.0))
-    frame["is_label_issue"] = flags
-    frame["suggested_label"] = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
-    frame.attrs["noise_rate"] = float(early.noise_rate)
-    frame.attrs["noise_rate_interval"] = early.noise_rate_interval
-    frame.attrs["early_window_fitted"] = True
+    suggested = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
+    return LabelFlags(flags, suggested, float(early.noise_rate), early.noise_rate_interval, True)
 
 
-def label_issue_metrics(frame: pd.DataFrame, split: str, trust: FlagTrust) -> dict[str, float]:
+def label_issue_metrics(frame: pd.DataFrame, flags: LabelFlags, split: str, trust: FlagTrust) -> dict[str, float]:
     """The split's label-issue metrics (keys by :func:`~dq_plugins.schema.summary_metric_key`).
 
     ``dq.num_label_issues``, ``dq.flags_trusted`` (1/0) and ``dq.flags_confidence`` always;
@@ -216,8 +303,8 @@ def label_issue_metrics(frame: pd.DataFrame, split: str, trust: FlagTrust) -> di
         summary_metric_key("flags_confidence", split): float(trust.confidence),
     }
     if trust.trusted:
-        low, high = frame.attrs.get("noise_rate_interval", (float("nan"), float("nan")))
-        metrics[summary_metric_key("estimated_noise_rate", split)] = float(frame.attrs["noise_rate"])
+        low, high = flags.noise_rate_interval
+        metrics[summary_metric_key("estimated_noise_rate", split)] = float(flags.noise_rate)
         metrics[summary_metric_key("estimated_noise_rate_low", split)] = float(low)
         metrics[summary_metric_key("estimated_noise_rate_high", split)] = float(high)
     return metrics
@@ -255,16 +342,13 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
     return top[list(ISSUE_COLUMNS)].reset_index(drop=True)
 
 
-def add_embedding_columns(
-    frame: pd.DataFrame, history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, split: str,
-    projection: str = "auto", early_epochs: int | None = None,
-) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
-    """Merge the embedding scores of one split into its per-sample table.
+def _embedding_analysis(
+    history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, is_label_issue: np.ndarray, seen: np.ndarray,
+    projection: str,
+) -> Any:
+    """:func:`~dq_plugins.analysis.embeddings.analyze_embeddings` of the rows whose label is known.
 
-    Rows without an embedding get the neutral values (NaN scores, -1 duplicate, cluster -1).
-    ``neighbor_disagreement`` becomes the fourth signal of ``mislabel_score``
-    (:func:`rescore_with_neighbors`). Near-duplicates whose labels conflict are reported as label
-    issues. Returns the frame, the split's embedding metrics and its class-overlap table.
+    ``is_label_issue``: ``(S,)`` confident learning's flags of the ``seen`` ids (for the cluster table).
     """
     from dq_plugins.analysis.embeddings import analyze_embeddings
 
@@ -272,36 +356,47 @@ def add_embedding_columns(
     known = labels >= 0
     ids, embeddings, labels = ids[known], embeddings[known], labels[known]
     probs = history.mean_probs[ids]
-    issues = frame.set_index("sample_id")["is_label_issue"].reindex(ids, fill_value=False).to_numpy(bool)
-    analysis = analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection)
-    columns = analysis.samples[["sample_id", *EMBEDDING_COLUMNS]]
-    merged = frame.merge(columns, on="sample_id", how="left")
-    fill = {"outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "is_near_duplicate": False,
-            "near_duplicate_score": np.nan, "conflicting_duplicate": False, "conflicting_duplicate_score": np.nan,
-            "neighbor_disagreement": np.nan, "cluster": -1, "x2d": np.nan, "y2d": np.nan}
-    for column, value in fill.items():
+    issues = pd.Series(is_label_issue, index=seen).reindex(ids, fill_value=False).to_numpy(bool)
+    return analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection)
+
+
+_EMBEDDING_FILL: dict[str, object] = {
+    "outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "is_near_duplicate": False,
+    "near_duplicate_score": np.nan, "conflicting_duplicate": False, "conflicting_duplicate_score": np.nan,
+    "neighbor_disagreement": np.nan, "cluster": -1, "x2d": np.nan, "y2d": np.nan,
+}
+"""Value of each embedding column on a row without an embedding."""
+
+
+def _merge_embedding_columns(frame: pd.DataFrame, embedding_samples: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the embedding columns; rows without an embedding get :data:`_EMBEDDING_FILL`."""
+    merged = frame.merge(embedding_samples[["sample_id", *EMBEDDING_COLUMNS]], on="sample_id", how="left")
+    for column, value in _EMBEDDING_FILL.items():
         merged[column] = merged[column].fillna(value)
     for column in ("near_duplicate_of", "cluster"):
         merged[column] = merged[column].astype(np.int64)
     for column in ("is_outlier", "is_near_duplicate", "conflicting_duplicate"):
         merged[column] = merged[column].astype(bool)
-    merged.attrs.update(frame.attrs)
-    rescore_with_neighbors(merged, history, early_epochs)
-    # In a near-duplicate pair with different labels, one label is usually right: flag the member
-    # whose label the training dynamics trust less (higher mislabel_score) when the model's mean
-    # prediction for it agrees with its partner's label (two independent pieces of evidence).
-    by_id = merged.set_index("sample_id")
-    partner_score = merged["near_duplicate_of"].map(by_id["mislabel_score"])
-    partner_label = merged["near_duplicate_of"].map(by_id["label"])
-    mean_pred = np.nanargmax(np.nan_to_num(history.mean_probs[merged["sample_id"].to_numpy()], nan=-1.0), axis=1)
-    duplicate_issue = (
-        merged["conflicting_duplicate"]
-        & (merged["mislabel_score"] > partner_score.fillna(np.inf))
+    return merged
+
+
+def duplicate_label_issues(frame: pd.DataFrame, mean_probs: np.ndarray) -> pd.Series:
+    """``(N,)`` bool: the member of a conflicting near-duplicate pair whose label is probably wrong.
+
+    In a near-duplicate pair with different labels, one label is usually right: flag the member
+    whose label the training dynamics trust less (higher ``mislabel_score``) when the model's mean
+    prediction for it (``mean_probs``, ``(num_ids, C)`` indexed by sample id) agrees with its
+    partner's label (two independent pieces of evidence).
+    """
+    by_id = frame.set_index("sample_id")
+    partner_score = frame["near_duplicate_of"].map(by_id["mislabel_score"])
+    partner_label = frame["near_duplicate_of"].map(by_id["label"])
+    mean_pred = np.nanargmax(np.nan_to_num(mean_probs[frame["sample_id"].to_numpy()], nan=-1.0), axis=1)
+    return (
+        frame["conflicting_duplicate"]
+        & (frame["mislabel_score"] > partner_score.fillna(np.inf))
         & (partner_label.to_numpy() == mean_pred)
     )
-    merged["is_label_issue"] = merged["is_label_issue"] | duplicate_issue
-    overlap = analysis.summary.class_overlap.assign(split=split)
-    return merged, analysis.summary.metrics(split), overlap
 
 
 def analyze(
@@ -322,16 +417,14 @@ def analyze(
             (umap-learn) or "pca".
     """
     frames, metrics, epoch_metrics, overlaps, trust = [], {}, {}, [], {}
-    train_epochs = int(histories["train"].epochs.size) if "train" in histories else None
+    train_epochs = int(histories[TRAIN].epochs.size) if TRAIN in histories else None
     for split, history in progress(histories.items(), total=len(histories), desc="scores per split"):
-        frame = analyze_split(history, split, early_epochs=early_epochs)
-        if embeddings and split in embeddings and len(frame):
-            frame, embedding_metrics, overlap = add_embedding_columns(frame, history, *embeddings[split], split, projection,
-                                                                      early_epochs)
-            metrics.update(embedding_metrics)
-            overlaps.append(overlap)
-        if history.latency_ms is not None and len(frame):
-            frame[LATENCY_COLUMN] = history.latency_ms[frame["sample_id"].to_numpy()]
+        part = analyze_split(history, split, early_epochs=early_epochs, embeddings=(embeddings or {}).get(split),
+                             projection=projection)
+        frame = part.samples
+        metrics.update(part.embedding_metrics)
+        if part.class_overlap is not None:
+            overlaps.append(part.class_overlap)
         frames.append(frame)
         metrics[split_metric_key("accuracy", split)] = (
             float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
@@ -344,9 +437,9 @@ def analyze(
         ]
         epochs = train_epochs if train_epochs is not None else int(history.epochs.size)
         trust[split] = flag_trust(frame["label"].to_numpy(), frame["pred"].to_numpy(), epochs,
-                                  early_window_fitted=frame.attrs.get("early_window_fitted"))
-        metrics.update(label_issue_metrics(frame, split, trust[split]))
+                                  early_window_fitted=part.flags.early_window_fitted)
+        metrics.update(label_issue_metrics(frame, part.flags, split, trust[split]))
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
-    result = AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics, trust=trust)
-    result.class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
-    return result
+    class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
+    return AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics,
+                          class_overlap=class_overlap, trust=trust)

@@ -10,7 +10,7 @@ import os
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from dq_plugins.schema import (
 )
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 from dq_plugins.sinks.publish import publish_results
+
+if TYPE_CHECKING:
+    from dq_plugins.analysis.pipeline import AnalysisResult
 
 VALIDATION_RECORD_COLUMNS: tuple[str, ...] = (
     "sample_id", "split", "label", "pred", "correct", "loss", "prob_given", "margin", LATENCY_COLUMN,
@@ -412,7 +415,7 @@ class DynamicsSession:
                 history.latency_ms = recorder.latest[: history.labels.shape[0]].copy()
         return histories
 
-    def finish(self, sink: MlflowSink, *, options: Any = None):
+    def finish(self, sink: MlflowSink, *, options: Any = None) -> AnalysisResult | None:
         """Save the raw record, analyse it and log everything through ``sink`` (with :meth:`describe_run`).
 
         Never raises: an analysis error becomes a warning, and the raw record is uploaded (or kept
@@ -437,11 +440,11 @@ class DynamicsSession:
             ids = np.flatnonzero(history.seen)
             sink.add_input(split_input(split, ids, history.labels[ids]))
 
-    def finish_run(self, sink: MlflowSink, *, options: Any = None):
+    def finish_run(self, sink: MlflowSink, *, options: Any = None) -> AnalysisResult | None:
         """:meth:`finish`, then close the run (FAILED when a ``FailRun("mark_failed")`` rule held) and
         raise :class:`~dq_plugins.rules.DataQualityRuleFailed` when a ``FailRun("raise")`` rule held."""
         result = self.finish(sink, options=options)
-        report = getattr(result, "rules_report", None)
+        report = result.rules_report if result is not None else None
         failed = self.mark_failed_at_validation or (report is not None and report.mark_failed)
         sink.end("FAILED" if failed else "FINISHED", by_rule=failed)
         logger.info(fit_summary_line(result.metrics if result is not None else {},
@@ -450,7 +453,7 @@ class DynamicsSession:
             report.raise_if_failed()
         return result
 
-    def _finish(self, sink: MlflowSink, options: Any = None):
+    def _finish(self, sink: MlflowSink, options: Any = None) -> AnalysisResult | None:
         histories = self.histories()
         self.save_raw(sink, histories)
         self.describe_run(sink, histories, options)

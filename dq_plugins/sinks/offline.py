@@ -19,13 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from dq_plugins.schema import ARTIFACT_DIR, EMBEDDING_HTML_PATH, EMBEDDINGS_DIR, RAW_DIR, SAMPLES_PATH
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 from dq_plugins.sinks.publish import publish_results
+
+if TYPE_CHECKING:
+    from dq_plugins.analysis.pipeline import AnalysisResult
 
 SOURCE_RUN_TAG = "dq.source_run"
 """Tag of a run derived from another (a child analysis run): the id of the run holding the raw record."""
@@ -199,7 +202,7 @@ class OfflineAnalysis:
 
     run_id: str
     source_run_id: str
-    result: Any
+    result: AnalysisResult
     kept_columns: list[str] = field(default_factory=list)
     previous_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -307,7 +310,7 @@ def reanalyze(
             raise
         finally:
             sink.end()
-        report = getattr(result, "rules_report", None)
+        report = result.rules_report
         if child_run:
             client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
     return OfflineAnalysis(target, source_id, result, kept, previous)

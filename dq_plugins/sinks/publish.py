@@ -9,7 +9,7 @@ the metrics, and the slice tables, weak slices, latency report and rules.
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,9 +32,12 @@ from dq_plugins.schema import (
 )
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
+if TYPE_CHECKING:
+    from dq_plugins.analysis.pipeline import AnalysisResult
+
 
 def publish_results(
-    result: Any,
+    result: AnalysisResult,
     histories: dict[str, Any],
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
     sink: MlflowSink,
@@ -48,7 +51,8 @@ def publish_results(
     """Queue every result of an analysis on ``sink`` (the caller flushes it).
 
     Args:
-        result: an ``AnalysisResult`` whose ``samples`` already hold the metadata and latency columns.
+        result: the analysis, whose ``samples`` already hold the metadata and latency columns; its
+            ``slices``, ``weak_slices``, ``latency`` and ``rules_report`` are set here.
         histories: split -> ``SplitHistory`` (per-epoch slice accuracy is computed from them).
         embeddings: split -> ``(ids, embeddings)``; the pools of ``SelectSimilar`` rule actions.
         texts: train sample id -> text shown on hover in the interactive map; ``None``: no texts.
@@ -68,7 +72,7 @@ def publish_results(
     train_rows = result.samples[result.samples["split"] == TRAIN]
     if len(train_rows):
         sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
-    if getattr(result, "class_overlap", None) is not None:
+    if result.class_overlap is not None:
         sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
     if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
         from dq_plugins.figures.embedding_map import embedding_map, embedding_map_html
@@ -96,10 +100,10 @@ def publish_results(
         )
 
 
-def warn_if_untrusted(result: Any) -> None:
+def warn_if_untrusted(result: AnalysisResult) -> None:
     """The end-of-fit warning when a split's label-issue flags are not to be trusted
     (:mod:`dq_plugins.analysis.trust`): one line per split, with the reasons."""
-    trust = getattr(result, "trust", None) or {}
+    trust = result.trust
     if all(verdict.trusted for verdict in trust.values()):
         return
     warn(
@@ -122,7 +126,8 @@ def metadata_columns(samples: Any) -> list[str]:
 
 
 def _slices_and_rules(
-    result: Any, histories: dict, embeddings: dict, sink: MlflowSink, rules: list, pools: dict, rule_history: Any
+    result: AnalysisResult, histories: dict, embeddings: dict, sink: MlflowSink, rules: list, pools: dict,
+    rule_history: Any,
 ) -> None:
     """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
     from dq_plugins.figures.slices import weak_slices_figure
@@ -171,7 +176,7 @@ def _slices_and_rules(
     result.rules_report = report
 
 
-def _latency_report(result: Any, columns: list[str], sink: MlflowSink) -> None:
+def _latency_report(result: AnalysisResult, columns: list[str], sink: MlflowSink) -> None:
     """``dq/latency.json`` (latency vs correctness and each metadata column, per split) and the metrics
     ``dq.mean_latency_ms.<split>`` and ``dq.latency.corr_correct.<split>`` (Spearman rho across batches between a
     batch's latency and its accuracy: negative when slower batches are less often correct)."""
