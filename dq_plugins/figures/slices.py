@@ -61,9 +61,12 @@ def weak_slices_figure(
     for name in splits:
         rows = slices[slices["split"].astype(str) == name].sort_values(["accuracy", "size"], ascending=[True, False])
         panels.append((name, rows.head(top).iloc[::-1]))  # barh draws bottom-up: weakest on top
-    heights = [1.2 + 0.42 * max(len(rows), 2) for _, rows in panels]
-    figure = Figure(figsize=(9, sum(heights) + 0.6 * (len(panels) - 1)))
-    grid = figure.add_gridspec(len(panels), 1, height_ratios=heights, hspace=0.9 / max(len(panels), 1) + 0.35)
+    heights = [1.2 + 0.42 * max(len(rows), 2) if len(rows) else 0.6 for _, rows in panels]
+    legend_room = [1.6 if len(rows) else 0.3 for _, rows in panels]  # under each drawn panel: its legend
+    figure = Figure(figsize=(9, sum(heights) + sum(legend_room[:-1])))
+    grid = figure.add_gridspec(len(panels), 1, height_ratios=heights,
+                               hspace=sum(legend_room[:-1]) / max(sum(heights) / len(panels), 1e-9) / max(len(panels) - 1, 1)
+                               if len(panels) > 1 else 0.0)
     for index, (name, rows) in enumerate(panels):
         overall = overall_accuracy.get(name) if isinstance(overall_accuracy, Mapping) else overall_accuracy
         heading = title if title and len(panels) == 1 else f"Weakest slices, {name}"
