@@ -18,10 +18,14 @@ SPLIT_ORDER: tuple[str, ...] = (TRAIN, VALIDATION)
 """Known splits, in the order tables show them; other splits follow sorted by name."""
 
 
+def split_rank(split: str) -> int:
+    """Position of ``split`` in :data:`SPLIT_ORDER`; any other split ranks after them (``len(SPLIT_ORDER)``)."""
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+
+
 def ordered_splits(splits: Iterable[object]) -> list[str]:
     """The distinct ``splits`` (as text): :data:`SPLIT_ORDER` first, then the others sorted by name."""
-    present = {str(split) for split in splits}
-    return [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER))
+    return sorted({str(split) for split in splits}, key=lambda split: (split_rank(split), split))
 
 
 # ---------------------------------------------------------------------------------------- metric keys

@@ -47,6 +47,7 @@ def test_register_issue_type(monkeypatch):
 def test_splits_metric_keys_and_paths():
     assert schema.ordered_splits(["test", "validation", "train", "holdout", "train"]) == [
         "train", "validation", "holdout", "test"]
+    assert [schema.split_rank(s) for s in ("train", "validation", "test")] == [0, 1, 2]
     assert schema.summary_metric_key("num_label_issues", "train") == "dq.num_label_issues"
     assert schema.summary_metric_key("num_label_issues", "validation") == "dq.num_label_issues.validation"
     assert schema.split_metric_key("accuracy", "train") == "dq.accuracy.train"

@@ -21,6 +21,7 @@ from dq_plugins.schema import (
     LATENCY_COLUMN,
     TRAIN,
     split_metric_key,
+    split_rank,
     summary_metric_key,
 )
 from dq_plugins.scores import (
@@ -332,7 +333,7 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
     if samples.empty:
         return pd.DataFrame(columns=list(ISSUE_COLUMNS))
     split = samples["split"].astype(str)
-    ordered = samples.assign(_rank=split.map({"train": 0, "validation": 1}).fillna(2), _split=split).sort_values(
+    ordered = samples.assign(_rank=split.map(split_rank), _split=split).sort_values(
         ["_rank", "_split", "is_label_issue", "mislabel_score"], ascending=[True, True, False, False], kind="stable")
     top = ordered.drop(columns=["_rank", "_split"]).head(max_rows).copy()
     top["reason"] = top.apply(issue_reason, axis=1)

@@ -28,6 +28,7 @@ from dq_plugins.schema import (
     TRAIN,
     WEAK_SLICES_FIGURE_PATH,
     WEAK_SLICES_PATH,
+    ordered_splits,
     split_metric_key,
 )
 from dq_plugins.sinks.mlflow_sink import MlflowSink
@@ -115,11 +116,6 @@ def warn_if_untrusted(result: AnalysisResult) -> None:
     )
 
 
-def _split_order(split: str) -> tuple[int, str]:
-    """Train first, then validation, then any other split by name."""
-    return ({"train": 0, "validation": 1}.get(split, 2), split)
-
-
 def metadata_columns(samples: Any) -> list[str]:
     """The metadata columns of a samples table (everything the analysis did not compute)."""
     return [c for c in samples.columns if c not in COMPUTED_COLUMNS]
@@ -147,7 +143,7 @@ def _slices_and_rules(
     splits = [split for split in histories if (samples["split"] == split).any()]
     if len(shown) and splits:
         overall = {split: result.metrics.get(split_metric_key("accuracy", split), float("nan")) for split in splits}
-        sink.add_figure(weak_slices_figure(shown, overall, split=sorted(splits, key=_split_order)),
+        sink.add_figure(weak_slices_figure(shown, overall, split=ordered_splits(splits)),
                         WEAK_SLICES_FIGURE_PATH)
     correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
     for key, values in slice_epoch_accuracy(samples, shown, correct).items():
