@@ -295,7 +295,9 @@ def run_case(case: Case, seed: int, tracking_uri: str, dump_dir: Path | None) ->
             true_labels=data.labels, noisy=noisy, flipped=flipped, cv_probs=cv_probs, final_logits=final_logits.numpy(),
             mean_probs=history.mean_probs, epochs=history.epochs, pred=history.pred,
             mislabel_score=train["mislabel_score"].to_numpy(), is_label_issue=train["is_label_issue"].to_numpy(bool),
-            epoch_probs=recorder.probs.numpy().astype(np.float16),
+            epoch_probs=recorder.probs.numpy().astype(np.float16), final_loss=final_loss,
+            neighbor_disagreement=train["neighbor_disagreement"].to_numpy(np.float64)
+            if "neighbor_disagreement" in train else np.full(len(noisy), np.nan),
             **{f"field_{name}": values for name, values in history.fields.items()},
         )
     return result

@@ -97,7 +97,7 @@ CALLBACK_OPTIONS: dict[str, Any] = {}
 THREAD_RESETS: list[tuple[int, int]] = []
 """(threads found after a fit, threads set before it), one entry per fit that changed torch's thread count."""
 
-SESSION_PARTS = ("record", "record_embeddings", "close_epoch")
+SESSION_PARTS = ("record", "record_embeddings", "record_inputs", "close_epoch")
 """Session methods called from the hooks, timed on their own to show where the hook time goes."""
 
 
@@ -607,6 +607,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "hf-light and hf-heavy the `overhead_hf` section")
     parser.add_argument("--no-embeddings", action="store_true",
                         help="callback with embeddings=False: the per-sample record alone")
+    parser.add_argument("--no-fingerprints", action="store_true",
+                        help="callback with fingerprints=False: no input fingerprints (copies, leakage)")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of the hooks of the light and hf-light models (those selected)")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS_PATH.name}")
@@ -626,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = 1 if args.quick else args.pairs
     if args.no_embeddings:
         CALLBACK_OPTIONS["embeddings"] = False
+    if args.no_fingerprints:
+        CALLBACK_OPTIONS["fingerprints"] = False
     command = "python -m benchmarks.overhead " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     lightning_works = [work for work in workloads(args.quick) if work.name in args.models]
     hf_works = [work for work in hf_workloads(args.quick) if work.name in args.models]

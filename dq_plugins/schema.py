@@ -54,12 +54,18 @@ EMBEDDING_COLUMNS: tuple[str, ...] = (
 )
 """Columns from the embeddings (present when the run recorded embeddings), after the dynamics columns."""
 
+COPY_COLUMNS: tuple[str, ...] = ("train_duplicate_of", "is_leaked", "leaked_score")
+"""Columns from the input fingerprints (present when the run fingerprinted its inputs): the train row a
+held-out row copies (-1 otherwise, and for every train row), whether it does, and how closely (1 for an
+exact copy, the cosine of the centred input sketches for a near copy, 0 otherwise). Within a split the input copies fill
+``near_duplicate_of`` / ``is_near_duplicate`` / ``conflicting_duplicate`` (added when embeddings are off)."""
+
 LATENCY_COLUMN = "latency_ms"
 """Prediction latency of a sample in milliseconds (present when the forward passes were timed)."""
 
 CLUSTER_COLUMN = "cluster"
 
-COMPUTED_COLUMNS: frozenset[str] = frozenset((*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, LATENCY_COLUMN))
+COMPUTED_COLUMNS: frozenset[str] = frozenset((*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, *COPY_COLUMNS, LATENCY_COLUMN))
 """Columns the package computes; every other column of ``dq/samples.parquet`` is metadata and gets slices."""
 
 _SCORES = "dq_plugins.scores"
@@ -90,6 +96,9 @@ COMPUTED_IN: dict[str, str] = {
     "x2d": f"{_SCORES}.projection",
     "y2d": f"{_SCORES}.projection",
     "latency_ms": "dq_plugins.recording.latency",
+    "train_duplicate_of": f"{_SCORES}.copies",
+    "is_leaked": f"{_SCORES}.copies",
+    "leaked_score": f"{_SCORES}.copies",
 }
 """Column of ``dq/samples.parquet`` -> the module that computes it."""
 
@@ -110,6 +119,9 @@ ISSUES_PATH = f"{ARTIFACT_DIR}/issues.json"
 DATA_MAP_PATH = f"{ARTIFACT_DIR}/data_map.png"
 RAW_DIR = f"{ARTIFACT_DIR}/raw"
 EMBEDDINGS_DIR = f"{ARTIFACT_DIR}/embeddings"
+FINGERPRINTS_DIR = f"{ARTIFACT_DIR}/fingerprints"
+LEAKAGE_PATH = f"{ARTIFACT_DIR}/leakage.json"
+"""Held-out rows that copy a train row (a table the MLflow UI renders)."""
 ANALYSIS_ERROR_PATH = f"{RAW_DIR}/analysis_error.txt"
 EMBEDDING_MAP_PATH = f"{ARTIFACT_DIR}/embedding_map.png"
 EMBEDDING_HTML_PATH = f"{ARTIFACT_DIR}/embedding_map.html"
@@ -132,6 +144,11 @@ def raw_path(split: str) -> str:
 def embeddings_path(split: str) -> str:
     """Artifact path of a split's embeddings (``dq/embeddings/<split>.npz``)."""
     return f"{EMBEDDINGS_DIR}/{split}.npz"
+
+
+def fingerprints_path(split: str) -> str:
+    """Artifact path of a split's input fingerprints (``dq/fingerprints/<split>.npz``)."""
+    return f"{FINGERPRINTS_DIR}/{split}.npz"
 
 
 # ---------------------------------------------------------------------------------------- issue types
@@ -218,4 +235,9 @@ register_issue_type(IssueType(
     "duplicate", "conflicting_duplicate", "conflicting_duplicate_score", ScoreDirection.HIGHER_IS_WORSE,
     "in a near-duplicate pair whose labels differ",
     f"{_SCORES}.duplicates", needs_embeddings=True,
+))
+register_issue_type(IssueType(
+    "leaked", "is_leaked", "leaked_score", ScoreDirection.HIGHER_IS_WORSE,
+    "a held-out row whose input copies a train row (train_duplicate_of names it)",
+    f"{_SCORES}.copies",
 ))

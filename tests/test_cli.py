@@ -223,7 +223,8 @@ def test_export_usage_errors_exit_2(store, capsys):
 # ---------------------------------------------------------------------------------------- analyze
 def test_analyze_rebuilds_results_in_place_without_duplicates(store, capsys):
     raw_only = copy_run(store, store.run_a, ("dq/raw/train.npz", "dq/raw/validation.npz", "dq/embeddings/train.npz",
-                                             "dq/embeddings/validation.npz"))
+                                             "dq/embeddings/validation.npz", "dq/fingerprints/train.npz",
+                                             "dq/fingerprints/validation.npz"))
     client = mlflow.MlflowClient(store.uri)
     for _ in range(2):
         code, out, err = run_dq(capsys, "analyze", raw_only)

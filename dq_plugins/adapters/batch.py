@@ -109,3 +109,38 @@ def check_values(
             f"{WITH_IDS_HINT} Or, if your ids are stable but larger, pass "
             f"`{'num_samples' if split == 'train' else 'num_val_samples'}=<max id + 1>` to the callback."
         )
+
+
+TOKEN_KEY = "input_ids"
+"""Batch key read as token ids (with the attention mask) when no ``input_key`` is given."""
+
+
+def find_input(batch: Any, input_key: str | None, skip: tuple[str, ...], mask_key: str
+               ) -> tuple[str, torch.Tensor, torch.Tensor | None] | None:
+    """The model input of a dict batch, for input fingerprints: ``(key, tensor, attention mask or None)``.
+
+    ``input_key`` when given (a missing key or a non-tensor raises, naming the keys there are);
+    else ``batch["input_ids"]`` with ``batch[mask_key]``; else the first floating-point tensor whose
+    key is not in ``skip`` (ids, labels, metadata); else ``None``. Only metadata is read: no host sync.
+    """
+    if not isinstance(batch, Mapping):
+        return None
+    if input_key is not None:
+        value = batch.get(input_key)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"`input_key={input_key!r}` names no tensor in the batch (its keys are {sorted(map(str, batch))}). "
+                "HINT: pass the key of the model's input, or `fingerprints=False` to switch input copies off."
+            )
+        mask = batch.get(mask_key)
+        return input_key, value, mask if isinstance(mask, torch.Tensor) else None
+    tokens = batch.get(TOKEN_KEY)
+    if isinstance(tokens, torch.Tensor) and not tokens.is_floating_point():
+        mask = batch.get(mask_key)
+        return TOKEN_KEY, tokens, mask if isinstance(mask, torch.Tensor) else None
+    for key, value in batch.items():
+        if key in skip or key == mask_key or not isinstance(value, torch.Tensor):
+            continue
+        if value.is_floating_point() and value.ndim >= 1:
+            return str(key), value, None
+    return None

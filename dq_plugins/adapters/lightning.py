@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from dq_plugins.logs import warn
-from dq_plugins.adapters.batch import find_logits, get_key
+from dq_plugins.adapters.batch import find_input, find_logits, get_key
 from dq_plugins.adapters.compat import lightning_packages
 from dq_plugins.adapters.options import LIGHTNING_RENAMED, check_projection
 from dq_plugins.recording.embeddings import find_tensor, pool
@@ -140,6 +140,12 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             no compilation), "umap" (umap-learn, the extra ``dq_plugins[umap]``; its first use in a
             process compiles numba kernels, minutes on CPU), "pca", or ``None``/"auto":
             ``$DQ_PLUGINS_PROJECTION`` if set, else "graph".
+        fingerprints: fingerprint each sample's input on the device (an exact hash and a 32-d random
+            projection, :mod:`dq_plugins.recording.fingerprints`) to find exact and near copies within a
+            split and validation rows that copy a train row (``train_duplicate_of``, ``dq/leakage.json``).
+        input_key: batch key of the model input for the fingerprints. ``None``: ``"input_ids"`` (with
+            ``batch[attention_mask_key]``) when present, else the first floating-point tensor of the
+            batch that is not under ``id_key``, ``label_key`` or ``metadata_keys``.
         pools: name -> unlabeled pool for ``SelectSimilar`` actions (and :attr:`pools` after fit): a
             :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
             ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same
@@ -175,6 +181,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
+        fingerprints: bool = True,
+        input_key: str | None = None,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -203,6 +211,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.embedding_pooling = embedding_pooling
         self.attention_mask_key = attention_mask_key
         self.forward_fn = forward_fn
+        self.fingerprints = fingerprints
+        self.input_key = input_key
+        self._warned_no_input = False
         self._embedding_handle: Any = None
         self._captured_embeddings: torch.Tensor | None = None
         self._auto_head_width: int | None = None  # set when the head was guessed: checked at the first batch
@@ -408,6 +419,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.record_metadata(TRAIN, ids, batch)
         self.session.record_latency(TRAIN, ids, spans)
         self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
+        self._record_inputs(TRAIN, batch, ids)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.session.close_epoch(TRAIN)
@@ -442,6 +454,28 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.record_metadata(VALIDATION, ids, batch)
         self.session.record_latency(VALIDATION, ids, spans)
         self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
+        self._record_inputs(VALIDATION, batch, ids)
+
+    def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
+        """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
+        if not self.fingerprints:
+            return
+        cfg = self.session.config
+        found = find_input(batch, self.input_key, (cfg.id_key, cfg.label_key, *cfg.metadata_keys),
+                           self.attention_mask_key)
+        if found is None:
+            if not self._warned_no_input:
+                warn(
+                    "dq_plugins found no model input in the batch to fingerprint (no `input_ids` and no floating-point "
+                    "tensor besides ids and labels), so input copies and leakage are not checked. HINT: pass "
+                    "`input_key=` the batch key of the model input, or `fingerprints=False`.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._warned_no_input = True
+            return
+        _, inputs, mask = found
+        self.session.record_inputs(split, ids, inputs, mask)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:

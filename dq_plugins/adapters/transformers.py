@@ -108,6 +108,7 @@ class _IdTap:
         self.id_column = id_column
         self.recorder: DataQualityCallback | None = None
         self.attention_mask: torch.Tensor | None = None
+        self.input_ids: torch.Tensor | None = None
         self.timer: ForwardTimer | None = None  # times the original forward while set
 
 
@@ -156,6 +157,7 @@ def _install_tap(model: torch.nn.Module, id_column: str) -> _IdTap:
     def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         ids = kwargs.pop(id_column, None)
         tap.attention_mask = kwargs.get("attention_mask")
+        tap.input_ids = kwargs.get("input_ids")
         timer = tap.timer
         if timer is not None:
             timer.start(ids.device if isinstance(ids, torch.Tensor) else None)
@@ -451,6 +453,10 @@ class DataQualityCallback(TrainerCallback):
             process compiles numba kernels, minutes on CPU), "pca", or ``None``/"auto":
             ``$DQ_PLUGINS_PROJECTION`` if set, else "graph".
         pools: name -> :class:`dq_plugins.selection.EmbeddingPool` for ``SelectSimilar`` actions.
+        fingerprints: fingerprint each sample's ``input_ids`` under its ``attention_mask`` on the device
+            (an exact hash and a 32-d bag-of-tokens sketch, :mod:`dq_plugins.recording.fingerprints`) to
+            find exact and near copies within a split and eval rows that copy a train row
+            (``train_duplicate_of``, ``dq/leakage.json``).
 
     The former names ``id_column``, ``label_column``, ``head_module``, ``metadata_columns`` and
     ``el2n_epochs`` still work, with a ``FutureWarning`` naming the new one.
@@ -483,6 +489,7 @@ class DataQualityCallback(TrainerCallback):
         rules: Any = None,
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
+        fingerprints: bool = True,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -496,6 +503,7 @@ class DataQualityCallback(TrainerCallback):
         check_projection(projection)
         self._options = given_options(DataQualityCallback.__init__, locals())  # logged as dq.* parameters
         self.embeddings = embeddings
+        self.fingerprints = fingerprints
         self.logits_module = logits_module
         self.final_pass = final_pass
         self.texts = texts
@@ -522,7 +530,7 @@ class DataQualityCallback(TrainerCallback):
         self._val_key: Any = None
         self._val_disabled = False
         self._warned_other_eval = False
-        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[Span]]] = []
+        self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[Span], Any]] = []
         self._epoch: int | None = None
         self.run_id: str | None = None
 
@@ -696,14 +704,25 @@ class DataQualityCallback(TrainerCallback):
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(ids, device=logits.device)
         embeddings = self._pooled_embeddings(ids.shape[0])
+        tokens = self._model_input()
         if training:
             labels = self._train_labels.lookup(ids)
             self.session.record(TRAIN, self._epoch or 0, ids, labels, logits)
             self.session.record_latency(TRAIN, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
+            if tokens is not None:
+                self.session.record_inputs(TRAIN, ids, *tokens)
         elif self._epoch is not None:  # evaluations before the first epoch (eval_on_start) are not recorded
-            self._eval_stash.append((ids, logits.detach(), embeddings, spans))
+            self._eval_stash.append((ids, logits.detach(), embeddings, spans, tokens))
+
+    def _model_input(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(input_ids, attention_mask) of the forward just run, for the fingerprints; ``None`` when off or absent."""
+        tap = self._tap
+        if not self.fingerprints or tap is None or not isinstance(tap.input_ids, torch.Tensor):
+            return None
+        mask = tap.attention_mask if isinstance(tap.attention_mask, torch.Tensor) else None
+        return tap.input_ids, mask
 
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -761,11 +780,13 @@ class DataQualityCallback(TrainerCallback):
         table = self._validation_table(kwargs.get("eval_dataloader"))  # checked even when no ids arrived
         if table is None:
             return
-        for ids, logits, embeddings, spans in stash:
+        for ids, logits, embeddings, spans, tokens in stash:
             self.session.record(VALIDATION, self._epoch or 0, ids, table.lookup(ids), logits)
             self.session.record_latency(VALIDATION, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(VALIDATION, ids, embeddings)
+            if tokens is not None:
+                self.session.record_inputs(VALIDATION, ids, *tokens)
 
     @override
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -32,6 +32,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
+from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import mislabel_score
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class AnalysisResult:
             when the results are published (:func:`dq_plugins.sinks.publish.publish_results`); ``None`` before,
             or when that step failed (``latency``: no latency recorded).
         rules_report: what the rules did at the end (``None``: no rules, or not published yet).
+        leakage: held-out rows that copy a train row (``dq/leakage.json``), ``None`` without input fingerprints
+            of a held-out split.
     """
 
     samples: pd.DataFrame
@@ -76,6 +79,7 @@ class AnalysisResult:
     weak_slices: pd.DataFrame | None = None
     latency: pd.DataFrame | None = None
     rules_report: RulesReport | None = None
+    leakage: pd.DataFrame | None = None
 
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""
@@ -400,6 +404,76 @@ def duplicate_label_issues(frame: pd.DataFrame, mean_probs: np.ndarray) -> pd.Se
     )
 
 
+def add_copy_columns(frame: pd.DataFrame, copies: SplitCopies | None, history: SplitHistory,
+                     train_labels: pd.Series | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Merge the input copies of one split (:mod:`dq_plugins.scores.copies`) into its table.
+
+    ``near_duplicate_of`` takes the input copy where there is one, else keeps the embedding rule's
+    near-duplicate (semantic near-duplicates), unless that rule paired more than
+    :data:`COLLAPSED_EMBEDDING_SHARE` of the split (then its space collapsed: a model that has not
+    learned maps every input to nearly one vector, and only the input copies are kept).
+    ``is_near_duplicate``, ``near_duplicate_score`` (the larger of the embedding cosine and the input
+    copy's, 1 for an exact copy), ``conflicting_duplicate`` and its score follow; conflicting pairs
+    add label issues (:func:`duplicate_label_issues`). The :data:`~dq_plugins.schema.COPY_COLUMNS`
+    name the train row a held-out row copies.
+
+    Args:
+        train_labels: train label by sample id (for the leakage table), ``None`` without a train split.
+
+    Returns:
+        The frame and the split's leakage rows (split, sample_id, label, train_duplicate_of,
+        train_label, kind, similarity).
+    """
+    from dq_plugins.scores.duplicates import conflicting_duplicate_score, conflicting_duplicates
+
+    frame = frame.copy()
+    ids = frame["sample_id"].to_numpy()
+    none, nan = np.full(len(frame), -1, dtype=np.int64), np.full(len(frame), np.nan)
+    input_copy, input_similarity, leaked, similarity = none, nan, none, nan
+    kind = np.full(len(frame), "", dtype=object)
+    if copies is not None:
+        at = pd.Series(np.arange(copies.ids.size), index=copies.ids).reindex(ids)
+        found = at.notna().to_numpy()
+        rows = at.fillna(0).to_numpy(dtype=np.int64)
+        input_copy = np.where(found, copies.copy_of[rows], -1)
+        input_similarity = np.where(found & (input_copy >= 0), copies.copy_similarity[rows], np.nan)
+        leaked = np.where(found, copies.train_copy_of[rows], -1)
+        kind = np.where(found & (leaked >= 0), copies.train_copy_kind[rows], "").astype(object)
+        similarity = np.where(found & (leaked >= 0), copies.train_copy_similarity[rows], np.nan)
+    previous = frame["near_duplicate_of"].to_numpy(np.int64) if "near_duplicate_of" in frame else none
+    if (previous >= 0).mean() > COLLAPSED_EMBEDDING_SHARE:  # the embedding space collapsed, not the data
+        previous = none
+    duplicate_of = np.where(input_copy >= 0, input_copy, previous).astype(np.int64)
+    embedding_score = frame["near_duplicate_score"].to_numpy(np.float64) if "near_duplicate_score" in frame else nan
+    score = np.where(input_copy >= 0, np.fmax(embedding_score, input_similarity), embedding_score)
+    labels = frame["label"].to_numpy()
+    frame["near_duplicate_of"] = duplicate_of
+    frame["is_near_duplicate"] = duplicate_of >= 0
+    frame["near_duplicate_score"] = score
+    frame["conflicting_duplicate"] = conflicting_duplicates(duplicate_of, labels, ids)
+    frame["conflicting_duplicate_score"] = conflicting_duplicate_score(duplicate_of, score, labels, ids)
+    frame["train_duplicate_of"] = leaked.astype(np.int64)
+    frame["is_leaked"] = leaked >= 0
+    frame["leaked_score"] = np.nan_to_num(similarity, nan=0.0)
+    if len(frame):
+        frame["is_label_issue"] = frame["is_label_issue"] | duplicate_label_issues(frame, history.mean_probs)
+    leak = frame.loc[leaked >= 0, ["split", "sample_id", "label", "train_duplicate_of"]].copy()
+    leak["train_label"] = (leak["train_duplicate_of"].map(train_labels).fillna(-1).astype(np.int64)
+                           if train_labels is not None else -1)
+    leak["kind"] = kind[leaked >= 0]
+    leak["similarity"] = similarity[leaked >= 0]
+    return frame, leak
+
+
+COLLAPSED_EMBEDDING_SHARE = 0.5
+"""Share of a split above which the embedding near-duplicates are dropped when input copies are known.
+Seen on a randomly initialised tiny BERT that did not learn: 99% of its rows had an embedding
+"near-duplicate" (identical pooled vectors), none of them an input copy."""
+
+MAX_LEAKAGE_ROWS = 1000
+"""Rows of ``dq/leakage.json`` (exact copies first); the full list is the ``train_duplicate_of`` column."""
+
+
 def analyze(
     histories: dict[str, SplitHistory],
     *,
@@ -407,6 +481,7 @@ def analyze(
     max_issue_rows: int = MAX_ISSUE_ROWS,
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     projection: str = "auto",
+    fingerprints: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> AnalysisResult:
     """Run every score on every split and assemble the results.
 
@@ -416,8 +491,13 @@ def analyze(
             embedding scores (their columns are then absent).
         projection: the 2D map: "auto" (= "graph", a UMAP-style layout in torch), "graph", "umap"
             (umap-learn) or "pca".
+        fingerprints: split -> (ids (M,), hashes (M,), sketches (M, D)) of the model inputs
+            (:mod:`dq_plugins.recording.fingerprints`); ``None`` or empty: no input copies, no
+            :data:`~dq_plugins.schema.COPY_COLUMNS`, no leakage table.
     """
-    frames, metrics, epoch_metrics, overlaps, trust = [], {}, {}, [], {}
+    frames, metrics, epoch_metrics, overlaps, trust, leaks = [], {}, {}, [], {}, []
+    copies = find_copies(fingerprints) if fingerprints else {}
+    train_labels = pd.Series(histories[TRAIN].labels) if TRAIN in histories else None  # by sample id
     train_epochs = int(histories[TRAIN].epochs.size) if TRAIN in histories else None
     for split, history in progress(histories.items(), total=len(histories), desc="scores per split"):
         part = analyze_split(history, split, early_epochs=early_epochs, embeddings=(embeddings or {}).get(split),
@@ -426,6 +506,12 @@ def analyze(
         metrics.update(part.embedding_metrics)
         if part.class_overlap is not None:
             overlaps.append(part.class_overlap)
+        if copies and len(frame):
+            frame, leak = add_copy_columns(frame, copies.get(split), history, train_labels)
+            metrics[split_metric_key("num_input_copies", split)] = float((frame["near_duplicate_of"] >= 0).sum())
+            if split != TRAIN:
+                metrics[split_metric_key("num_leaked", split)] = float(len(leak))
+                leaks.append(leak)
         frames.append(frame)
         metrics[split_metric_key("accuracy", split)] = (
             float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")
@@ -442,5 +528,9 @@ def analyze(
         metrics.update(label_issue_metrics(frame, part.flags, split, trust[split]))
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
     class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
+    leakage = None
+    if leaks:
+        leakage = pd.concat(leaks, ignore_index=True).sort_values(["kind", "split", "sample_id"])
+        leakage = leakage.head(MAX_LEAKAGE_ROWS).reset_index(drop=True)
     return AnalysisResult(samples, top_issues(samples, max_issue_rows), metrics, epoch_metrics,
-                          class_overlap=class_overlap, trust=trust)
+                          class_overlap=class_overlap, trust=trust, leakage=leakage)

@@ -18,6 +18,7 @@ import torch
 from dq_plugins.adapters.batch import check_shapes, check_values
 from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.embeddings import EmbeddingBuffer
+from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
 from dq_plugins.schema import (
@@ -29,6 +30,7 @@ from dq_plugins.schema import (
     TRAIN,
     VALIDATION,
     embeddings_path,
+    fingerprints_path,
     raw_path,
 )
 from dq_plugins.sinks.mlflow_sink import MlflowSink
@@ -78,6 +80,7 @@ class DynamicsSession:
         self._checked: set[str] = set()
         self._restored: dict[str, dict] = {}
         self.embeddings: dict[str, EmbeddingBuffer] = {}
+        self.fingerprints: dict[str, FingerprintBuffer] = {}
         self.texts: dict[int, str] | None = None  # train sample id -> text, shown in the interactive map
         self._metadata_batches: dict[str, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
         self._metadata_frames: dict[str, Any] = {}
@@ -330,6 +333,16 @@ class DynamicsSession:
             buffer = self.embeddings[split] = EmbeddingBuffer(capacity, embeddings.shape[1], embeddings.device)
         buffer.write(ids, embeddings)
 
+    def record_inputs(self, split: str, ids: torch.Tensor, inputs: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> None:
+        """Keep the latest fingerprint of each ``(B, ...)`` input row under its id
+        (:mod:`dq_plugins.recording.fingerprints`). No host sync."""
+        buffer = self.fingerprints.get(split)
+        if buffer is None:
+            capacity = self.capacities.get(split) or self.ledgers[split].capacity
+            buffer = self.fingerprints[split] = FingerprintBuffer(capacity, inputs.device)
+        buffer.write(ids, inputs, attention_mask)
+
     def close_epoch(self, split: str, reduce: bool = True) -> None:
         """Move the split's pending epoch to the host and warn about rows that were not recorded.
 
@@ -394,7 +407,7 @@ class DynamicsSession:
         for split in list(self.ledgers):
             self.close_epoch(split, reduce=reduce)
         if reduce:
-            for buffer in self.embeddings.values():
+            for buffer in [*self.embeddings.values(), *self.fingerprints.values()]:
                 buffer.gather()
 
     def save_raw(self, sink: MlflowSink, histories: dict[str, SplitHistory] | None = None) -> None:
@@ -468,8 +481,12 @@ class DynamicsSession:
             for split, (ids, values) in embeddings.items():
                 save_embeddings(ids, values, sink.stage_path(embeddings_path(split)))
                 sink.add_artifact(embeddings_path(split))
+            fingerprints = {split: buffer.to_numpy() for split, buffer in self.fingerprints.items()}
+            for split, values in fingerprints.items():
+                save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
+                sink.add_artifact(fingerprints_path(split))
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
-                             embeddings=embeddings,
+                             embeddings=embeddings, fingerprints=fingerprints,
                              projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
             metadata = self.metadata_frame()
             if metadata is not None:
@@ -545,6 +562,18 @@ def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path) -> None:
     """Write (ids (M,) int64, embeddings (M, D) float16) as ``.npz`` arrays ``ids`` and ``embeddings``."""
     with open(path, "wb") as handle:
         np.savez(handle, ids=ids, embeddings=embeddings)
+
+
+def save_fingerprints(ids: np.ndarray, hashes: np.ndarray, sketches: np.ndarray, path) -> None:
+    """Write input fingerprints (ids (M,), hashes (M,) int64, sketches (M, D) float32) as ``.npz``."""
+    with open(path, "wb") as handle:
+        np.savez(handle, ids=ids, hashes=hashes, sketches=sketches)
+
+
+def load_fingerprints(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``(ids, hashes, sketches)`` written by :func:`save_fingerprints`."""
+    with np.load(path) as data:
+        return data["ids"], data["hashes"], data["sketches"]
 
 
 def load_embeddings(path) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from dq_plugins.schema import ARTIFACT_DIR, EMBEDDING_HTML_PATH, EMBEDDINGS_DIR, RAW_DIR, SAMPLES_PATH
+from dq_plugins.schema import (
+    ARTIFACT_DIR,
+    EMBEDDING_HTML_PATH,
+    EMBEDDINGS_DIR,
+    FINGERPRINTS_DIR,
+    RAW_DIR,
+    SAMPLES_PATH,
+)
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 from dq_plugins.sinks.publish import publish_results
 
@@ -187,6 +194,17 @@ def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: 
     return embeddings
 
 
+def load_fingerprints(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> dict:
+    """The run's ``dq/fingerprints/<split>.npz`` (input fingerprints), or ``{}``: split -> (ids, hashes, sketches)."""
+    from dq_plugins.recording.session import load_fingerprints as read_fingerprints
+
+    found = {}
+    for path in sorted(p for p in artifact_paths(client, run_id, FINGERPRINTS_DIR) if p.endswith(".npz")):
+        progress(f"downloading the input fingerprints of split {Path(path).stem!r} ({path})")
+        found[Path(path).stem] = read_fingerprints(download(client, run_id, path, dst))
+    return found
+
+
 @dataclass
 class OfflineAnalysis:
     """What :func:`reanalyze` did.
@@ -272,11 +290,12 @@ def reanalyze(
         staging = Path(tmp)
         source_id, histories = load_histories(client, run_id, staging / "download", progress)
         embeddings = load_embeddings(client, source_id, staging / "embeddings", progress)
+        fingerprints = load_fingerprints(client, source_id, staging / "fingerprints", progress)
         for split, history in histories.items():
             progress(f"analysing split {split!r}: {int(history.seen.sum())} samples, {len(history.epochs)} epochs"
                      + (", with embeddings" if split in embeddings else ""))
         result = analyze(histories, early_epochs=early_epochs, max_issue_rows=max_issue_rows or MAX_ISSUE_ROWS,
-                         embeddings=embeddings or None)
+                         embeddings=embeddings or None, fingerprints=fingerprints or None)
         result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
         if kept:
             progress(f"keeping columns computed by other features: {kept}")

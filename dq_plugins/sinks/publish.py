@@ -23,6 +23,7 @@ from dq_plugins.schema import (
     ISSUES_PATH,
     LATENCY_COLUMN,
     LATENCY_PATH,
+    LEAKAGE_PATH,
     SAMPLES_PATH,
     SLICES_PATH,
     TRAIN,
@@ -75,6 +76,8 @@ def publish_results(
         sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
     if result.class_overlap is not None:
         sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
+    if getattr(result, "leakage", None) is not None:
+        sink.add_table(result.leakage, LEAKAGE_PATH)
     if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
         from dq_plugins.figures.embedding_map import embedding_map, embedding_map_html
 
