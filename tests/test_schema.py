@@ -13,7 +13,8 @@ from dq_plugins.schema import IssueType, ScoreDirection
 
 def test_builtin_issue_types_name_their_columns():
     types = {t.name: t for t in dq_plugins.issue_types()}
-    assert list(types) == ["label", "outlier", "near_duplicate", "duplicate"]
+    assert list(types) == ["label", "outlier", "near_duplicate", "duplicate", "leaked"]
+    assert (types["leaked"].flag_column, types["leaked"].score_column) == ("is_leaked", "leaked_score")
     assert (types["label"].flag_column, types["label"].score_column) == ("is_label_issue", "mislabel_score")
     assert (types["duplicate"].flag_column, types["duplicate"].score_column) == (
         "conflicting_duplicate", "conflicting_duplicate_score")
