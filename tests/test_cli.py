@@ -178,7 +178,7 @@ def test_export_unknown_issue_type_lists_the_available_ones(store, capsys):
     code, _, err = run_dq(capsys, "export", store.run_a, "--issue", "typo")
     assert code == ExitCode.ERROR
     assert_one_line_error(err, "export", "The run has no 'typo' issues. Issue types in this run: [", "'label'",
-                          "HINT: the registered issue types are ['label', 'outlier', 'near_duplicate', 'duplicate']")
+                          "HINT: the registered issue types are ['label', 'outlier', 'near_duplicate', 'duplicate', 'leaked']")
 
 
 @pytest.mark.parametrize("issue", [t.name for t in dq_plugins.issue_types()])
