@@ -31,6 +31,7 @@ from dq_plugins.deprecation import renamed_options
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.schema import TRAIN, VALIDATION
 from dq_plugins.sinks.datasets import given_options
+from dq_plugins.recording.tasks import TaskRouter
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _PACKAGES = lightning_packages()
@@ -150,6 +151,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             :class:`dq_plugins.selection.EmbeddingPool`, or a DataLoader of unlabeled batches (ids under
             ``id_key``, no labels needed) that is embedded after fit by ``forward_fn`` through the same
             embedding hook as the train split, with the final weights.
+        task: "single_label", "multilabel" (targets: (B, C) float multi-hot under ``label_key``, logits
+            (B, C)) or "token_classification" ((B, T) tags with -100 where ignored, logits (B, T, C));
+            ``None`` detects it from the first batch. An explicit task that the first batch contradicts is
+            an error saying what was detected (see :mod:`dq_plugins.recording.tasks`).
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
@@ -183,6 +188,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         projection: str | None = None,
         fingerprints: bool = True,
         input_key: str | None = None,
+        task: str | None = None,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -196,6 +202,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             SessionConfig(id_key, label_key, num_samples, num_val_samples, early_epochs, max_issue_rows, fallback_dir,
                           metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
         )
+        self._tasks = TaskRouter(task, self.session, label_key)
         self.logits_module = logits_module
         self.record_validation = record_validation
         self._sink_options = {"tracking_uri": tracking_uri, "experiment_name": experiment_name, "run_name": run_name}
@@ -415,6 +422,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 "`logits_module='<name of the submodule whose output is the logits>'` to the callback."
             )
         ids, labels = self._ids_and_labels(batch)
+        if self._tasks.route(TRAIN, trainer.current_epoch, ids, labels, logits):
+            return
         self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(TRAIN, ids, batch)
         self.session.record_latency(TRAIN, ids, spans)
@@ -423,6 +432,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.session.close_epoch(TRAIN)
+        self._tasks.close_epoch(TRAIN)
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -450,6 +460,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 self._warned_no_val_logits = True
             return
         ids, labels = self._ids_and_labels(batch)
+        if self._tasks.route(VALIDATION, trainer.current_epoch, ids, labels, logits):
+            return
         self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
         self.session.record_metadata(VALIDATION, ids, batch)
         self.session.record_latency(VALIDATION, ids, spans)
@@ -480,10 +492,19 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self.session.close_epoch(VALIDATION)
+            self._tasks.close_epoch(VALIDATION)
             self.session.check_validation_rules(self._sink)  # a FailRun("raise") rule stops fit (on_exception)
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._tasks.active:  # multi-label / token classification: their own analysis and outputs
+            self._tasks.close_all()
+            if trainer.is_global_zero and self._sink is not None:
+                try:
+                    self._tasks.finish_run(self._sink)
+                finally:
+                    self.run_id = self._sink.run_id
+            return
         if self.embeddings and self.forward_fn is not None:
             self._inference_pass(trainer, pl_module)
             if trainer.is_global_zero:
@@ -559,7 +580,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """Keep the raw record of an interrupted fit, and mark a run this callback opened as failed."""
-        if not trainer.is_global_zero or self._sink is None or not self.session.ledgers:
+        if not trainer.is_global_zero or self._sink is None or not (self.session.ledgers or self._tasks.active):
             return
         try:
             self.session.close_all(reduce=False)  # other ranks may be gone: no collective

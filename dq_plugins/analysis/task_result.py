@@ -1,0 +1,32 @@
+"""The result of the end-of-fit analysis of a task other than single-label classification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+
+@dataclass
+class TaskResult:
+    """What the analysis of a multi-label or token classification run found.
+
+    Attributes:
+        task: "multilabel" or "token_classification".
+        samples: one row per (split, sample_id), written as ``dq/samples.parquet``.
+        issues: the top rows to act on, ``dq/issues.json`` (an MLflow table, bounded).
+        metrics: summary metrics (``dq.*``), one value each.
+        epoch_metrics: key -> list of (epoch, value), logged as metric histories.
+        slices: one row per (split, class), ``dq/slices.json``.
+        tables: extra per-row tables by name ("sample_labels" or "tokens"), written as Parquet.
+        html: artifact path -> HTML page (the token view).
+    """
+
+    task: str
+    samples: pd.DataFrame
+    issues: pd.DataFrame
+    metrics: dict[str, float]
+    epoch_metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    slices: pd.DataFrame | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    html: dict[str, str] = field(default_factory=dict)

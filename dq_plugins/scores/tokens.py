@@ -1,0 +1,101 @@
+"""Token classification scores: per labelled token and per sequence, from training dynamics.
+
+Definitions, for a token with given tag ``y`` and mean softmax ``p`` over training:
+
+- ``mislabel_score`` of a token (in [0, 1], higher = the tag is more likely wrong): ``1 - p[y]``
+  over all recorded epochs (1 minus cartography confidence, Swayamdipta et al. 2020), averaged with
+  ``1 - p_early[y]`` over the early window when that window is trusted (it fits the given tags at
+  least halfway from chance to perfect, the guard of the single-label path).
+- Flags: cleanlab's token classification method (Wang and Mueller 2022,
+  ``cleanlab.token_classification.filter.find_label_issues``: confident learning over the pooled
+  labelled tokens) on the early-window mean softmax when trusted, else the all-epoch mean (a
+  held-out split: its latest pass); the suggested tag of a flagged token is the most probable
+  other tag under those probabilities.
+- A sequence's ``mislabel_score`` is its most suspicious token's; it is a label issue when any of
+  its tokens is flagged.
+
+References: Wang and Mueller 2022, "Detecting Label Errors in Token Classification Data"
+(https://arxiv.org/abs/2210.03920); Northcutt, Jiang and Chuang, JAIR 2021.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Scores of M labelled tokens (flattened in row-major (sequence, position) order).
+
+    Attributes:
+        mislabel_score: (M,) float64 in [0, 1].
+        is_label_issue: (M,) bool.
+        suggested_label: (M,) int64, the given tag where not flagged.
+    """
+
+    mislabel_score: np.ndarray
+    is_label_issue: np.ndarray
+    suggested_label: np.ndarray
+
+
+def early_window_trusted(labels: np.ndarray, early_probs: np.ndarray | None) -> bool:
+    """Whether the (M, C) early-window softmax predicts the (M,) given tags at least halfway from chance
+    to perfect (accuracy >= (1 + 1/C) / 2 over the tokens it saw)."""
+    if early_probs is None or not len(labels):
+        return False
+    seen = ~np.isnan(early_probs).any(axis=1)
+    if not seen.any():
+        return False
+    accuracy = float((early_probs[seen].argmax(axis=1) == labels[seen]).mean())
+    return accuracy >= 0.5 * (1.0 + 1.0 / early_probs.shape[1])
+
+
+def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+    """(M,) bool flags of cleanlab's token classification method.
+
+    Args:
+        labels: (M,) given tags of the labelled tokens.
+        probs: (M, C) class probabilities of the same tokens (rows sum to 1).
+        sequence: (M,) sequence index of each token, non-decreasing (tokens grouped by sequence).
+    """
+    from cleanlab.token_classification.filter import find_label_issues
+
+    flags = np.zeros(len(labels), dtype=bool)
+    if len(labels) < 2 or len(np.unique(labels)) < 2:
+        return flags
+    starts = np.flatnonzero(np.r_[True, sequence[1:] != sequence[:-1]])
+    bounds = np.r_[starts, len(labels)]
+    per_label = [labels[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    per_probs = [probs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = find_label_issues(per_label, per_probs, n_jobs=1)
+    for i, j in found:
+        flags[bounds[i] + j] = True
+    return flags
+
+
+def token_scores(labels: np.ndarray, sequence: np.ndarray, mean_probs: np.ndarray,
+                 early_probs: np.ndarray | None, flag_probs: np.ndarray) -> TokenScores:
+    """Scores of M labelled tokens.
+
+    Args:
+        labels: (M,) int given tags.
+        sequence: (M,) sequence index of each token (grouped, non-decreasing).
+        mean_probs: (M, C) all-epoch mean softmax.
+        early_probs: (M, C) early-window mean softmax when trusted, else ``None``.
+        flag_probs: (M, C) probabilities the flags come from.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(labels))
+    score = 1.0 - mean_probs[rows, labels].astype(np.float64)
+    if early_probs is not None:
+        early = 1.0 - early_probs[rows, labels].astype(np.float64)
+        score = np.where(np.isnan(early), score, 0.5 * (score + early))
+    flags = token_label_issues(labels, flag_probs, sequence)
+    others = np.where(np.arange(flag_probs.shape[1])[None, :] == labels[:, None], -np.inf, flag_probs)
+    suggested = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
+    return TokenScores(np.nan_to_num(score, nan=0.0), flags, suggested)

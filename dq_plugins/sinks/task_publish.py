@@ -1,0 +1,49 @@
+"""A :class:`~dq_plugins.analysis.task_result.TaskResult` -> sink: what a multi-label or token
+classification run writes.
+
+- ``dq/samples.parquet``: one row per (split, sample_id);
+- ``dq/sample_labels.parquet`` (multi-label) or ``dq/tokens.parquet`` (tokens): the finer rows;
+- ``dq/issues.json``: the issue table, an MLflow table the UI renders;
+- ``dq/slices.json``: one row per (split, class);
+- ``dq/token_issues.html`` (tokens): the most suspicious sequences;
+- the ``dq.*`` metrics and the tag ``dq.task``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dq_plugins.sinks.mlflow_sink import ARTIFACT_DIR, ISSUES_PATH, SAMPLES_PATH
+from dq_plugins.sinks.publish import SLICES_PATH
+
+SAMPLE_LABELS_PATH = f"{ARTIFACT_DIR}/sample_labels.parquet"
+TOKENS_PATH = f"{ARTIFACT_DIR}/tokens.parquet"
+TABLE_PATHS = {"sample_labels": SAMPLE_LABELS_PATH, "tokens": TOKENS_PATH}
+"""Parquet artifact of each extra table of a :class:`TaskResult`."""
+
+TASK_TAG = "dq.task"
+
+
+def publish_task_result(result: Any, sink: Any) -> None:
+    """Queue every output of ``result`` on ``sink`` (the caller flushes)."""
+    result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
+    sink.add_artifact(SAMPLES_PATH)
+    for name, frame in result.tables.items():
+        path = TABLE_PATHS[name]
+        frame.to_parquet(sink.stage_path(path), index=False)
+        sink.add_artifact(path)
+    sink.add_table(result.issues, ISSUES_PATH)
+    if result.slices is not None:
+        sink.add_table(result.slices, SLICES_PATH)
+    for path, page in result.html.items():
+        sink.stage_path(path).write_text(page, encoding="utf-8")
+        sink.add_artifact(path)
+    sink.add_tag(TASK_TAG, result.task)
+    for key, value in result.metrics.items():
+        if np.isfinite(value):
+            sink.add_metric(key, value)
+    for key, values in result.epoch_metrics.items():
+        for epoch, value in values:
+            sink.add_metric(key, value, step=epoch, series=True)

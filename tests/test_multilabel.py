@@ -1,0 +1,214 @@
+"""Multi-label classification: the ledger, the scores and the Lightning adapter end to end."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from dq_plugins import load_samples
+from dq_plugins.analysis.multilabel import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
+from dq_plugins.lightning import DataQualityCallback
+from dq_plugins.recording.multilabel import MultiLabelLedger
+from dq_plugins.scores.multilabel import class_label_issues, multilabel_scores
+
+NUM_CLASSES = 4
+
+
+class MultiHotDataset(Dataset):
+    """Points whose class k is on when ``w_k . x > 0``; ``flip`` lists (sample, class) pairs given flipped."""
+
+    def __init__(self, n: int = 160, dim: int = 8, seed: int = 0, flip: list[tuple[int, int]] = ()) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, dim, generator=g)
+        weights = torch.randn(NUM_CLASSES, dim, generator=torch.Generator().manual_seed(99))
+        self.true = (self.x @ weights.T > 0).float()
+        self.labels = self.true.clone()
+        for i, k in flip:
+            self.labels[i, k] = 1 - self.labels[i, k]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"x": self.x[index], "labels": self.labels[index], "idx": index}
+
+
+class MultiLabelModule(pl.LightningModule):
+    def __init__(self, dim: int = 8, width: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, width))
+
+    def _step(self, batch):
+        logits = self.net(batch["x"])
+        target = batch["labels"].float() if batch["labels"].ndim == 2 else F.one_hot(batch["labels"], logits.shape[1]).float()
+        return {"loss": F.binary_cross_entropy_with_logits(logits[:, : target.shape[1]], target), "logits": logits}
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch)
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.02)
+
+
+def fit(callback, train, val=None, module=None, epochs: int = 6):
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback])
+    trainer.fit(module or MultiLabelModule(), DataLoader(train, batch_size=16, shuffle=True),
+                DataLoader(val, batch_size=32) if val is not None else None)
+    return trainer
+
+
+def artifact(run_id: str, path: str, tmp_path) -> str:
+    return mlflow.MlflowClient().download_artifacts(run_id, path, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------- ledger
+def test_ledger_records_per_class_fields_by_hand():
+    ledger = MultiLabelLedger(capacity=3, num_classes=2)
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    ledger.record(torch.tensor([0, 2]), labels, logits, epoch=0)
+    ledger.record(torch.tensor([0]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), epoch=0)
+    history = ledger.to_history()
+    sig = torch.sigmoid
+    # sample 0, seen twice: the mean of the two occurrences
+    expected = 0.5 * (sig(torch.tensor([2.0, -1.0])) + sig(torch.tensor([0.0, 1.0])))
+    np.testing.assert_allclose(history.fields["prob_given"][0, 0], expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(history.fields["margin"][0, 0], [1.0, 0.0])
+    np.testing.assert_allclose(history.fields["correct"][0, 0], [0.5, 0.5])  # 0.0 > 0 is not correct
+    np.testing.assert_allclose(history.fields["prob_given"][0, 2], [1 - sig(torch.tensor(0.5)), sig(torch.tensor(0.5))],
+                               rtol=1e-6)
+    assert np.isnan(history.fields["prob_given"][0, 1]).all() and not history.seen[1]
+    np.testing.assert_array_equal(history.labels[[0, 2]], [[1, 1], [0, 1]])
+    np.testing.assert_allclose(history.mean_probs[2], sig(torch.tensor([0.5, 0.5])).numpy(), rtol=1e-6)
+
+
+def test_ledger_drops_and_counts_bad_rows_without_writing_them():
+    ledger = MultiLabelLedger(capacity=2, num_classes=2)
+    ids = torch.tensor([0, 1, 5, 1])
+    labels = torch.tensor([[1.0, 0.0], [0.3, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    logits = torch.tensor([[1.0, -1.0], [1.0, 1.0], [1.0, 1.0], [float("nan"), 0.0]])
+    ledger.record(ids, labels, logits, epoch=0)
+    counters = ledger.close_epoch()
+    assert counters == {"out_of_range": 1, "non_finite": 1, "bad_target": 1}
+    history = ledger.to_history()
+    assert history.seen.tolist() == [True, False]
+
+
+# ---------------------------------------------------------------------------------- scores
+def test_sample_flags_are_cleanlabs_multilabel_flags():
+    from cleanlab.multilabel_classification.filter import find_label_issues
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < 0.4).astype(np.int8)
+    probs = np.clip(labels * 0.8 + rng.normal(0, 0.15, labels.shape), 0.01, 0.99)
+    probs[:10] = 1 - probs[:10]  # ten samples whose every label the model contradicts
+    ours = class_label_issues(labels, probs)
+    theirs = find_label_issues([list(np.flatnonzero(r)) for r in labels], probs, n_jobs=1)
+    np.testing.assert_array_equal(ours.any(axis=1), theirs)
+    assert ours[:10].any(axis=1).all() and ours[:10].sum() > ours[10:20].sum()
+
+
+def test_mislabel_score_is_the_most_doubtful_class():
+    labels = np.array([[1, 0], [0, 1]])
+    prob_given = np.array([[[0.9, 0.6], [0.8, 1.0]], [[0.7, 0.8], [0.6, 1.0]]])  # (E=2, N=2, C=2)
+    scores = multilabel_scores(labels, prob_given, np.array([[0.8, 0.3], [0.3, 0.9]]))
+    np.testing.assert_allclose(scores.class_score, [[0.2, 0.3], [0.3, 0.0]])
+    np.testing.assert_allclose(scores.mislabel_score, [0.3, 0.3])
+    early = np.array([[0.5, 0.5], [1.0, 1.0]])
+    with_early = multilabel_scores(labels, prob_given, np.array([[0.8, 0.3], [0.3, 0.9]]), early)
+    np.testing.assert_allclose(with_early.class_score, [[0.35, 0.4], [0.15, 0.0]])
+
+
+# ---------------------------------------------------------------------------------- Lightning end to end
+def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path):
+    rng = np.random.default_rng(1)
+    flips = [(int(i), int(rng.integers(NUM_CLASSES))) for i in rng.choice(160, 16, replace=False)]
+    train = MultiHotDataset(160, flip=flips)
+    val = MultiHotDataset(48, seed=1)
+    callback = DataQualityCallback(task="multilabel")
+    fit(callback, train, val, epochs=12)
+
+    samples = load_samples(callback.run_id)
+    assert list(samples.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    train_rows = samples[samples["split"] == "train"].set_index("sample_id").sort_index()
+    assert len(train_rows) == 160 and (samples["split"] == "validation").sum() == 48
+    assert train_rows.loc[5, "label"].tolist() == np.flatnonzero(train.labels[5].numpy()).tolist()
+    noisy = np.zeros(160, bool)
+    noisy[[i for i, _ in flips]] = True
+    score = train_rows["mislabel_score"].to_numpy()
+    assert score[noisy].mean() > score[~noisy].mean() + 0.2
+    from sklearn.metrics import average_precision_score
+
+    assert average_precision_score(noisy, score) > 0.6
+    flagged = train_rows["is_label_issue"].to_numpy()
+    assert (flagged & noisy).sum() >= 6
+    # a flagged sample's suggested set differs from its given set; an unflagged one's does not
+    same = np.array([a.tolist() == b.tolist() for a, b in zip(train_rows["label"], train_rows["suggested_label"])])
+    np.testing.assert_array_equal(same, ~flagged)
+
+    per_class = pd.read_parquet(artifact(callback.run_id, "dq/sample_labels.parquet", tmp_path))
+    assert list(per_class.columns) == list(SAMPLE_LABEL_COLUMNS)
+    assert len(per_class) == (160 + 48) * NUM_CLASSES
+    rows = per_class[(per_class["split"] == "train")].set_index(["sample_id", "class_id"])
+    hits = [rows.loc[(i, k), "action"] == ("remove" if train.labels[i, k] == 1 else "add")
+            for i, k in flips if rows.loc[(i, k), "is_label_issue"]]
+    assert len(hits) >= 6 and all(hits)
+    assert set(per_class["action"]) <= {"add", "remove", "keep"}
+
+    client = mlflow.MlflowClient()
+    issues = json.load(open(artifact(callback.run_id, "dq/issues.json", tmp_path)))
+    assert issues["columns"][:4] == ["split", "sample_id", "label", "suggested_label"]
+    slices = json.load(open(artifact(callback.run_id, "dq/slices.json", tmp_path)))
+    slice_names = {row[slices["columns"].index("slice")] for row in slices["data"]}
+    assert {f"class={k}" for k in range(NUM_CLASSES)} <= slice_names
+    run = client.get_run(callback.run_id)
+    assert run.data.tags["dq.task"] == "multilabel"
+    assert run.data.metrics["dq.num_label_issues"] == float(flagged.sum())
+
+
+def test_multilabel_is_detected_without_the_option(tracking_uri):
+    callback = DataQualityCallback()
+    fit(callback, MultiHotDataset(64), epochs=2)
+    assert callback.result.task == "multilabel"
+    assert len(callback.result.tables["sample_labels"]) == 64 * NUM_CLASSES
+
+
+class SingleLabelDataset(MultiHotDataset):
+    def __getitem__(self, index: int) -> dict:
+        return {"x": self.x[index], "labels": int(self.labels[index].argmax()), "idx": index}
+
+
+def test_option_and_data_disagree(tracking_uri):
+    with pytest.raises(ValueError, match=r"task='multilabel'.*looks like 'single_label'.*shape \(16,\)"):
+        fit(DataQualityCallback(task="multilabel"), SingleLabelDataset(64), epochs=1)
+    with pytest.raises(ValueError, match=r"task='single_label'.*looks like 'multilabel'"):
+        fit(DataQualityCallback(task="single_label"), MultiHotDataset(64), epochs=1)
+
+
+def test_wrong_width_multi_hot_is_an_error(tracking_uri):
+    with pytest.raises(ValueError, match=r"as wide as the logits \(5 classes\).*HINT"):
+        fit(DataQualityCallback(task="multilabel"), MultiHotDataset(64), module=MultiLabelModule(width=5), epochs=1)
+
+
+class SoftDataset(MultiHotDataset):
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["labels"] = item["labels"] * 0.9 + 0.05
+        return item
+
+
+def test_soft_targets_are_an_error_at_the_first_batch(tracking_uri):
+    with pytest.raises(ValueError, match=r"multi-hot targets.*got the value 0\.(05|95).*HINT: pass hard 0/1"):
+        fit(DataQualityCallback(), SoftDataset(64), epochs=1)
