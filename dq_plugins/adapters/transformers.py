@@ -74,6 +74,7 @@ from dq_plugins.deprecation import renamed_options
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.schema import COMPUTED_COLUMNS, TRAIN, VALIDATION
 from dq_plugins.sinks.datasets import given_options
+from dq_plugins.recording.tasks import Task, TaskRouter, model_task, parse_task
 from dq_plugins.sinks.mlflow_sink import MlflowSink
 
 _transformers = require("transformers", "transformers accelerate")
@@ -109,6 +110,7 @@ class _IdTap:
         self.recorder: DataQualityCallback | None = None
         self.attention_mask: torch.Tensor | None = None
         self.input_ids: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None  # the batch's targets, read by multi-label / token tasks
         self.timer: ForwardTimer | None = None  # times the original forward while set
 
 
@@ -158,6 +160,7 @@ def _install_tap(model: torch.nn.Module, id_column: str) -> _IdTap:
         ids = kwargs.pop(id_column, None)
         tap.attention_mask = kwargs.get("attention_mask")
         tap.input_ids = kwargs.get("input_ids")
+        tap.labels = kwargs.get("labels")
         timer = tap.timer
         if timer is not None:
             timer.start(ids.device if isinstance(ids, torch.Tensor) else None)
@@ -374,6 +377,42 @@ class _LabelTable:
         return table[ids.long().clamp(0, self.capacity - 1)]
 
 
+def _max_length(dataset: Any, column: str = "input_ids") -> int | None:
+    """The longest ``column`` sequence of a map-style dataset (one Arrow pass for ``datasets.Dataset``);
+    ``None`` when the dataset has no such column (then the first batch's length is the recorded width)."""
+    if column not in _column_names(dataset):
+        return None
+    table = getattr(dataset, "data", None)
+    if hasattr(dataset, "select_columns") and table is not None:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(dataset.select_columns([column]).data.column(column))
+        return int(pc.max(lengths).as_py() or 0) or None
+    return max((len(dataset[i][column]) for i in range(len(dataset))), default=0) or None
+
+
+def _token_strings(datasets: dict[str, Any], id_column: str, convert: Callable[[list[int]], list[str]] | None
+                   ) -> Callable[[str, int], Sequence[str] | None] | None:
+    """``(split, sample_id) -> tokens`` read from the split's dataset by id (for the HTML view)."""
+    if convert is None:
+        return None
+    rows: dict[str, dict[int, int]] = {}
+
+    def strings(split: str, sample_id: int) -> Sequence[str] | None:
+        dataset = datasets.get(split)
+        if dataset is None or "input_ids" not in _column_names(dataset):
+            return None
+        if split not in rows:
+            ids = dataset[id_column] if hasattr(dataset, "column_names") else [dataset[i][id_column] for i in range(len(dataset))]
+            rows[split] = {int(v): i for i, v in enumerate(ids)}
+        row = rows[split].get(int(sample_id))
+        if row is None:
+            return None
+        return list(convert([int(t) for t in dataset[row]["input_ids"]]))
+
+    return strings
+
+
 def _checkpoint_folder(args: Any, state: Any) -> str:
     """Where the Trainer writes the checkpoint of the current step (``<output_dir>/checkpoint-<step>``)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -457,6 +496,12 @@ class DataQualityCallback(TrainerCallback):
             (an exact hash and a 32-d bag-of-tokens sketch, :mod:`dq_plugins.recording.fingerprints`) to
             find exact and near copies within a split and eval rows that copy a train row
             (``train_duplicate_of``, ``dq/leakage.json``).
+        task: ``None`` (default) takes the task from the model: ``config.problem_type ==
+            "multi_label_classification"`` -> "multilabel" (float multi-hot ``labels``), a
+            ``*ForTokenClassification`` model -> "token_classification" (``labels`` per token, -100 where
+            ignored); otherwise single-label. These tasks read the targets from the batch the model gets
+            (``labels``) and record sequences up to the longest ``input_ids`` of each dataset (see
+            :mod:`dq_plugins.recording.tasks`); embeddings, metadata and rules are not used for them yet.
 
     The former names ``id_column``, ``label_column``, ``head_module``, ``metadata_columns`` and
     ``el2n_epochs`` still work, with a ``FutureWarning`` naming the new one.
@@ -490,6 +535,7 @@ class DataQualityCallback(TrainerCallback):
         pools: Mapping[str, Any] | None = None,
         projection: str | None = None,
         fingerprints: bool = True,
+        task: str | None = None,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -502,6 +548,9 @@ class DataQualityCallback(TrainerCallback):
             metadata_keys, early_epochs = options["metadata_keys"], options["early_epochs"]
         check_projection(projection)
         self._options = given_options(DataQualityCallback.__init__, locals())  # logged as dq.* parameters
+        self._task_option: Task | None = parse_task(task)
+        self._task_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._task_datasets: dict[str, Any] = {}
         self.embeddings = embeddings
         self.fingerprints = fingerprints
         self.logits_module = logits_module
@@ -533,6 +582,7 @@ class DataQualityCallback(TrainerCallback):
         self._eval_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[Span], Any]] = []
         self._epoch: int | None = None
         self.run_id: str | None = None
+        self._tasks = TaskRouter(self._task_option, self.session, label_key or LABEL_COLUMNS[0])
 
     @property
     def id_key(self) -> str:
@@ -547,6 +597,7 @@ class DataQualityCallback(TrainerCallback):
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is not None:
             self._tap = _install_tap(_forward_owner(model), self.id_key)
+            self._task_option = self._task_option or model_task(_forward_owner(model))
             if self.embeddings and self._head_handle is None:
                 owner = _forward_owner(model)
                 if self.logits_module is not None:
@@ -588,13 +639,17 @@ class DataQualityCallback(TrainerCallback):
                 "(`model_init`). "
                 "HINT: pass it at construction: `Trainer(model=model, ..., callbacks=[DataQualityCallback()])`."
             )
-        ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_key,
-                                           self.label_key, TRAIN)
         resumed = state.global_step > 0  # the Trainer loaded the state of a checkpoint
-        self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
-        self.session.set_capacity(TRAIN, len(ids))
+        if self._task_option in (Task.MULTILABEL, Task.TOKEN_CLASSIFICATION):
+            self._begin_task(model, kwargs)
+        else:
+            ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_key,
+                                               self.label_key, TRAIN)
+            self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
+            self.session.set_capacity(TRAIN, len(ids))
+            self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN)
+            self._tasks = TaskRouter(self._task_option, self.session, found)
         self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
-        self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
         self._eval_stash = []
         self._epoch = None
@@ -606,6 +661,28 @@ class DataQualityCallback(TrainerCallback):
         self._forward_timer.take()
         self._tap.recorder = self
         self._tap.timer = self._forward_timer
+
+    def _begin_task(self, model: Any, kwargs: dict[str, Any]) -> None:
+        """Train begin of a multi-label or token task: the targets come with each batch, so only the id
+        column, the number of samples and (tokens) the recorded width are read from the dataset."""
+        dataset = _dataset_of(kwargs.get("train_dataloader"))
+        if dataset is None or self.id_key not in _column_names(dataset):
+            raise ValueError(f"The {TRAIN} dataset has no column `{self.id_key}` holding the sample ids. "
+                             f"{_add_ids_hint(self.id_key, TRAIN)}")
+        self.session = DynamicsSession(self.session.config)  # each train() records anew
+        self.session.set_capacity(TRAIN, len(dataset))
+        self._tasks = TaskRouter(self._task_option, self.session, self.label_key or LABEL_COLUMNS[0])
+        self._tasks.option = self._task_option
+        self._task_datasets = {TRAIN: dataset}
+        self._task_stash = []
+        if self._task_option is Task.TOKEN_CLASSIFICATION:
+            self._tasks.widths[TRAIN] = _max_length(dataset)
+            names = getattr(getattr(model, "config", None), "id2label", None)
+            if isinstance(names, Mapping) and names:
+                self._tasks.class_names = [str(names.get(i, names.get(str(i), i))) for i in range(len(names))]
+            tokenizer = kwargs.get("processing_class")
+            convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+            self._tasks.token_strings = _token_strings(self._task_datasets, self.id_key, convert)
 
     def _load_metadata(self, train_dataloader: Any) -> None:
         """Read ``metadata_keys`` by sample id from the Trainer's train (and first eval) dataset."""
@@ -703,6 +780,10 @@ class DataQualityCallback(TrainerCallback):
             )
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(ids, device=logits.device)
+        if self._task_option in (Task.MULTILABEL, Task.TOKEN_CLASSIFICATION):
+            self._captured_embeddings = None
+            self._capture_task(ids, logits, training)
+            return
         embeddings = self._pooled_embeddings(ids.shape[0])
         tokens = self._model_input()
         if training:
@@ -724,6 +805,43 @@ class DataQualityCallback(TrainerCallback):
         mask = tap.attention_mask if isinstance(tap.attention_mask, torch.Tensor) else None
         return tap.input_ids, mask
 
+    def _capture_task(self, ids: torch.Tensor, logits: torch.Tensor, training: bool) -> None:
+        """A multi-label / token batch: its targets are the ``labels`` the model received. No host sync."""
+        labels = self._tap.labels if self._tap is not None else None
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(
+                f"A {self._task_option.value} batch reached the model without `labels`, which dq_plugins reads "
+                "the targets from. HINT: keep `label_smoothing_factor=0` and no `compute_loss_func` (they make the "
+                "Trainer pop `labels`), and name the target column `labels`."
+            )
+        if training:
+            self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits)
+        elif self._epoch is not None:
+            self._task_stash.append((ids, logits.detach(), labels.detach()))
+
+    def _record_task_eval(self, dataloader: Any) -> None:
+        """Record the held evaluation batches of a multi-label / token task (first eval dataset only)."""
+        stash, self._task_stash = self._task_stash, []
+        if not self.record_validation or self._val_disabled or self._epoch is None or not stash:
+            return
+        dataset = _dataset_of(dataloader)
+        key = getattr(dataset, "_fingerprint", None) or id(dataset)
+        if self._val_key is None:
+            if dataset is None or self.id_key not in _column_names(dataset):
+                warnings.warn(f"dq_plugins does not record the validation split: it has no column `{self.id_key}`. "
+                              f"{_add_ids_hint(self.id_key, VALIDATION)}", UserWarning, stacklevel=2)
+                self._val_disabled = True
+                return
+            self._val_key = key
+            self.session.set_capacity(VALIDATION, len(dataset))
+            self._task_datasets[VALIDATION] = dataset
+            if self._task_option is Task.TOKEN_CLASSIFICATION:
+                self._tasks.widths[VALIDATION] = _max_length(dataset)
+        elif key != self._val_key:
+            return
+        for ids, logits, labels in stash:
+            self._tasks.route(VALIDATION, self._epoch, ids, labels, logits)
+
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch = math.floor((state.epoch or 0.0) + 1e-6)
@@ -731,6 +849,7 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.session.close_epoch(TRAIN)
+        self._tasks.close_epoch(TRAIN)
 
     def _validation_table(self, dataloader: Any) -> _LabelTable | None:
         """The label table of the recorded eval dataset, or ``None`` for any other dataset."""
@@ -774,6 +893,9 @@ class DataQualityCallback(TrainerCallback):
 
     @override
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._task_option in (Task.MULTILABEL, Task.TOKEN_CLASSIFICATION):
+            self._record_task_eval(kwargs.get("eval_dataloader"))
+            return
         stash, self._eval_stash = self._eval_stash, []
         if not self.record_validation or self._val_disabled or self._epoch is None:
             return
@@ -792,8 +914,9 @@ class DataQualityCallback(TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         from dq_plugins.rules import DataQualityRuleFailed
 
-        self._eval_stash = []
+        self._eval_stash = self._task_stash = []
         self.session.close_epoch(VALIDATION)
+        self._tasks.close_epoch(VALIDATION)
         try:
             self.session.check_validation_rules(self._sink)
         except DataQualityRuleFailed:  # fail fast: keep the record, end the run FAILED, stop training
@@ -823,6 +946,15 @@ class DataQualityCallback(TrainerCallback):
             self._embedding_pass(args, model, kwargs.get("train_dataloader"), TRAIN)
         if self._tap is not None:
             self._tap.recorder = None  # the wrapper stays (see the module docstring) but records nothing
+        if self._tasks.active:  # multi-label / token classification: their own analysis and outputs
+            self._tasks.close_all()
+            sink, self._sink = self._sink, None
+            if state.is_world_process_zero and sink is not None:
+                try:
+                    self._tasks.finish_run(sink)
+                finally:
+                    self.run_id = sink.run_id
+            return
         self.session.close_all()  # a collective under torch.distributed: every rank takes part
         if not state.is_world_process_zero or self._sink is None:
             return

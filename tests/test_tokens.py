@@ -1,0 +1,97 @@
+"""Token classification: the ledger, the scores, the bad-input paths and the HTML view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dq_plugins.figures.token_view import token_issue_html
+from dq_plugins.recording.session import DynamicsSession, SessionConfig
+from dq_plugins.recording.tasks import Task, TaskRouter, detect_task
+from dq_plugins.recording.tokens import TokenLedger
+from dq_plugins.scores.tokens import token_label_issues, token_scores
+
+
+def test_ledger_keeps_labelled_tokens_only_and_averages_occurrences():
+    ledger = TokenLedger(capacity=2, width=4, num_classes=3)
+    logits = torch.randn(2, 3, 3)
+    tags = torch.tensor([[-100, 2, 0], [1, -100, -100]])
+    ledger.record(torch.tensor([1, 0]), tags, logits, epoch=0)
+    ledger.record(torch.tensor([1]), tags[:1], logits[:1] * 2, epoch=1)
+    history = ledger.to_history()
+    expected_labels = np.full((2, 4), -1)
+    expected_labels[1, 1:3] = [2, 0]
+    expected_labels[0, 0] = 1
+    np.testing.assert_array_equal(history.labels, expected_labels)
+    mean = 0.5 * (torch.softmax(logits[0, 1], 0) + torch.softmax(2 * logits[0, 1], 0))
+    np.testing.assert_allclose(history.mean_probs[1, 1], mean.numpy(), rtol=1e-6)
+    assert np.isnan(history.mean_probs[1, 0]).all() and np.isnan(history.mean_probs[0, 1]).all()
+    assert history.pred[1, 2] == int((2 * logits[0, 2]).argmax())  # the latest prediction
+    assert history.epochs.tolist() == [0, 1]
+
+
+def test_too_long_and_bad_tags_are_counted_and_warned():
+    router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
+    router.widths["train"] = 3
+    tags = torch.tensor([[0, 1, 2, 1, -100], [7, 1, -100, -100, -100]])
+    first = torch.tensor([[0, 1, 2, 1, -100], [0, 1, -100, -100, -100]])  # the first batch is checked: no bad tag
+    router.route("train", 0, torch.tensor([0, 1]), first, torch.randn(2, 5, 3))
+    router.route("train", 0, torch.tensor([2, 3]), tags, torch.randn(2, 5, 3))
+    with pytest.warns(RuntimeWarning) as caught:
+        router.close_epoch("train")
+    text = " ".join(str(w.message) for w in caught)
+    assert "2 train rows in epoch 0 were labelled tokens at a position >= the recorded width 3" in text
+    assert "1 train rows in epoch 0 were tokens with a tag outside 0..2" in text
+
+
+def test_first_token_batch_errors():
+    router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
+    with pytest.raises(ValueError, match=r"Tag 5 under `labels` is outside the 3 tags"):
+        router.route("train", 0, torch.tensor([0]), torch.tensor([[5, -100]]), torch.randn(1, 2, 3))
+    router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
+    with pytest.raises(ValueError, match=r"pad the tags with -100"):
+        router.route("train", 0, torch.tensor([0]), torch.tensor([[1, -100, 0]]), torch.randn(1, 2, 3))
+
+
+def test_detection_and_the_option():
+    assert detect_task(torch.zeros(2, dtype=torch.long), torch.zeros(2, 3)) is Task.SINGLE_LABEL
+    assert detect_task(torch.zeros(2, 3), torch.zeros(2, 3)) is Task.MULTILABEL
+    assert detect_task(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, 3)) is Task.TOKEN_CLASSIFICATION
+    router = TaskRouter("token_classification", DynamicsSession(SessionConfig(num_samples=4)))
+    with pytest.raises(ValueError, match=r"task='token_classification'.*looks like 'multilabel'"):
+        router.route("train", 0, torch.tensor([0]), torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"Expected `task` to be one of"):
+        TaskRouter("ner", None)
+
+
+def test_token_flags_are_cleanlabs():
+    from cleanlab.token_classification.filter import find_label_issues
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    probs = np.full((300, 3), 0.05)
+    probs[np.arange(300), labels] = 0.9
+    wrong = rng.choice(300, 20, replace=False)
+    probs[wrong] = probs[wrong][:, [1, 2, 0]]  # the model votes for another tag
+    sequence = np.repeat(np.arange(30), 10)
+    ours = token_label_issues(labels, probs, sequence)
+    theirs = find_label_issues([labels[i * 10:(i + 1) * 10] for i in range(30)],
+                               [probs[i * 10:(i + 1) * 10] for i in range(30)], n_jobs=1)
+    assert sorted(np.flatnonzero(ours).tolist()) == sorted(i * 10 + j for i, j in theirs)
+    assert set(wrong) == set(np.flatnonzero(ours))
+    scores = token_scores(labels, sequence, probs, None, probs)
+    np.testing.assert_array_equal(scores.suggested_label[wrong], probs[wrong].argmax(1))
+    np.testing.assert_allclose(scores.mislabel_score[wrong], 0.95)
+
+
+def test_html_view_escapes_text():
+    import pandas as pd
+
+    tokens = pd.DataFrame({"sample_id": [0, 0], "split": "train", "token_index": [1, 2], "label": [0, 1],
+                           "pred": [0, 0], "mislabel_score": [0.1, 0.9], "is_label_issue": [False, True],
+                           "suggested_label": [0, 0]})
+    issues = pd.DataFrame({"split": ["train"], "sample_id": [0], "mislabel_score": [0.9]})
+    page = token_issue_html(issues, tokens, lambda split, i: ["[CLS]", "<b>", "a&b"], ["O", "B-\"X"])
+    assert "<b>" not in page and "&lt;b&gt;" in page and "a&amp;b" in page
+    assert 'title="position 2: given B-&quot;X, suggested O"' in page

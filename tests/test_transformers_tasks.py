@@ -1,0 +1,146 @@
+"""Multi-label and token classification through the Hugging Face Trainer on tiny random BERTs.
+
+As in test_transformers_callback.py the models do not learn (learning rate 0, no dropout), so what the
+callback recorded for a sample id must equal what the model gives that sample, computed here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+datasets = pytest.importorskip("datasets")
+transformers = pytest.importorskip("transformers")
+
+from transformers import (  # noqa: E402
+    BertConfig, BertForSequenceClassification, BertForTokenClassification, Trainer, TrainingArguments,
+)
+
+from dq_plugins import load_samples, with_ids  # noqa: E402
+from dq_plugins.analysis.multilabel import MULTILABEL_SAMPLE_COLUMNS  # noqa: E402
+from dq_plugins.analysis.tokens import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS  # noqa: E402
+from dq_plugins.transformers import DataQualityCallback  # noqa: E402
+
+SEQ_LEN = 12
+NUM_CLASSES = 4
+NUM_TAGS = 3
+
+
+def _tokens(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, SEQ_LEN + 1, n)
+    mask = (np.arange(SEQ_LEN)[None, :] < lengths[:, None]).astype(np.int64)
+    return rng.integers(1, 100, (n, SEQ_LEN)) * mask, mask
+
+
+def multilabel_dataset(n: int, seed: int) -> datasets.Dataset:
+    tokens, mask = _tokens(n, seed)
+    labels = (np.random.default_rng(seed + 7).random((n, NUM_CLASSES)) < 0.4).astype(np.float32)
+    return with_ids(datasets.Dataset.from_dict(
+        {"input_ids": tokens.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()}))
+
+
+def token_dataset(n: int, seed: int, all_ignored: bool = False) -> datasets.Dataset:
+    """Tags ``token % 3``; -100 on padding, on position 0 (a [CLS]) and on a random fifth of positions."""
+    tokens, mask = _tokens(n, seed)
+    tags = tokens % NUM_TAGS
+    ignored = (mask == 0) | (np.random.default_rng(seed + 3).random(tokens.shape) < 0.2)
+    ignored[:, 0] = True
+    tags = np.where(ignored | all_ignored, -100, tags)
+    return with_ids(datasets.Dataset.from_dict(
+        {"input_ids": tokens.tolist(), "attention_mask": mask.tolist(), "labels": tags.tolist()}))
+
+
+def bert_config(num_labels: int, **extra) -> BertConfig:
+    torch.manual_seed(0)
+    return BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, num_labels=num_labels, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, initializer_range=0.2, **extra)
+
+
+def args(tmp_path, **overrides) -> TrainingArguments:
+    options = dict(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
+                   per_device_eval_batch_size=16, learning_rate=0.0, use_cpu=True, report_to="none",
+                   save_strategy="no", eval_strategy="epoch", disable_tqdm=True, logging_strategy="no", seed=0)
+    options.update(overrides)
+    return TrainingArguments(**options)
+
+
+def artifact(run_id: str, path: str, tmp_path) -> str:
+    return mlflow.MlflowClient().download_artifacts(run_id, path, str(tmp_path))
+
+
+def model_outputs(model, ds) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(ds["input_ids"]), attention_mask=torch.tensor(ds["attention_mask"])).logits
+    return logits.numpy()[np.argsort(np.asarray(ds["idx"]))]
+
+
+def test_hf_multilabel_from_the_model_config(tracking_uri, tmp_path):
+    train, val = multilabel_dataset(48, 0), multilabel_dataset(16, 1)
+    model = BertForSequenceClassification(bert_config(NUM_CLASSES, problem_type="multi_label_classification"))
+    callback = DataQualityCallback()
+    Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=val, callbacks=[callback]).train()
+
+    samples = load_samples(callback.run_id)
+    assert list(samples.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    for split, ds in (("train", train), ("validation", val)):
+        rows = samples[samples["split"] == split].sort_values("sample_id")
+        assert rows["sample_id"].tolist() == list(range(len(ds)))
+        labels = np.asarray(ds["labels"])[np.argsort(np.asarray(ds["idx"]))]
+        assert [list(v) for v in rows["label"]] == [list(np.flatnonzero(r)) for r in labels]
+        p = 1 / (1 + np.exp(-model_outputs(model, ds)))
+        given = np.where(labels == 1, p, 1 - p).mean(axis=1)
+        np.testing.assert_allclose(rows["confidence"].to_numpy(), given, atol=1e-5)
+        assert [list(v) for v in rows["pred"]] == [list(np.flatnonzero(r)) for r in p > 0.5]
+    per_class = pd.read_parquet(artifact(callback.run_id, "dq/sample_labels.parquet", tmp_path))
+    assert len(per_class) == (48 + 16) * NUM_CLASSES
+    assert mlflow.MlflowClient().get_run(callback.run_id).data.tags["dq.task"] == "multilabel"
+
+
+def test_hf_token_classification(tracking_uri, tmp_path):
+    train, val = token_dataset(48, 0), token_dataset(16, 1)
+    config = bert_config(NUM_TAGS, id2label={0: "O", 1: "B-<x>", 2: "I-X"}, label2id={"O": 0, "B-<x>": 1, "I-X": 2})
+    model = BertForTokenClassification(config)
+    callback = DataQualityCallback()
+    Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=val, callbacks=[callback]).train()
+
+    tokens = pd.read_parquet(artifact(callback.run_id, "dq/tokens.parquet", tmp_path))
+    assert list(tokens.columns) == list(TOKEN_COLUMNS)
+    for split, ds in (("train", train), ("validation", val)):
+        tags = np.asarray(ds["labels"])[np.argsort(np.asarray(ds["idx"]))]
+        rows = tokens[tokens["split"] == split].sort_values(["sample_id", "token_index"])
+        sid, pos = np.nonzero(tags != -100)
+        np.testing.assert_array_equal(rows["sample_id"], sid)  # exactly the labelled tokens, ignored ones skipped
+        np.testing.assert_array_equal(rows["token_index"], pos)
+        np.testing.assert_array_equal(rows["label"], tags[sid, pos])
+        logits = model_outputs(model, ds)
+        np.testing.assert_array_equal(rows["pred"], logits.argmax(-1)[sid, pos])
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        np.testing.assert_allclose(rows["mislabel_score"], 1 - probs[sid, pos, tags[sid, pos]], atol=1e-5)
+    samples = load_samples(callback.run_id)
+    assert list(samples.columns) == list(TOKEN_SAMPLE_COLUMNS)
+    top = tokens.groupby(["split", "sample_id"])["mislabel_score"].max()
+    np.testing.assert_allclose(samples.set_index(["split", "sample_id"])["mislabel_score"], top.reindex(
+        pd.MultiIndex.from_frame(samples[["split", "sample_id"]])))
+    flagged = tokens.groupby(["split", "sample_id"])["is_label_issue"].any()
+    assert (samples.set_index(["split", "sample_id"])["is_label_issue"] == flagged).all()
+    assert (tokens.loc[~tokens["is_label_issue"], "suggested_label"] == tokens.loc[~tokens["is_label_issue"], "label"]).all()
+    html = open(artifact(callback.run_id, "dq/token_issues.html", tmp_path)).read()
+    assert "<li>" in html and "B-<x>" not in html  # tag names are escaped
+    issues = json.load(open(artifact(callback.run_id, "dq/issues.json", tmp_path)))
+    assert issues["columns"][:3] == ["split", "sample_id", "mislabel_score"]
+
+
+def test_hf_token_batch_with_every_tag_ignored_is_an_error(tracking_uri, tmp_path):
+    model = BertForTokenClassification(bert_config(NUM_TAGS))
+    trainer = Trainer(model=model, args=args(tmp_path, eval_strategy="no"), train_dataset=token_dataset(32, 0, True),
+                      callbacks=[DataQualityCallback()])
+    with pytest.raises(ValueError, match=r"Every tag under `labels` in the first batch is -100.*HINT"):
+        trainer.train()
