@@ -51,9 +51,10 @@ def parse_task(task: str | Task | None) -> Task | None:
 
 
 def detect_task(labels: torch.Tensor, logits: torch.Tensor) -> Task:
-    """The task a batch looks like (metadata only, no host sync): (B, T, C) logits -> token classification;
-    (B, C) targets as wide as (B, C) logits -> multi-label; anything else -> single-label."""
-    if logits.ndim == 3:
+    """The task a batch looks like (metadata only, no host sync): (B, T, C) logits with (B, T) tags -> token
+    classification; (B, C) targets as wide as (B, C) logits -> multi-label; anything else -> single-label
+    (whose checks then name what is wrong)."""
+    if logits.ndim == 3 and labels.ndim == 2:
         return Task.TOKEN_CLASSIFICATION
     if labels.ndim == 2 and logits.ndim == 2 and labels.shape[1] == logits.shape[1] and labels.shape[1] > 1:
         return Task.MULTILABEL
