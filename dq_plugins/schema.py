@@ -102,6 +102,33 @@ COMPUTED_IN: dict[str, str] = {
 }
 """Column of ``dq/samples.parquet`` -> the module that computes it."""
 
+# ---------------------------------------------------------------------------------------- other tasks
+MULTILABEL_SAMPLE_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "label", "suggested_label", "pred", "mislabel_score", "is_label_issue",
+    "num_label_issues", "confidence",
+)
+"""Columns of ``dq/samples.parquet`` for a multi-label task (:mod:`dq_plugins.analysis.multilabel`):
+``label``, ``suggested_label`` and ``pred`` are lists of class ids; ``confidence`` is the mean over classes
+and epochs of the sigmoid probability of the given value; ``num_label_issues`` counts flagged classes."""
+
+SAMPLE_LABEL_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "class_id", "given", "prob", "class_score", "is_label_issue", "action",
+)
+"""Columns of ``dq/sample_labels.parquet``: one row per (split, sample_id, class); ``given`` is 0/1,
+``prob`` the class probability the flags come from, ``action`` one of "add", "remove", "keep"."""
+
+TOKEN_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "token_index", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",
+)
+"""Columns of ``dq/tokens.parquet`` (:mod:`dq_plugins.analysis.tokens`): one row per labelled token;
+``token_index`` is the position in the model's input sequence, ``pred`` the latest predicted tag."""
+
+TOKEN_SAMPLE_COLUMNS: tuple[str, ...] = (
+    "sample_id", "split", "mislabel_score", "is_label_issue", "num_tokens", "num_label_issues", "token_accuracy",
+)
+"""Columns of ``dq/samples.parquet`` for a token task: one row per sequence; ``mislabel_score`` is its most
+suspicious token's, ``is_label_issue`` whether any of its tokens is flagged."""
+
 # ---------------------------------------------------------------------------------------- slice tables
 SLICE_TABLE_COLUMNS: tuple[str, ...] = (
     "split", "slice", "column", "value", "size", "accuracy", "macro_f1", "mean_mislabel_score",
@@ -132,6 +159,12 @@ WEAK_SLICES_FIGURE_PATH = f"{ARTIFACT_DIR}/weak_slices.png"
 LATENCY_PATH = f"{ARTIFACT_DIR}/latency.json"
 RULES_DIR = f"{ARTIFACT_DIR}/rules"
 RULES_TABLE_PATH = f"{ARTIFACT_DIR}/rules.json"
+SAMPLE_LABELS_PATH = f"{ARTIFACT_DIR}/sample_labels.parquet"
+"""Multi-label runs: one row per (split, sample_id, class)."""
+TOKENS_PATH = f"{ARTIFACT_DIR}/tokens.parquet"
+"""Token classification runs: one row per labelled token."""
+TOKEN_VIEW_PATH = f"{ARTIFACT_DIR}/token_issues.html"
+"""Token classification runs: the most suspicious sequences, flagged tokens highlighted."""
 PROVENANCE_PATH = f"{ARTIFACT_DIR}/fix_provenance.json"
 """Artifact of the source run listing every fix applied from it."""
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dq_plugins import load_samples
-from dq_plugins.analysis.multilabel import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
+from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.recording.multilabel import MultiLabelLedger
 from dq_plugins.scores.multilabel import class_label_issues, multilabel_scores

@@ -22,8 +22,7 @@ from transformers import (  # noqa: E402
 )
 
 from dq_plugins import load_samples, with_ids  # noqa: E402
-from dq_plugins.analysis.multilabel import MULTILABEL_SAMPLE_COLUMNS  # noqa: E402
-from dq_plugins.analysis.tokens import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS  # noqa: E402
+from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS  # noqa: E402
 from dq_plugins.transformers import DataQualityCallback  # noqa: E402
 
 SEQ_LEN = 12

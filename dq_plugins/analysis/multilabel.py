@@ -10,21 +10,8 @@ import pandas as pd
 
 from dq_plugins.analysis.task_result import TaskResult
 from dq_plugins.recording.multilabel import MultiLabelHistory
+from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS, summary_metric_key
 from dq_plugins.scores.multilabel import early_window_trusted, multilabel_scores
-
-MULTILABEL_SAMPLE_COLUMNS: tuple[str, ...] = (
-    "sample_id", "split", "label", "suggested_label", "pred", "mislabel_score", "is_label_issue",
-    "num_label_issues", "confidence",
-)
-"""Columns of ``dq/samples.parquet`` for a multi-label task: ``label``, ``suggested_label`` and ``pred``
-are lists of class ids; ``confidence`` is the mean over classes and epochs of the sigmoid probability of
-the given value; ``num_label_issues`` counts the sample's flagged classes."""
-
-SAMPLE_LABEL_COLUMNS: tuple[str, ...] = (
-    "sample_id", "split", "class_id", "given", "prob", "class_score", "is_label_issue", "action",
-)
-"""Columns of ``dq/sample_labels.parquet``: one row per (split, sample_id, class); ``given`` is 0/1,
-``prob`` the class probability the flags come from, ``action`` one of "add", "remove", "keep"."""
 
 MULTILABEL_ISSUE_COLUMNS: tuple[str, ...] = (
     "split", "sample_id", "label", "suggested_label", "add", "remove", "mislabel_score", "is_label_issue",
@@ -137,9 +124,8 @@ def analyze_multilabel(histories: dict[str, MultiLabelHistory], *, max_issue_row
         pred[split] = frame.attrs.pop("pred_matrix")
         samples.append(frame)
         labels.append(per_class)
-        suffix = "" if split == "train" else f".{split}"
-        metrics[f"dq.num_label_issues{suffix}"] = float(frame["is_label_issue"].sum())
-        metrics[f"dq.num_class_label_issues{suffix}"] = float(per_class["is_label_issue"].sum())
+        metrics[summary_metric_key("num_label_issues", split)] = float(frame["is_label_issue"].sum())
+        metrics[summary_metric_key("num_class_label_issues", split)] = float(per_class["is_label_issue"].sum())
         metrics[f"dq.num_samples.{split}"] = float(len(frame))
         exact = [a == b for a, b in zip(frame["label"], frame["pred"])]
         metrics[f"dq.exact_match.{split}"] = float(np.mean(exact)) if exact else float("nan")

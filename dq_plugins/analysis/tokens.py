@@ -12,19 +12,8 @@ import pandas as pd
 
 from dq_plugins.analysis.task_result import TaskResult
 from dq_plugins.recording.tokens import TokenHistory
+from dq_plugins.schema import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS, TOKEN_VIEW_PATH, summary_metric_key
 from dq_plugins.scores.tokens import early_window_trusted, token_scores
-
-TOKEN_COLUMNS: tuple[str, ...] = (
-    "sample_id", "split", "token_index", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",
-)
-"""Columns of ``dq/tokens.parquet``: one row per labelled token; ``token_index`` is the position in the
-model's input sequence, ``pred`` the latest predicted tag."""
-
-TOKEN_SAMPLE_COLUMNS: tuple[str, ...] = (
-    "sample_id", "split", "mislabel_score", "is_label_issue", "num_tokens", "num_label_issues", "token_accuracy",
-)
-"""Columns of ``dq/samples.parquet`` for a token task: one row per sequence; ``mislabel_score`` is its
-most suspicious token's, ``is_label_issue`` whether any token is flagged."""
 
 TOKEN_ISSUE_COLUMNS: tuple[str, ...] = (
     "split", "sample_id", "mislabel_score", "is_label_issue", "num_label_issues", "flagged_tokens",
@@ -35,9 +24,6 @@ TAG_SLICE_COLUMNS: tuple[str, ...] = (
     "split", "slice", "column", "value", "size", "accuracy", "mean_mislabel_score", "label_issue_rate",
 )
 """Columns of ``dq/slices.json`` for a token task: one row per (split, given tag), counted in tokens."""
-
-TOKEN_VIEW_PATH = "dq/token_issues.html"
-"""The HTML view of the most suspicious sequences in the run."""
 
 
 def analyze_token_split(history: TokenHistory, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -117,9 +103,8 @@ def analyze_tokens(
         tokens, samples = analyze_token_split(history, split)
         token_frames.append(tokens)
         sample_frames.append(samples)
-        suffix = "" if split == "train" else f".{split}"
-        metrics[f"dq.num_label_issues{suffix}"] = float(samples["is_label_issue"].sum())
-        metrics[f"dq.num_token_label_issues{suffix}"] = float(tokens["is_label_issue"].sum())
+        metrics[summary_metric_key("num_label_issues", split)] = float(samples["is_label_issue"].sum())
+        metrics[summary_metric_key("num_token_label_issues", split)] = float(tokens["is_label_issue"].sum())
         metrics[f"dq.num_samples.{split}"] = float(len(samples))
         metrics[f"dq.num_tokens.{split}"] = float(len(tokens))
         metrics[f"dq.token_accuracy.{split}"] = float((tokens["pred"] == tokens["label"]).mean()) if len(tokens) else float("nan")

@@ -207,15 +207,15 @@ class TaskRouter:
     def finish(self, sink: Any) -> Any:
         """Save the raw record, analyse it and publish through ``sink``. Never raises: an analysis error
         becomes a warning and ``dq/raw/analysis_error.txt``; the raw record is staged first."""
-        from dq_plugins.sinks.mlflow_sink import RAW_DIR
+        from dq_plugins.schema import ANALYSIS_ERROR_PATH, raw_path
 
         histories = self.histories()
         for split, history in histories.items():
             arrays = {name: value for name, value in vars(history).items() if isinstance(value, np.ndarray)}
             arrays.update({f"field_{name}": value for name, value in getattr(history, "fields", {}).items()})
-            with open(sink.stage_path(f"{RAW_DIR}/{split}.npz"), "wb") as handle:
+            with open(sink.stage_path(raw_path(split)), "wb") as handle:
                 np.savez_compressed(handle, task=np.asarray(self.task.value), **arrays)
-            sink.add_artifact(f"{RAW_DIR}/{split}.npz")
+            sink.add_artifact(raw_path(split))
         result = None
         try:
             from dq_plugins.sinks.task_publish import publish_task_result
@@ -233,10 +233,10 @@ class TaskRouter:
             publish_task_result(result, sink)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
-            sink.stage_path(f"{RAW_DIR}/analysis_error.txt").write_text(trace)
-            sink.add_artifact(f"{RAW_DIR}/analysis_error.txt")
+            sink.stage_path(ANALYSIS_ERROR_PATH).write_text(trace)
+            sink.add_artifact(ANALYSIS_ERROR_PATH)
             warnings.warn(f"dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
-                          f"record was saved under `{RAW_DIR}/` in the run.\n{trace}", RuntimeWarning, stacklevel=2)
+                          f"record was saved as `{raw_path('<split>')}` in the run.\n{trace}", RuntimeWarning, stacklevel=2)
         sink.flush()
         self.result = self.session.result = result
         return result

@@ -15,11 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dq_plugins.sinks.mlflow_sink import ARTIFACT_DIR, ISSUES_PATH, SAMPLES_PATH
-from dq_plugins.sinks.publish import SLICES_PATH
+from dq_plugins.schema import ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH
 
-SAMPLE_LABELS_PATH = f"{ARTIFACT_DIR}/sample_labels.parquet"
-TOKENS_PATH = f"{ARTIFACT_DIR}/tokens.parquet"
 TABLE_PATHS = {"sample_labels": SAMPLE_LABELS_PATH, "tokens": TOKENS_PATH}
 """Parquet artifact of each extra table of a :class:`TaskResult`."""
 
