@@ -23,12 +23,16 @@ The text case (``trec6-symmetric-minilm``) fine-tunes MiniLM with the Hugging Fa
 the run) but a logistic regression on frozen, mean-pooled MiniLM embeddings, cross-validated 5-fold.
 Its rows go to their own RESULTS.md section (``label_noise_text``).
 
+The multi-label and token classification cases (``multilabel-digits``, ``tokens-synthetic``) live in
+``benchmarks/label_noise_tasks.py`` and write the ``label_noise_tasks`` section.
+
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.label_noise --seeds 0 1   # as in RESULTS.md; writes benchmarks/RESULTS.md
     .venv/bin/python -m benchmarks.label_noise               # one seed, half the time
     .venv/bin/python -m benchmarks.label_noise --quick       # smoke run (digits, tiny MLP, 6 epochs; text, 200 rows), no write
     .venv/bin/python -m benchmarks.label_noise --cases trec6-symmetric-minilm --seeds 0 1   # the text case alone
+    .venv/bin/python -m benchmarks.label_noise --cases multilabel-digits tokens-synthetic --seeds 0 1   # other tasks
 
 ``--reading FILE`` puts a written interpretation into the section; ``--dump DIR`` keeps every run's
 per-epoch record (``.npz``) for offline study of other designs.
@@ -70,6 +74,7 @@ from benchmarks._common import (
     working_directory,
     write_section,
 )
+from benchmarks.label_noise_tasks import TASK_CASES, TASK_SECTION, task_report
 from recipes.common import (
     RecipeConfig,
     detection_metrics,
@@ -713,7 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run, 1 seed, prints only: digits-symmetric with a tiny MLP for 6 epochs if an image "
                              "case is selected, the text case on 200 rows for 1 epoch if it is")
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES) + sorted(TEXT_CASES),
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES) + sorted(TEXT_CASES) + sorted(TASK_CASES),
                         default=[*DEFAULT_CASES, *TEXT_CASES],
                         help=f"cases to run (default: %(default)s); the text cases ({', '.join(TEXT_CASES)}) write "
                              f"the `{TEXT_SECTION}` section, the others the `{SECTION}` section")
@@ -736,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     image_names = [name for name in args.cases if name in CASES]
     text_names = [name for name in args.cases if name in TEXT_CASES]
+    task_names = [name for name in args.cases if name in TASK_CASES]
     if args.quick:
         image_cases = list(QUICK_CASES.values()) if image_names else []
         text_cases = [QUICK_TEXT_CASES[name] for name in text_names]
@@ -770,7 +776,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cv['auprc']:.3f}, F1 {cv['f1']:.3f}; "
                       f"train acc on noisy labels {run.train_acc_noisy:.3f}; "
                       + ", ".join(f"{k} {v:.0f}s" for k, v in run.seconds.items()), flush=True)
+        task_runs, task_start = [], time.perf_counter()
+        for seed in seeds:
+            for name in task_names:
+                run = TASK_CASES[name](seed, quick=args.quick)
+                task_runs.append(run)
+                print(f"[{time.perf_counter() - started:6.0f}s] {name} seed {seed}: " + "; ".join(
+                    f"{method} AUPRC {m['auprc']:.3f} F1 {m['f1']:.3f}" for method, m in run.metrics.items()), flush=True)
     sections = []
+    if task_runs:
+        sections.append((TASK_SECTION, task_report(task_runs, command, time.perf_counter() - task_start)))
     if image_cases:
         reading = args.reading.read_text() if args.reading else ""
         sections.append((SECTION, report(image_cases, by_case, seeds, command, walls["image"], reading)))

@@ -11,7 +11,7 @@ import pandas as pd
 from dq_plugins.analysis.task_result import TaskResult
 from dq_plugins.recording.multilabel import MultiLabelHistory
 from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS, summary_metric_key
-from dq_plugins.scores.multilabel import early_window_trusted, multilabel_scores
+from dq_plugins.scores.multilabel import multilabel_scores
 
 MULTILABEL_ISSUE_COLUMNS: tuple[str, ...] = (
     "split", "sample_id", "label", "suggested_label", "add", "remove", "mislabel_score", "is_label_issue",
@@ -37,11 +37,10 @@ def analyze_multilabel_split(history: MultiLabelHistory, split: str) -> tuple[pd
     labels = history.labels[seen].astype(np.int8)
     prob_given = history.fields["prob_given"][:, seen]
     mean_probs = history.mean_probs[seen]
-    early = history.early_probs[seen] if history.early_probs is not None else None
-    trusted = early_window_trusted(labels, early)
-    flag_probs = early if trusted else mean_probs
-    early_given = np.where(labels == 1, early, 1.0 - early) if trusted else None
-    scores = multilabel_scores(labels, prob_given, flag_probs, early_given)
+    # all-epoch probabilities: the early window ranked and flagged worse on the multilabel-digits case of
+    # benchmarks/label_noise.py (benchmarks/RESULTS.md, section label_noise_tasks)
+    flag_probs = mean_probs
+    scores = multilabel_scores(labels, prob_given, flag_probs)
     # the final prediction: the last epoch's decision per class (a sample absent from it: the mean sigmoid)
     last = history.fields["correct"][-1, seen] if len(history.epochs) else np.full(labels.shape, np.nan)
     pred = np.where(np.isnan(last), mean_probs > 0.5, (last > 0.5) == (labels == 1))
@@ -67,7 +66,6 @@ def analyze_multilabel_split(history: MultiLabelHistory, split: str) -> tuple[pd
         "is_label_issue": scores.class_issue.reshape(-1),
         "action": scores.action.reshape(-1),
     }, columns=list(SAMPLE_LABEL_COLUMNS))
-    samples.attrs["early_window"] = trusted
     samples.attrs["pred_matrix"] = pred
     return samples, sample_labels
 

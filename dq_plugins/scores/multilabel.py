@@ -5,19 +5,20 @@ give the sigmoid probability of the *given* value at each epoch (``p`` where the
 ``1 - p`` where it is off). Definitions:
 
 - ``class_score`` (per pair, in [0, 1], higher = the given value of this class is more likely
-  wrong): ``1 - mean(prob_given)`` over all recorded epochs, averaged with the same over the early
-  window when the early window is trusted. This is 1 minus cartography confidence (Swayamdipta et
-  al. 2020) of a binary decision; the early window adds the vote of a model that has not yet
-  memorised the wrong labels (Arpit et al. 2017), as the single-label ``mislabel_score`` does.
+  wrong): ``1 - mean(prob_given)`` over all recorded epochs, 1 minus cartography confidence
+  (Swayamdipta et al. 2020) of a binary decision; optionally averaged with the same over an early
+  window (``early_prob_given``; the analysis does not pass one: on the benchmark it ranked worse).
 - ``mislabel_score`` (per sample, in [0, 1]): ``max_k class_score_k``, the score of the sample's most
   doubtful class: a lower bound of the probability that at least one of its C decisions is wrong
   (``1 - prod_k (1 - class_score_k)`` under independence, which saturates towards 1 for every sample
   while the model is unsure of many classes, and so ranks worse).
 - Flags: cleanlab's multi-label confident learning (Northcutt et al. 2021, one-vs-rest per class:
   ``cleanlab.multilabel_classification.filter.find_multilabel_issues_per_class``) on class
-  probabilities: the early-window mean sigmoid when trusted, else the all-epoch mean (a held-out
-  split: its latest pass). A flagged pair whose class is off suggests *adding* the class; one
-  whose class is on suggests *removing* it; a sample is a label issue when any pair is flagged.
+  probabilities (the all-epoch mean sigmoid; a held-out split: its latest pass) estimates *how many* pairs of each class are wrong; as in the
+  single-label path the flags of class k go to that many pairs in ``class_score`` order among
+  those whose probability is on the other side of 0.5 from the given value. A flagged pair whose
+  class is off suggests *adding* the class; one whose class is on suggests *removing* it; a
+  sample is a label issue when any pair is flagged.
 
 References: Northcutt, Jiang and Chuang, JAIR 2021 (https://arxiv.org/abs/1911.00068); Thyagarajan
 et al. 2023, "Identifying Incorrect Annotations in Multi-Label Classification Data"
@@ -60,20 +61,6 @@ class MultiLabelScores:
         return np.where(self.class_issue, np.where(given, REMOVE, ADD), KEEP)
 
 
-def early_window_trusted(labels: np.ndarray, early_probs: np.ndarray | None) -> bool:
-    """Whether the early-window sigmoid fits the given labels well enough to vote: it recovers at least
-    half of the given positive labels (``p > 0.5``) of the samples it saw. The guard of the single-label
-    early window (halfway from chance to perfect) for the positive class, as negatives are the easy
-    majority of a multi-label target."""
-    if early_probs is None:
-        return False
-    seen = ~np.isnan(early_probs).any(axis=1)
-    positives = labels[seen] == 1
-    if positives.sum() == 0:
-        return False
-    return float((early_probs[seen][positives] > 0.5).mean()) >= 0.5
-
-
 def class_label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(N, C) bool flags of cleanlab's one-vs-rest confident learning on (N, C) multi-hot ``labels``
     and (N, C) class probabilities (``find_multilabel_issues_per_class``, single process).
@@ -105,9 +92,8 @@ def multilabel_scores(
     Args:
         labels: (N, C) 0/1 given multi-hot labels.
         prob_given: (E, N, C) per-epoch sigmoid probability of the given value, NaN where missing.
-        probs: (N, C) class probabilities the flags are taken from (early-window or all-epoch mean sigmoid).
-        early_prob_given: (N, C) mean over the early window of ``prob_given`` when the early window is
-            trusted, else ``None``.
+        probs: (N, C) class probabilities the flags are taken from (the all-epoch mean sigmoid).
+        early_prob_given: (N, C) mean over an early window of ``prob_given`` to average in, or ``None``.
     """
     labels = np.asarray(labels).astype(np.int8)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
@@ -118,6 +104,12 @@ def multilabel_scores(
         class_score = 0.5 * (class_score + (1.0 - early_prob_given.astype(np.float64)))
     class_score = np.nan_to_num(class_score, nan=0.0)
     mislabel = class_score.max(axis=1) if class_score.shape[1] else np.zeros(len(class_score))
-    issues = class_label_issues(labels, probs)
+    counts = class_label_issues(labels, probs).sum(axis=0)
+    disagree = (probs > 0.5) != (labels == 1)
+    issues = np.zeros(labels.shape, dtype=bool)
+    for k, count in enumerate(counts):
+        order = np.argsort(-class_score[:, k], kind="stable")[:count]
+        issues[order, k] = True
+    issues &= disagree
     suggested = np.where(issues, 1 - labels, labels).astype(np.int8)
     return MultiLabelScores(class_score, mislabel, issues, issues.any(axis=1), suggested)

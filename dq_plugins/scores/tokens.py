@@ -4,13 +4,16 @@ Definitions, for a token with given tag ``y`` and mean softmax ``p`` over traini
 
 - ``mislabel_score`` of a token (in [0, 1], higher = the tag is more likely wrong): ``1 - p[y]``
   over all recorded epochs (1 minus cartography confidence, Swayamdipta et al. 2020), averaged with
-  ``1 - p_early[y]`` over the early window when that window is trusted (it fits the given tags at
-  least halfway from chance to perfect, the guard of the single-label path).
+  ``1 - p_early[y]`` over the early window when that window is trusted: it fits the given tags at
+  least halfway from the majority tag's share to perfect (tags are imbalanced: "O" alone is often
+  70-85% of the tokens, so "halfway from chance" would trust a model that only predicts "O").
 - Flags: cleanlab's token classification method (Wang and Mueller 2022,
   ``cleanlab.token_classification.filter.find_label_issues``: confident learning over the pooled
   labelled tokens) on the early-window mean softmax when trusted, else the all-epoch mean (a
-  held-out split: its latest pass); the suggested tag of a flagged token is the most probable
-  other tag under those probabilities.
+  held-out split: its latest pass) estimates *how many* tokens are mislabeled; as in the
+  single-label path the flags go to that many tokens in ``mislabel_score`` order among those whose
+  predicted tag (under the same probabilities) differs from the given one. The suggested tag of a
+  flagged token is the most probable other tag.
 - A sequence's ``mislabel_score`` is its most suspicious token's; it is a label issue when any of
   its tokens is flagged.
 
@@ -42,15 +45,16 @@ class TokenScores:
 
 
 def early_window_trusted(labels: np.ndarray, early_probs: np.ndarray | None) -> bool:
-    """Whether the (M, C) early-window softmax predicts the (M,) given tags at least halfway from chance
-    to perfect (accuracy >= (1 + 1/C) / 2 over the tokens it saw)."""
+    """Whether the (M, C) early-window softmax predicts the (M,) given tags at least halfway from the
+    majority tag's share to perfect (accuracy >= (1 + majority share) / 2 over the tokens it saw)."""
     if early_probs is None or not len(labels):
         return False
     seen = ~np.isnan(early_probs).any(axis=1)
     if not seen.any():
         return False
     accuracy = float((early_probs[seen].argmax(axis=1) == labels[seen]).mean())
-    return accuracy >= 0.5 * (1.0 + 1.0 / early_probs.shape[1])
+    majority = float(np.bincount(labels[seen]).max() / seen.sum())
+    return accuracy >= 0.5 * (1.0 + majority)
 
 
 def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarray) -> np.ndarray:
@@ -95,7 +99,12 @@ def token_scores(labels: np.ndarray, sequence: np.ndarray, mean_probs: np.ndarra
     if early_probs is not None:
         early = 1.0 - early_probs[rows, labels].astype(np.float64)
         score = np.where(np.isnan(early), score, 0.5 * (score + early))
-    flags = token_label_issues(labels, flag_probs, sequence)
+    count = int(token_label_issues(labels, flag_probs, sequence).sum())
+    score = np.nan_to_num(score, nan=0.0)
+    order = np.argsort(-score, kind="stable")
+    flags = np.zeros(len(labels), dtype=bool)
+    flags[order[:count]] = True
+    flags &= flag_probs.argmax(axis=1) != labels  # the model itself must disagree with the given tag
     others = np.where(np.arange(flag_probs.shape[1])[None, :] == labels[:, None], -np.inf, flag_probs)
     suggested = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
-    return TokenScores(np.nan_to_num(score, nan=0.0), flags, suggested)
+    return TokenScores(score, flags, suggested)
