@@ -95,3 +95,40 @@ def test_html_view_escapes_text():
     page = token_issue_html(issues, tokens, lambda split, i: ["[CLS]", "<b>", "a&b"], ["O", "B-\"X"])
     assert "<b>" not in page and "&lt;b&gt;" in page and "a&amp;b" in page
     assert 'title="position 2: given B-&quot;X, suggested O"' in page
+
+
+def test_lightning_token_classification(tracking_uri):
+    """(B, T) tags and (B, T, C) logits from a Lightning step: detected, one row per labelled token."""
+    import pytorch_lightning as pl
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from dq_plugins.lightning import DataQualityCallback
+
+    g = torch.Generator().manual_seed(0)
+    words = torch.randint(1, 20, (40, 6), generator=g)
+    tags = torch.where(torch.rand(40, 6, generator=g) < 0.2, -100, words % 3)
+    data = [{"x": words[i], "labels": tags[i], "idx": i} for i in range(40)]
+
+    class Tagger(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 3)
+
+        def training_step(self, batch, batch_idx):
+            logits = self.head(self.embed(batch["x"]))
+            return {"loss": F.cross_entropy(logits.reshape(-1, 3), batch["labels"].reshape(-1)), "logits": logits}
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    callback = DataQualityCallback()
+    pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+               enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback]).fit(
+        Tagger(), DataLoader(data, batch_size=8, shuffle=True))
+    tokens = callback.result.tables["tokens"]
+    assert callback.result.task == "token_classification"
+    assert len(tokens) == int((tags != -100).sum())
+    row = tokens[(tokens["sample_id"] == 3)].sort_values("token_index")
+    assert row["token_index"].tolist() == torch.nonzero(tags[3] != -100).flatten().tolist()
+    assert row["label"].tolist() == tags[3][tags[3] != -100].tolist()
