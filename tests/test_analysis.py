@@ -57,7 +57,7 @@ def test_an_underfit_early_window_is_not_trusted():
 def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
     """Dynamics that cannot tell the flips apart (a memorised model: identical records for every
     sample) plus embeddings whose neighbours can: the score follows the neighbours, and so do the flags."""
-    from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory
+    from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory
 
     labels, early, _, flipped, truth = planted()
     n, epochs = len(labels), 4
@@ -84,7 +84,7 @@ def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
 
 def test_an_early_window_still_learning_is_left_out_of_the_score():
     """Early EL2N votes only when the early window fits the labels halfway from chance (C = 4: 0.625)."""
-    from dq_plugins.recording.ledger import FLOAT_FIELDS
+    from dq_plugins.raw_record import FLOAT_FIELDS
 
     rng = np.random.default_rng(0)
     fields = {name: rng.uniform(0.2, 0.9, (3, 50)).astype(np.float32) for name in FLOAT_FIELDS}

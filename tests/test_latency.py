@@ -105,7 +105,7 @@ def test_cuda_events_are_recorded_in_the_step_and_read_once_at_epoch_close():
 
 def test_latency_joins_the_split_record_survives_a_checkpoint_and_the_raw_file(tmp_path):
     from dq_plugins.analysis.pipeline import analyze
-    from dq_plugins.recording.session import load_history, save_history
+    from dq_plugins.raw_record import load_history, save_history
 
     session = DynamicsSession(SessionConfig())
     session.set_capacity("train", 4)

@@ -161,7 +161,7 @@ def resume(framework: str, workdir: Path, uri: str, checkpoint: Path) -> str:
 
 
 def raw_record(client, run_id: str, split: str, dst: Path):
-    from dq_plugins.recording.session import load_history
+    from dq_plugins.raw_record import load_history
 
     return load_history(client.download_artifacts(run_id, f"dq/raw/{split}.npz", str(dst)))
 

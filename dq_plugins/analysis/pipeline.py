@@ -14,7 +14,7 @@ import pandas as pd
 
 from dq_plugins.analysis.trust import FlagTrust, flag_trust
 from dq_plugins.logs import progress
-from dq_plugins.recording.ledger import SplitHistory
+from dq_plugins.raw_record import SplitHistory
 from dq_plugins.schema import (
     DYNAMICS_COLUMNS,
     EMBEDDING_COLUMNS,

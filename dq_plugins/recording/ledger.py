@@ -38,48 +38,11 @@ early-window softmax). Host memory: ``E * N * 28`` bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory
 from dq_plugins.recording.stage import RowStage, last_occurrence
-
-FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
-"""Float fields of the per-epoch record, in the row order of ``SplitLedger._sums``."""
-
-
-@dataclass
-class SplitHistory:
-    """Host-side record of one split, the input of the scores.
-
-    Attributes:
-        epochs: (E,) int64, the trainer epoch of each recorded row, increasing.
-        fields: name -> (E, N) float32 for each of :data:`FLOAT_FIELDS`, NaN where missing.
-        pred: (E, N) int32 predicted class, -1 where missing.
-        labels: (N,) int64 given label, -1 for ids never seen.
-        mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen;
-            for a held-out split (``SplitLedger.latest_probs_only``) the softmax of its latest pass,
-            the out-of-sample prediction of the final model, as cleanlab expects.
-        early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
-            below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
-        latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
-            (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
-    """
-
-    epochs: np.ndarray
-    fields: dict[str, np.ndarray]
-    pred: np.ndarray
-    labels: np.ndarray
-    mean_probs: np.ndarray
-    early_probs: np.ndarray | None = None
-    latency_ms: np.ndarray | None = None
-
-    @property
-    def seen(self) -> np.ndarray:
-        """(N,) bool: recorded at least once with finite logits."""
-        return ~np.isnan(self.mean_probs[:, 0]) if self.mean_probs.size else np.zeros(0, bool)
-
 
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
                                    "early_count")

@@ -5,7 +5,6 @@ framework's hooks into these calls.
 
 from __future__ import annotations
 
-import io
 import os
 import traceback
 import warnings
@@ -20,7 +19,8 @@ from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
-from dq_plugins.recording.ledger import FLOAT_FIELDS, SplitHistory, SplitLedger
+from dq_plugins.raw_record import SplitHistory, save_embeddings, save_fingerprints, save_history
+from dq_plugins.recording.ledger import SplitLedger
 from dq_plugins.schema import (
     ANALYSIS_ERROR_PATH,
     DYNAMICS_COLUMNS,
@@ -539,60 +539,3 @@ def _check_validation_rule(rule: Any, metadata: list[str]) -> None:
                 f"only after the end-of-fit analysis. At a validation the samples have {columns} and the slices "
                 f"{list(VALIDATION_SLICE_METRICS)}. HINT: set on_validation=False for this rule, or test one of those."
             )
-
-
-def save_history(history: SplitHistory, path) -> None:
-    """Write a :class:`SplitHistory` as a compressed ``.npz`` (see :func:`load_history`)."""
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        epochs=history.epochs,
-        pred=history.pred,
-        labels=history.labels,
-        mean_probs=history.mean_probs,
-        **({"early_probs": history.early_probs} if history.early_probs is not None else {}),
-        **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
-        **{f"field_{name}": values for name, values in history.fields.items()},
-    )
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-
-
-def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path) -> None:
-    """Write (ids (M,) int64, embeddings (M, D) float16) as ``.npz`` arrays ``ids`` and ``embeddings``."""
-    with open(path, "wb") as handle:
-        np.savez(handle, ids=ids, embeddings=embeddings)
-
-
-def save_fingerprints(ids: np.ndarray, hashes: np.ndarray, sketches: np.ndarray, path) -> None:
-    """Write input fingerprints (ids (M,), hashes (M,) int64, sketches (M, D) float32) as ``.npz``."""
-    with open(path, "wb") as handle:
-        np.savez(handle, ids=ids, hashes=hashes, sketches=sketches)
-
-
-def load_fingerprints(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read ``(ids, hashes, sketches)`` written by :func:`save_fingerprints`."""
-    with np.load(path) as data:
-        return data["ids"], data["hashes"], data["sketches"]
-
-
-def load_embeddings(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(ids, embeddings)`` written by :func:`save_embeddings`."""
-    with np.load(path) as data:
-        return data["ids"], data["embeddings"]
-
-
-def load_history(path) -> SplitHistory:
-    """Read a history written by :func:`save_history`."""
-    with np.load(path) as data:
-        return SplitHistory(
-            epochs=data["epochs"],
-            # a raw record of an older version lacks the later fields: NaN (missing) there
-            fields={name: data[f"field_{name}"] if f"field_{name}" in data.files
-                    else np.full(data["pred"].shape, np.nan, np.float32) for name in FLOAT_FIELDS},
-            pred=data["pred"],
-            labels=data["labels"],
-            mean_probs=data["mean_probs"],
-            early_probs=data["early_probs"] if "early_probs" in data.files else None,
-            latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
-        )

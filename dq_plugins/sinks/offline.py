@@ -2,7 +2,7 @@
 
 Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` and
 :func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins.analysis.pipeline.analyze`, the raw
-record is read with :func:`dq_plugins.recording.session.load_history` and the artifact paths are those of
+record is read with :func:`dq_plugins.raw_record.load_history` and the artifact paths are those of
 :mod:`dq_plugins.schema`: nothing here recomputes a score.
 
 Rerunning into the same run writes what the end of fit writes (:func:`dq_plugins.sinks.publish.publish_results`)
@@ -128,7 +128,7 @@ def load_histories(client: Any, run_id: str, dst: str | os.PathLike, progress: P
     Raises:
         FileNotFoundError: neither the run nor its source holds ``dq/raw/*.npz``.
     """
-    from dq_plugins.recording.session import load_history
+    from dq_plugins.raw_record import load_history
 
     holder = run_id
     files = [p for p in artifact_paths(client, run_id, RAW_DIR) if p.endswith(".npz")]
@@ -180,12 +180,12 @@ def read_samples(client: Any, run_id: str, split: str | None = None) -> pd.DataF
 
 
 def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> dict:
-    """The run's ``dq/embeddings/<split>.npz`` (written by ``recording.session.save_embeddings``), or ``{}``.
+    """The run's ``dq/embeddings/<split>.npz`` (written by ``raw_record.save_embeddings``), or ``{}``.
 
     Returns:
         split -> (ids (M,) int64, embeddings (M, D)).
     """
-    from dq_plugins.recording.session import load_embeddings as read_embeddings
+    from dq_plugins.raw_record import load_embeddings as read_embeddings
 
     embeddings = {}
     for path in sorted(p for p in artifact_paths(client, run_id, EMBEDDINGS_DIR) if p.endswith(".npz")):
@@ -196,7 +196,7 @@ def load_embeddings(client: Any, run_id: str, dst: str | os.PathLike, progress: 
 
 def load_fingerprints(client: Any, run_id: str, dst: str | os.PathLike, progress: Progress = _silent) -> dict:
     """The run's ``dq/fingerprints/<split>.npz`` (input fingerprints), or ``{}``: split -> (ids, hashes, sketches)."""
-    from dq_plugins.recording.session import load_fingerprints as read_fingerprints
+    from dq_plugins.raw_record import load_fingerprints as read_fingerprints
 
     found = {}
     for path in sorted(p for p in artifact_paths(client, run_id, FINGERPRINTS_DIR) if p.endswith(".npz")):

@@ -1,0 +1,106 @@
+"""The raw record of a run: the host record of each split (:class:`SplitHistory`) and its file format.
+
+What the analysis reads (:mod:`dq_plugins.analysis.pipeline`), what a fit saves (``dq/raw/<split>.npz``,
+the embeddings and the input fingerprints; paths in :mod:`dq_plugins.schema`) and what ``dq analyze``
+reads back. numpy only, so every phase can import it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
+"""Float fields of the per-epoch record (:mod:`dq_plugins.recording.ledger`), in the row order of ``SplitLedger._sums``."""
+
+
+@dataclass
+class SplitHistory:
+    """Host-side record of one split, the input of the scores.
+
+    Attributes:
+        epochs: (E,) int64, the trainer epoch of each recorded row, increasing.
+        fields: name -> (E, N) float32 for each of :data:`FLOAT_FIELDS`, NaN where missing.
+        pred: (E, N) int32 predicted class, -1 where missing.
+        labels: (N,) int64 given label, -1 for ids never seen.
+        mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen;
+            for a held-out split (``SplitLedger.latest_probs_only``) the softmax of its latest pass,
+            the out-of-sample prediction of the final model, as cleanlab expects.
+        early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
+            below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
+        latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
+            (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
+    """
+
+    epochs: np.ndarray
+    fields: dict[str, np.ndarray]
+    pred: np.ndarray
+    labels: np.ndarray
+    mean_probs: np.ndarray
+    early_probs: np.ndarray | None = None
+    latency_ms: np.ndarray | None = None
+
+    @property
+    def seen(self) -> np.ndarray:
+        """(N,) bool: recorded at least once with finite logits."""
+        return ~np.isnan(self.mean_probs[:, 0]) if self.mean_probs.size else np.zeros(0, bool)
+
+
+def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
+    """Write a :class:`SplitHistory` as a compressed ``.npz`` (see :func:`load_history`)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        epochs=history.epochs,
+        pred=history.pred,
+        labels=history.labels,
+        mean_probs=history.mean_probs,
+        **({"early_probs": history.early_probs} if history.early_probs is not None else {}),
+        **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
+        **{f"field_{name}": values for name, values in history.fields.items()},
+    )
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path: str | os.PathLike) -> None:
+    """Write (ids (M,) int64, embeddings (M, D) float16) as ``.npz`` arrays ``ids`` and ``embeddings``."""
+    with open(path, "wb") as handle:
+        np.savez(handle, ids=ids, embeddings=embeddings)
+
+
+def save_fingerprints(ids: np.ndarray, hashes: np.ndarray, sketches: np.ndarray, path: str | os.PathLike) -> None:
+    """Write input fingerprints (ids (M,), hashes (M,) int64, sketches (M, D) float32) as ``.npz``."""
+    with open(path, "wb") as handle:
+        np.savez(handle, ids=ids, hashes=hashes, sketches=sketches)
+
+
+def load_fingerprints(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read ``(ids, hashes, sketches)`` written by :func:`save_fingerprints`."""
+    with np.load(path) as data:
+        return data["ids"], data["hashes"], data["sketches"]
+
+
+def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(ids, embeddings)`` written by :func:`save_embeddings`."""
+    with np.load(path) as data:
+        return data["ids"], data["embeddings"]
+
+
+def load_history(path: str | os.PathLike) -> SplitHistory:
+    """Read a history written by :func:`save_history`."""
+    with np.load(path) as data:
+        return SplitHistory(
+            epochs=data["epochs"],
+            # a raw record of an older version lacks the later fields: NaN (missing) there
+            fields={name: data[f"field_{name}"] if f"field_{name}" in data.files
+                    else np.full(data["pred"].shape, np.nan, np.float32) for name in FLOAT_FIELDS},
+            pred=data["pred"],
+            labels=data["labels"],
+            mean_probs=data["mean_probs"],
+            early_probs=data["early_probs"] if "early_probs" in data.files else None,
+            latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
+        )
