@@ -6,9 +6,8 @@ probabilities (5 fresh models of the same architecture, epochs and optimiser, ea
 held-out fifth: ``4 E`` model-epochs against the callback's ``E``).
 
 - ``multilabel-digits``: scikit-learn's 1,797 8x8 digits (BSD-3) with 5 attributes of the digit as a
-  multi-hot target (even, >= 5, prime, has a closed loop, in {0, 1, 8} (vertically symmetric)); 15% of
-  the samples get one error each, a third each of: a true label swapped for a wrong one, a label
-  dropped, a label added. An MLP (64-128-5), 30 epochs. Anchor:
+  multi-hot target (``recipes/common/multilabel.py``); 15% of the samples get one error each, a third
+  each of: a true label swapped for a wrong one, a label dropped, a label added. An MLP (64-128-5), 30 epochs. Anchor:
   ``cleanlab.multilabel_classification`` (``find_label_issues`` for flags, ``get_label_quality_scores``
   for the ranking). A sample is positive when any of its labels was changed.
 - ``tokens-synthetic``: 1,200 sequences of 6-14 words from a 300-word vocabulary in which each tag
@@ -36,6 +35,7 @@ from sklearn.metrics import average_precision_score, f1_score
 from sklearn.model_selection import KFold
 
 from dq_plugins.lightning import DataQualityCallback
+from recipes.common.multilabel import digit_attributes, inject_multilabel_noise
 
 OURS = "dq_plugins (1x)"
 ANCHOR = "cleanlab 5-fold (4x)"
@@ -49,32 +49,6 @@ class TaskRun:
     seed: int
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------- multi-label data
-def digit_attributes(digits: np.ndarray) -> np.ndarray:
-    """(N,) digit classes -> (N, 5) multi-hot attributes."""
-    d = digits[:, None]
-    return np.hstack([d % 2 == 0, d >= 5, np.isin(d, [2, 3, 5, 7]), np.isin(d, [0, 4, 6, 8, 9]),
-                      np.isin(d, [0, 1, 8])]).astype(np.float32)
-
-
-def inject_multilabel_noise(labels: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy labels, changed (N, C) bool): ``rate`` of the samples get one swap, drop or add each."""
-    rng = np.random.default_rng(seed)
-    noisy = labels.copy()
-    chosen = rng.choice(len(labels), int(rate * len(labels)), replace=False)
-    for i, sample in enumerate(chosen):
-        on, off = np.flatnonzero(noisy[sample] == 1), np.flatnonzero(noisy[sample] == 0)
-        kind = i % 3
-        if kind == 0 and len(on) and len(off):  # swap a true label for a wrong one
-            noisy[sample, rng.choice(on)] = 0
-            noisy[sample, rng.choice(off)] = 1
-        elif (kind == 1 and len(on)) or not len(off):  # drop
-            noisy[sample, rng.choice(on)] = 0
-        else:  # add
-            noisy[sample, rng.choice(off)] = 1
-    return noisy, noisy != labels
 
 
 class _Frame(torch.utils.data.Dataset):
