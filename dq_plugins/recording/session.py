@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dq_plugins.adapters.batch import check_shapes, check_values
 from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.raw_record import SplitHistory, save_embeddings, save_fingerprints, save_history
+from dq_plugins.recording.checks import check_shapes, check_values
 from dq_plugins.recording.ledger import SplitLedger
 from dq_plugins.schema import (
     ANALYSIS_ERROR_PATH,
