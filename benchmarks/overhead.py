@@ -325,7 +325,7 @@ HF_OUTSIDE_TRAIN = ("on_init_end",)
 HF_CALLBACK_PARTS = ("_capture", "_capture_head_input", HF_FINAL_PASS)
 """Callback methods run from the model's forward (the wrapper; the head's forward pre-hook) and the
 final embedding pass run by ``on_train_end``."""
-HF_SESSION_PARTS = ("record", "record_embeddings", "record_latency", "close_epoch")
+HF_SESSION_PARTS = ("record", "record_embeddings", "record_inputs", "record_latency", "close_epoch")
 """Session methods called from the callback while training, timed on their own."""
 HF_TIMER_PARTS = ("start", "stop")
 """The forward timer's methods, called by the forward wrapper around each forward (``latency_ms``)."""

@@ -356,6 +356,9 @@ class DynamicsSession:
         if split == VALIDATION and epoch is not None:
             self._fresh_validation = epoch
         self._close_metadata(split, reduce)
+        fingerprints = self.fingerprints.get(split)
+        if fingerprints is not None:
+            fingerprints.close_epoch()
         latency = self.latency.get(split)
         if latency is None and reduce and split in self.capacities:  # every rank takes part in the collective
             latency = self.latency[split] = LatencyRecorder(self.capacities[split])

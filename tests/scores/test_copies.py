@@ -32,7 +32,7 @@ def test_hash_is_exact_and_ignores_padding_under_the_mask():
 
 
 def test_buffer_keeps_the_last_write_and_drops_ids_out_of_range():
-    buffer = FingerprintBuffer(4, "cpu", stage_rows=3)
+    buffer = FingerprintBuffer(4, "cpu", stage_bytes=2 * 6 * 4)  # folds after every second row or so
     a, b = torch.randn(2, 6), torch.randn(2, 6)
     buffer.write(torch.tensor([0, 1]), a)
     buffer.write(torch.tensor([1, 7]), b)  # id 7 is out of range
@@ -43,6 +43,20 @@ def test_buffer_keeps_the_last_write_and_drops_ids_out_of_range():
     assert hashes.tolist() == expected.tolist() and sketches.shape == (3, SKETCH_DIM)
     with pytest.raises(ValueError, match="one input row per sample id"):
         buffer.write(torch.tensor([0, 1, 2]), a)
+
+
+def test_buffer_fingerprints_token_batches_of_different_padded_lengths_alike():
+    short = torch.tensor([[101, 7, 8, 102]])
+    padded = torch.tensor([[101, 7, 8, 102, 0, 0, 0], [101, 9, 102, 0, 0, 0, 0]])
+    mask = (padded != 0).long()
+    buffer = FingerprintBuffer(3, "cpu")
+    buffer.write(torch.tensor([0]), short, torch.ones_like(short))
+    buffer.write(torch.tensor([1, 2]), padded, mask)
+    ids, hashes, sketches = buffer.to_numpy()
+    assert ids.tolist() == [0, 1, 2] and hashes[0] == hashes[1] != hashes[2]
+    np.testing.assert_array_equal(sketches[0], sketches[1])
+    with pytest.raises(ValueError, match=r"attention mask of shape \(2, 7\)"):
+        buffer.write(torch.tensor([1, 2]), padded, mask[:, :3])
 
 
 def test_exact_copies_hand_computed():
@@ -77,3 +91,17 @@ def test_find_copies_exact_near_and_leakage_without_false_positives():
     assert (exact_only.train_copy_of[10:20] == -1).all() and (exact_only.train_copy_of[:10] >= 0).all()
     with pytest.raises(ValueError, match="threshold"):
         find_copies(prints, threshold=0.0)
+
+
+def test_buffer_stops_once_every_id_has_a_fingerprint():
+    buffer = FingerprintBuffer(3, "cpu")
+    first, later = torch.randn(3, 4), torch.randn(3, 4)
+    buffer.write(torch.tensor([0, 1]), first[:2])
+    buffer.close_epoch()
+    assert buffer.active  # id 2 not seen yet: keep fingerprinting
+    buffer.write(torch.tensor([2]), first[2:])
+    buffer.close_epoch()
+    assert not buffer.active
+    buffer.write(torch.tensor([0, 1, 2]), later)  # an augmented later view: the first one is kept
+    _, hashes, _ = buffer.to_numpy()
+    assert hashes.tolist() == fingerprint(first)[0].tolist()
