@@ -46,19 +46,17 @@ is exactly cartography confidence, a probability-space copy of AUM's window that
 rival mass; on ``benchmarks/label_noise.py`` it ranked below all-epoch EL2N on every case and
 below AUM on all but the memorisation case (see ``benchmarks/RESULTS.md``, before and after).
 
-Weights that adapt to the run (issue 17). A fixed mean lost to one of its own parts on data it
-was not tuned on: on SMS spam through a frozen MiniLM encoder (held out, 20% symmetric noise, an
-MLP that memorises its labels), early EL2N alone reached AUPRC 0.946 and the equal-weight mean
-0.835. Without truth labels, each run scores its signals against the early-window confident-
-learning flags (the pseudo-labels, :func:`~dq_plugins.analysis.pipeline.early_flags`' count
-estimate): signal ``s`` gets weight ``max(AP_s - r, 0) ** WEIGHT_POWER``, its average precision at
-finding the pseudo-labelled rows above their rate ``r`` (what a random order scores), sharpened so
-that a signal that clearly separates them dominates and the others still vote. Measured on the
-``benchmarks/label_noise.py`` dumps (seed 0, AUPRC equal weights -> adaptive): SMS spam 0.835 ->
-0.925, VADER movies (real noise) 0.171 -> 0.181, mnist5k pair 0.876 -> 0.882, the other image cases
-within 0.001 (see ``benchmarks/RESULTS.md``). Without pseudo-labels (the early window not trusted,
-fewer than :data:`MIN_PSEUDO_LABELS` flagged, or none better than random) the weights are equal:
-the mean of ranks above.
+Weights that adapt to the run (issue 17). A fixed mean can lose to one of its own parts on data it
+was not tuned on (a model that memorises fast, where the early window carries the signal). Without
+truth labels, each run scores its signals against the flags of confident learning on the
+early-window softmax (the pseudo-labels, :func:`~dq_plugins.analysis.pipeline.early_window_cl`):
+signal ``s`` gets weight ``max(AP_s - r, 0) ** WEIGHT_POWER``, its average precision at finding the
+pseudo-labelled rows above their rate ``r`` (what a random order scores), sharpened so that a
+signal that clearly separates them dominates and the others still vote. Without pseudo-labels (the
+early window not trusted, fewer than :data:`MIN_PSEUDO_LABELS` flagged, or no signal better than
+random) the weights are equal: the mean of ranks above. Measured, before and after, on the tuning
+and the held-out cases of ``benchmarks/label_noise.py`` in ``benchmarks/RESULTS.md`` (where the
+exponent was chosen among 1, 2, 4 and 8).
 
 The score is a mean of ranks, not a probability: its distribution depends on how much the
 signals agree (uniform on [0, 1] when they agree perfectly). Use ``is_label_issue`` for a yes/no
