@@ -82,7 +82,25 @@ def test_token_flags_are_cleanlabs():
     assert set(wrong) == set(np.flatnonzero(ours))
     scores = token_scores(labels, sequence, probs, None, probs)
     np.testing.assert_array_equal(scores.suggested_label[wrong], probs[wrong].argmax(1))
-    np.testing.assert_allclose(scores.mislabel_score[wrong], 0.95)
+    from cleanlab.rank import get_label_quality_scores
+
+    np.testing.assert_allclose(scores.mislabel_score, 1 - get_label_quality_scores(labels, probs, adjust_pred_probs=True))
+    assert scores.mislabel_score[wrong].min() > np.delete(scores.mislabel_score, wrong).max()
+
+
+def test_adjusted_self_confidence_by_hand_and_with_absent_tags():
+    from dq_plugins.scores.tokens import adjusted_self_confidence
+
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
+    # per-tag thresholds (mean self-confidence) 0.8 and 0.7 are subtracted, the largest added back, rows renormalised
+    adjusted = probs - np.array([0.8, 0.7]) + 0.8
+    adjusted = adjusted / adjusted.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(adjusted_self_confidence(labels, probs), adjusted[np.arange(4), labels])
+    wide = np.hstack([probs * 0.9, np.full((4, 1), 0.1)])  # a third tag nobody has: left out, rows renormalised
+    np.testing.assert_allclose(adjusted_self_confidence(labels, wide), adjusted[np.arange(4), labels])
+    with_nan = np.vstack([probs, [np.nan, np.nan]])
+    assert np.isnan(adjusted_self_confidence(np.r_[labels, 0], with_nan)[-1])
 
 
 def test_html_view_escapes_text():

@@ -2,9 +2,13 @@
 
 Definitions, for a token with given tag ``y`` and mean softmax ``p`` over training:
 
-- ``mislabel_score`` of a token (in [0, 1], higher = the tag is more likely wrong): ``1 - p[y]``
-  over all recorded epochs (1 minus cartography confidence, Swayamdipta et al. 2020), averaged with
-  ``1 - p_early[y]`` over the early window when that window is trusted: it fits the given tags at
+- ``mislabel_score`` of a token (in [0, 1], higher = the tag is more likely wrong): 1 minus the
+  *adjusted* self-confidence of the all-epoch mean softmax ``p`` (cleanlab's
+  ``rank.get_label_quality_scores(..., adjust_pred_probs=True)``: each tag's average self-confidence
+  is subtracted from its column, the largest added back and the rows renormalised, so a tag that the model is less sure of
+  on the whole, such as an entity tag beside "O", is not over-ranked; in-sample probabilities differ
+  by tag far more than out-of-sample ones), averaged with the same over the early window when that
+  window is trusted: it fits the given tags at
   least halfway from the majority tag's share to perfect (tags are imbalanced: "O" alone is often
   70-85% of the tokens, so "halfway from chance" would trust a model that only predicts "O").
 - Flags: cleanlab's token classification method (Wang and Mueller 2022,
@@ -82,6 +86,27 @@ def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarr
     return flags
 
 
+def adjusted_self_confidence(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(M,) cleanlab's self-confidence with ``adjust_pred_probs=True`` of (M, C) ``probs``; NaN rows stay NaN."""
+    from cleanlab.rank import get_label_quality_scores
+
+    out = np.full(len(labels), np.nan)
+    valid = ~np.isnan(probs).any(axis=1)
+    if not valid.any():
+        return out
+    present = np.unique(labels[valid])
+    if len(present) < 2:  # one tag only: nothing to adjust against
+        out[valid] = probs[valid, labels[valid]]
+        return out
+    # cleanlab needs every column's tag present among the labels: score over the present tags, renormalised
+    sub = probs[valid][:, present]
+    sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out[valid] = get_label_quality_scores(np.searchsorted(present, labels[valid]), sub, adjust_pred_probs=True)
+    return out
+
+
 def token_scores(labels: np.ndarray, sequence: np.ndarray, mean_probs: np.ndarray,
                  early_probs: np.ndarray | None, flag_probs: np.ndarray) -> TokenScores:
     """Scores of M labelled tokens.
@@ -94,10 +119,9 @@ def token_scores(labels: np.ndarray, sequence: np.ndarray, mean_probs: np.ndarra
         flag_probs: (M, C) probabilities the flags come from.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    rows = np.arange(len(labels))
-    score = 1.0 - mean_probs[rows, labels].astype(np.float64)
+    score = 1.0 - adjusted_self_confidence(labels, mean_probs)
     if early_probs is not None:
-        early = 1.0 - early_probs[rows, labels].astype(np.float64)
+        early = 1.0 - adjusted_self_confidence(labels, early_probs)
         score = np.where(np.isnan(early), score, 0.5 * (score + early))
     count = int(token_label_issues(labels, flag_probs, sequence).sum())
     score = np.nan_to_num(score, nan=0.0)
