@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dq_plugins.npz_guard import check_npz
+
 FLOAT_FIELDS: tuple[str, ...] = ("loss", "prob_given", "margin", "correct", "prob_sq_sum", "prob_pred")
 """Float fields of the per-epoch record (:mod:`dq_plugins.recording.ledger`), in the row order of ``SplitLedger._sums``."""
 
@@ -80,19 +82,22 @@ def save_fingerprints(ids: np.ndarray, hashes: np.ndarray, sketches: np.ndarray,
 
 def load_fingerprints(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``(ids, hashes, sketches)`` written by :func:`save_fingerprints`."""
-    with np.load(path) as data:
+    check_npz(path)  # declared sizes first: an untrusted file is never decompressed blindly
+    with np.load(path, allow_pickle=False) as data:
         return data["ids"], data["hashes"], data["sketches"]
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(ids, embeddings)`` written by :func:`save_embeddings`."""
-    with np.load(path) as data:
+    check_npz(path)  # declared sizes first: an untrusted file is never decompressed blindly
+    with np.load(path, allow_pickle=False) as data:
         return data["ids"], data["embeddings"]
 
 
 def load_history(path: str | os.PathLike) -> SplitHistory:
     """Read a history written by :func:`save_history`."""
-    with np.load(path) as data:
+    check_npz(path)  # declared sizes first: an untrusted file is never decompressed blindly
+    with np.load(path, allow_pickle=False) as data:
         return SplitHistory(
             epochs=data["epochs"],
             # a raw record of an older version lacks the later fields: NaN (missing) there

@@ -229,7 +229,7 @@ def test_resume_mid_epoch_continues_the_record(tracking_uri, tmp_path):
     # Epoch 0 joins the 3 batches recorded before the checkpoint with the one trained after it.
     assert not np.isnan(ledger.history[0]["loss"]).any()
     check_record(callback, trainer.model)
-    assert first.run_id != callback.run_id
+    assert first.run_id == callback.run_id  # a resumed training logs into the run it resumes (issue 16)
 
 
 def test_missing_id_column_fails_at_train_start_with_the_line_that_adds_it(tracking_uri, tmp_path):

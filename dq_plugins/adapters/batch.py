@@ -30,6 +30,14 @@ def get_key(batch: Any, key: str, role: str, argument: str) -> torch.Tensor:
         )
     value = batch[key]
     if not isinstance(value, torch.Tensor):
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+            fix = (f"map them to 0-based integer positions ({WITH_IDS_HINT[6:]}) and keep the string ids as "
+                   f"metadata (`metadata_keys=[...]` under another key)." if role == "ids" else
+                   "map the class names to 0-based class indices (e.g. `ClassLabel` in `datasets`, or a dict).")
+            raise ValueError(
+                f"The sample {role} under `{key}` are strings (e.g. {value[0]!r}); dq_plugins needs one integer per "
+                f"sample. HINT: {fix}"
+            )
         value = torch.as_tensor(value)
     return value
 

@@ -64,6 +64,36 @@ def _dataset_length(loaders: Any) -> int | None:
         return None
 
 
+def _yields_each_sample_once(loaders: Any) -> bool:
+    """Whether the (first) dataloader's sampler yields every sample once an epoch: a ``SequentialSampler``,
+    or a ``RandomSampler`` without replacement over the whole dataset (Lightning's own wrappers included)."""
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    elif isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    sampler = getattr(loaders, "sampler", None)
+    dataset = getattr(loaders, "dataset", None)
+    batch_sampler = getattr(loaders, "batch_sampler", None)
+    if batch_sampler is not None and getattr(batch_sampler, "sampler", None) is not sampler:
+        return False  # a custom batch sampler: unknown
+    if isinstance(sampler, SequentialSampler):
+        return True
+    if isinstance(sampler, RandomSampler) and not sampler.replacement:
+        try:
+            return sampler.num_samples == len(dataset)
+        except TypeError:
+            return False
+    return False
+
+
+def _step_loss(outputs: Any) -> torch.Tensor | None:
+    """The scalar ``loss`` a step returned (a dict entry or the output itself), or ``None``."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
 def _submodule(pl_module: Any, name: str, argument: str) -> Any:
     try:
         return pl_module.get_submodule(name)
@@ -229,6 +259,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._batch_timer = ForwardTimer()  # validation fallback: batch start -> batch end
         self._timing_split: str | None = None  # the split whose step is running, while one is timed
         self._timing_handles: list[Any] = []
+        self._loaded_state: dict[str, Any] | None = None  # checkpoint state loaded for the coming fit
+        self._fitting = False  # between on_fit_start and the end of that fit: validation is recorded then only
+        self._warned_not_fitting = False
+        self._train_length: int | None = None  # the train dataset's length at the last epoch start
 
     @property
     def result(self):
@@ -364,29 +398,44 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._timing_split = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # Each fit records anew: a callback reused in a second fit forgets the first one's record and
+        # results, keeping only the checkpoint state Lightning loaded for this fit (before this hook).
+        self.session = DynamicsSession(self.session.config)
+        state, self._loaded_state = self._loaded_state, None
+        if state is not None:
+            self.session.load_state_dict(state)
+        self._fitting = True
+        self._warned_no_val_logits = False
         if not trainer.is_global_zero:
             return
         logger = _mlflow_logger(trainer)
+        fallback_dir = self.session.config.fallback_dir
+        resumed_run = (state or {}).get("run_id") if logger is None else None
         if logger is not None:
-            self._sink = MlflowSink(client=logger.experiment, run_id=logger.run_id,
-                                    fallback_dir=self.session.config.fallback_dir)
+            self._sink = MlflowSink(client=logger.experiment, run_id=logger.run_id, fallback_dir=fallback_dir)
             self._sink.run_owner = "the Lightning MLFlowLogger"
         else:
-            self._sink = MlflowSink(fallback_dir=self.session.config.fallback_dir, **self._sink_options)
+            self._sink = MlflowSink(fallback_dir=fallback_dir, **self._sink_options)
         try:
+            if resumed_run is not None:
+                self._sink.resume_run(resumed_run)
             self.run_id = self._sink.ensure_run()
         except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
+            self.run_id = self._sink.run_id
             warn(
                 f"dq_plugins could not open an MLflow run ({type(err).__name__}: {err}); training goes on and "
-                f"the results will be kept under {self.session.config.fallback_dir!r}.",
+                f"the results will be kept under {fallback_dir!r}.",
                 RuntimeWarning,
                 stacklevel=2,
             )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.session.set_capacity(TRAIN, _dataset_length(trainer.train_dataloader))
+        self._train_length = _dataset_length(trainer.train_dataloader)
+        self.session.set_capacity(TRAIN, self._train_length)
+        self.session.unique_rows[TRAIN] = _yields_each_sample_once(trainer.train_dataloader)
         if self.record_validation and trainer.val_dataloaders is not None:
             self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
+            self.session.unique_rows[VALIDATION] = _yields_each_sample_once(trainer.val_dataloaders)
         self.session.set_max_epochs(trainer.max_epochs)
         self.session.resume(pl_module.device, trainer.current_epoch)
 
@@ -408,6 +457,28 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         cfg = self.session.config
         return get_key(batch, cfg.id_key, "ids", "id_key"), get_key(batch, cfg.label_key, "labels", "label_key")
 
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """A dataset whose length changed between epochs: an error when it outgrew the id range, else a warning."""
+        length, before = _dataset_length(trainer.train_dataloader), self._train_length
+        if length is None or before is None or length == before:
+            return
+        self._train_length = length
+        capacity = self.session.capacities.get(TRAIN, before)
+        if length > capacity:
+            raise ValueError(
+                f"The train dataset grew from {before} to {length} samples before epoch {trainer.current_epoch}; "
+                f"dq_plugins sized its record for ids 0..{capacity - 1} at fit start, so the new samples could not be "
+                f"recorded. HINT: pass `num_samples=<the largest size the dataset will reach>` to the callback."
+            )
+        warn(
+            f"dq_plugins: the train dataset changed from {before} to {length} samples before epoch "
+            f"{trainer.current_epoch}. Samples that left it keep the record of the epochs they were in, and their "
+            "scores and flags rest on those epochs only. HINT: to score every sample on the same epochs, keep the "
+            "dataset fixed during fit (filter it between fits instead).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._start_timing(TRAIN, pl_module.device)
 
@@ -424,7 +495,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids, labels = self._ids_and_labels(batch)
         if self._tasks.route(TRAIN, trainer.current_epoch, ids, labels, logits):
             return
-        self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits)
+        self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits, _step_loss(outputs))
         self.session.record_metadata(TRAIN, ids, batch)
         self.session.record_latency(TRAIN, ids, spans)
         self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
@@ -434,9 +505,27 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.close_epoch(TRAIN)
         self._tasks.close_epoch(TRAIN)
 
+    def _records_validation(self, trainer: Any) -> bool:
+        """Validation batches are recorded inside ``trainer.fit`` only; ``trainer.validate()`` on its own is
+        skipped with one warning (its samples have no training dynamics to score)."""
+        if self._fitting:
+            return True
+        if not self._warned_not_fitting:
+            warn(
+                "dq_plugins records inside `trainer.fit` only; this `trainer.validate()` (or another loop run "
+                "outside fit) is not recorded. HINT: to score a held-out set, pass it as the validation loader "
+                "of `trainer.fit`.",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._warned_not_fitting = True
+        return False
+
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        if not self._records_validation(trainer):
+            return
         if not (trainer.sanity_checking or not self.record_validation or dataloader_idx != 0):
             self._start_timing(VALIDATION, pl_module.device)
 
@@ -444,7 +533,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         spans = self._stop_timing()
-        if trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
+        if not self._fitting or trainer.sanity_checking or not self.record_validation or dataloader_idx != 0:
             self._captured = self._captured_embeddings = None
             return
         logits = self._logits(outputs)
@@ -462,7 +551,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         ids, labels = self._ids_and_labels(batch)
         if self._tasks.route(VALIDATION, trainer.current_epoch, ids, labels, logits):
             return
-        self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits)
+        self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits, _step_loss(outputs))
         self.session.record_metadata(VALIDATION, ids, batch)
         self.session.record_latency(VALIDATION, ids, spans)
         self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
@@ -490,13 +579,14 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self.session.record_inputs(split, ids, inputs, mask)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
+        if self._fitting and not trainer.sanity_checking:
             self.session.close_epoch(VALIDATION)
             self._tasks.close_epoch(VALIDATION)
             self.session.check_validation_rules(self._sink)  # a FailRun("raise") rule stops fit (on_exception)
 
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._fitting = False
         if self._tasks.active:  # multi-label / token classification: their own analysis and outputs
             self._tasks.close_all()
             if trainer.is_global_zero and self._sink is not None:
@@ -510,12 +600,13 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             if trainer.is_global_zero:
                 self._embed_pools(trainer, pl_module)
         self.session.close_all()  # a collective under DDP: every rank takes part
-        if not trainer.is_global_zero or self._sink is None:
+        sink, self._sink = self._sink, None  # finished here: an exception raised now (a FailRun gate) ends nothing twice
+        if not trainer.is_global_zero or sink is None:
             return
         try:
-            self.session.finish_run(self._sink, options=self._options)
+            self.session.finish_run(sink, options=self._options)
         finally:
-            self.run_id = self._sink.run_id
+            self.run_id = sink.run_id
 
     def _inference_pass(self, trainer: Any, pl_module: Any) -> None:
         """One eval-mode pass over the train and validation loaders with ``forward_fn``: final embeddings."""
@@ -579,15 +670,22 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             pl_module.train(was_training)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """Keep the raw record of an interrupted fit, and mark a run this callback opened as failed."""
-        if not trainer.is_global_zero or self._sink is None or not (self.session.ledgers or self._tasks.active):
+        """Keep the raw record of an interrupted fit, end a run this callback opened FAILED and remove the
+        staging folder, whatever stopped the fit (this callback's own error at the first batch included)."""
+        self._fitting = False
+        sink, self._sink = self._sink, None
+        if not trainer.is_global_zero or sink is None:
             return
         try:
-            self.session.close_all(reduce=False)  # other ranks may be gone: no collective
-            self.session.save_raw(self._sink)
-            self._sink.flush()
+            if self.session.ledgers:
+                self.session.close_all(reduce=False)  # other ranks may be gone: no collective
+                self.session.save_raw(sink)
+                sink.flush()
+        except Exception as err:  # noqa: BLE001 - the fit's own exception is the one to report
+            warn(f"dq_plugins could not keep the record of the interrupted fit: {err}", RuntimeWarning,
+                          stacklevel=2)
         finally:
-            self._sink.end("FAILED")
+            sink.end("FAILED")
 
     # ------------------------------------------------------------------ checkpoint
     @property
@@ -608,7 +706,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             self.load_state_dict(states[legacy])
 
     def state_dict(self) -> dict[str, Any]:
-        return self.session.state_dict()
+        """The session's record plus ``run_id``: a resumed fit logs into the same MLflow run."""
+        return {**self.session.state_dict(), "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.session.load_state_dict(state_dict)
+        self._loaded_state = dict(state_dict)  # applied at on_fit_start, which resets the session first

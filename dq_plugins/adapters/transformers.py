@@ -356,6 +356,17 @@ class _LabelTable:
                 f"{_ids_line(id_column, split)}. Or, if your ids are stable but larger, pass "
                 f"`{argument}=<max id + 1>` to the callback."
             )
+        distinct = np.unique(ids).size
+        if distinct < ids.size:
+            values, counts = np.unique(ids, return_counts=True)
+            raise ValueError(
+                f"The {split} dataset has {ids.size} rows but only {distinct} distinct sample ids in column "
+                f"`{id_column}` (e.g. id {int(values[counts > 1][0])} is in {int(counts.max())} rows): different "
+                "samples share an id, so their records would be merged. This happens with "
+                "`concatenate_datasets([with_ids(a), with_ids(b)])`, both counting from 0. HINT: add the ids after "
+                "concatenating, `with_ids(concatenate_datasets([a, b]))`, or give the second part its own range, "
+                "`with_ids(b, offset=len(a))`."
+            )
         table = np.full(capacity, -1, dtype=np.int64)
         table[ids] = labels
         conflict = np.flatnonzero(table[ids] != labels)
@@ -654,10 +665,9 @@ class DataQualityCallback(TrainerCallback):
         self._eval_stash = []
         self._epoch = None
         self._load_metadata(kwargs.get("train_dataloader"))
-        if resumed:
-            self._restore(args, state, model)
+        resumed_run = self._restore(args, state, model) if resumed else None
         if state.is_world_process_zero:
-            self._open_sink(args)
+            self._open_sink(args, resumed_run)
         self._forward_timer.take()
         self._tap.recorder = self
         self._tap.timer = self._forward_timer
@@ -709,7 +719,9 @@ class DataQualityCallback(TrainerCallback):
         self.session.set_metadata(TRAIN, _read_metadata(_dataset_of(train_dataloader), self.id_key, columns,
                                                         TRAIN, hint))
 
-    def _open_sink(self, args: Any) -> None:
+    def _open_sink(self, args: Any, resumed_run: str | None = None) -> None:
+        """Open the sink: the Trainer's active MLflow run (``report_to="mlflow"``), else the run of the fit this
+        one resumes (``resumed_run``, saved in the checkpoint), else a new run."""
         fallback_dir = self.session.config.fallback_dir
         run = None
         if "mlflow" in (getattr(args, "report_to", None) or []):
@@ -725,6 +737,8 @@ class DataQualityCallback(TrainerCallback):
         else:
             self._sink = MlflowSink(fallback_dir=fallback_dir, **self._sink_options)
         try:
+            if run is None and resumed_run is not None:
+                self._sink.resume_run(resumed_run)
             self.run_id = self._sink.ensure_run()
         except Exception as err:  # noqa: BLE001 - tracking trouble must not stop training
             warn(
@@ -752,7 +766,17 @@ class DataQualityCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ recording
     def _capture(self, ids: torch.Tensor | None, output: Any, training: bool) -> None:
-        """Called by the forward wrapper after each forward while training runs. No host sync."""
+        """Called by the forward wrapper after each forward while training runs. No host sync.
+
+        An error raised here stops training (bad input at the first batch): the run this callback opened
+        ends FAILED and its staging folder is removed before the error propagates."""
+        try:
+            self._record(ids, output, training)
+        except BaseException:
+            self._end_failed()
+            raise
+
+    def _record(self, ids: torch.Tensor | None, output: Any, training: bool) -> None:
         spans = self._forward_timer.take()  # the forward just timed by the wrapper
         if self._final_split is not None:  # the post-training embedding pass
             embeddings = self._pooled_embeddings(ids.shape[0]) if ids is not None else None
@@ -788,7 +812,8 @@ class DataQualityCallback(TrainerCallback):
         tokens = self._model_input()
         if training:
             labels = self._train_labels.lookup(ids)
-            self.session.record(TRAIN, self._epoch or 0, ids, labels, logits)
+            loss = getattr(output, "loss", None)
+            self.session.record(TRAIN, self._epoch or 0, ids, labels, logits, loss if isinstance(loss, torch.Tensor) else None)
             self.session.record_latency(TRAIN, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
@@ -1010,14 +1035,16 @@ class DataQualityCallback(TrainerCallback):
     @override
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         record = self.session.state_dict()  # a collective under DDP: every rank takes part, rank 0 writes
+        record["run_id"] = self.run_id
         if not args.should_save:
             return
         folder = _checkpoint_folder(args, state)
         if os.path.isdir(folder):
             torch.save(record, os.path.join(folder, STATE_FILE))
 
-    def _restore(self, args: Any, state: Any, model: Any) -> None:
-        """Load the record of the checkpoint this run resumes from (``state.global_step`` > 0)."""
+    def _restore(self, args: Any, state: Any, model: Any) -> str | None:
+        """Load the record of the checkpoint this run resumes from (``state.global_step`` > 0); returns the
+        MLflow run id the checkpointed fit logged into (``None`` if unknown)."""
         folders = [
             getattr(args, "resume_from_checkpoint", None),
             _checkpoint_folder(args, state),
@@ -1034,7 +1061,10 @@ class DataQualityCallback(TrainerCallback):
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return
-        self.session.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return None
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        self.session.load_state_dict(record)
         device = next(model.parameters()).device
         self.session.resume(device, current_epoch)
+        run_id = record.get("run_id")
+        return run_id if isinstance(run_id, str) else None

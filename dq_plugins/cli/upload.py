@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dq_plugins.sinks.mlflow_sink import FALLBACK_MANIFEST, LOGGED_ARTIFACTS_TAG, read_fallback_manifest
-from dq_plugins.sinks.offline import get_run
+from dq_plugins.sinks.offline import RunNotFoundError, get_run
 
 
 UPLOADED_FROM_TAG = "dq.uploaded_from"
@@ -43,10 +43,10 @@ def _run_exists(client: Any, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
         return False
-    return True
+    return run.info.lifecycle_stage != "deleted"
 
 
 def upload_fallback(
@@ -60,7 +60,7 @@ def upload_fallback(
     """Log a fallback folder (kept by the callbacks while MLflow was unreachable) into a run.
 
     The run: ``run_id``; else the run the callback had opened (the manifest's run id) when it exists at
-    the tracking URI; else a new run in ``experiment_name`` (default: the experiment the results were
+    the tracking URI and was not deleted; else a new run in ``experiment_name`` (default: the experiment the results were
     meant for) with the intended run name, tagged ``dq_plugins`` and :data:`UPLOADED_FROM_TAG`, whose id
     is then written to the manifest so that uploading again goes to the same run. Every file is logged
     at its artifact path; the tables are listed in the ``mlflow.loggedArtifacts`` tag (as ``log_table``
@@ -81,7 +81,11 @@ def upload_fallback(
     client = MlflowClient(tracking_uri=uri)
     created = False
     if run_id is not None:
-        get_run(client, run_id)
+        if get_run(client, run_id).info.lifecycle_stage == "deleted":
+            raise RunNotFoundError(
+                f"Run {run_id!r} was deleted at tracking URI {uri!r}. HINT: leave out `--run-id` to upload into a new "
+                f"run, or restore it first: `mlflow runs restore --run-id {run_id}`."
+            )
     elif manifest.get("run_id") and _run_exists(client, manifest["run_id"]):
         run_id = manifest["run_id"]
     else:

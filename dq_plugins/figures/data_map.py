@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from dq_plugins.figures.text import plain
+
 MAX_POINTS = 20_000
 """Points drawn in a scatter; larger splits are subsampled (label issues always kept)."""
 
@@ -45,7 +47,7 @@ def data_map(samples: pd.DataFrame, title: str = "Data map", seed: int = 0) -> A
     axes.text(0.98, 0.97, "easy to learn", transform=axes.transAxes, ha="right", va="top", color="0.35")
     axes.text(0.98, 0.03, "hard to learn\n(often mislabeled)", transform=axes.transAxes, ha="right", va="bottom", color="0.35")
     axes.text(0.98, 0.5, "ambiguous", transform=axes.transAxes, ha="right", va="center", color="0.35")
-    axes.set_title(f"{title} (n={len(frame)})")
+    axes.set_title(f"{plain(title)} (n={len(frame)})")
     if len(flagged):
         axes.legend(loc="upper left")
     return figure

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dq_plugins.figures.text import plain
+
 MAX_POINTS = 20_000
 """Points drawn in the PNG and the HTML; larger splits are subsampled (marked rows kept first)."""
 
@@ -137,7 +139,7 @@ def embedding_map(
     if 0 < len(classes) <= 20:
         class_handles = [
             Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[c], markeredgewidth=0,
-                   label=_class_name(int(c), class_names))
+                   label=plain(_class_name(int(c), class_names)))
             for c in classes
         ]
         axes.legend(handles=class_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="given label",
@@ -148,8 +150,16 @@ def embedding_map(
     axes.set_yticks([])
     axes.set_xlabel("2-D map of the embeddings (axes have no units)")
     suffix = f"n={len(shown)}" if len(shown) == total else f"{len(shown)} of {total} shown"
-    axes.set_title(f"{title} ({suffix})")
+    axes.set_title(f"{plain(title)} ({suffix})")
     return figure
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON safe inside a ``<script>`` element: ``<``, ``>`` and ``&`` become ``\\u003c``,
+    ``\\u003e`` and ``\\u0026``, so no text (``</script>``, ``<!--``, ``<script``) can end or re-enter the
+    script-data state of the HTML parser; ``JSON.parse`` reads them back unchanged."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _text_column(texts: Sequence[str] | pd.Series | dict | None, shown: pd.DataFrame) -> list[str] | None:
@@ -242,7 +252,7 @@ def embedding_map_html(
         "markers": [text for _, text, _ in MARKERS],
         "counts": [int(flags[name].sum()) for name, _, _ in MARKERS],
     }
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=True).replace("</", "<\\/")
+    payload = script_json(data)
     suffix = f"n={len(shown)}" if len(shown) == total else f"{len(shown)} of {total} points shown"
     heading = html.escape(f"{title} ({suffix})")
     return _PAGE.replace("__TITLE__", heading).replace("__DATA__", payload)

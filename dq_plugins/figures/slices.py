@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dq_plugins.figures.text import plain
+
 MAX_BARS = 15
 """Slices drawn in one figure."""
 
@@ -30,7 +32,8 @@ def wilson_interval(correct: np.ndarray, size: np.ndarray, z: float = 1.96) -> t
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+    text = text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
+    return plain(text)
 
 
 def weak_slices_figure(
@@ -69,7 +72,7 @@ def weak_slices_figure(
                                if len(panels) > 1 else 0.0)
     for index, (name, rows) in enumerate(panels):
         overall = overall_accuracy.get(name) if isinstance(overall_accuracy, Mapping) else overall_accuracy
-        heading = title if title and len(panels) == 1 else f"Weakest slices, {name}"
+        heading = plain(title if title and len(panels) == 1 else f"Weakest slices, {name}")
         empty = "no significantly weak slice in " + name if "q_value" in slices.columns else "no slice to show"
         _draw_panel(figure.add_subplot(grid[index]), rows, overall, name, heading, heights[index], empty,
                     "q_value" in slices.columns)

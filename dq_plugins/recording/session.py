@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from dq_plugins.logs import fit_summary_line, logger, progress, warn
+from dq_plugins.recording.collisions import EpochCheck, EpochIds, IGNORE_INDEX
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.raw_record import SplitHistory, save_embeddings, save_fingerprints, save_history
-from dq_plugins.recording.checks import check_shapes, check_values
+from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
 from dq_plugins.recording.ledger import SplitLedger
 from dq_plugins.schema import (
     ANALYSIS_ERROR_PATH,
@@ -47,8 +48,9 @@ the record of that validation epoch, before any end-of-fit score exists."""
 
 VALIDATION_SLICE_METRICS: tuple[str, ...] = ("size", "accuracy", "macro_f1", "mean_latency_ms")
 """Slice metrics defined at a validation (the others need end-of-fit scores)."""
-STATE_VERSION = 1
-"""Version of :meth:`DynamicsSession.state_dict`; a checkpoint of a newer version is refused on load."""
+STATE_VERSION = 2
+"""Version of :meth:`DynamicsSession.state_dict` (2: metadata values, embeddings and the validation-time rule
+history too); a checkpoint of a newer version is refused on load."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class DynamicsSession:
         self.capacities: dict[str, int] = {}
         self._checked: set[str] = set()
         self._restored: dict[str, dict] = {}
+        self._restored_embeddings: dict[str, dict] = {}  # split -> {"ids", "values"} from a checkpoint
         self.embeddings: dict[str, EmbeddingBuffer] = {}
         self.fingerprints: dict[str, FingerprintBuffer] = {}
         self.texts: dict[int, str] | None = None  # train sample id -> text, shown in the interactive map
@@ -91,6 +94,9 @@ class DynamicsSession:
         self._fresh_validation: int | None = None  # a validation epoch closed and not yet checked by the rules
         self._rule_history: list[Any] = []  # dq/rules.json rows of the validation-time evaluations
         self.mark_failed_at_validation = False
+        self.checks: dict[str, EpochCheck] = {}  # per split: the ids and labels of the open epoch
+        self.unique_rows: dict[str, bool] = {}  # split -> its sampler yields each sample once an epoch
+        self._warned_ignored: set[str] = set()
         self.result = None
         self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
@@ -139,20 +145,7 @@ class DynamicsSession:
             return
         import pandas as pd
 
-        frames = []
-        for ids, values in batches:
-            ids_host = ids.cpu().numpy()
-            columns = {}
-            for key, value in values.items():
-                value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(list(value), dtype=object)
-                if len(value) != len(ids_host):
-                    raise ValueError(
-                        f"Metadata `{key}` has {len(value)} values for a batch of {len(ids_host)} samples. "
-                        "HINT: give one value per sample."
-                    )
-                columns[key] = value
-            frames.append(pd.DataFrame({"sample_id": ids_host, **columns}))
-        frame = pd.concat(frames, ignore_index=True)
+        frame = _metadata_frame(batches)
         from dq_plugins.recording.ledger import distributed_rank_and_world
 
         if reduce and distributed_rank_and_world()[1] > 1:
@@ -297,11 +290,21 @@ class DynamicsSession:
                 ledger.close_epoch()
             self.ledgers[split] = ledger
             self._checked.add(split)
+        for split, saved in self._restored_embeddings.items():
+            capacity = self.capacities.get(split) or (self.ledgers[split].capacity if split in self.ledgers else None)
+            if capacity is None or saved["values"].ndim != 2:
+                continue
+            buffer = self.embeddings[split] = EmbeddingBuffer(capacity, saved["values"].shape[1], device)
+            buffer.write(saved["ids"].to(device), saved["values"].to(device).float())
         self._restored = {}
+        self._restored_embeddings = {}
 
     # ------------------------------------------------------------------ hot path
-    def record(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
-        """Record one batch. Metadata checks every batch; value checks (one sync) on the first."""
+    def record(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+               loss: torch.Tensor | None = None) -> None:
+        """Record one batch. Metadata checks every batch; value checks (one sync) on the first, where the step's
+        scalar ``loss`` (``None``: unknown) tells transposed square logits apart. Rows labelled -100 (PyTorch's
+        ignore index) are not recorded; the ids and labels are checked once an epoch (:meth:`close_epoch`)."""
         cfg = self.config
         check_shapes(ids, labels, logits, cfg.id_key, cfg.label_key)
         ledger = self.ledgers.get(split)
@@ -322,8 +325,13 @@ class DynamicsSession:
             )
         if split not in self._checked:
             check_values(ids, labels, ledger.num_classes, ledger.capacity, split, cfg.id_key, cfg.label_key)
+            check_transposed(logits, labels, loss)
             self._checked.add(split)
         ledger.record(ids, labels, logits, epoch)
+        check = self.checks.get(split)
+        if check is None:
+            check = self.checks[split] = EpochCheck(ledger.capacity, ledger.num_classes)
+        check.add(ids, labels)
 
     def record_embeddings(self, split: str, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Keep the latest (B, D) embeddings of a batch's ids. No host sync."""
@@ -364,10 +372,13 @@ class DynamicsSession:
             latency = self.latency[split] = LatencyRecorder(self.capacities[split])
         if latency is not None:
             latency.close_epoch(reduce=reduce, device=ledger.device)
-        if counters["out_of_range"]:
+        check = self.checks.get(split)
+        seen = check.close() if check is not None else None
+        bad_ids = counters["out_of_range"] - (seen.ignored + seen.bad_labels if seen is not None else 0)
+        if bad_ids > 0:
             warn(
-                f"dq_plugins: {counters['out_of_range']} {split} rows in epoch {epoch} had a sample id outside "
-                f"0..{ledger.capacity - 1} or a label outside 0..{ledger.num_classes - 1} and were not recorded. "
+                f"dq_plugins: {bad_ids} {split} rows in epoch {epoch} had a sample id outside "
+                f"0..{ledger.capacity - 1} and were not recorded. "
                 "HINT: give stable 0-based ids (`dq_plugins.with_ids`) or pass `num_samples=` to the callback.",
                 RuntimeWarning,
                 stacklevel=2, once=self._warned, key=f"out_of_range/{split}",
@@ -379,16 +390,74 @@ class DynamicsSession:
                 RuntimeWarning,
                 stacklevel=2, once=self._warned, key=f"non_finite/{split}",
             )
+        if seen is not None:
+            self._check_epoch_ids(split, epoch, seen, reduce)
+
+    def _check_epoch_ids(self, split: str, epoch: int | None, seen: EpochIds, reduce: bool) -> None:
+        """Fail on colliding ids and out-of-range labels, warn once about ignored (-100) rows.
+
+        Under ``torch.distributed`` with several ranks each rank sees its own shard (and a
+        ``DistributedSampler`` pads with repeats), so only the label checks run there.
+        """
+        from dq_plugins.recording.ledger import distributed_rank_and_world
+
+        key = self.config.id_key
+        if seen.bad_labels:
+            from dq_plugins.recording.checks import label_range_message
+
+            raise ValueError(f"dq_plugins: {seen.bad_labels} {split} rows in epoch {epoch} have a label outside the "
+                             f"classes. " + label_range_message(seen.bad_label, self.ledgers[split].num_classes,
+                                                                self.config.label_key))
+        fix = (f"HINT: give each part of a concatenated dataset its own id range, e.g. "
+               f"`ConcatDataset([with_ids(a), with_ids(b, offset=len(a))])`, or add the ids after concatenating "
+               f"(`with_ids(ConcatDataset([a, b]))`; for `datasets`, `with_ids(concatenate_datasets([a, b]))`).")
+        if seen.conflicting:
+            sample, low, high = seen.example
+            raise ValueError(
+                f"dq_plugins: {seen.conflicting} sample ids of the {split} split arrived with two different labels in "
+                f"epoch {epoch} (e.g. id {sample} under `{key}` with labels {low} and {high}): different samples share "
+                f"an id, so their records would be merged. {fix}"
+            )
+        if self.unique_rows.get(split) and seen.rows > seen.distinct and distributed_rank_and_world()[1] == 1:
+            raise ValueError(
+                f"dq_plugins: epoch {epoch} of the {split} split had {seen.rows} rows but only {seen.distinct} distinct "
+                f"ids under `{key}`, with a sampler that yields each sample once: {seen.rows - seen.distinct} samples "
+                f"share an id with another, so their records would be merged. {fix}"
+            )
+        if seen.ignored and split not in self._warned_ignored:
+            self._warned_ignored.add(split)
+            warn(
+                f"dq_plugins: {seen.ignored} {split} rows in epoch {epoch} have the label {IGNORE_INDEX} (PyTorch's "
+                "ignore index); they are not recorded, so those samples get no scores (this warning is shown once). "
+                "HINT: give every sample a class label, or leave such samples out of the recorded dataset.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
+        """The record so far: ledgers, latency, and (version 2) metadata values, embeddings and the
+        validation-time rule history, as tensors, lists and plain values (``torch.load(weights_only=True)``
+        reads it). Metadata of an epoch still open is moved to the host here (one sync per checkpoint)."""
         ledgers = {split: ledger.state_dict() for split, ledger in self.ledgers.items()}
         ledgers.update({s: st for s, st in self._restored.items() if s not in ledgers})
         latency = {split: recorder.state_dict() for split, recorder in self.latency.items()}
-        return {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency}
+        metadata = {split: _frame_state(frame) for split, frame in self._metadata_frames.items()}
+        pending = {split: _frame_state(_metadata_frame(batches)) for split, batches in self._metadata_batches.items()
+                   if batches and split not in self._metadata_frames}
+        embeddings = {}
+        for split, buffer in self.embeddings.items():
+            ids, values = buffer.to_numpy()
+            embeddings[split] = {"ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
+        embeddings.update({s: st for s, st in self._restored_embeddings.items() if s not in embeddings})
+        return {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency, "metadata": metadata,
+                "pending_metadata": pending, "embeddings": embeddings,
+                "rule_history": [_frame_state(frame) for frame in self._rule_history],
+                "mark_failed_at_validation": self.mark_failed_at_validation}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (a checkpoint without ``"version"`` is of version 1).
+        """Restore a :meth:`state_dict` (a checkpoint without ``"version"`` is of version 1;
+        versions before 2 have no metadata, embeddings or rule history).
 
         Raises:
             ValueError: the state was written by a newer dq_plugins (``"version"`` above :data:`STATE_VERSION`).
@@ -400,9 +469,20 @@ class DynamicsSession:
                 f"versions up to {STATE_VERSION}: it was written by a newer dq_plugins. HINT: upgrade dq_plugins "
                 "(`pip install -U dq_plugins`), or resume without that checkpoint."
             )
+        import pandas as pd
+
         self._restored = dict(state.get("ledgers", {}))
         self.ledgers = {}
         self.latency = {split: LatencyRecorder.from_state_dict(s) for split, s in state.get("latency", {}).items()}
+        self._metadata_frames = {split: pd.DataFrame(columns) for split, columns in state.get("metadata", {}).items()}
+        self._metadata_batches = {}
+        for split, columns in state.get("pending_metadata", {}).items():
+            frame = pd.DataFrame(columns)
+            values = {key: frame[key].tolist() for key in frame.columns if key != "sample_id"}
+            self._metadata_batches[split] = [(torch.as_tensor(frame["sample_id"].to_numpy()), values)]
+        self._restored_embeddings = dict(state.get("embeddings", {}))
+        self._rule_history = [pd.DataFrame(columns) for columns in state.get("rule_history", [])]
+        self.mark_failed_at_validation = bool(state.get("mark_failed_at_validation", False))
 
     # ------------------------------------------------------------------ end of fit
     def close_all(self, reduce: bool = True) -> None:
@@ -457,11 +537,11 @@ class DynamicsSession:
             sink.add_input(split_input(split, ids, history.labels[ids]))
 
     def finish_run(self, sink: MlflowSink, *, options: Any = None) -> AnalysisResult | None:
-        """:meth:`finish`, then close the run (FAILED when a ``FailRun("mark_failed")`` rule held) and
+        """:meth:`finish`, then close the run (FAILED when a ``FailRun`` rule held) and
         raise :class:`~dq_plugins.rules.DataQualityRuleFailed` when a ``FailRun("raise")`` rule held."""
         result = self.finish(sink, options=options)
         report = result.rules_report if result is not None else None
-        failed = self.mark_failed_at_validation or (report is not None and report.mark_failed)
+        failed = self.mark_failed_at_validation or (report is not None and (report.mark_failed or report.error is not None))
         sink.end("FAILED" if failed else "FINISHED", by_rule=failed)
         logger.info(fit_summary_line(result.metrics if result is not None else {},
                                      result.samples if result is not None else None, sink.location()))
@@ -519,6 +599,32 @@ class DynamicsSession:
         bar.close()
         self.result = result
         return result
+
+
+def _metadata_frame(batches: list[tuple[torch.Tensor, dict[str, Any]]]) -> Any:
+    """``sample_id`` and one column per metadata key from the kept ``(ids, values)`` of batches (host copies)."""
+    import pandas as pd
+
+    frames = []
+    for ids, values in batches:
+        ids_host = ids.cpu().numpy()
+        columns = {}
+        for key, value in values.items():
+            value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(list(value), dtype=object)
+            if len(value) != len(ids_host):
+                raise ValueError(
+                    f"Metadata `{key}` has {len(value)} values for a batch of {len(ids_host)} samples. "
+                    "HINT: give one value per sample."
+                )
+            columns[key] = value
+        frames.append(pd.DataFrame({"sample_id": ids_host, **columns}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _frame_state(frame: Any) -> dict[str, list]:
+    """A DataFrame as ``column -> list of plain Python values`` (what ``torch.load(weights_only=True)`` reads)."""
+    return {str(column): [value.item() if hasattr(value, "item") else value for value in frame[column].tolist()]
+            for column in frame.columns}
 
 
 def _check_validation_rule(rule: Any, metadata: list[str]) -> None:

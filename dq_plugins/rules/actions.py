@@ -76,6 +76,20 @@ class RulesReport:
             raise self.error
 
 
+def evaluation_failed(rules: Sequence[Any], error: BaseException) -> RulesReport:
+    """The report when the rules could not be evaluated at all: every rule with a :class:`FailRun` action is
+    treated as held (a gate that cannot be checked fails closed), its mode deciding raise or mark-failed."""
+    gates = [(rule, action) for rule in rules for action in rule.then if isinstance(action, FailRun)]
+    why = f"the rules could not be evaluated ({type(error).__name__}: {error})"
+    raising = [(rule, action) for rule, action in gates if action.mode == "raise"]
+    table = pd.DataFrame([{"epoch": None, "rule": rule.name, "split": rule.split if rule.split is not None else "all",
+                           "status": "error", "condition": rule.describe(), "values": "", "matched_samples": 0,
+                           "actions": "", "message": why} for rule in rules], columns=list(RULE_TABLE_COLUMNS))
+    error_out = DataQualityRuleFailed([r.name for r, _ in raising], [f"rule {r.name!r}: {why}" for r, _ in raising])
+    return RulesReport(outcomes=[], table=table, error=error_out if raising else None,
+                       mark_failed=any(a.mode == "mark_failed" for _, a in gates), artifacts=[])
+
+
 def _artifact_name(action: Any, outcome: RuleOutcome) -> str:
     return action.name or outcome.rule.name
 

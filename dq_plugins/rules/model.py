@@ -282,6 +282,11 @@ class TagRun:
                 f"TagRun: expected `key` to be an MLflow tag key (1-250 letters, digits, '_', '-', '.', '/', ':' or "
                 f"spaces) but got {self.key!r}."
             )
+        if self.key.lower().startswith("mlflow."):
+            raise ValueError(
+                f"TagRun: the tag key {self.key!r} is reserved: MLflow reads `mlflow.*` tags itself (run name, source, "
+                "the tables its UI renders). HINT: use your own prefix, e.g. 'dq.' + the name."
+            )
         if not isinstance(self.value, _SCALARS):
             raise ValueError(f"TagRun: expected `value` to be text but got {type(self.value).__name__}.")
         object.__setattr__(self, "value", str(self.value)[:MAX_TAG_VALUE_CHARS])

@@ -6,15 +6,25 @@ own MLflow callbacks are left alone). If MLflow fails, the staging folder is kep
 ``fallback_dir`` and a warning says where it is and how to upload it later: nothing is lost.
 The kept folder (a *fallback folder*) mirrors the run's artifact paths and holds
 :data:`FALLBACK_MANIFEST`, which ``dq upload`` reads to log everything into a run later.
+
+An outage costs seconds, not minutes: every MLflow call of the sink runs under a short HTTP timeout
+and one retry (:func:`bounded_mlflow`, for the sink's own calls only), a ``sqlite:`` store whose
+folder cannot be written is refused before MLflow retries its engine, and after the first failed call
+the sink makes no other (it is *offline*: the results go to the fallback folder for the rest of the
+fit). The fallback folder itself falls back to the temp folder when ``fallback_dir`` cannot be
+written, and keeping it never raises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,56 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 "Traces" page and its runs show only after switching to "Model training"."""
 EXPERIMENT_KIND = "custom_model_development"
 """The value of :data:`EXPERIMENT_KIND_TAG` that opens an experiment on its run list."""
+TIMEOUT_ENV = "DQ_PLUGINS_MLFLOW_TIMEOUT"
+"""Environment variable: seconds an MLflow HTTP request of the sink may take (default :data:`DEFAULT_TIMEOUT_S`)."""
+DEFAULT_TIMEOUT_S = 10
+MAX_RETRIES = 1
+"""Retries of one MLflow HTTP request of the sink (MLflow's own default is 7, with exponential backoff)."""
+_ENV_LOCK = threading.Lock()
+
+
+class MlflowOffline(RuntimeError):
+    """An earlier MLflow call of this sink failed: no other is tried during this fit."""
+
+
+@contextlib.contextmanager
+def bounded_mlflow() -> Iterator[None]:
+    """Run MLflow calls under a short HTTP timeout and :data:`MAX_RETRIES` retry with a short backoff.
+
+    MLflow reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``_MAX_RETRIES`` / ``_BACKOFF_FACTOR`` at each request, so
+    they are set for the duration of the block and restored after it (a lock serialises the blocks).
+    Worst case per call with the defaults: 2 x 10 s plus about 1 s of backoff.
+    """
+    timeout = str(max(1, round(float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S))))  # MLflow reads an int
+    bounds = {"MLFLOW_HTTP_REQUEST_TIMEOUT": timeout, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(MAX_RETRIES),
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.1"}
+    with _ENV_LOCK:
+        saved = {key: os.environ.get(key) for key in bounds}
+        os.environ.update(bounds)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def check_sqlite_writable(tracking_uri: str | None) -> None:
+    """Raise ``OSError`` at once when ``tracking_uri`` is a ``sqlite:`` store whose file or folder cannot be
+    written (MLflow would retry creating its engine for minutes)."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if str(path) in ("", ":memory:"):
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    target = path if path.exists() else folder
+    if (path.exists() and path.is_dir()) or (folder.exists() and not folder.is_dir()) or \
+            (target.exists() and not os.access(target, os.W_OK)):
+        raise OSError(f"the MLflow store {tracking_uri!r} cannot be written ({target} is not a writable "
+                      f"{'file' if target is path else 'folder'})")
 
 
 class MlflowSink:
@@ -85,14 +145,31 @@ class MlflowSink:
         self.kept_at: Path | None = None  # the fallback folder, once a flush failed
         self.run_owner: str | None = None  # who ends a run this sink did not create, in words (for messages)
         self.end_foreign: Any = None  # callable(status) that ends such a run with a status, where one can
+        self.offline: BaseException | None = None  # the error of the first failed MLflow call, if any
+        self._keep_staging = False  # no fallback folder could be written: the staging folder is the copy
 
     @property
     def client(self) -> Any:
+        """The ``MlflowClient`` (built on first use: that alone can reach the store). Call MLflow through
+        :meth:`call`, which bounds the time and stops after the first failure."""
         if self._client is None:
             import mlflow
 
+            check_sqlite_writable(self.tracking_uri or mlflow.get_tracking_uri())
             self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.<method>(*args, **kwargs)`` under :func:`bounded_mlflow`. After one failure the sink is
+        offline: this raises :class:`MlflowOffline` without calling MLflow again."""
+        if self.offline is not None:
+            raise MlflowOffline(f"MLflow failed earlier in this fit ({type(self.offline).__name__}: {self.offline})")
+        try:
+            with bounded_mlflow():
+                return getattr(self.client, method)(*args, **kwargs)
+        except BaseException as err:
+            self.offline = err
+            raise
 
     def ensure_run(self) -> str:
         """Return the run id, creating a run (owned by this sink) when none was given.
@@ -100,9 +177,9 @@ class MlflowSink:
         The experiment that holds the run gets :data:`EXPERIMENT_KIND_TAG` (once, unless it has one)."""
         if self.run_id is None:
             name = self.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-            run = self.client.create_run(experiment_id, run_name=self.run_name, tags={"dq_plugins": "true"})
+            experiment = self.call("get_experiment_by_name", name)
+            experiment_id = experiment.experiment_id if experiment else self.call("create_experiment", name)
+            run = self.call("create_run", experiment_id, run_name=self.run_name, tags={"dq_plugins": "true"})
             self.run_id = run.info.run_id
             self.owns_run = True
             self._mark_experiment(experiment_id)
@@ -114,15 +191,42 @@ class MlflowSink:
         """Set :data:`EXPERIMENT_KIND_TAG` on the run's experiment unless it has a value (the user's wins).
         Cosmetic: a failure is logged at DEBUG level and never stops the run."""
         self._experiment_marked = True
+        if self.offline is not None:
+            return
         try:
-            if experiment_id is None:
-                experiment_id = self.client.get_run(self.run_id).info.experiment_id
-            self.experiment_id = experiment_id
-            experiment = self.client.get_experiment(experiment_id)
-            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
-                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            with bounded_mlflow():
+                if experiment_id is None:
+                    experiment_id = self.client.get_run(self.run_id).info.experiment_id
+                self.experiment_id = experiment_id
+                experiment = self.client.get_experiment(experiment_id)
+                if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+                    self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as err:  # noqa: BLE001 - the UI view is not worth a failed run
             logger.debug("could not tag the experiment of run %s: %s", self.run_id, err)
+
+    def resume_run(self, run_id: str) -> bool:
+        """Write into ``run_id`` (the run of the fit a checkpoint was saved from) and own it: it is set
+        RUNNING again and ended by :meth:`end`; when it already holds tables, ``replace`` is switched on. Returns ``False`` (and a new run is created when first
+        needed) when that run no longer exists or was deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.call("get_run", run_id)
+        except MlflowException as err:  # not found: a fresh run then (an outage propagates: the sink is offline)
+            if getattr(err, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self.offline = None
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            warn(f"dq_plugins: the MLflow run {run_id} of the resumed fit no longer exists; the results go "
+                          "to a new run.", RuntimeWarning, stacklevel=2)
+            return False
+        if run.info.status != "RUNNING":
+            self.call("update_run", run_id, status="RUNNING")
+        self.run_id, self.owns_run = run_id, True
+        # a fit that had ended (and logged its tables) is continued: its tables are replaced, not appended to
+        self.replace = self.replace or bool(json.loads(run.data.tags.get(LOGGED_ARTIFACTS_TAG, "[]")))
+        return True
 
     # ------------------------------------------------------------------ staging
     def stage_path(self, artifact_path: str) -> Path:
@@ -172,43 +276,46 @@ class MlflowSink:
         try:
             run_id = self.ensure_run()
             for local, artifact_dir in self._pending:
-                self.client.log_artifact(run_id, local, artifact_path=artifact_dir)
+                self.call("log_artifact", run_id, local, artifact_path=artifact_dir)
             if self.replace:
                 self._replace_tables(run_id)
             else:
                 for frame, artifact_path in self._tables:
-                    self.client.log_table(run_id, data=frame, artifact_file=artifact_path)
+                    self.call("log_table", run_id, data=frame, artifact_file=artifact_path)
             for key, value in self._tags.items():
-                self.client.set_tag(run_id, key, value)
+                self.call("set_tag", run_id, key, value)
             if self._params:
                 from mlflow.entities import Param
 
-                logged = self.client.get_run(run_id).data.params
+                logged = self.call("get_run", run_id).data.params
                 params = [Param(k, v) for k, v in self._params.items() if k not in logged]  # first value stays
                 if params:
-                    self.client.log_batch(run_id, params=params)
+                    self.call("log_batch", run_id, params=params)
             if self._inputs and not self.replace:
-                self.client.log_inputs(run_id, datasets=self._inputs)
+                self.call("log_inputs", run_id, datasets=self._inputs)
             for figure, artifact_path in self._figures:
-                self.client.log_figure(run_id, figure, artifact_path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
+                self.call("log_figure", run_id, figure, artifact_path, save_kwargs={"dpi": 110, "bbox_inches": "tight"})
             if self._metrics:
                 from mlflow.entities import Metric
 
                 now = int(time.time() * 1000)
                 queued = self._metrics
                 if self.replace:
-                    latest = self.client.get_run(run_id).data.metrics
+                    latest = self.call("get_run", run_id).data.metrics
                     queued = [(k, v, s, series) for k, v, s, series in queued
                               if k not in latest or (not series and abs(latest[k] - v) > 1e-12)]
                 metrics = [Metric(k, v, now, s) for k, v, s, _ in queued]
                 for start in range(0, len(metrics), 500):
-                    self.client.log_batch(run_id, metrics=metrics[start : start + 500])
+                    self.call("log_batch", run_id, metrics=metrics[start : start + 500])
         except Exception as err:  # noqa: BLE001 - any tracking failure must keep the files
-            target = self.kept_at = self._keep_locally(err)
+            cause = self.offline if isinstance(err, MlflowOffline) and self.offline is not None else err
+            target = self.kept_at = self._keep_locally(cause)
+            where = (f"The results are kept in {target}. Upload them once the tracking server is reachable with "
+                     f"`{upload_command(target)}` (add `--run-id RUN_ID` to log into another existing run)."
+                     if target is not None else
+                     f"No folder could be written, not even the temp folder: the results stay in {self._staging}.")
             warn(
-                f"dq_plugins could not write to MLflow ({type(err).__name__}: {err}). The results are kept in "
-                f"{target}. Upload them once the tracking server is reachable with `{upload_command(target)}` "
-                "(add `--run-id RUN_ID` to log into another existing run).",
+                f"dq_plugins could not write to MLflow ({type(cause).__name__}: {cause}). {where}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -229,22 +336,30 @@ class MlflowSink:
         """Upload the staged JSON tables as files (replacing any table at the same path) and list them in
         the ``mlflow.loggedArtifacts`` tag, which is what makes the MLflow UI render a file as a table."""
         for _, artifact_path in self._tables:
-            self.client.log_artifact(run_id, str(self.stage_path(artifact_path)),
-                                     artifact_path=str(Path(artifact_path).parent))
-        logged = json.loads(self.client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+            self.call("log_artifact", run_id, str(self.stage_path(artifact_path)),
+                      artifact_path=str(Path(artifact_path).parent))
+        logged = json.loads(self.call("get_run", run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
         missing = [{"path": path, "type": "table"} for _, path in self._tables]
         missing = [entry for entry in missing if entry not in logged]
         if missing:
-            self.client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
+            self.call("set_tag", run_id, LOGGED_ARTIFACTS_TAG, json.dumps(logged + missing))
 
-    def _keep_locally(self, error: BaseException) -> Path:
-        """Copy the staged files to the fallback folder and record the rest in its manifest."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.fallback_dir / (self.run_id or f"run-{stamp}")
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self._staging, target, dirs_exist_ok=True)
-        self._write_manifest(target, error)
-        return target.resolve()
+    def _keep_locally(self, error: BaseException) -> Path | None:
+        """Copy the staged files to the fallback folder and record the rest in its manifest. Tries
+        ``fallback_dir``, then ``<temp folder>/dq_artifacts``; never raises. Returns the folder, or ``None``
+        (with the staging folder kept: :meth:`end` then leaves it) when neither can be written."""
+        name = self.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+        for root in (self.fallback_dir, Path(tempfile.gettempdir()) / "dq_artifacts"):
+            try:
+                target = root / name
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(self._staging, target, dirs_exist_ok=True)
+                self._write_manifest(target, error)
+                return target.resolve()
+            except Exception:  # noqa: BLE001 - an unwritable folder: try the next one
+                continue
+        self._keep_staging = True
+        return None
 
     def _write_manifest(self, target: Path, error: BaseException) -> None:
         """Write (or extend, when the folder already holds one) :data:`FALLBACK_MANIFEST` in ``target``."""
@@ -303,9 +418,10 @@ class MlflowSink:
         says so and what to do instead."""
         try:
             if self.owns_run and self.run_id is not None:
-                self.client.set_terminated(self.run_id, status=status)
-            elif by_rule and status == "FAILED" and self.run_id is not None:
-                self.client.set_tag(self.run_id, RUN_FAILED_TAG, "true")
+                if self.offline is None:
+                    self.call("set_terminated", self.run_id, status=status)
+            elif by_rule and status == "FAILED" and self.run_id is not None and self.offline is None:
+                self.call("set_tag", self.run_id, RUN_FAILED_TAG, "true")
                 if self.end_foreign is not None:
                     self.end_foreign(status)
                 else:
@@ -322,7 +438,8 @@ class MlflowSink:
         except Exception as err:  # noqa: BLE001
             warn(f"dq_plugins could not close MLflow run {self.run_id}: {err}", RuntimeWarning, stacklevel=2)
         finally:
-            shutil.rmtree(self._staging, ignore_errors=True)
+            if not self._keep_staging:
+                shutil.rmtree(self._staging, ignore_errors=True)
 
 
 RUN_FAILED_TAG = "dq.run_failed"

@@ -63,29 +63,14 @@ def publish_results(
         pools: name -> ``EmbeddingPool`` for ``SelectSimilar`` actions.
         rule_history: ``dq/rules.json`` rows of validation-time evaluations, or ``None``.
 
-    The slice and rule part runs after the core results are queued; an error there becomes a
-    warning (with the traceback) and the core results stay queued.
+    Order: the core results (samples, issues, metrics), the slice table, the rules (which read only
+    those), then everything drawn or derived for a person (figures, weak slices, latency report). Each
+    later step is guarded on its own: an error there becomes a warning (with the traceback) and never
+    skips the rules or drops what is already queued.
     """
-    from dq_plugins.figures.data_map import data_map
-
     result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
     sink.add_artifact(SAMPLES_PATH)
     sink.add_table(result.issues, ISSUES_PATH)
-    train_rows = result.samples[result.samples["split"] == TRAIN]
-    if len(train_rows):
-        sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
-    if result.class_overlap is not None:
-        sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
-    if getattr(result, "leakage", None) is not None:
-        sink.add_table(result.leakage, LEAKAGE_PATH)
-    if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
-        from dq_plugins.figures.embedding_map import embedding_map, embedding_map_html
-
-        sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
-        if write_html:
-            html = embedding_map_html(train_rows, texts, title="Embedding map, train")
-            sink.stage_path(EMBEDDING_HTML_PATH).write_text(html, encoding="utf-8")
-            sink.add_artifact(EMBEDDING_HTML_PATH)
     for key, value in result.metrics.items():
         if np.isfinite(value):
             sink.add_metric(key, value)
@@ -93,15 +78,24 @@ def publish_results(
         for epoch, value in values:
             sink.add_metric(key, value, step=epoch, series=True)
     warn_if_untrusted(result)
-    try:
-        _slices_and_rules(result, histories, embeddings, sink, rules or [], pools or {}, rule_history)
-    except Exception:  # noqa: BLE001 - slices and rules come after the core results, which are kept
-        warn(
-            f"dq_plugins: the slice and rule analysis failed; the per-sample results are saved.\n"
-            f"{traceback.format_exc()}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    samples = result.samples
+    meta = metadata_columns(samples)
+    slices = _guarded("the slice table", _slice_table, result, meta, sink)
+    if rules:
+        _run_rules(result, samples, slices, embeddings, sink, rules, pools or {}, rule_history)
+    train_rows = samples[samples["split"] == TRAIN]
+    if len(train_rows):
+        _guarded("the data map", _data_map, train_rows, sink)
+    if result.class_overlap is not None:
+        sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
+    if getattr(result, "leakage", None) is not None:
+        sink.add_table(result.leakage, LEAKAGE_PATH)
+    if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
+        _guarded("the embedding map", _embedding_maps, train_rows, texts, write_html, sink)
+    if slices is not None:
+        _guarded("the weak-slice analysis", _weak_slices, result, histories, slices, meta, sink)
+    if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
+        _guarded("the latency report", _latency_report, result, meta, sink)
 
 
 def warn_if_untrusted(result: AnalysisResult) -> None:
@@ -124,47 +118,48 @@ def metadata_columns(samples: Any) -> list[str]:
     return [c for c in samples.columns if c not in COMPUTED_COLUMNS]
 
 
-def _slices_and_rules(
-    result: AnalysisResult, histories: dict, embeddings: dict, sink: MlflowSink, rules: list, pools: dict,
+def _guarded(what: str, step: Any, *args: Any) -> Any:
+    """Run one optional step of :func:`publish_results`; an error becomes a warning and ``None``."""
+    try:
+        return step(*args)
+    except Exception:  # noqa: BLE001 - optional results never cost the core results or the rules
+        warn(
+            f"dq_plugins: {what} failed; the per-sample results and the rules are kept.\n{traceback.format_exc()}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def _slice_table(result: Any, meta: list[str], sink: MlflowSink) -> Any:
+    """``dq/slices.json``: metrics per class, cluster, latency bucket and metadata value."""
+    from dq_plugins.analysis.slices import slice_metrics
+
+    slices = slice_metrics(result.samples, columns=meta)
+    result.slices = slices
+    sink.add_table(slices, SLICES_PATH)
+    return slices
+
+
+def _run_rules(
+    result: Any, samples: Any, slices: Any, embeddings: dict, sink: MlflowSink, rules: list, pools: dict,
     rule_history: Any,
 ) -> None:
-    """Slice tables, weak-slice discovery, the slice figure, per-epoch slice metrics and the rules."""
-    from dq_plugins.figures.slices import weak_slices_figure
-    from dq_plugins.analysis.slice_history import slice_epoch_accuracy
-    from dq_plugins.analysis.slices import slice_metrics
-    from dq_plugins.analysis.weak_slices import find_weak_slices
-
-    samples = result.samples
-    # slices per class, cluster and latency bucket are added by slice_metrics itself
-    meta = metadata_columns(samples)
-    slices = slice_metrics(samples, columns=meta)
-    weak = find_weak_slices(samples, columns=meta)
-    result.slices, result.weak_slices = slices, weak
-    sink.add_table(slices, SLICES_PATH)
-    sink.add_table(weak, WEAK_SLICES_PATH)
-    shown = weak if len(weak) else slices
-    splits = [split for split in histories if (samples["split"] == split).any()]
-    if len(shown) and splits:
-        overall = {split: result.metrics.get(split_metric_key("accuracy", split), float("nan")) for split in splits}
-        sink.add_figure(weak_slices_figure(shown, overall, split=ordered_splits(splits)),
-                        WEAK_SLICES_FIGURE_PATH)
-    correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
-    for key, values in slice_epoch_accuracy(samples, shown, correct).items():
-        for epoch, value in values:
-            sink.add_metric(key, value, step=epoch, series=True)
-    result.metrics["dq.num_weak_slices"] = float(len(weak))
-    sink.add_metric("dq.num_weak_slices", float(len(weak)))
-    if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
-        _latency_report(result, meta, sink)
-    if not rules:
-        return
+    """Evaluate the rules and run their actions. When the evaluation itself fails, a rule with a
+    ``FailRun`` action cannot be shown to hold or not: the run is treated as failing that gate."""
     import pandas as pd
 
-    from dq_plugins.rules.actions import run_rule_actions
     from dq_plugins.rules import evaluate_rules
+    from dq_plugins.rules.actions import evaluation_failed, run_rule_actions
     from dq_plugins.selection import EmbeddingPool
 
-    outcomes = evaluate_rules(rules, samples, slices)
+    try:
+        outcomes = evaluate_rules(rules, samples, slices)
+    except Exception as err:  # noqa: BLE001 - turned into a failed gate below
+        warn(f"dq_plugins: the rules could not be evaluated.\n{traceback.format_exc()}", RuntimeWarning,
+                      stacklevel=3)
+        result.rules_report = evaluation_failed(rules, err)
+        return
     own_pools = {split: EmbeddingPool(ids, values) for split, (ids, values) in embeddings.items()}
     tags: dict[str, str] = {}
     history = rule_history if rule_history is None or isinstance(rule_history, pd.DataFrame) else None
@@ -173,6 +168,46 @@ def _slices_and_rules(
     for key, value in tags.items():
         sink.add_tag(key, value)
     result.rules_report = report
+
+
+def _data_map(train_rows: Any, sink: MlflowSink) -> None:
+    from dq_plugins.figures.data_map import data_map
+
+    sink.add_figure(data_map(train_rows, "Data map, train"), DATA_MAP_PATH)
+
+
+def _embedding_maps(train_rows: Any, texts: dict[int, str] | None, write_html: bool, sink: MlflowSink) -> None:
+    from dq_plugins.figures.embedding_map import embedding_map, embedding_map_html
+
+    sink.add_figure(embedding_map(train_rows, "Embedding map, train"), EMBEDDING_MAP_PATH)
+    if write_html:
+        html = embedding_map_html(train_rows, texts, title="Embedding map, train")
+        sink.stage_path(EMBEDDING_HTML_PATH).write_text(html, encoding="utf-8")
+        sink.add_artifact(EMBEDDING_HTML_PATH)
+
+
+def _weak_slices(result: Any, histories: dict, slices: Any, meta: list[str], sink: MlflowSink) -> None:
+    """Weak-slice discovery, its figure and the per-epoch accuracy of the slices shown."""
+    from dq_plugins.analysis.slice_history import slice_epoch_accuracy
+    from dq_plugins.analysis.weak_slices import find_weak_slices
+    from dq_plugins.figures.slices import weak_slices_figure
+
+    samples = result.samples
+    weak = find_weak_slices(samples, columns=meta)
+    result.weak_slices = weak
+    sink.add_table(weak, WEAK_SLICES_PATH)
+    result.metrics["dq.num_weak_slices"] = float(len(weak))
+    sink.add_metric("dq.num_weak_slices", float(len(weak)))
+    shown = weak if len(weak) else slices
+    correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
+    for key, values in slice_epoch_accuracy(samples, shown, correct).items():
+        for epoch, value in values:
+            sink.add_metric(key, value, step=epoch, series=True)
+    splits = [split for split in histories if (samples["split"] == split).any()]
+    if len(shown) and splits:
+        overall = {split: result.metrics.get(split_metric_key("accuracy", split), float("nan")) for split in splits}
+        sink.add_figure(weak_slices_figure(shown, overall, split=ordered_splits(splits)),
+                        WEAK_SLICES_FIGURE_PATH)
 
 
 def _latency_report(result: AnalysisResult, columns: list[str], sink: MlflowSink) -> None:
