@@ -176,6 +176,8 @@ def check_resumed_record(uri: str, run_id: str, reference_uri: str, reference_id
     client, reference = mlflow.MlflowClient(uri), mlflow.MlflowClient(reference_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    # the resumed training logs into the run the killed one opened: one run, no run left RUNNING (issue 16)
+    assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [run_id]
     for split, size in sizes.items():
         got = raw_record(client, run_id, split, tmp_path / "resumed")
         want = raw_record(reference, reference_id, split, tmp_path / "reference")

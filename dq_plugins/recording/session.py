@@ -474,7 +474,8 @@ class DynamicsSession:
         self._restored = dict(state.get("ledgers", {}))
         self.ledgers = {}
         self.latency = {split: LatencyRecorder.from_state_dict(s) for split, s in state.get("latency", {}).items()}
-        self._metadata_frames = {split: pd.DataFrame(columns) for split, columns in state.get("metadata", {}).items()}
+        # frames read at train begin (HF metadata_columns) stay unless the checkpoint has its own
+        self._metadata_frames.update({split: pd.DataFrame(columns) for split, columns in state.get("metadata", {}).items()})
         self._metadata_batches = {}
         for split, columns in state.get("pending_metadata", {}).items():
             frame = pd.DataFrame(columns)
