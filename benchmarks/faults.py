@@ -272,7 +272,7 @@ def deleted_mid_fit(work: Path) -> Outcome:
     import mlflow
     import pytorch_lightning as pl
 
-    from dq_plugins.cli import upload_fallback
+    from dq_plugins.cli.upload import upload_fallback
     from dq_plugins.lightning import DataQualityCallback
 
     folder = work / "deleted"

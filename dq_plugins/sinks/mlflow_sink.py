@@ -404,7 +404,7 @@ class MlflowSink:
         try:
             uri = absolute_tracking_uri(getattr(self.client, "tracking_uri", None) or self.tracking_uri or "")
             if self.experiment_id is None:
-                self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+                self.experiment_id = self.call("get_run", self.run_id).info.experiment_id
             return f"Run {self.run_id}: {open_hint(uri, self.experiment_id, self.run_id)}."
         except Exception:  # noqa: BLE001 - the id alone still finds the run
             return f"Run {self.run_id}."
