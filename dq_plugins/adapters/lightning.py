@@ -401,6 +401,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         # Each fit records anew: a callback reused in a second fit forgets the first one's record and
         # results, keeping only the checkpoint state Lightning loaded for this fit (before this hook).
         self.session = DynamicsSession(self.session.config)
+        router = self._tasks
+        self._tasks = TaskRouter(router.option, self.session, router.label_key)
+        self._tasks.class_names, self._tasks.token_strings = router.class_names, router.token_strings
         state, self._loaded_state = self._loaded_state, None
         if state is not None:
             self.session.load_state_dict(state)
