@@ -132,7 +132,7 @@ def test_mislabel_score_is_the_most_doubtful_class():
 
 
 # ---------------------------------------------------------------------------------- Lightning end to end
-def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path):
+def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path, capsys):
     rng = np.random.default_rng(1)
     flips = [(int(i), int(rng.integers(NUM_CLASSES))) for i in rng.choice(160, 16, replace=False)]
     train = MultiHotDataset(160, flip=flips)
@@ -176,6 +176,12 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path)
     run = client.get_run(callback.run_id)
     assert run.data.tags["dq.task"] == "multilabel"
     assert run.data.metrics["dq.num_label_issues"] == float(flagged.sum())
+
+    from dq_plugins.cli import main
+
+    assert main(["report", callback.run_id]) == 0  # dq report reads a multi-label run
+    report = capsys.readouterr().out
+    assert "Task: multilabel" in report and "class=3" in report
 
 
 def test_multilabel_is_detected_without_the_option(tracking_uri):

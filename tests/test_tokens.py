@@ -150,3 +150,9 @@ def test_lightning_token_classification(tracking_uri):
     row = tokens[(tokens["sample_id"] == 3)].sort_values("token_index")
     assert row["token_index"].tolist() == torch.nonzero(tags[3] != -100).flatten().tolist()
     assert row["label"].tolist() == tags[3][tags[3] != -100].tolist()
+
+
+def test_a_record_that_starts_late_is_warned():
+    router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
+    with pytest.warns(RuntimeWarning, match=r"starts at epoch 2 \(a resumed run\?\).*epochs 0..1 are missing"):
+        router.route("train", 2, torch.tensor([0]), torch.tensor([[1, -100]]), torch.randn(1, 2, 3))

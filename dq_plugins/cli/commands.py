@@ -71,6 +71,9 @@ def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: 
     samples = read_samples(client, args.run_id)
     print(f"dq report: {_run_line(run)}", file=out)
     print(f"tracking URI: {client.tracking_uri}", file=out)
+    task = run.data.tags.get("dq.task")
+    if task in ("multilabel", "token_classification"):
+        return _report_task(task, samples, run, args, client, progress, out)
     print("\nSummary (accuracy is against the given, possibly noisy, labels)", file=out)
     summary = summary_table(samples, run.data.metrics)
     print(format_table(report_summary(summary, run.data.metrics)), file=out)
@@ -95,6 +98,28 @@ def cmd_report(args: argparse.Namespace, client: Any, progress: _Progress, out: 
     print(f"\n{title}", file=out)
     print(format_table(slices), file=out)
     print(f"\nAll rows: `dq export {args.run_id} --issue label --format csv`", file=out)
+    return ExitCode.OK
+
+
+def _report_task(task: str, samples: pd.DataFrame, run: Any, args: argparse.Namespace, client: Any,
+                 progress: _Progress, out: TextIO) -> ExitCode:
+    """``dq report`` of a multi-label or token classification run (:mod:`dq_plugins.recording.tasks`): its
+    ``dq.*`` metrics, the flagged rows per split, the top rows by ``mislabel_score`` and the per-class slices."""
+    print(f"\nTask: {task} (per-{'class rows in dq/sample_labels.parquet' if task == 'multilabel' else 'token rows in dq/tokens.parquet'})",
+          file=out)
+    metrics = pd.DataFrame(sorted((k, round(v, 4)) for k, v in run.data.metrics.items() if k.startswith("dq.")),
+                           columns=["metric", "value"])
+    print(format_table(metrics), file=out)
+    counts = samples.groupby("split", sort=False).agg(rows=("sample_id", "size"), label_issues=("is_label_issue", "sum"))
+    print("\nLabel issues by split", file=out)
+    print(format_table(counts.reset_index()), file=out)
+    top = samples.sort_values(["is_label_issue", "mislabel_score"], ascending=[False, False]).head(args.top)
+    print(f"\nTop {len(top)} rows (flagged first, then by mislabel_score)", file=out)
+    print(format_table(top.astype({c: str for c in top.columns if top[c].dtype == object})), file=out)
+    slices = _logged_slices(client, args.run_id, progress)
+    if slices is not None:
+        print(f"\nPer-class slices (from {SLICES_PATH})", file=out)
+        print(format_table(slices), file=out)
     return ExitCode.OK
 
 

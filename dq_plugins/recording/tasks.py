@@ -145,6 +145,11 @@ class TaskRouter:
             check_token_batch(ids, labels, logits, self.label_key, first)
         if first:
             ledger = self.ledgers[split] = self._new_ledger(split, labels, logits)
+            if split == "train" and epoch > 0:
+                warnings.warn(
+                    f"dq_plugins: the {self.task.value} record starts at epoch {epoch} (a resumed run?): it is not "
+                    "kept in checkpoints yet, so epochs 0..{} are missing from the analysis. HINT: run the "
+                    "data-quality fit from the start.".format(epoch - 1), RuntimeWarning, stacklevel=3)
         elif logits.shape[-1] != ledger.num_classes:
             raise ValueError(f"Expected logits with {ledger.num_classes} classes as in earlier batches of the {split} "
                              f"split, but got {logits.shape[-1]}.")
