@@ -59,8 +59,8 @@ def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
         epochs=history.epochs,
         pred=history.pred,
         labels=history.labels,
-        mean_probs=history.mean_probs,
-        **({"early_probs": history.early_probs} if history.early_probs is not None else {}),
+        mean_probs=_narrow(history.mean_probs),
+        **({"early_probs": _narrow(history.early_probs)} if history.early_probs is not None else {}),
         **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
         **{f"field_{name}": values for name, values in history.fields.items()},
     )
@@ -68,10 +68,30 @@ def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
         handle.write(buffer.getvalue())
 
 
+WIDE_FLOAT32_MAX_ELEMENTS = 2**25
+"""Softmax sums and means of at most this many elements are float32; larger ones float16 (the ledger's
+host sums, the raw record's ``mean_probs`` / ``early_probs``)."""
+
+
+def _narrow(probs: np.ndarray) -> np.ndarray:
+    """Softmax means as float16 above :data:`WIDE_FLOAT32_MAX_ELEMENTS` (float32 below); read back as float32."""
+    return probs.astype(np.float16) if probs.size > WIDE_FLOAT32_MAX_ELEMENTS else probs
+
+
 def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path: str | os.PathLike) -> None:
-    """Write (ids (M,) int64, embeddings (M, D) float16) as ``.npz`` arrays ``ids`` and ``embeddings``."""
+    """Write (ids (M,) int64, embeddings (M, D) float16) as compressed ``.npz`` arrays ``ids`` and ``embeddings``."""
     with open(path, "wb") as handle:
-        np.savez(handle, ids=ids, embeddings=embeddings)
+        np.savez_compressed(handle, ids=ids, embeddings=embeddings)
+
+
+def upload_sample(ids: np.ndarray, embeddings: np.ndarray, limit_bytes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, embeddings)`` unchanged when ``embeddings.nbytes <= limit_bytes``, else a uniform random
+    sample of rows (in id order) whose embeddings fit in ``limit_bytes``; the analysis uses every row."""
+    if embeddings.nbytes <= limit_bytes or embeddings.shape[0] == 0:
+        return ids, embeddings
+    keep = max(1, limit_bytes // max(1, embeddings[0].nbytes))
+    rows = np.sort(np.random.default_rng(seed).choice(embeddings.shape[0], size=keep, replace=False))
+    return ids[rows], embeddings[rows]
 
 
 def save_fingerprints(ids: np.ndarray, hashes: np.ndarray, sketches: np.ndarray, path: str | os.PathLike) -> None:
@@ -105,7 +125,7 @@ def load_history(path: str | os.PathLike) -> SplitHistory:
                     else np.full(data["pred"].shape, np.nan, np.float32) for name in FLOAT_FIELDS},
             pred=data["pred"],
             labels=data["labels"],
-            mean_probs=data["mean_probs"],
-            early_probs=data["early_probs"] if "early_probs" in data.files else None,
+            mean_probs=data["mean_probs"].astype(np.float32, copy=False),
+            early_probs=data["early_probs"].astype(np.float32, copy=False) if "early_probs" in data.files else None,
             latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
         )

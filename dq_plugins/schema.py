@@ -40,6 +40,12 @@ def split_metric_key(name: str, split: str) -> str:
     return f"dq.{name}.{split}"
 
 
+DEVICE_PEAK_METRIC = "dq.memory.device_peak_mb"
+"""The most MB the recording held at once on the model's device (buffers, stage, fold workspace, embedding stage)."""
+HOST_PEAK_METRIC = "dq.memory.host_peak_mb"
+"""The most MB the recording held at once in host RAM during training (analysis excluded)."""
+
+
 # ---------------------------------------------------------------------------------------- columns of dq/samples.parquet
 DYNAMICS_COLUMNS: tuple[str, ...] = (
     "sample_id", "split", "label", "pred", "mislabel_score", "is_label_issue", "suggested_label",

@@ -185,6 +185,13 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             (B, C)) or "token_classification" ((B, T) tags with -100 where ignored, logits (B, T, C));
             ``None`` detects it from the first batch. An explicit task that the first batch contradicts is
             an error saying what was detected (see :mod:`dq_plugins.recording.tasks`).
+        history_dir: root folder of the per-epoch record files (one compressed file per epoch and
+            split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
+            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
+        memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would
+            need more fails at fit start or at its first batch, before allocating. ``None``: 16384.
+        embeddings_upload_mb: ``dq/embeddings/<split>.npz`` holds every embedding up to this size
+            (fp16, before compression); above it a random sample of rows that fits.
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
@@ -219,6 +226,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         fingerprints: bool = True,
         input_key: str | None = None,
         task: str | None = None,
+        history_dir: str | None = None,
+        memory_budget_mb: float | None = None,
+        embeddings_upload_mb: float = 256,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -230,7 +240,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._options = given  # logged as dq.* parameters
         self.session = DynamicsSession(
             SessionConfig(id_key, label_key, num_samples, num_val_samples, early_epochs, max_issue_rows, fallback_dir,
-                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection)
+                          metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection,
+                          history_dir=history_dir, memory_budget_mb=memory_budget_mb,
+                          embeddings_upload_mb=embeddings_upload_mb)
         )
         self._tasks = TaskRouter(task, self.session, label_key)
         self.logits_module = logits_module

@@ -513,6 +513,13 @@ class DataQualityCallback(TrainerCallback):
             ignored); otherwise single-label. These tasks read the targets from the batch the model gets
             (``labels``) and record sequences up to the longest ``input_ids`` of each dataset (see
             :mod:`dq_plugins.recording.tasks`); embeddings, metadata and rules are not used for them yet.
+        history_dir: root folder of the per-epoch record files (one compressed file per epoch and
+            split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
+            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
+        memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would
+            need more fails at fit start or at its first batch, before allocating. ``None``: 16384.
+        embeddings_upload_mb: ``dq/embeddings/<split>.npz`` holds every embedding up to this size
+            (fp16, before compression); above it a random sample of rows that fits.
 
     The former names ``id_column``, ``label_column``, ``head_module``, ``metadata_columns`` and
     ``el2n_epochs`` still work, with a ``FutureWarning`` naming the new one.
@@ -547,6 +554,9 @@ class DataQualityCallback(TrainerCallback):
         projection: str | None = None,
         fingerprints: bool = True,
         task: str | None = None,
+        history_dir: str | None = None,
+        memory_budget_mb: float | None = None,
+        embeddings_upload_mb: float = 256,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -578,7 +588,9 @@ class DataQualityCallback(TrainerCallback):
                           num_val_samples=num_val_samples, early_epochs=early_epochs, max_issue_rows=max_issue_rows,
                           fallback_dir=fallback_dir,
                           metadata_columns=_check_metadata_keys(metadata_keys, id_key, label_key),
-                          metadata=metadata, rules=rules, pools=pools, projection=projection)
+                          metadata=metadata, rules=rules, pools=pools, projection=projection,
+                          history_dir=history_dir, memory_budget_mb=memory_budget_mb,
+                          embeddings_upload_mb=embeddings_upload_mb)
         )
         self._forward_timer = ForwardTimer()
         self._val_metadata_read = False

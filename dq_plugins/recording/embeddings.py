@@ -1,19 +1,28 @@
-"""Embedding capture on the device: pooling, head discovery and an ``N x D`` fp16 buffer.
+"""Embedding capture on the device: pooling, head discovery and an ``N x D`` fp16 buffer on the host.
 
-The buffer keeps the **latest** embedding of every sample id: each training (or post-fit
-inference) batch overwrites its rows with one ``index_copy_``, no host sync. Device memory:
-``N * D * 2`` bytes (1M x 384: 768 MB); host: one copy of the same size at the end of fit.
+The buffer keeps the **latest** embedding of every sample id. Batches are staged on the device
+by reference; a flush picks each id's latest row, converts to fp16 and hands the rows to a
+:class:`~dq_plugins.recording.stage.HostFold` (non-blocking copies into pinned memory, written
+into the host buffer on a worker thread): no host sync in a step, and the device holds only the
+stage (at most ~16 MB). Host memory: ``N * (2D + 1)`` bytes; above :data:`MEMMAP_BYTES` the
+buffer is a memory-mapped file in ``spill_folder`` (when given), so the page cache rather than the
+process holds it (10M x 768: 15 GB on disk).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dq_plugins.recording.stage import RowStage, last_occurrence
+from dq_plugins.recording.stage import HostFold, RowStage, last_occurrence
+
+MEMMAP_BYTES = 2**30
+"""Host buffers above this many bytes are memory-mapped files when a spill folder is given."""
 
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score", "classification_head", "head")
 """Attribute names of the classification head in Hugging Face ``*ForSequenceClassification`` models."""
@@ -77,14 +86,25 @@ class EmbeddingBuffer:
     Args:
         capacity: N sample ids (0..N-1); rows for other ids are dropped (slot N is a trash slot).
         dim: D, the embedding width (fixed by the first batch).
-        device: where the buffer lives.
+        device: the model's device, where batches are staged and folded; the buffer is on the host.
+        spill_folder: where a buffer above :data:`MEMMAP_BYTES` is memory-mapped; ``None``: in RAM.
     """
 
-    def __init__(self, capacity: int, dim: int, device: torch.device | str, stage_rows: int | None = None) -> None:
+    def __init__(self, capacity: int, dim: int, device: torch.device | str, stage_rows: int | None = None,
+                 spill_folder: str | os.PathLike | None = None) -> None:
         self.capacity, self.dim = int(capacity), int(dim)
         self.device = torch.device(device)
-        self._values = torch.zeros(self.capacity + 1, self.dim, dtype=torch.float16, device=self.device)
-        self._seen = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
+        self.mapped_path: Path | None = None
+        shape = (self.capacity + 1, self.dim)
+        if spill_folder is not None and shape[0] * shape[1] * 2 > MEMMAP_BYTES:
+            self.mapped_path = Path(spill_folder) / "embeddings.f16"
+            self.mapped_path.parent.mkdir(parents=True, exist_ok=True)
+            mapped = np.memmap(self.mapped_path, dtype=np.float16, mode="w+", shape=shape)
+            self._values = torch.from_numpy(mapped)  # zero-filled by the file system
+        else:
+            self._values = torch.zeros(shape, dtype=torch.float16)
+        self._seen = torch.zeros(self.capacity + 1, dtype=torch.bool)
+        self._fold_rows = HostFold(self.device)
         # Writes are staged by reference and folded in once S rows are staged or the buffer is read:
         # about 10 small ops per batch become none. Stage memory: at most S * D floats (~16 MB).
         self.stage_rows = int(stage_rows or min(65536, max(256, 4_000_000 // self.dim)))
@@ -110,38 +130,69 @@ class EmbeddingBuffer:
 
     @torch.no_grad()
     def _fold(self, ids: torch.Tensor, values: torch.Tensor) -> None:
-        """Write (R,) int64 ids and (R, D) float32 values on the buffer's device (as :meth:`flush` hands them over)."""
+        """Write (R,) int64 ids and (R, D) float32 values on the model's device (as :meth:`flush` hands them over)."""
         finite = torch.isfinite(values.sum(dim=1))  # one reduction instead of an elementwise mask
         in_range = (ids >= 0) & (ids < self.capacity) & finite
         slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)
         # fp16 saturates at 65504: clamp so large activations stay finite
-        self._values.index_copy_(0, slots, values.clamp(-65504, 65504).to(torch.float16))
+        self._fold_rows.submit(self._write_host, slots, values.clamp(-65504, 65504).to(torch.float16))
+
+    def _write_host(self, slots: torch.Tensor, values: torch.Tensor) -> None:
+        """Host side of a flush: (R,) slots, each at most once but the trash slot, and (R, D) fp16 rows."""
+        self._values.index_copy_(0, slots, values)
         self._seen.index_fill_(0, slots, True)
+
+    def remove_mapped_file(self) -> None:
+        """Delete the memory-mapped file, if any (the mapping stays readable until the buffer is dropped)."""
+        if self.mapped_path is not None:
+            self.mapped_path.unlink(missing_ok=True)
+
+    def device_bytes(self) -> int:
+        """The most bytes staged on the model's device at once (the stage and its fp16 copy)."""
+        return self._stage.peak_bytes * 3 // 2
+
+    def host_bytes(self) -> int:
+        """Bytes held in host RAM: the buffer (0 when memory-mapped) and the pinned rows in flight."""
+        values = 0 if self.mapped_path is not None else self._values.numel() * 2
+        return values + self._seen.numel() + self._fold_rows.peak_pinned_bytes
 
     def gather(self) -> None:
         """Under ``torch.distributed``: make every rank hold every sample's embedding (a collective).
 
         Each id keeps the row of the lowest rank that saw it, so rows are never summed twice.
         """
-        from dq_plugins.recording.ledger import distributed_rank_and_world
+        from dq_plugins.recording.ledger import all_reduce_sum, distributed_rank_and_world
 
         self.flush()
+        self._fold_rows.wait()
         rank, world = distributed_rank_and_world()
         if world < 2:
             return
         import torch.distributed as dist
 
         owner = torch.where(self._seen, rank, world).to(torch.int64)
-        dist.all_reduce(owner, op=dist.ReduceOp.MIN)
+        all_reduce_min(owner, self.device)
         mine = owner == rank
-        values = torch.where(mine.unsqueeze(1), self._values, torch.zeros((), dtype=self._values.dtype, device=self.device))
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        self._values = values
+        self._values.masked_fill_(~mine.unsqueeze(1), 0)
+        all_reduce_sum(self._values, self.device)
         self._seen = owner < world
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (M,) int64, embeddings (M, D) float16) of the ids seen, one host copy."""
         self.flush()
-        seen = self._seen[: self.capacity].cpu().numpy()
+        self._fold_rows.wait()
+        seen = self._seen[: self.capacity].numpy()
         ids = np.flatnonzero(seen)
-        return ids, self._values[: self.capacity][torch.from_numpy(seen).to(self.device)].cpu().numpy()
+        return ids, self._values[: self.capacity].numpy()[ids]
+
+
+def all_reduce_min(tensor: torch.Tensor, device: torch.device) -> None:
+    """``dist.all_reduce(MIN)`` of a host tensor, through ``device`` under NCCL."""
+    import torch.distributed as dist
+
+    if tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+        part = tensor.to(device)
+        dist.all_reduce(part, op=dist.ReduceOp.MIN)
+        tensor.copy_(part)
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)

@@ -30,10 +30,23 @@ light training step. Staging memory: at most ``S * (C + 2)`` x 4-8 bytes with
 ``S = min(65536, max(1024, 4M / C))`` rows (2.6 MB for ``C = 10``, 16 MB for ``C = 1000``).
 
 Across epochs the ledger also keeps the sum of the full softmax vectors of every valid
-occurrence, ``N x C`` float32 on the device, from which :meth:`SplitLedger.mean_probs` derives
-the out-of-the-loop class probabilities fed to confident learning. Device memory per split:
-``N * (2C + 9) * 4`` bytes (``C = 10, N = 10**6``: 116 MB; a second ``N x C`` buffer keeps the
-early-window softmax). Host memory: ``E * N * 28`` bytes.
+occurrence, from which :meth:`SplitLedger.mean_probs` derives the out-of-the-loop class
+probabilities fed to confident learning, and a second such sum over the early window. These
+``N x C`` sums are the only wide part, and they live on the **host**: each flush computes the
+softmax of the staged rows on the device and hands it to a :class:`~dq_plugins.recording.stage.HostFold`
+(non-blocking copies into pinned memory, added on a worker thread; no host sync in a step). They
+are float32 up to :data:`WIDE_FLOAT32_MAX_ELEMENTS` elements per buffer and float16 above
+(``SplitLedger(wide_dtype=...)`` overrides), which halves the host memory of an ImageNet-sized run.
+
+Memory per split, ``N`` sample ids, ``C`` classes, ``S`` staged rows:
+
+- device: ``N * 48`` bytes of per-sample buffers (six float32 sums, four int32 counters/prediction,
+  an int64 label) plus the stage and its fold, about ``S * C * 24`` bytes at the flush; none of it
+  grows with ``C`` per sample;
+- host: ``N * C * 2 * b`` bytes for the two softmax sums (``b`` = 4 or 2 bytes) and two pinned
+  stages in flight;
+- disk: ``N * 28`` bytes per epoch before compression, one file per epoch in ``history`` (an
+  :class:`~dq_plugins.recording.history_store.EpochStore`); in RAM when the ledger has no folder.
 """
 
 from __future__ import annotations
@@ -43,10 +56,46 @@ import torch
 
 from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory
 from dq_plugins.recording.stage import RowStage, last_occurrence
+from dq_plugins.recording.history_store import EpochStore, Fetch
 
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
                                    "early_count")
-"""Device buffers saved in a checkpoint (attribute ``_<name>`` of :class:`SplitLedger`)."""
+"""Buffers saved in a checkpoint (attribute ``_<name>`` of :class:`SplitLedger`)."""
+
+_HOST_BUFFERS: tuple[str, ...] = ("prob_sum", "early_sum")
+"""The wide ``(N + 1, C)`` softmax sums, kept on the host (see the module doc)."""
+
+_DEVICE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_count", "early_count", "out_of_range",
+                                    "non_finite")
+"""The narrow per-sample buffers kept on the model's device."""
+
+DEVICE_BYTES_PER_SAMPLE = 6 * 4 + 4 * 4 + 8
+"""Bytes per sample id of the narrow device buffers (six float32 sums, four int32, one int64 label)."""
+
+
+def wide_dtype_for(capacity: int, num_classes: int) -> torch.dtype:
+    """float32 for softmax sums of at most :data:`WIDE_FLOAT32_MAX_ELEMENTS` elements, float16 above."""
+    return torch.float32 if (capacity + 1) * num_classes <= WIDE_FLOAT32_MAX_ELEMENTS else torch.float16
+
+
+def default_stage_rows(num_classes: int) -> int:
+    """Rows of the staging buffer: ``min(65536, max(1024, 4M / C))``."""
+    return min(65536, max(1024, 4_000_000 // num_classes))
+
+
+def planned_bytes(capacity: int, num_classes: int, wide_dtype: torch.dtype | None = None,
+                  stage_rows: int | None = None) -> tuple[int, int]:
+    """(device, host) bytes a :class:`SplitLedger` of this size will hold, before allocating anything.
+
+    Device: the narrow buffers plus the stage and its fold workspace (float32 logits and four
+    temporaries of their size); host: the two softmax sums plus two pinned stages in flight.
+    """
+    dtype = wide_dtype or wide_dtype_for(capacity, num_classes)
+    rows = stage_rows or default_stage_rows(num_classes)
+    wide = (capacity + 1) * num_classes * torch.finfo(dtype).bits // 8
+    device = (capacity + 1) * DEVICE_BYTES_PER_SAMPLE + rows * num_classes * 4 * 6
+    host = 2 * wide + 2 * rows * num_classes * torch.finfo(dtype).bits // 8
+    return device, host
 
 _SUMMED_BUFFERS: tuple[str, ...] = ("sums", "count", "prob_sum", "prob_count", "early_sum", "early_count",
                                     "out_of_range", "non_finite")
@@ -76,8 +125,10 @@ class SplitLedger:
     Args:
         capacity: N, the number of sample ids; valid ids are ``0 .. N-1``.
         num_classes: C, the width of the logits.
-        device: where the buffers live (the model's device).
+        device: where the narrow buffers live (the model's device); the softmax sums stay on the host.
         stage_rows: rows of the staging buffer; ``None`` sizes it from ``num_classes`` (see the module doc).
+        wide_dtype: dtype of the host softmax sums; ``None`` picks it from the size (:func:`wide_dtype_for`).
+        history_folder: where closed epochs are written (:class:`EpochStore`); ``None`` keeps them in RAM.
 
     Slot ``N`` of every buffer is a trash slot: rows with an id out of range, a label out of
     range or non-finite logits are routed there, so every write is unconditional and no host
@@ -85,7 +136,8 @@ class SplitLedger:
     """
 
     def __init__(self, capacity: int, num_classes: int, device: torch.device | str = "cpu",
-                 stage_rows: int | None = None) -> None:
+                 stage_rows: int | None = None, wide_dtype: torch.dtype | None = None,
+                 history_folder: str | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"Expected a split with at least one sample id, but got capacity={capacity}.")
         if num_classes < 2:
@@ -98,20 +150,23 @@ class SplitLedger:
         self._count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         self._pred = torch.full((slots,), -1, dtype=torch.int32, device=self.device)
         self._labels = torch.full((slots,), -1, dtype=torch.int64, device=self.device)
-        self._prob_sum = torch.zeros(slots, self.num_classes, dtype=torch.float32, device=self.device)
+        self.wide_dtype = wide_dtype or wide_dtype_for(self.capacity, self.num_classes)
+        self._prob_sum = torch.zeros(slots, self.num_classes, dtype=self.wide_dtype)  # host
         self._prob_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         # the early window: before memorisation, the softmax still votes for the true class of a flipped label
         self.early_epochs = 0
         # a held-out split (validation) is never fitted: its latest pass is its best out-of-sample softmax
         self.latest_probs_only = False
-        self._early_sum = torch.zeros(slots, self.num_classes, dtype=torch.float32, device=self.device)
+        self._early_sum = torch.zeros(slots, self.num_classes, dtype=self.wide_dtype)  # host
         self._early_count = torch.zeros(slots, dtype=torch.int32, device=self.device)
         self._out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         self._non_finite = torch.zeros((), dtype=torch.int64, device=self.device)
         self.pending_epoch: int | None = None
-        self.history: dict[int, dict[str, np.ndarray]] = {}
-        self.stage_rows = int(stage_rows or min(65536, max(1024, 4_000_000 // self.num_classes)))
+        self.history = EpochStore(history_folder)
+        self.stage_rows = int(stage_rows or default_stage_rows(self.num_classes))
         self._stage = RowStage(self.stage_rows)  # batches not yet in the sums
+        self._fold = HostFold(self.device)  # softmax rows on their way to the host sums
+        self._workspace_peak = 0  # device bytes of the largest fold (float32 logits and temporaries)
 
     # ------------------------------------------------------------------ hot path
     def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int) -> None:
@@ -128,6 +183,7 @@ class SplitLedger:
         if self.pending_epoch is not None and epoch != self.pending_epoch:
             self.close_epoch()
         if self.pending_epoch is None and self.latest_probs_only:  # a new pass replaces the previous softmax
+            self._fold.wait()
             self._prob_sum.zero_()
             self._prob_count.zero_()
         self.pending_epoch = epoch
@@ -178,13 +234,23 @@ class SplitLedger:
         latest = last_occurrence(slots, self.capacity)  # a sample seen twice in the epoch: its last prediction
         self._pred.index_copy_(0, latest, pred.to(torch.int32))
         self._labels.index_copy_(0, latest, labels)
-        self._prob_sum.index_add_(0, slots, probs)
         self._prob_count.index_add_(0, slots, ones)
-        if self.pending_epoch is not None and self.pending_epoch < self.early_epochs:
-            self._early_sum.index_add_(0, slots, probs)
+        early = self.pending_epoch is not None and self.pending_epoch < self.early_epochs
+        if early:
             self._early_count.index_add_(0, slots, ones)
         self._out_of_range += (~in_range).sum()
         self._non_finite += (in_range & ~finite).sum()
+        self._workspace_peak = max(self._workspace_peak, 5 * logits.numel() * 4 + 64 * logits.shape[0])
+        self._fold.submit(self._fold_probs if not early else self._fold_early_probs, slots, probs.to(self.wide_dtype))
+
+    def _fold_probs(self, slots: torch.Tensor, probs: torch.Tensor) -> None:
+        """Host side of a flush: add (R, C) softmax rows into the cross-epoch sum (``HostFold`` runs it)."""
+        self._prob_sum.index_add_(0, slots, probs)
+
+    def _fold_early_probs(self, slots: torch.Tensor, probs: torch.Tensor) -> None:
+        """:meth:`_fold_probs` for a flush of the early window: into both sums."""
+        self._prob_sum.index_add_(0, slots, probs)
+        self._early_sum.index_add_(0, slots, probs)
 
     # ------------------------------------------------------------------ once per epoch
     def close_epoch(self, reduce: bool = True) -> dict[str, int]:
@@ -237,8 +303,9 @@ class SplitLedger:
             return
         import torch.distributed as dist
 
+        self._fold.wait()
         for tensor in self._buffers(_SUMMED_BUFFERS):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            all_reduce_sum(tensor, self.device)
         for tensor in self._buffers(("pred", "labels")):
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         if rank != 0:
@@ -254,6 +321,7 @@ class SplitLedger:
         """
         rank, world = distributed_rank_and_world()
         if world > 1 and rank != 0:
+            self._fold.wait()
             for tensor in self._buffers(_SUMMED_BUFFERS):
                 tensor.zero_()
 
@@ -269,20 +337,16 @@ class SplitLedger:
         Under ``torch.distributed`` this is the global mean on rank 0 once the last epoch is closed.
         """
         self.flush()
-        n = self.capacity
-        count = self._prob_count[:n].unsqueeze(1)
-        probs = self._prob_sum[:n] / count.clamp(min=1)
-        return torch.where(count > 0, probs, float("nan")).cpu().numpy()
+        self._fold.wait()
+        return _means(self._prob_sum, self._prob_count, self.capacity)
 
     def early_probs(self) -> np.ndarray | None:
         """(N, C) float32 mean softmax over the early window; ``None`` when no window was kept."""
         if self.early_epochs <= 0:
             return None
         self.flush()
-        n = self.capacity
-        count = self._early_count[:n].unsqueeze(1)
-        probs = self._early_sum[:n] / count.clamp(min=1)
-        return torch.where(count > 0, probs, float("nan")).cpu().numpy()
+        self._fold.wait()
+        return _means(self._early_sum, self._early_count, self.capacity)
 
     def to_history(self, reduce: bool = True) -> SplitHistory:
         """The host record of all closed epochs (the pending one is closed first, see :meth:`close_epoch`)."""
@@ -315,34 +379,43 @@ class SplitLedger:
         The live buffers are left alone.
         """
         self.flush()
+        self._fold.wait()
         buffers = dict(zip(_STATE_BUFFERS, self._buffers(_STATE_BUFFERS)))
         if distributed_rank_and_world()[1] > 1:
             import torch.distributed as dist
 
             buffers = {name: tensor.clone() for name, tensor in buffers.items()}
             for name, tensor in buffers.items():
-                dist.all_reduce(tensor, op=dist.ReduceOp.MAX if name in ("pred", "labels") else dist.ReduceOp.SUM)
+                if name in ("pred", "labels"):
+                    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+                else:
+                    all_reduce_sum(tensor, self.device)
         return {
             "capacity": self.capacity,
             "num_classes": self.num_classes,
             "pending_epoch": self.pending_epoch,
-            "history": {
-                int(e): {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in row.items()}
-                for e, row in self.history.items()
-            },
+            "history_store": self.history.state_dict(),
             **{name: _host_copy(tensor) for name, tensor in buffers.items()},
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> SplitLedger:
-        """Rebuild a ledger saved by :meth:`state_dict` on ``device``."""
-        ledger = cls(state["capacity"], state["num_classes"], device)
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu", fetch: Fetch | None = None) -> SplitLedger:
+        """Rebuild a ledger saved by :meth:`state_dict` on ``device``.
+
+        ``fetch(epoch)`` recovers epoch files missing from the history folder (see
+        :meth:`EpochStore.from_state_dict`, which raises a clear error when it cannot).
+        """
+        wide = state.get("prob_sum")
+        ledger = cls(state["capacity"], state["num_classes"], device,
+                     wide_dtype=wide.dtype if isinstance(wide, torch.Tensor) and wide.dtype != torch.float32 else None)
         ledger.pending_epoch = state.get("pending_epoch")
-        ledger.history = {
-            int(e): {k: v.numpy() for k, v in row.items()} for e, row in state.get("history", {}).items()
-        }
+        if "history_store" in state:
+            ledger.history = EpochStore.from_state_dict(state["history_store"], fetch)
+        else:  # a checkpoint of an older version: the rows themselves
+            for e, row in state.get("history", {}).items():
+                ledger.history[int(e)] = {k: v.numpy() for k, v in row.items()}
         ledger.early_epochs = int(state.get("early_epochs", 0))
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
         for name in _STATE_BUFFERS:
@@ -351,3 +424,43 @@ class SplitLedger:
                 target = getattr(ledger, f"_{name}")
                 target[: state[name].shape[0]].copy_(state[name])
         return ledger
+
+    # ------------------------------------------------------------------ memory
+    def device_bytes(self) -> int:
+        """The most bytes this ledger held at once on its device: buffers, stage and fold workspace."""
+        buffers = sum(t.numel() * t.element_size() for t in self._buffers(_DEVICE_BUFFERS))
+        return buffers + self._stage.peak_bytes + self._workspace_peak
+
+    def host_bytes(self) -> int:
+        """The most bytes this ledger held at once on the host: softmax sums, pinned stages, history in RAM."""
+        wide = sum(t.numel() * t.element_size() for t in self._buffers(_HOST_BUFFERS))
+        return wide + self._fold.peak_pinned_bytes + self.history.memory_bytes()
+
+
+def _means(sums: torch.Tensor, counts: torch.Tensor, n: int, chunk: int = 65536) -> np.ndarray:
+    """(n, C) float32 ``sums / counts`` on the host, NaN rows where the count is 0; built in row chunks
+    so a float16 sum is never converted whole."""
+    counts = counts[:n].cpu()
+    out = np.empty((n, sums.shape[1]), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        count = counts[start:stop].unsqueeze(1)
+        block = sums[start:stop].float() / count.clamp(min=1)
+        out[start:stop] = torch.where(count > 0, block, float("nan")).numpy()
+    return out
+
+
+def all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> None:
+    """``dist.all_reduce(SUM)`` in place; a host tensor under NCCL (which reduces only CUDA tensors)
+    goes through ``device`` in chunks of 16M elements."""
+    import torch.distributed as dist
+
+    if tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+        flat = tensor.view(-1)
+        step = 1 << 24
+        for start in range(0, flat.numel(), step):
+            part = flat[start:start + step].to(device)
+            dist.all_reduce(part, op=dist.ReduceOp.SUM)
+            flat[start:start + step].copy_(part)
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

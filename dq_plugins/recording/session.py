@@ -16,14 +16,18 @@ import torch
 
 from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.collisions import EpochCheck, EpochIds, IGNORE_INDEX
+from dq_plugins.recording.embeddings import MEMMAP_BYTES as EMBEDDINGS_MEMMAP_BYTES
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
-from dq_plugins.raw_record import SplitHistory, save_embeddings, save_fingerprints, save_history
+from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory, save_embeddings, save_fingerprints, save_history, upload_sample
 from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
-from dq_plugins.recording.ledger import SplitLedger
+from dq_plugins.recording.history_store import new_history_folder
+from dq_plugins.recording.ledger import SplitLedger, distributed_rank_and_world, planned_bytes
 from dq_plugins.schema import (
     ANALYSIS_ERROR_PATH,
+    DEVICE_PEAK_METRIC,
+    HOST_PEAK_METRIC,
     DYNAMICS_COLUMNS,
     EMBEDDING_COLUMNS,
     LATENCY_COLUMN,
@@ -52,6 +56,9 @@ STATE_VERSION = 2
 """Version of :meth:`DynamicsSession.state_dict` (2: metadata values, embeddings and the validation-time rule
 history too); a checkpoint of a newer version is refused on load."""
 
+DEFAULT_MEMORY_BUDGET_MB = 16_384
+"""Default ``memory_budget_mb``: the most the callback may allocate for its buffers (device + host RAM)."""
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -70,6 +77,9 @@ class SessionConfig:
     rules: Any = None  # list of dq_plugins.rules.Rule, or YAML text / path
     pools: Any = None  # name -> dq_plugins.selection.EmbeddingPool for SelectSimilar actions
     projection: str | None = None  # 2D map: "auto" | "graph" | "umap" | "pca"; None: $DQ_PLUGINS_PROJECTION or "auto"
+    history_dir: str | None = None  # root of the per-epoch history files; None: $DQ_PLUGINS_HISTORY_DIR or temp
+    memory_budget_mb: float | None = None  # None: DEFAULT_MEMORY_BUDGET_MB
+    embeddings_upload_mb: float = 256  # dq/embeddings/<split>.npz in full up to this size, else a sample of rows
 
 
 class DynamicsSession:
@@ -100,6 +110,35 @@ class DynamicsSession:
         self.result = None
         self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
+        self._history_root = new_history_folder(config.history_dir)  # this fit's epoch files: <root>/<split>/
+        self._planned: dict[str, int] = {}  # buffer -> bytes promised by the budget checks
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def memory_budget_bytes(self) -> int:
+        """``memory_budget_mb`` (or :data:`DEFAULT_MEMORY_BUDGET_MB`) in bytes."""
+        return int((self.config.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20)
+
+    def check_budget(self, name: str, planned: int, what: str) -> None:
+        """Raise before allocating ``planned`` bytes for buffer ``name`` when, with the buffers planned so
+        far, they pass the memory budget; ``what`` says what the bytes are for in the message."""
+        others = sum(b for key, b in self._planned.items() if key != name)
+        if others + planned > self.memory_budget_bytes:
+            budget_mb = self.memory_budget_bytes / 2**20
+            raise MemoryError(
+                f"dq_plugins would need {(others + planned) / 2**20:,.0f} MB for its buffers ({what}), above "
+                f"memory_budget_mb={budget_mb:,.0f}. Its memory follows the largest sample id, not the number of "
+                "samples. HINT: number the samples 0..n-1 (`dq_plugins.with_ids(dataset)`) rather than passing "
+                "`num_samples=<max id + 1>` for sparse or huge ids; or pass a larger `memory_budget_mb=` to the "
+                "callback if the machine has the memory."
+            )
+        self._planned[name] = planned
+
+    def memory_peaks(self) -> tuple[int, int]:
+        """(device, host) bytes: the most the ledgers and embedding buffers held at once (an upper bound:
+        the sum of each part's peak), host RAM during training only (analysis excluded)."""
+        parts = [*self.ledgers.values(), *self.embeddings.values()]
+        return sum(part.device_bytes() for part in parts), sum(part.host_bytes() for part in parts)
 
     # ------------------------------------------------------------------ metadata, rules
     @staticmethod
@@ -267,6 +306,8 @@ class DynamicsSession:
                 f"dq_plugins cannot tell how many samples the {split} split has (its dataset has no len(), "
                 f"for example an IterableDataset). HINT: pass `{argument}=<number of sample ids>` to the callback."
             )
+        # the classes are not known yet: check what does not depend on them (catches ids near 10**12 now)
+        self.check_budget(f"ledger/{split}", planned_bytes(int(capacity), 2)[0], f"{int(capacity):,} {split} sample ids")
         self.capacities[split] = int(capacity)
 
     def set_max_epochs(self, max_epochs: int | None) -> None:
@@ -285,6 +326,12 @@ class DynamicsSession:
         """
         for split, state in self._restored.items():
             ledger = SplitLedger.from_state_dict(state, device)
+            if ledger.history.folder is not None:
+                if distributed_rank_and_world()[0] == 0:  # keep writing beside the restored epochs
+                    self._history_root = ledger.history.folder.parent
+                else:  # the folder is rank 0's: read it, then write this rank's own
+                    ledger.history.detach_to_memory()
+                    ledger.history.folder = self._history_root / split
             ledger.localize_for_rank()
             if ledger.pending_epoch is not None and ledger.pending_epoch < current_epoch:
                 ledger.close_epoch()
@@ -313,7 +360,11 @@ class DynamicsSession:
             if capacity is None:
                 self.set_capacity(split, None)
                 capacity = self.capacities[split]
-            ledger = self.ledgers[split] = SplitLedger(capacity, logits.shape[1], logits.device)
+            device, host = planned_bytes(capacity, logits.shape[1])
+            self.check_budget(f"ledger/{split}", device + host,
+                              f"{capacity:,} {split} sample ids x {logits.shape[1]:,} classes")
+            ledger = self.ledgers[split] = SplitLedger(capacity, logits.shape[1], logits.device,
+                                                       history_folder=str(self._history_root / split))
             if split == TRAIN:
                 ledger.early_epochs = self.early_epochs
             else:  # held out: nothing is memorised, the final model's softmax is the out-of-sample estimate
@@ -338,7 +389,12 @@ class DynamicsSession:
         buffer = self.embeddings.get(split)
         if buffer is None:
             capacity = self.capacities.get(split) or self.ledgers[split].capacity
-            buffer = self.embeddings[split] = EmbeddingBuffer(capacity, embeddings.shape[1], embeddings.device)
+            dim = embeddings.shape[1]
+            spill = self._history_root / f"{split}_embeddings"
+            mapped = (capacity + 1) * dim * 2 > EMBEDDINGS_MEMMAP_BYTES
+            self.check_budget(f"embeddings/{split}", (capacity + 1) * (1 + (0 if mapped else 2 * dim)),
+                              f"{capacity:,} {split} embeddings of dimension {dim}")
+            buffer = self.embeddings[split] = EmbeddingBuffer(capacity, dim, embeddings.device, spill_folder=spill)
         buffer.write(ids, embeddings)
 
     def record_inputs(self, split: str, ids: torch.Tensor, inputs: torch.Tensor,
@@ -494,6 +550,9 @@ class DynamicsSession:
             for buffer in [*self.embeddings.values(), *self.fingerprints.values()]:
                 buffer.gather()
 
+            if distributed_rank_and_world()[0] != 0:  # rank 0 alone saves and analyses the record
+                self.remove_history_files()
+
     def save_raw(self, sink: MlflowSink, histories: dict[str, SplitHistory] | None = None) -> None:
         """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only).
 
@@ -502,6 +561,14 @@ class DynamicsSession:
         for split, history in (self.histories() if histories is None else histories).items():
             save_history(history, sink.stage_path(raw_path(split)))
             sink.add_artifact(raw_path(split))
+
+    def remove_history_files(self) -> None:
+        """Delete this fit's per-epoch files and memory-mapped embeddings (once the raw record is saved)."""
+        import shutil
+
+        for ledger in self.ledgers.values():
+            ledger.history.detach_to_memory()
+        shutil.rmtree(self._history_root, ignore_errors=True)
 
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
@@ -551,9 +618,14 @@ class DynamicsSession:
         return result
 
     def _finish(self, sink: MlflowSink, options: Any = None) -> AnalysisResult | None:
+        device_peak, host_peak = self.memory_peaks()
+        sink.add_metric(DEVICE_PEAK_METRIC, device_peak / 2**20)
+        sink.add_metric(HOST_PEAK_METRIC, host_peak / 2**20)
         histories = self.histories()
         self.save_raw(sink, histories)
         self.describe_run(sink, histories, options)
+        for buffer in self.embeddings.values():  # the epoch files stay: a checkpoint may still point to them
+            buffer.remove_mapped_file()
         result = None
         bar = progress(total=3, desc="end-of-fit analysis")
         try:
@@ -562,8 +634,9 @@ class DynamicsSession:
             bar.set_postfix_str("scores")
 
             embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
+            limit = int(self.config.embeddings_upload_mb * 2**20)
             for split, (ids, values) in embeddings.items():
-                save_embeddings(ids, values, sink.stage_path(embeddings_path(split)))
+                save_embeddings(*upload_sample(ids, values, limit), sink.stage_path(embeddings_path(split)))
                 sink.add_artifact(embeddings_path(split))
             fingerprints = {split: buffer.to_numpy() for split, buffer in self.fingerprints.items()}
             for split, values in fingerprints.items():

@@ -4,9 +4,18 @@ A training step hands over a few small tensors per batch; doing the per-sample a
 of them costs dozens of tiny device ops per step. A :class:`RowStage` keeps the batches by
 reference (a list append, no tensor op) and concatenates them once, when enough rows are staged or
 the owner needs its buffers up to date.
+
+What is wide (a softmax row per sample, an embedding per sample) does not stay on the device: a
+:class:`HostFold` copies each folded stage to pinned host memory with non-blocking copies and adds
+it into host buffers on a worker thread once the copy's CUDA event has completed, so a training
+step never waits for the host (on a CPU device the fold is a plain call).
 """
 
 from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -22,18 +31,23 @@ class RowStage:
         self.rows = int(rows)
         self._batches: list[tuple[torch.Tensor, ...]] = []
         self._count = 0
+        self._bytes = 0
+        self.peak_bytes = 0
+        """The most bytes held by staged tensors at once (shapes only, no sync)."""
 
     def add(self, *tensors: torch.Tensor) -> bool:
         """Keep one batch by reference (the caller must not modify it in place); ``True`` when full."""
         self._batches.append(tensors)
         self._count += tensors[0].shape[0]
+        self._bytes += sum(t.numel() * t.element_size() for t in tensors)
+        self.peak_bytes = max(self.peak_bytes, self._bytes)
         return self._count >= self.rows
 
     def take(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> tuple[torch.Tensor, ...] | None:
         """Empty the stage: one concatenated tensor per position, on ``device`` with ``dtypes``; ``None`` when empty."""
         if not self._batches:
             return None
-        batches, self._batches, self._count = self._batches, [], 0
+        batches, self._batches, self._count, self._bytes = self._batches, [], 0, 0
         return tuple(torch.cat([t.to(device, dtype) for t in column]) for column, dtype in zip(zip(*batches), dtypes))
 
 
@@ -49,3 +63,57 @@ def last_occurrence(slots: torch.Tensor, trash: int) -> torch.Tensor:
     last = torch.full((trash + 1,), -1, dtype=torch.int64, device=slots.device)
     last.scatter_reduce_(0, slots, positions, reduce="amax")
     return torch.where(last[slots] == positions, slots, trash)
+
+
+class HostFold:
+    """Applies host-side folds of device results in submission order, off the training thread.
+
+    ``submit(fold, *tensors)`` calls ``fold(*host_tensors)`` with CPU copies of ``tensors``. On a
+    CPU device that is a plain call (the tensors are already on the host). On CUDA the tensors are
+    copied into pinned memory with ``non_blocking=True`` on the current stream, a CUDA event is
+    recorded, and a single worker thread waits for that event and runs the fold: the caller never
+    synchronizes. At most ``max_in_flight`` folds are pending; a further submit first waits for the
+    oldest (by then long done, since a stage is thousands of rows). :meth:`wait` drains them all
+    (before reading or checkpointing the host buffers).
+    """
+
+    def __init__(self, device: torch.device | str, max_in_flight: int = 2) -> None:
+        self.device = torch.device(device)
+        self.max_in_flight = int(max_in_flight)
+        self._pending: deque[Future] = deque()
+        self._executor: ThreadPoolExecutor | None = None
+        self.peak_pinned_bytes = 0
+        """The most pinned host bytes held by folds in flight at once."""
+        self._pinned_bytes: deque[int] = deque()
+
+    def submit(self, fold: Callable[..., None], *tensors: torch.Tensor) -> None:
+        """Run ``fold`` on host copies of ``tensors`` (see the class doc)."""
+        if self.device.type != "cuda":
+            fold(*(t.to("cpu") for t in tensors))
+            return
+        while len(self._pending) >= self.max_in_flight:
+            self._pending.popleft().result()
+            self._pinned_bytes.popleft()
+        host = []
+        for tensor in tensors:
+            pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            pinned.copy_(tensor, non_blocking=True)
+            host.append(pinned)
+        event = torch.cuda.Event()
+        event.record()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dq_plugins_fold")
+
+        def run() -> None:
+            event.synchronize()
+            fold(*host)
+
+        self._pending.append(self._executor.submit(run))
+        self._pinned_bytes.append(sum(t.numel() * t.element_size() for t in host))
+        self.peak_pinned_bytes = max(self.peak_pinned_bytes, sum(self._pinned_bytes))
+
+    def wait(self) -> None:
+        """Block until every submitted fold has run (re-raises a fold's exception)."""
+        while self._pending:
+            self._pending.popleft().result()
+            self._pinned_bytes.popleft()

@@ -1,0 +1,152 @@
+"""Bounded memory and checkpoints: spilled history, host softmax sums, budget errors, upload caps."""
+
+import errno
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dq_plugins.recording.history_store import EpochStore
+from dq_plugins.recording.ledger import DEVICE_BYTES_PER_SAMPLE, SplitLedger, planned_bytes
+from dq_plugins.recording.session import DynamicsSession, SessionConfig, upload_sample
+
+
+def _train(ledger: SplitLedger, epochs: range, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n, c = ledger.capacity, ledger.num_classes
+    for epoch in epochs:
+        ids = torch.randperm(n, generator=gen)
+        for start in range(0, n, 32):
+            batch = ids[start:start + 32]
+            ledger.record(batch, batch % c, torch.randn(len(batch), c, generator=gen), epoch)
+        ledger.close_epoch()
+
+
+def _checkpoint_bytes(ledger: SplitLedger) -> int:
+    buffer = io.BytesIO()
+    torch.save(ledger.state_dict(), buffer)
+    return buffer.tell()
+
+
+def test_checkpoint_does_not_grow_with_epochs_and_resume_reads_the_spilled_epochs(tmp_path):
+    ledger = SplitLedger(500, 5, history_folder=str(tmp_path / "train"))
+    _train(ledger, range(2))
+    after_two = _checkpoint_bytes(ledger)
+    _train(ledger, range(2, 8))
+    state = ledger.state_dict()
+    assert _checkpoint_bytes(ledger) <= 1.25 * after_two
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [f"epoch_{e:05d}.npz" for e in range(8)]
+    restored = SplitLedger.from_state_dict(state)
+    expected, got = ledger.to_history(), restored.to_history()
+    assert got.epochs.tolist() == list(range(8))
+    for name, values in expected.fields.items():
+        np.testing.assert_array_equal(got.fields[name], values)
+    np.testing.assert_array_equal(got.mean_probs, expected.mean_probs)
+
+
+def test_missing_history_folder_is_fetched_or_named_in_a_clear_error(tmp_path):
+    ledger = SplitLedger(50, 3, history_folder=str(tmp_path / "spill"))
+    _train(ledger, range(2))
+    state = ledger.state_dict()
+    saved = {e: ledger.history[e] for e in ledger.history}
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for epoch, row in saved.items():
+        np.savez(copies / f"{epoch}.npz", **row)
+    for path in (tmp_path / "spill").iterdir():
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"epochs \[0, 1\] is not in .*spill.*HINT: copy that folder"):
+        SplitLedger.from_state_dict(state)
+    restored = SplitLedger.from_state_dict(state, fetch=lambda epoch: copies / f"{epoch}.npz")
+    np.testing.assert_array_equal(restored.history[1]["loss"], saved[1]["loss"])
+    assert (tmp_path / "spill" / "epoch_00001.npz").exists()  # written back for the next resume
+
+
+def test_unwritable_history_folder_warns_with_the_folder_and_keeps_the_record(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the folder should be")
+    ledger = SplitLedger(20, 2, history_folder=str(blocker / "train"))
+    with pytest.warns(RuntimeWarning, match=r"could not write .*not_a_folder.*HINT: free disk space there or pass `history_dir=`"):
+        _train(ledger, range(2))
+    history = ledger.to_history()
+    assert history.epochs.tolist() == [0, 1] and np.isfinite(history.fields["loss"]).all()
+    restored = SplitLedger.from_state_dict(ledger.state_dict())  # the rows travel in the checkpoint instead
+    np.testing.assert_array_equal(restored.to_history().fields["loss"], history.fields["loss"])
+
+
+def test_full_disk_warns_and_keeps_every_epoch(tmp_path, monkeypatch):
+    ledger = SplitLedger(20, 2, history_folder=str(tmp_path / "train"))
+    _train(ledger, range(1))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.warns(RuntimeWarning, match=r"No space left on device.*kept in memory"):
+        _train(ledger, range(1, 3))
+    assert ledger.to_history().epochs.tolist() == [0, 1, 2]
+    assert ledger.history.folder is None
+
+
+def test_float16_softmax_sums_match_float32_means():
+    exact, narrow = SplitLedger(300, 7), SplitLedger(300, 7, wide_dtype=torch.float16)
+    exact.early_epochs = narrow.early_epochs = 2
+    _train(exact, range(3), seed=1)
+    _train(narrow, range(3), seed=1)
+    assert narrow._prob_sum.dtype == torch.float16 and narrow._prob_sum.device.type == "cpu"
+    np.testing.assert_allclose(narrow.mean_probs(), exact.mean_probs(), atol=2e-3)
+    np.testing.assert_allclose(narrow.early_probs(), exact.early_probs(), atol=2e-3)
+
+
+def test_device_bytes_per_sample_do_not_depend_on_the_classes():
+    for classes in (2, 1000):
+        grown = planned_bytes(2_000_000, classes)[0] - planned_bytes(1_000_000, classes)[0]
+        assert grown == 1_000_000 * DEVICE_BYTES_PER_SAMPLE
+    ledger = SplitLedger(1000, 50)
+    _train(ledger, range(1))
+    buffers = 1001 * DEVICE_BYTES_PER_SAMPLE
+    assert buffers < ledger.device_bytes() < buffers + 1000 * 50 * 4 * 7  # the 1000 staged rows, folded at once
+    assert ledger.host_bytes() >= 2 * 1001 * 50 * 4
+
+
+def test_huge_ids_fail_before_any_allocation():
+    session = DynamicsSession(SessionConfig(num_samples=10**12 + 200))
+    with pytest.raises(MemoryError, match=r"above memory_budget_mb=16,384.*HINT: number the samples 0..n-1"):
+        session.set_capacity("train", 1000)
+    assert not session.ledgers
+
+
+def test_budget_counts_the_classes_at_the_first_batch():
+    session = DynamicsSession(SessionConfig(memory_budget_mb=4))
+    session.set_capacity("train", 2000)  # the narrow part fits in 4 MB
+    with pytest.raises(MemoryError, match=r"2,000 train sample ids x 1,000 classes\), above memory_budget_mb=4"):
+        session.record("train", 0, torch.arange(4), torch.zeros(4, dtype=torch.int64), torch.zeros(4, 1000))
+    assert "train" not in session.ledgers
+
+
+def test_embeddings_upload_in_full_up_to_the_cap_else_a_sample():
+    ids = np.arange(1000)
+    values = np.random.default_rng(0).normal(size=(1000, 16)).astype(np.float16)
+    same_ids, same = upload_sample(ids, values, values.nbytes)
+    assert same is values
+    small_ids, small = upload_sample(ids, values, 100 * 32)
+    assert small.shape == (100, 16) and np.all(np.diff(small_ids) > 0)
+    np.testing.assert_array_equal(small, values[small_ids])
+
+
+def test_memory_peaks_are_reported_and_history_files_removed(tmp_path):
+    session = DynamicsSession(SessionConfig(history_dir=str(tmp_path)))
+    session.set_capacity("train", 64)
+    for epoch in range(2):
+        session.record("train", epoch, torch.arange(64), torch.arange(64) % 3, torch.randn(64, 3))
+        session.record_embeddings("train", torch.arange(64), torch.randn(64, 8))
+    session.close_all()
+    assert any(tmp_path.rglob("epoch_*.npz"))
+    device, host = session.memory_peaks()
+    assert device >= 65 * DEVICE_BYTES_PER_SAMPLE and host >= 65 * 3 * 4 * 2 + 65 * 8 * 2
+    history = session.histories()["train"]
+    session.remove_history_files()
+    assert not any(tmp_path.rglob("*.npz"))
+    np.testing.assert_array_equal(session.histories()["train"].fields["loss"], history.fields["loss"])
