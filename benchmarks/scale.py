@@ -24,6 +24,13 @@ hook, interleaved, as a ratio of medians (target: within 5%).
 Usage: ``python -m benchmarks.scale [--sizes 10000 100000] [--no-write]`` writes the ``scale``
 section of ``benchmarks/RESULTS.md``; ``--quick`` runs 10k and only prints. One size alone:
 ``--worker N --out r.json``, then ``--results r10k.json r100k.json ...`` renders the table.
+
+The recording path (``benchmarks/scale_recording.py``: synthetic logits through the real Lightning
+callback) runs with ``--recording [CASE ...]`` (cases: :data:`RECORDING_CASES`, plus ``checkpoint``
+for the checkpoint size after 2 and 8 epochs and ``knn`` for the recall of the approximate kNN
+search at 100k); each case in its own process, results appended as JSON lines to ``--out``
+(default ``<temp folder>/scale_recording.jsonl``), from which the ``scale_recording`` section of
+RESULTS.md is written by hand (it compares cases and states what was extrapolated).
 """
 
 from __future__ import annotations
@@ -44,6 +51,14 @@ NUM_CLASSES = 20
 SUBCLUSTERS = 5
 NOISE_RATE = 0.1
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+IMAGENET = 1_281_167
+RECORDING_CASES: dict[str, list[str]] = {
+    # name: scale_recording.py arguments (N, C, epochs, batch, embedding dim, options)
+    "imagenet": [str(IMAGENET), "1000", "3", "4096", "0", "analyze=0"],
+    "imagenet_tenth": [str(IMAGENET // 10), "1000", "3", "4096", "0"],
+    "imagenet_tenth_float32": [str(IMAGENET // 10), "1000", "3", "4096", "0", "wide=float32"],
+    "text_1m_768": ["1000000", "2", "1", "4096", "768", "analyze=0"],
+}
 TARGETS = "Targets on 2 CPU cores: 100k under 60 s; 1M under 10 min with peak RAM under 6 GB."
 
 
@@ -213,6 +228,24 @@ def verdict(results: list[dict]) -> str:
     return ("Against the targets: " + "; ".join(parts) + ".") if parts else ""
 
 
+def run_recording(cases: list[str], out: Path) -> None:
+    """Run each recording case in a fresh process; append its JSON line (with ``case``) to ``out``."""
+    script = REPO / "benchmarks" / "scale_recording.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for case in cases:
+        argv = {"checkpoint": ["checkpoint"], "knn": ["knn", "100000"]}.get(case) or ["recording", *RECORDING_CASES[case]]
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, str(script), *argv], cwd=REPO, env=env, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            print(f"{case}: failed ({done.returncode})\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        result = {"case": case, **json.loads(lines[-1]), "wall_s": time.perf_counter() - start}
+        print(json.dumps(result), flush=True)
+        with open(out, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k only, printed (implies --no-write)")
@@ -223,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extraction-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="with --worker: where the JSON goes")
+    parser.add_argument("--recording", nargs="*", default=None,
+                        help=f"recording cases to run: {list(RECORDING_CASES)}, checkpoint, knn (default: all)")
     args = parser.parse_args(argv)
+    if args.recording is not None:
+        run_recording(args.recording or [*RECORDING_CASES, "checkpoint", "knn"], args.out or Path(tempfile.gettempdir()) / "scale_recording.jsonl")
+        return 0
     if args.worker is not None:
         worker(args.worker, args.out)
         return 0

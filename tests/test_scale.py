@@ -59,7 +59,7 @@ def test_missing_history_folder_is_fetched_or_named_in_a_clear_error(tmp_path):
         path.unlink()
     with pytest.raises(FileNotFoundError, match=r"epochs \[0, 1\] is not in .*spill.*HINT: copy that folder"):
         SplitLedger.from_state_dict(state)
-    restored = SplitLedger.from_state_dict(state, fetch=lambda epoch: copies / f"{epoch}.npz")
+    restored = SplitLedger.from_state_dict(state, fetch=lambda epoch: dict(np.load(copies / f"{epoch}.npz")))
     np.testing.assert_array_equal(restored.history[1]["loss"], saved[1]["loss"])
     assert (tmp_path / "spill" / "epoch_00001.npz").exists()  # written back for the next resume
 
@@ -150,3 +150,29 @@ def test_memory_peaks_are_reported_and_history_files_removed(tmp_path):
     session.remove_history_files()
     assert not any(tmp_path.rglob("*.npz"))
     np.testing.assert_array_equal(session.histories()["train"].fields["loss"], history.fields["loss"])
+
+
+def test_resume_elsewhere_recovers_the_epochs_from_the_runs_raw_record(tmp_path):
+    import shutil
+
+    from dq_plugins.recording.session import save_history
+
+    first = DynamicsSession(SessionConfig(history_dir=str(tmp_path / "machine_a")))
+    first.set_capacity("train", 40)
+    for epoch in range(3):
+        first.record("train", epoch, torch.arange(40), torch.arange(40) % 2, torch.randn(40, 2))
+        first.close_epoch("train")
+    state = first.state_dict()
+    expected = first.histories()["train"]
+    save_history(expected, tmp_path / "raw_train.npz")  # what the run holds under dq/raw/
+    shutil.rmtree(tmp_path / "machine_a")
+
+    second = DynamicsSession(SessionConfig())
+    second.load_state_dict(state)
+    with pytest.raises(FileNotFoundError, match=r"epochs \[0, 1, 2\] is not in .*machine_a"):
+        second.resume(torch.device("cpu"), 3)
+    second.load_state_dict(state)
+    second.resume(torch.device("cpu"), 3, raw_record=lambda split: tmp_path / f"raw_{split}.npz")
+    got = second.histories()["train"]
+    assert got.epochs.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(got.fields["margin"], expected.fields["margin"])

@@ -30,8 +30,8 @@ HISTORY_DIR_ENV = "DQ_PLUGINS_HISTORY_DIR"
 """Environment variable naming the default root of the spilled history (else the temp folder)."""
 
 Row = dict[str, np.ndarray]
-Fetch = Callable[[int], "Path | None"]
-"""``fetch(epoch)``: a local copy of an epoch file from elsewhere (the MLflow run), or ``None``."""
+Fetch = Callable[[int], "Row | None"]
+"""``fetch(epoch)``: the row of an epoch recovered from elsewhere (the run's raw record), or ``None``."""
 
 
 def default_history_root() -> Path:
@@ -161,10 +161,8 @@ class EpochStore(Mapping):
             if not store.path(epoch).exists():
                 missing.append(int(epoch))
         for epoch in list(missing):
-            fetched = fetch(epoch) if fetch is not None else None
-            if fetched is not None and Path(fetched).exists():
-                with np.load(fetched) as data:
-                    row = {name: data[name] for name in data.files}
+            row = fetch(epoch) if fetch is not None else None
+            if row is not None:
                 store._on_disk.discard(epoch)
                 store[epoch] = row  # back into the folder (or RAM if it cannot be written)
                 missing.remove(epoch)

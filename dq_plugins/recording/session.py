@@ -317,15 +317,18 @@ class DynamicsSession:
         if self.config.early_epochs is None and max_epochs and max_epochs > 0:
             self.early_epochs = default_early_epochs(int(max_epochs))
 
-    def resume(self, device: torch.device, current_epoch: int) -> None:
+    def resume(self, device: torch.device, current_epoch: int, raw_record: Any = None) -> None:
         """Rebuild ledgers restored from a checkpoint on ``device``.
+
+        ``raw_record(split)``, when given, returns a local copy of the run's ``dq/raw/<split>.npz`` (or
+        ``None``): it recovers epoch files missing from the history folder (a resume on another machine).
 
         An epoch that was still pending when the checkpoint was written (the checkpoint was saved
         before this callback closed it) is closed now if training resumes at a later epoch; if
         training resumes inside that same epoch, it stays open and the replayed batches average in.
         """
         for split, state in self._restored.items():
-            ledger = SplitLedger.from_state_dict(state, device)
+            ledger = SplitLedger.from_state_dict(state, device, fetch=_epochs_of_raw(raw_record, split))
             if ledger.history.folder is not None:
                 if distributed_rank_and_world()[0] == 0:  # keep writing beside the restored epochs
                     self._history_root = ledger.history.folder.parent
@@ -699,6 +702,30 @@ def _frame_state(frame: Any) -> dict[str, list]:
     """A DataFrame as ``column -> list of plain Python values`` (what ``torch.load(weights_only=True)`` reads)."""
     return {str(column): [value.item() if hasattr(value, "item") else value for value in frame[column].tolist()]
             for column in frame.columns}
+
+
+def _epochs_of_raw(raw_record: Any, split: str) -> Any:
+    """``fetch(epoch) -> row`` reading the epochs of ``raw_record(split)`` (see :meth:`DynamicsSession.resume`)."""
+    if raw_record is None:
+        return None
+    cache: list[SplitHistory | None] = []
+
+    def fetch(epoch: int) -> dict[str, np.ndarray] | None:
+        if not cache:
+            try:
+                path = raw_record(split)
+                cache.append(load_history(path) if path is not None else None)
+            except Exception as error:  # noqa: BLE001 - an unreachable run is reported by the caller's error
+                warnings.warn(f"dq_plugins: could not read the run's raw record of {split!r}: {error}", RuntimeWarning,
+                              stacklevel=2)
+                cache.append(None)
+        history = cache[0]
+        if history is None or epoch not in history.epochs:
+            return None
+        row_index = int(np.flatnonzero(history.epochs == epoch)[0])
+        return {**{name: history.fields[name][row_index] for name in FLOAT_FIELDS}, "pred": history.pred[row_index]}
+
+    return fetch
 
 
 def _check_validation_rule(rule: Any, metadata: list[str]) -> None:
