@@ -1,6 +1,6 @@
 """A GPU check, ready to run on a CUDA machine: no host sync from the callback, step overhead, device memory.
 
-Three parts, one short script (``python benchmarks/gpu_check.py``; a few minutes on one GPU):
+Three parts, one short script (``python -m benchmarks.gpu_check``; a few minutes on one GPU):
 
 1. **No host sync.** A Lightning fit of a ResNet-18-sized model with the callback, under
    ``torch.cuda.set_sync_debug_mode("error")`` from ``on_train_batch_start`` to ``on_train_batch_end``
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -177,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.samples, args.image, args.classes, args.batch, args.width, args.fit_epochs = 4096, 64, 1000, 256, 64, 3
         args.rec_samples, args.rec_classes = 1_281_167, 1000
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from _common import quiet_lightning
+    from benchmarks._common import quiet_lightning
 
     quiet_lightning()
     out: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dry_run": args.dry_run}

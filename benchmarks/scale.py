@@ -230,12 +230,11 @@ def verdict(results: list[dict]) -> str:
 
 def run_recording(cases: list[str], out: Path) -> None:
     """Run each recording case in a fresh process; append its JSON line (with ``case``) to ``out``."""
-    script = REPO / "benchmarks" / "scale_recording.py"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for case in cases:
         argv = {"checkpoint": ["checkpoint"], "knn": ["knn", "100000"]}.get(case) or ["recording", *RECORDING_CASES[case]]
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(script), *argv], cwd=REPO, env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "benchmarks.scale_recording", *argv], cwd=REPO, env=env, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
             print(f"{case}: failed ({done.returncode})\n{done.stderr[-3000:]}", file=sys.stderr)

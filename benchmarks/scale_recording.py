@@ -5,7 +5,7 @@ A map-style dataset of ``N`` ids (``C`` classes, 10% flipped labels) and a Light
 grows with the epoch, and on the given class of a flipped sample only from the last epoch on
 (late memorisation), so mislabel detection has something to find. The only parameter is a bias of
 ``C`` floats, so the step itself costs little beside the recording. Runs in its own process
-(``python benchmarks/scale.py --recording N C E B [D]``) and prints one JSON line:
+(``python -m benchmarks.scale --recording [CASE ...]``) and prints one JSON line:
 
 - ``device_peak_mb`` / ``host_peak_mb``: ``dq.memory.*`` as the callback logs them;
 - ``rss_start_gb``, ``rss_train_end_gb``: resident memory at train start and end (growth while training);
@@ -46,8 +46,7 @@ def run(num_samples: int, num_classes: int, epochs: int, batch: int, dim: int = 
     import dq_plugins.recording.ledger as ledger_module
     from dq_plugins.lightning import DataQualityCallback
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from _common import quiet_lightning
+    from benchmarks._common import quiet_lightning
 
     quiet_lightning()
     if wide == "float32":
@@ -167,8 +166,7 @@ def knn_recall(num_samples: int, dim: int = 128, k: int = 10, queries: int = 200
 
     from dq_plugins.scores.neighbors import knn_cosine
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import scale
+    from benchmarks import scale
 
     scale.DIM = dim
     embeddings = scale.synthetic(num_samples)[0]
