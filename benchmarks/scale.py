@@ -55,8 +55,8 @@ IMAGENET = 1_281_167
 RECORDING_CASES: dict[str, list[str]] = {
     # name: scale_recording.py arguments (N, C, epochs, batch, embedding dim, options)
     "imagenet": [str(IMAGENET), "1000", "3", "4096", "0", "analyze=0"],
-    "imagenet_tenth": [str(IMAGENET // 10), "1000", "3", "4096", "0"],
-    "imagenet_tenth_float32": [str(IMAGENET // 10), "1000", "3", "4096", "0", "wide=float32"],
+    "imagenet_20th": [str(IMAGENET // 20), "1000", "3", "4096", "0"],
+    "imagenet_20th_float32": [str(IMAGENET // 20), "1000", "3", "4096", "0", "wide=float32"],
     "text_1m_768": ["1000000", "2", "1", "4096", "768", "analyze=0"],
 }
 TARGETS = "Targets on 2 CPU cores: 100k under 60 s; 1M under 10 min with peak RAM under 6 GB."

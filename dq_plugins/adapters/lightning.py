@@ -185,7 +185,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             (B, C)) or "token_classification" ((B, T) tags with -100 where ignored, logits (B, T, C));
             ``None`` detects it from the first batch. An explicit task that the first batch contradicts is
             an error saying what was detected (see :mod:`dq_plugins.recording.tasks`).
-        history_dir: root folder of the per-epoch record files (one compressed file per epoch and
+        history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
             ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
         memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would

@@ -513,7 +513,7 @@ class DataQualityCallback(TrainerCallback):
             ignored); otherwise single-label. These tasks read the targets from the batch the model gets
             (``labels``) and record sequences up to the longest ``input_ids`` of each dataset (see
             :mod:`dq_plugins.recording.tasks`); embeddings, metadata and rules are not used for them yet.
-        history_dir: root folder of the per-epoch record files (one compressed file per epoch and
+        history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
             ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
         memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would

@@ -1,11 +1,11 @@
-"""Append-only store of the per-epoch record: one compressed file per epoch, outside the checkpoint.
+"""Append-only store of the per-epoch record: one file per epoch, outside the checkpoint.
 
 A ledger closes an epoch into a row of ``(N,)`` arrays (:data:`~dq_plugins.recording.ledger.FLOAT_FIELDS`
 as float32 and ``pred`` as int32, 28 bytes per sample). Kept in RAM and in every checkpoint, that
 history made checkpoints grow with the epochs; here each closed epoch is written once to
-``<folder>/epoch_<e>.npz`` (``np.savez_compressed``, written to a temporary name and renamed, so a
-kill mid-write never leaves a half file) and the checkpoint holds only the folder and the epochs
-written (:meth:`EpochStore.state_dict`): its size does not depend on the number of epochs.
+``<folder>/epoch_<e>.npz`` (``np.savez``, uncompressed: a copy, not a compression, inside the
+epoch-end hook; written to a temporary name and renamed, so a kill mid-write never leaves a half
+file) and the checkpoint holds only the folder and the epochs written (:meth:`EpochStore.state_dict`): its size does not depend on the number of epochs.
 
 Without a folder (``folder=None``, a bare :class:`~dq_plugins.recording.ledger.SplitLedger`) the
 rows stay in RAM and in the checkpoint, as before. When a write fails (full disk, a folder that is
@@ -95,7 +95,7 @@ class EpochStore(Mapping):
                 target = self.path(epoch)
                 partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
                 with open(partial, "wb") as handle:
-                    np.savez_compressed(handle, **row)
+                    np.savez(handle, **row)
                 os.replace(partial, target)
             except OSError as error:
                 warn(

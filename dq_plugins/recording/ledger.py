@@ -45,7 +45,7 @@ Memory per split, ``N`` sample ids, ``C`` classes, ``S`` staged rows:
   grows with ``C`` per sample;
 - host: ``N * C * 2 * b`` bytes for the two softmax sums (``b`` = 4 or 2 bytes) and two pinned
   stages in flight;
-- disk: ``N * 28`` bytes per epoch before compression, one file per epoch in ``history`` (an
+- disk: ``N * 28`` bytes per epoch, one file per epoch in ``history`` (an
   :class:`~dq_plugins.recording.history_store.EpochStore`); in RAM when the ledger has no folder.
 """
 
