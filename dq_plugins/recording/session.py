@@ -716,8 +716,7 @@ def _epochs_of_raw(raw_record: Any, split: str) -> Any:
                 path = raw_record(split)
                 cache.append(load_history(path) if path is not None else None)
             except Exception as error:  # noqa: BLE001 - an unreachable run is reported by the caller's error
-                warnings.warn(f"dq_plugins: could not read the run's raw record of {split!r}: {error}", RuntimeWarning,
-                              stacklevel=2)
+                warn(f"dq_plugins: could not read the run's raw record of {split!r}: {error}", RuntimeWarning)
                 cache.append(None)
         history = cache[0]
         if history is None or epoch not in history.epochs:
