@@ -176,3 +176,41 @@ def test_resume_elsewhere_recovers_the_epochs_from_the_runs_raw_record(tmp_path)
     got = second.histories()["train"]
     assert got.epochs.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(got.fields["margin"], expected.fields["margin"])
+
+
+def _lightning_fit(callback, tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from conftest import BlobsDataset
+    from recipes.common.models import MLPClassifier
+
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback],
+                         default_root_dir=str(tmp_path))
+    model = MLPClassifier(8, 3, hidden=(16,), lr=0.1, optimizer="sgd", log_val_loss=False)
+    trainer.fit(model, DataLoader(BlobsDataset(64), batch_size=16))
+    return model
+
+
+def test_lightning_fit_logs_its_memory_peaks_and_spills_its_epochs(tracking_uri, tmp_path):
+    import mlflow
+
+    from dq_plugins.lightning import DataQualityCallback
+    from dq_plugins.schema import DEVICE_PEAK_METRIC, HOST_PEAK_METRIC
+
+    callback = DataQualityCallback(embeddings=False, history_dir=str(tmp_path / "history"))
+    _lightning_fit(callback, tmp_path)
+    metrics = mlflow.MlflowClient().get_run(callback.run_id).data.metrics
+    assert metrics[DEVICE_PEAK_METRIC] >= 65 * DEVICE_BYTES_PER_SAMPLE / 2**20
+    assert metrics[HOST_PEAK_METRIC] >= 65 * 3 * 4 * 2 / 2**20
+    assert len(list((tmp_path / "history").rglob("epoch_*.npz"))) == 2
+
+
+def test_lightning_huge_ids_fail_at_fit_start_before_any_step(tracking_uri, tmp_path):
+    from dq_plugins.lightning import DataQualityCallback
+
+    callback = DataQualityCallback(embeddings=False, num_samples=10**12 + 200)
+    with pytest.raises(MemoryError, match=r"1,000,000,000,200 train sample ids\), above memory_budget_mb"):
+        _lightning_fit(callback, tmp_path)
+    assert not callback.session.ledgers

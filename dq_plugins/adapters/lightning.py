@@ -452,7 +452,19 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
             self.session.unique_rows[VALIDATION] = _yields_each_sample_once(trainer.val_dataloaders)
         self.session.set_max_epochs(trainer.max_epochs)
-        self.session.resume(pl_module.device, trainer.current_epoch)
+        self.session.resume(pl_module.device, trainer.current_epoch, raw_record=self._raw_record)
+
+    def _raw_record(self, split: str) -> Any:
+        """A local copy of ``dq/raw/<split>.npz`` in this fit's MLflow run, or ``None``: on a resume in the same
+        run (an ``MLFlowLogger(run_id=...)``) on a machine without the history folder, the epochs come from there."""
+        if self._sink is None or self._sink.run_id is None:
+            return None
+        import tempfile
+
+        from dq_plugins.schema import raw_path
+
+        folder = tempfile.mkdtemp(prefix="dq_plugins_raw_")
+        return self._sink.client.download_artifacts(self._sink.run_id, raw_path(split), folder)
 
     # ------------------------------------------------------------------ recording
     def _logits(self, outputs: Any) -> torch.Tensor | None:
