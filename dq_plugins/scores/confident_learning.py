@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+from scipy import sparse
 
 FILTER_BY_OPTIONS: tuple[str, ...] = (
     "prune_by_noise_rate",
@@ -146,15 +147,26 @@ def noise_rate_interval(
     if total <= 0:
         return float("nan"), float("nan")
     cells = np.concatenate([joint.ravel(), np.maximum(unassigned, 0.0)])
+    # only the non-empty cells can be drawn: at C = 1000 the C x C joint is mostly zeros, and drawing every
+    # cell for every resample took draws x C^2 x 8 bytes (16 GB, minutes); draws go in chunks of ~4M cells
+    occupied = np.flatnonzero(cells > 0)
+    in_joint = occupied < num_classes * num_classes
+    row_of = np.where(in_joint, occupied // num_classes, occupied - num_classes * num_classes)
+    on_diagonal = in_joint & (occupied % num_classes == row_of)
+    probabilities = cells[occupied] / cells[occupied].sum()
+    to_row = sparse.csr_matrix((np.ones(occupied.size), (np.arange(occupied.size), row_of)),
+                               shape=(occupied.size, num_classes))
     rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(int(round(total)), cells / cells.sum(), size=draws).astype(np.float64)
-    cj = drawn[:, : num_classes * num_classes].reshape(draws, num_classes, num_classes)
-    n = cj.sum(axis=2) + drawn[:, num_classes * num_classes:]
-    rows = cj.sum(axis=2)
-    diagonal = np.diagonal(cj, axis1=1, axis2=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kept = np.where(rows > 0, diagonal / np.maximum(rows, 1e-12), 1.0)
-    rates = 1.0 - (n / n.sum(axis=1, keepdims=True) * kept).sum(axis=1)
+    rates = np.empty(draws)
+    chunk = max(1, 4_000_000 // occupied.size)
+    for start in range(0, draws, chunk):
+        drawn = rng.multinomial(int(round(total)), probabilities, size=min(chunk, draws - start)).astype(np.float64)
+        n = np.asarray(drawn @ to_row)  # per given label: every cell of its row and its unassigned samples
+        rows = np.asarray((drawn * in_joint) @ to_row)
+        diagonal = np.asarray((drawn * on_diagonal) @ to_row)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kept = np.where(rows > 0, diagonal / np.maximum(rows, 1e-12), 1.0)
+        rates[start:start + drawn.shape[0]] = 1.0 - (n / n.sum(axis=1, keepdims=True) * kept).sum(axis=1)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(rates, [tail, 1.0 - tail])
     return float(low), float(high)
