@@ -10,7 +10,8 @@ import torch
 
 from dq_plugins.recording.history_store import EpochStore
 from dq_plugins.recording.ledger import DEVICE_BYTES_PER_SAMPLE, SplitLedger, planned_bytes
-from dq_plugins.recording.session import DynamicsSession, SessionConfig, upload_sample
+from dq_plugins.raw_record import upload_sample
+from dq_plugins.recording.session import DynamicsSession, SessionConfig
 
 
 def _train(ledger: SplitLedger, epochs: range, seed: int = 0) -> None:
@@ -155,7 +156,7 @@ def test_memory_peaks_are_reported_and_history_files_removed(tmp_path):
 def test_resume_elsewhere_recovers_the_epochs_from_the_runs_raw_record(tmp_path):
     import shutil
 
-    from dq_plugins.recording.session import save_history
+    from dq_plugins.raw_record import save_history
 
     first = DynamicsSession(SessionConfig(history_dir=str(tmp_path / "machine_a")))
     first.set_capacity("train", 40)

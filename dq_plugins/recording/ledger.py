@@ -54,9 +54,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory
-from dq_plugins.recording.stage import RowStage, last_occurrence
+from dq_plugins.raw_record import FLOAT_FIELDS, WIDE_FLOAT32_MAX_ELEMENTS, SplitHistory
 from dq_plugins.recording.history_store import EpochStore, Fetch
+from dq_plugins.recording.stage import HostFold, RowStage, last_occurrence
 
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
                                    "early_count")

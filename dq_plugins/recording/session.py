@@ -20,7 +20,7 @@ from dq_plugins.recording.embeddings import MEMMAP_BYTES as EMBEDDINGS_MEMMAP_BY
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
-from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory, save_embeddings, save_fingerprints, save_history, upload_sample
+from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory, load_history, save_embeddings, save_fingerprints, save_history, upload_sample
 from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
 from dq_plugins.recording.history_store import new_history_folder
 from dq_plugins.recording.ledger import SplitLedger, distributed_rank_and_world, planned_bytes
