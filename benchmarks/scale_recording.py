@@ -106,7 +106,7 @@ def run(num_samples: int, num_classes: int, epochs: int, batch: int, dim: int = 
         if not analyze:
             from dq_plugins.recording.session import DynamicsSession
 
-            DynamicsSession.finish_run = lambda self, sink: sink.end("FINISHED")  # recording only
+            DynamicsSession.finish_run = lambda self, sink, **options: sink.end("FINISHED")  # recording only
         trainer = pl.Trainer(max_epochs=epochs, callbacks=[Marks(), callback], logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
                              num_sanity_val_steps=0, limit_val_batches=0)
