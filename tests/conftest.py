@@ -51,3 +51,10 @@ def pca_maps(monkeypatch):
     5 s (1k to 20k rows on shared cores) and is tested in tests/scores/test_projection.py, where
     umap-learn's tests (minutes of numba compilation) opt in with DQ_SLOW_TESTS=1."""
     monkeypatch.setenv("DQ_PLUGINS_PROJECTION", "pca")
+
+
+@pytest.fixture(autouse=True)
+def history_in_tmp(tmp_path, monkeypatch):
+    """The per-epoch history files (kept after a fit, a checkpoint may point to them) go under the test's
+    tmp_path rather than the shared temp folder."""
+    monkeypatch.setenv("DQ_PLUGINS_HISTORY_DIR", str(tmp_path / "dq_history"))
