@@ -32,7 +32,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
-from dq_plugins.scores.confident_learning import ConfidentLearningScores
+from dq_plugins.scores.confident_learning import ConfidentLearningScores, nan_rows, row_chunks
 from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import mislabel_score
 
@@ -164,7 +164,8 @@ def analyze_split(
     ids = np.flatnonzero(seen)
     fields = {name: values[:, seen] for name, values in history.fields.items()}
     labels = history.labels[seen]
-    probs = history.mean_probs[seen]
+    everyone = bool(seen.all())  # no (N, C) copy of the softmax when every id was seen
+    probs = history.mean_probs if everyone else history.mean_probs[seen]
     num_epochs = fields["loss"].shape[0]
     early = early_epochs or default_early_epochs(max(num_epochs, 1))
 
@@ -179,7 +180,9 @@ def analyze_split(
         by_id = embedding.samples.set_index("sample_id")["neighbor_disagreement"]
         values = by_id.reindex(ids).to_numpy(dtype=np.float64)
         disagreement = values if np.isfinite(values).any() else None
-    early_probs = history.early_probs[seen] if history.early_probs is not None else None
+    early_probs = None
+    if history.early_probs is not None:
+        early_probs = history.early_probs if everyone else history.early_probs[seen]
     early_cl = early_window_cl(labels, early_probs) if early_probs is not None and num_epochs else None
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                            el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
@@ -257,6 +260,22 @@ def label_flags(labels: np.ndarray, cl: Any, score: np.ndarray, early_probs: np.
     return early_window_flags(labels, early_probs, score, early) or flags
 
 
+def row_argmax(probs: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """``(N,)`` int64 arg-max of each row of the ``(N, C)`` ``probs``, in row chunks (no full-size temporary).
+
+    NaN counts as 0.0 (``np.nan_to_num``); with ``exclude`` ``(N,)``, that column of each row is left out
+    (the arg-max among the other classes). Ties go to the lowest column, as ``np.argmax``.
+    """
+    out = np.empty(probs.shape[0], dtype=np.int64)
+    for rows in row_chunks(*probs.shape):
+        block = np.nan_to_num(probs[rows], nan=0.0)
+        if exclude is not None:
+            inside = (exclude[rows] >= 0) & (exclude[rows] < probs.shape[1])
+            block[np.flatnonzero(inside), exclude[rows][inside]] = -np.inf
+        out[rows] = block.argmax(axis=1)
+    return out
+
+
 def early_window_cl(labels: np.ndarray, early_probs: np.ndarray) -> ConfidentLearningScores | None:
     """Confident learning on the early-window softmax ``(N, C)``, or ``None`` when that window is not trusted.
 
@@ -266,11 +285,11 @@ def early_window_cl(labels: np.ndarray, early_probs: np.ndarray) -> ConfidentLea
     count of :func:`early_window_flags` and are the pseudo-labels that weigh the signals of
     ``mislabel_score`` (:func:`~dq_plugins.scores.mislabel.signal_weights`).
     """
-    valid = ~np.isnan(early_probs).any(axis=1)
+    valid = ~nan_rows(early_probs)
     num_classes = early_probs.shape[1]
     if valid.sum() < 2:
         return None
-    accuracy = float((early_probs[valid].argmax(axis=1) == labels[valid]).mean())
+    accuracy = float((row_argmax(early_probs)[valid] == labels[valid]).mean())
     if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
         return None
     return confident_learning(labels, early_probs)
@@ -304,7 +323,6 @@ def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.nd
         score: ``(N,)`` ``mislabel_score`` (NaN ranks last).
         early: :func:`early_window_cl` of ``early_probs`` when already computed.
     """
-    num_classes = early_probs.shape[1]
     early = early if early is not None else early_window_cl(labels, early_probs)
     if early is None:
         return None
@@ -312,9 +330,8 @@ def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.nd
     order = np.argsort(-np.nan_to_num(np.asarray(score), nan=-1.0), kind="stable")
     flags = np.zeros(len(labels), dtype=bool)
     flags[order[:count]] = True
-    flags &= early_probs.argmax(axis=1) != labels  # the early model itself must disagree with the label
-    others = np.where(np.arange(num_classes)[None, :] == labels[:, None], -np.inf, np.nan_to_num(early_probs, nan=0.0))
-    suggested = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
+    flags &= row_argmax(early_probs) != labels  # the early model itself must disagree with the label
+    suggested = np.where(flags, row_argmax(early_probs, exclude=labels), labels).astype(np.int64)
     return LabelFlags(flags, suggested, float(early.noise_rate), early.noise_rate_interval, True)
 
 

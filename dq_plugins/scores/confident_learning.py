@@ -172,10 +172,49 @@ def noise_rate_interval(
     return float(low), float(high)
 
 
+ROW_CHUNK_ELEMENTS = 2**22
+"""Elements of an ``(N, C)`` array handled at once by the row-chunked passes (32 MB of float64)."""
+
+
+def row_chunks(num_rows: int, num_columns: int) -> list[slice]:
+    """Slices of ``range(num_rows)`` of about :data:`ROW_CHUNK_ELEMENTS` elements each (at least one row)."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(num_columns, 1))
+    return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+def nan_rows(values: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: rows of the ``(N, C)`` array ``values`` holding any NaN, in row chunks (no ``(N, C)`` mask)."""
+    out = np.zeros(values.shape[0], dtype=bool)
+    for rows in row_chunks(*values.shape):
+        out[rows] = np.isnan(values[rows]).any(axis=1)
+    return out
+
+
 def _normalise_rows(probs: np.ndarray) -> np.ndarray:
-    """Clip to :data:`PROB_EPSILON` and rescale every row to sum to 1."""
-    clipped = np.clip(probs, PROB_EPSILON, None)
-    return clipped / clipped.sum(axis=1, keepdims=True)
+    """Clip to :data:`PROB_EPSILON` and rescale every row to sum to 1 (float64 arithmetic, float64 out)."""
+    clipped = np.clip(probs.astype(np.float64, copy=False), PROB_EPSILON, None)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    return clipped
+
+
+def _normalised_float32(pred_probs: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None,
+                        labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(M, K)`` float32 rows ``rows`` (all when None) and columns ``columns`` (all when None) of
+    ``pred_probs``, clipped and renormalised chunk by chunk in float64 (the only full-size array is the
+    float32 result); with ``labels`` ``(M,)``, also the ``(M,)`` float64 normalised probability of each
+    row's label (before the column selection)."""
+    num_rows = pred_probs.shape[0] if rows is None else rows.size
+    width = pred_probs.shape[1] if columns is None else columns.size
+    out = np.empty((num_rows, width), dtype=np.float32)
+    given = None if labels is None else np.empty(num_rows)
+    for chunk in row_chunks(num_rows, pred_probs.shape[1]):
+        block = _normalise_rows(pred_probs[chunk] if rows is None else pred_probs[rows[chunk]])
+        if given is not None:
+            given[chunk] = block[np.arange(block.shape[0]), labels[chunk]]
+        if columns is not None:
+            block = _normalise_rows(block[:, columns])
+        out[chunk] = block
+    return out, given
 
 
 def confident_learning(
@@ -224,8 +263,8 @@ def confident_learning(
     _check_inputs(labels, pred_probs, filter_by)
     num_samples, num_classes = pred_probs.shape
 
-    valid = ~np.isnan(pred_probs).any(axis=1)
-    if np.isinf(pred_probs[valid]).any():
+    valid = ~nan_rows(pred_probs)
+    if any(np.isinf(pred_probs[rows][valid[rows]]).any() for rows in row_chunks(*pred_probs.shape)):
         raise ValueError(
             "Expected argument `pred_probs` to be finite in recorded rows (NaN = not recorded)"
             " but found inf."
@@ -245,28 +284,28 @@ def confident_learning(
     if valid_labels.size == 0:
         return ConfidentLearningScores(is_label_issue, suggested_label, label_quality, 0.0, joint, (0.0, 0.0))
 
-    cl_filter, cl_rank, cl_count = _import_cleanlab()
-    probs = _normalise_rows(pred_probs[valid].astype(np.float64))
-    label_quality[valid] = cl_rank.get_label_quality_scores(
-        valid_labels, probs, method="self_confidence"
-    )
-
+    cl_filter, _, cl_count = _import_cleanlab()
     present = np.unique(valid_labels)
+    rows = None if valid.all() else np.flatnonzero(valid)
     if valid_labels.size < 2 or present.size < 2:
+        # self-confidence (cleanlab.rank.get_label_quality_scores(method="self_confidence")): the label's probability
+        _, label_quality[valid] = _normalised_float32(pred_probs, rows, np.zeros(0, np.int64), valid_labels)
         frequencies = np.bincount(valid_labels, minlength=num_classes) / valid_labels.size
         return ConfidentLearningScores(
             is_label_issue, suggested_label, label_quality, 0.0, np.diag(frequencies), (0.0, 0.0)
         )
 
-    # Restrict to the classes present among the given labels, then map back.
+    # Restrict to the classes present among the given labels, then map back. The (M, K) softmax handed to
+    # cleanlab is float32 (cleanlab keeps its dtype); it is the only full-size copy made here.
     compact_labels = np.searchsorted(present, valid_labels)
-    compact_probs = _normalise_rows(probs[:, present])
+    columns = None if present.size == num_classes else present
+    compact_probs, label_quality[valid] = _normalised_float32(pred_probs, rows, columns, valid_labels)
     issues = cl_filter.find_label_issues(
         compact_labels, compact_probs, filter_by=filter_by, n_jobs=1
     )
-    compact_joint = cl_count.estimate_joint(compact_labels, compact_probs)
-    joint[np.ix_(present, present)] = compact_joint
     confident = cl_count.compute_confident_joint(compact_labels, compact_probs, calibrate=False)
+    compact_joint = cl_count.estimate_joint(compact_labels, compact_probs, confident_joint=confident)
+    joint[np.ix_(present, present)] = compact_joint
     interval = noise_rate_interval(confident, np.bincount(compact_labels, minlength=present.size))
 
     valid_rows = np.flatnonzero(valid)

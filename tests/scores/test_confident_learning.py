@@ -236,3 +236,43 @@ def test_importing_cleanlab_keeps_the_warning_filters() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("absent", [None, 3])
+def test_row_chunks_match_cleanlab_on_the_whole_float64_matrix(monkeypatch: pytest.MonkeyPatch,
+                                                               absent: int | None) -> None:
+    """Row chunks of a few rows (float32 softmax handed to cleanlab) give cleanlab's own result on the
+    whole float64 matrix: flags, joint, self-confidence; NaN rows and an absent class included."""
+    import cleanlab.count
+    import cleanlab.filter
+    import cleanlab.rank
+
+    module = sys.modules["dq_plugins.scores.confident_learning"]
+
+    classes = (0, 1, 2) if absent == 3 else (0, 1, 2, 3)
+    labels, pred_probs, _, _ = _planted(num_samples=300, classes=classes, num_columns=4, num_flips=20, seed=3)
+    pred_probs[[5, 77]] = np.nan
+    monkeypatch.setattr(module, "ROW_CHUNK_ELEMENTS", 4 * 7)  # 7 rows per chunk
+    scores = confident_learning(labels, pred_probs.astype(np.float32))
+    valid = ~np.isnan(pred_probs).any(axis=1)
+    present = np.unique(labels[valid])
+    full = np.clip(pred_probs[valid].astype(np.float32).astype(np.float64), 1e-12, None)
+    full /= full.sum(axis=1, keepdims=True)
+    compact = full[:, present] / full[:, present].sum(axis=1, keepdims=True)
+    compact_labels = np.searchsorted(present, labels[valid])
+    expected = cleanlab.filter.find_label_issues(compact_labels, compact, filter_by="prune_by_noise_rate", n_jobs=1)
+    np.testing.assert_array_equal(scores.is_label_issue[valid], expected)
+    assert not scores.is_label_issue[~valid].any() and np.isnan(scores.label_quality[~valid]).all()
+    joint = cleanlab.count.estimate_joint(compact_labels, compact)
+    np.testing.assert_allclose(scores.joint[np.ix_(present, present)], joint, atol=1e-12)
+    quality = cleanlab.rank.get_label_quality_scores(labels[valid], full, method="self_confidence")
+    np.testing.assert_allclose(scores.label_quality[valid], quality, atol=1e-7)
+    assert expected.any()
+
+
+def test_nan_rows_in_chunks() -> None:
+    from dq_plugins.scores.confident_learning import nan_rows
+
+    values = np.zeros((10_000, 1000), np.float32)
+    values[[0, 4_500, 9_999], [3, 999, 0]] = np.nan
+    np.testing.assert_array_equal(np.flatnonzero(nan_rows(values)), [0, 4_500, 9_999])
