@@ -2,8 +2,9 @@
 
 Reference: Northcutt, Jiang and Chuang, "Confident Learning: Estimating Uncertainty in Dataset
 Labels", JAIR 2021 (https://arxiv.org/abs/1911.00068); implementation: cleanlab >= 2.9
-(``cleanlab.filter.find_label_issues``, ``cleanlab.rank.get_label_quality_scores``,
-``cleanlab.count.estimate_joint``). cleanlab is imported on first call, not at import time.
+(``cleanlab.filter.find_label_issues``, ``cleanlab.count.compute_confident_joint``,
+``cleanlab.count.estimate_joint``; the self-confidence of ``cleanlab.rank.get_label_quality_scores`` is computed
+here, row chunk by row chunk). cleanlab is imported on first call, not at import time.
 """
 
 from __future__ import annotations
