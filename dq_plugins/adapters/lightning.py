@@ -519,14 +519,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 "HINT: return `{'loss': loss, 'logits': logits}` from `training_step`, or pass "
                 "`logits_module='<name of the submodule whose output is the logits>'` to the callback."
             )
-        ids, labels = self._ids_and_labels(batch)
-        if self._tasks.route(TRAIN, trainer.current_epoch, ids, labels, logits):
-            return
-        self.session.record(TRAIN, trainer.current_epoch, ids, labels, logits, _step_loss(outputs))
-        self.session.record_metadata(TRAIN, ids, batch)
-        self.session.record_latency(TRAIN, ids, spans)
-        self._record_embeddings(TRAIN, outputs, batch, ids, logits.shape[1])
-        self._record_inputs(TRAIN, batch, ids)
+        self._record_batch(TRAIN, trainer.current_epoch, outputs, batch, logits, spans)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.session.close_epoch(TRAIN)
@@ -575,14 +568,20 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 )
                 self._warned_no_val_logits = True
             return
+        self._record_batch(VALIDATION, trainer.current_epoch, outputs, batch, logits, spans)
+
+    def _record_batch(self, split: str, epoch: int, outputs: Any, batch: Any, logits: torch.Tensor,
+                      spans: Any) -> None:
+        """Hand one batch of ``split`` to the recording: a multi-label or token task's recorder, else the
+        session (dynamics, metadata, latency, embeddings, input fingerprints). No host sync."""
         ids, labels = self._ids_and_labels(batch)
-        if self._tasks.route(VALIDATION, trainer.current_epoch, ids, labels, logits):
+        if self._tasks.route(split, epoch, ids, labels, logits):
             return
-        self.session.record(VALIDATION, trainer.current_epoch, ids, labels, logits, _step_loss(outputs))
-        self.session.record_metadata(VALIDATION, ids, batch)
-        self.session.record_latency(VALIDATION, ids, spans)
-        self._record_embeddings(VALIDATION, outputs, batch, ids, logits.shape[1])
-        self._record_inputs(VALIDATION, batch, ids)
+        self.session.record(split, epoch, ids, labels, logits, _step_loss(outputs))
+        self.session.record_metadata(split, ids, batch)
+        self.session.record_latency(split, ids, spans)
+        self._record_embeddings(split, outputs, batch, ids, logits.shape[1])
+        self._record_inputs(split, batch, ids)
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
