@@ -9,7 +9,7 @@ import torch
 from dq_plugins.figures.token_view import token_issue_html
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.recording.tasks import Task, TaskRouter, detect_task
-from dq_plugins.recording.tokens import TokenLedger
+from dq_plugins.recording.tokens import TokenLedger, check_token_batch
 from dq_plugins.scores.tokens import token_label_issues, token_scores
 
 
@@ -156,3 +156,15 @@ def test_a_record_that_starts_late_is_warned():
     router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
     with pytest.warns(RuntimeWarning, match=r"starts at epoch 2 \(a resumed run\?\).*epochs 0..1 are missing"):
         router.route("train", 2, torch.tensor([0]), torch.tensor([[1, -100]]), torch.randn(1, 2, 3))
+
+
+def test_token_batch_shape_and_dtype_errors_name_the_fix():
+    ids = torch.arange(2)
+    logits = torch.zeros(2, 5, 3)
+    with pytest.raises(ValueError, match=r"Expected token logits of shape \(batch, seq_len, num_tags\).*"
+                                         r"tags \(2, 4\).*pad the tags with -100"):
+        check_token_batch(ids, torch.zeros(2, 4, dtype=torch.int64), logits, "labels", first=True)
+    with pytest.raises(ValueError, match=r"Expected integer tags under `labels` \(-100 where ignored\).*float32"):
+        check_token_batch(ids, torch.zeros(2, 5), logits, "labels", first=True)
+    with pytest.raises(ValueError, match=r"Expected one sample id per sequence.*ids of shape \(3,\)"):
+        check_token_batch(torch.arange(3), torch.zeros(2, 5, dtype=torch.int64), logits, "labels", first=False)
