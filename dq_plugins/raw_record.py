@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,25 @@ def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
     )
     with open(path, "wb") as handle:
         handle.write(buffer.getvalue())
+
+
+def save_task_history(history: Any, path: str | os.PathLike) -> None:
+    """Write the host record of one split of a multi-label or token task (``MultiLabelHistory`` /
+    ``TokenHistory``, whose class attribute ``task`` names it) as a compressed ``.npz``: ``task``, each
+    array attribute under its name and each entry of ``fields`` as ``field_<name>`` (see :func:`load_task_record`)."""
+    arrays = {name: value for name, value in vars(history).items() if isinstance(value, np.ndarray)}
+    arrays.update({f"field_{name}": value for name, value in (getattr(history, "fields", None) or {}).items()})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, task=np.asarray(history.task), **arrays)
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def load_task_record(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    """``(task, arrays)`` of a record written by :func:`save_task_history`."""
+    check_npz(path)  # declared sizes first: an untrusted file is never decompressed blindly
+    with np.load(path, allow_pickle=False) as data:
+        return str(data["task"]), {name: data[name] for name in data.files if name != "task"}
 
 
 WIDE_FLOAT32_MAX_ELEMENTS = 2**25

@@ -575,7 +575,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         """Hand one batch of ``split`` to the recording: a multi-label or token task's recorder, else the
         session (dynamics, metadata, latency, embeddings, input fingerprints). No host sync."""
         ids, labels = self._ids_and_labels(batch)
-        if self._tasks.route(split, epoch, ids, labels, logits):
+        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+        if self._tasks.route(split, epoch, ids, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
             return
         self.session.record(split, epoch, ids, labels, logits, _step_loss(outputs))
         self.session.record_metadata(split, ids, batch)
@@ -703,7 +704,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         if not trainer.is_global_zero or sink is None:
             return
         try:
-            if self.session.ledgers:
+            if self.session.ledgers or self._tasks.ledgers:
                 self.session.close_all(reduce=False)  # other ranks may be gone: no collective
                 self.session.save_raw(sink)
                 sink.flush()

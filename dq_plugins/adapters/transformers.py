@@ -404,7 +404,9 @@ def _max_length(dataset: Any, column: str = "input_ids") -> int | None:
 
 def _token_strings(datasets: dict[str, Any], id_column: str, convert: Callable[[list[int]], list[str]] | None
                    ) -> Callable[[str, int], Sequence[str] | None] | None:
-    """``(split, sample_id) -> tokens`` read from the split's dataset by id (for the HTML view)."""
+    """``(split, sample_id) -> tokens`` read from the split's dataset by id (for the HTML view), from the
+    first attended position on (a row padded on the left in the dataset loses its padding, as the
+    recorded token positions count from there)."""
     if convert is None:
         return None
     rows: dict[str, dict[int, int]] = {}
@@ -419,7 +421,12 @@ def _token_strings(datasets: dict[str, Any], id_column: str, convert: Callable[[
         row = rows[split].get(int(sample_id))
         if row is None:
             return None
-        return list(convert([int(t) for t in dataset[row]["input_ids"]]))
+        item = dataset[row]
+        tokens = [int(t) for t in item["input_ids"]]
+        mask = item.get("attention_mask") if isinstance(item, Mapping) else None
+        if mask is not None and len(mask) == len(tokens):
+            tokens = tokens[next((i for i, m in enumerate(mask) if m), 0):]
+        return list(convert(tokens))
 
     return strings
 
@@ -570,7 +577,7 @@ class DataQualityCallback(TrainerCallback):
         check_projection(projection)
         self._options = given_options(DataQualityCallback.__init__, locals())  # logged as dq.* parameters
         self._task_option: Task | None = parse_task(task)
-        self._task_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._task_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._task_datasets: dict[str, Any] = {}
         self.embeddings = embeddings
         self.fingerprints = fingerprints
@@ -851,10 +858,12 @@ class DataQualityCallback(TrainerCallback):
                 "the targets from. HINT: keep `label_smoothing_factor=0` and no `compute_loss_func` (they make the "
                 "Trainer pop `labels`), and name the target column `labels`."
             )
+        mask = self._tap.attention_mask if self._tap is not None else None
+        mask = mask.detach() if isinstance(mask, torch.Tensor) else None
         if training:
-            self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits)
+            self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits, mask)
         elif self._epoch is not None:
-            self._task_stash.append((ids, logits.detach(), labels.detach()))
+            self._task_stash.append((ids, logits.detach(), labels.detach(), mask))
 
     def _record_task_eval(self, dataloader: Any) -> None:
         """Record the held evaluation batches of a multi-label / token task (first eval dataset only)."""
@@ -876,8 +885,8 @@ class DataQualityCallback(TrainerCallback):
                 self._tasks.widths[VALIDATION] = _max_length(dataset)
         elif key != self._val_key:
             return
-        for ids, logits, labels in stash:
-            self._tasks.route(VALIDATION, self._epoch, ids, labels, logits)
+        for ids, logits, labels, mask in stash:
+            self._tasks.route(VALIDATION, self._epoch, ids, labels, logits, mask)
 
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

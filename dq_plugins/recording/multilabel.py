@@ -18,7 +18,9 @@ unconditional and the training step never syncs with the host. Batches are stage
 (:class:`~dq_plugins.recording.stage.RowStage`) and folded in a handful of ops.
 
 Memory, ``N`` samples and ``C`` classes: device ``N * C * 4 * 6`` bytes (three per-epoch fields,
-two cross-epoch sums, the labels as float) plus ``N * 12``; host ``E * N * C * 3 * 4`` bytes of history.
+two cross-epoch sums, the labels as float) plus ``N * 12``; ``N * C * 3 * 4`` bytes per closed epoch, written
+to one file per epoch (:class:`~dq_plugins.recording.history_store.EpochStore`, issue 13's design: a
+checkpoint holds the folder, not the rows) or kept in RAM without a folder.
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dq_plugins.recording.history_store import EpochStore, Fetch
 from dq_plugins.recording.stage import RowStage, last_occurrence
 
 MULTILABEL_FIELDS: tuple[str, ...] = ("prob_given", "margin", "correct")
 """Per-(sample, class) fields of the per-epoch record."""
+
+_STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "labels", "prob_sum", "prob_count", "early_sum", "early_count",
+                                   "dropped")
+"""Device buffers ``_<name>`` saved in a checkpoint (:meth:`MultiLabelLedger.state_dict`)."""
 
 
 @dataclass
@@ -54,6 +61,8 @@ class MultiLabelHistory:
     mean_probs: np.ndarray
     early_probs: np.ndarray | None = None
 
+    task = "multilabel"  # the raw record's `task` (a class attribute, not a field)
+
     @property
     def seen(self) -> np.ndarray:
         """(N,) bool: recorded at least once with finite logits and a valid target."""
@@ -68,10 +77,11 @@ class MultiLabelLedger:
         num_classes: C, the width of the logits and of the multi-hot targets.
         device: where the buffers live.
         stage_rows: rows staged before they are folded into the sums.
+        history_folder: where closed epochs are written (:class:`EpochStore`); ``None`` keeps them in RAM.
     """
 
     def __init__(self, capacity: int, num_classes: int, device: torch.device | str = "cpu",
-                 stage_rows: int | None = None) -> None:
+                 stage_rows: int | None = None, history_folder: str | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"Expected a split with at least one sample id, but got capacity={capacity}.")
         if num_classes < 1:
@@ -89,7 +99,7 @@ class MultiLabelLedger:
         self.early_epochs = 0
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
-        self.history: dict[int, dict[str, np.ndarray]] = {}
+        self.history = EpochStore(history_folder)
         self._stage = RowStage(int(stage_rows or min(65536, max(1024, 4_000_000 // self.num_classes))))
 
     # ------------------------------------------------------------------ hot path
@@ -155,6 +165,35 @@ class MultiLabelLedger:
         self._dropped.zero_()
         self.pending_epoch = None
         return dict(zip(("out_of_range", "non_finite", "bad_target"), dropped))
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``): the buffers of
+        the pending epoch and across epochs, and the history folder with the epochs written there."""
+        self.flush()
+        return {
+            "capacity": self.capacity,
+            "num_classes": self.num_classes,
+            "pending_epoch": self.pending_epoch,
+            "history_store": self.history.state_dict(),
+            "early_epochs": self.early_epochs,
+            "latest_probs_only": self.latest_probs_only,
+            **{name: getattr(self, f"_{name}").to("cpu", copy=True) for name in _STATE_BUFFERS},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu",
+                        fetch: Fetch | None = None) -> MultiLabelLedger:
+        """Rebuild a ledger saved by :meth:`state_dict` on ``device``; ``fetch(epoch)`` recovers epoch files
+        missing from the history folder (:meth:`EpochStore.from_state_dict` raises a clear error otherwise)."""
+        ledger = cls(state["capacity"], state["num_classes"], device)
+        ledger.pending_epoch = state.get("pending_epoch")
+        ledger.history = EpochStore.from_state_dict(state["history_store"], fetch)
+        ledger.early_epochs = int(state.get("early_epochs", 0))
+        ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
+        for name in _STATE_BUFFERS:
+            getattr(ledger, f"_{name}").copy_(state[name])
+        return ledger
 
     def _mean(self, total: torch.Tensor, count: torch.Tensor) -> np.ndarray:
         n = self.capacity

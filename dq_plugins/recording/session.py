@@ -20,7 +20,10 @@ from dq_plugins.recording.embeddings import MEMMAP_BYTES as EMBEDDINGS_MEMMAP_BY
 from dq_plugins.recording.embeddings import EmbeddingBuffer
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
-from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory, load_history, save_embeddings, save_fingerprints, save_history, upload_sample
+from dq_plugins.raw_record import (
+    FLOAT_FIELDS, SplitHistory, load_history, save_embeddings, save_fingerprints, save_history, save_task_history,
+    upload_sample,
+)
 from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
 from dq_plugins.recording.history_store import new_history_folder
 from dq_plugins.recording.ledger import SplitLedger, distributed_rank_and_world, planned_bytes
@@ -112,6 +115,13 @@ class DynamicsSession:
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
         self._history_root = new_history_folder(config.history_dir)  # this fit's epoch files: <root>/<split>/
         self._planned: dict[str, int] = {}  # buffer -> bytes promised by the budget checks
+        # the TaskRouter of a multi-label / token task (it registers itself): its ledgers go into the checkpoint
+        # state and the raw record through this session (state_dict, resume, save_raw)
+        self.task_router: Any = None
+
+    def history_folder(self, split: str) -> str:
+        """Where this fit writes the per-epoch files of ``split`` (:mod:`dq_plugins.recording.history_store`)."""
+        return str(self._history_root / split)
 
     # ------------------------------------------------------------------ memory
     @property
@@ -348,6 +358,8 @@ class DynamicsSession:
             buffer.write(saved["ids"].to(device), saved["values"].to(device).float())
         self._restored = {}
         self._restored_embeddings = {}
+        if self.task_router is not None:
+            self.task_router.resume(device, current_epoch, raw_record)
 
     # ------------------------------------------------------------------ hot path
     def record(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
@@ -509,10 +521,14 @@ class DynamicsSession:
             ids, values = buffer.to_numpy()
             embeddings[split] = {"ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
         embeddings.update({s: st for s, st in self._restored_embeddings.items() if s not in embeddings})
-        return {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency, "metadata": metadata,
-                "pending_metadata": pending, "embeddings": embeddings,
-                "rule_history": [_frame_state(frame) for frame in self._rule_history],
-                "mark_failed_at_validation": self.mark_failed_at_validation}
+        state = {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency, "metadata": metadata,
+                 "pending_metadata": pending, "embeddings": embeddings,
+                 "rule_history": [_frame_state(frame) for frame in self._rule_history],
+                 "mark_failed_at_validation": self.mark_failed_at_validation}
+        task = self.task_router.state_dict() if self.task_router is not None else None
+        if task:  # a multi-label / token task's ledgers (an optional key: single-label checkpoints are unchanged)
+            state["task"] = task
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (a checkpoint without ``"version"`` is of version 1;
@@ -543,6 +559,8 @@ class DynamicsSession:
         self._restored_embeddings = dict(state.get("embeddings", {}))
         self._rule_history = [pd.DataFrame(columns) for columns in state.get("rule_history", [])]
         self.mark_failed_at_validation = bool(state.get("mark_failed_at_validation", False))
+        if self.task_router is not None:
+            self.task_router.load_state_dict(state.get("task"))
 
     # ------------------------------------------------------------------ end of fit
     def close_all(self, reduce: bool = True) -> None:
@@ -556,13 +574,23 @@ class DynamicsSession:
             if distributed_rank_and_world()[0] != 0:  # rank 0 alone saves and analyses the record
                 self.remove_history_files()
 
-    def save_raw(self, sink: MlflowSink, histories: dict[str, SplitHistory] | None = None) -> None:
-        """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only).
+    def save_raw(self, sink: MlflowSink, histories: dict[str, Any] | None = None) -> None:
+        """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only): the
+        one place a fit saves its record, single-label or (through :attr:`task_router`) a multi-label or
+        token task's (:func:`~dq_plugins.raw_record.save_task_history`).
 
-        ``histories``: the records of :meth:`histories` when the caller already has them (``None``: read them).
+        ``histories``: the records of :meth:`histories` (or of the task router) when the caller already has
+        them (``None``: read them, the task router's included).
         """
-        for split, history in (self.histories() if histories is None else histories).items():
-            save_history(history, sink.stage_path(raw_path(split)))
+        if histories is None:
+            histories = self.histories()
+            if self.task_router is not None:
+                histories.update(self.task_router.histories())
+        for split, history in histories.items():
+            if isinstance(history, SplitHistory):
+                save_history(history, sink.stage_path(raw_path(split)))
+            else:
+                save_task_history(history, sink.stage_path(raw_path(split)))
             sink.add_artifact(raw_path(split))
 
     def remove_history_files(self) -> None:

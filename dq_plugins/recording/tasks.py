@@ -9,8 +9,11 @@ ledgers (:mod:`dq_plugins.recording.multilabel`, :mod:`dq_plugins.recording.toke
 The task comes from the callback option, from the model (Hugging Face: ``problem_type`` and the
 ``*ForTokenClassification`` head) and from the first batch (the shapes and dtypes of targets and
 logits); when an explicit option and the data disagree, the first batch raises an error saying what
-was detected. Not yet supported for these tasks: embeddings, metadata, rules, latency, resuming
-from a checkpoint, and ``torch.distributed`` (an error at the first batch).
+was detected. The router's ledgers go into the checkpoint through the session
+(:meth:`TaskRouter.state_dict`, restored by :meth:`TaskRouter.resume`: a mid-epoch resume records each
+batch once) and their raw record through :meth:`DynamicsSession.save_raw`, the one place a fit saves
+its record. Not yet supported for these tasks: embeddings, metadata, rules, latency and
+``torch.distributed`` (an error at the first batch).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dq_plugins.recording.multilabel import MultiLabelLedger, check_multilabel_batch
-from dq_plugins.recording.tokens import TokenLedger, check_token_batch
+from dq_plugins.recording.multilabel import MULTILABEL_FIELDS, MultiLabelLedger, check_multilabel_batch
+from dq_plugins.recording.tokens import TokenLedger, check_token_batch, first_attended
 
 
 class Task(str, Enum):
@@ -97,6 +100,9 @@ class TaskRouter:
         self.class_names: Sequence[str] | None = None
         self.token_strings: Callable[[str, int], Sequence[str] | None] | None = None
         self.result: Any = None
+        self._restored: dict[str, Any] | None = None  # a checkpoint's state until resume()
+        if session is not None:
+            session.task_router = self
 
     @property
     def active(self) -> bool:
@@ -130,10 +136,14 @@ class TaskRouter:
         return detected
 
     # ------------------------------------------------------------------ hot path
-    def route(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> bool:
+    def route(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+              attention_mask: torch.Tensor | None = None) -> bool:
         """Record one batch if the run is not single-label (returns ``True``); ``False``: the caller records it.
 
-        Shape checks every batch (metadata only); value checks on the first batch of a split (one host sync).
+        ``attention_mask``: the (B, T) mask of the model input, or ``None``; for a token task a token's
+        position counts from the row's first attended position, so left padding (``padding_side="left"``)
+        does not shift it. Shape checks every batch (metadata only); value checks on the first batch of
+        a split (one host sync).
         """
         if self.resolve(labels, logits) is Task.SINGLE_LABEL:
             return False
@@ -153,7 +163,10 @@ class TaskRouter:
         elif logits.shape[-1] != ledger.num_classes:
             raise ValueError(f"Expected logits with {ledger.num_classes} classes as in earlier batches of the {split} "
                              f"split, but got {logits.shape[-1]}.")
-        ledger.record(ids, labels, logits, epoch)
+        if isinstance(ledger, TokenLedger):
+            ledger.record(ids, labels, logits, epoch, first_attended(attention_mask, labels))
+        else:
+            ledger.record(ids, labels, logits, epoch)
         return True
 
     def _new_ledger(self, split: str, labels: torch.Tensor, logits: torch.Tensor) -> MultiLabelLedger | TokenLedger:
@@ -162,7 +175,8 @@ class TaskRouter:
             self.session.set_capacity(split, None)
             capacity = self.session.capacities[split]
         if self.task is Task.MULTILABEL:
-            ledger: MultiLabelLedger | TokenLedger = MultiLabelLedger(capacity, logits.shape[1], logits.device)
+            ledger: MultiLabelLedger | TokenLedger = MultiLabelLedger(
+                capacity, logits.shape[1], logits.device, history_folder=self.session.history_folder(split))
         else:
             width = self.widths.get(split) or self.widths.get("train") or int(labels.shape[1])
             ledger = TokenLedger(capacity, width, logits.shape[2], logits.device)
@@ -190,8 +204,8 @@ class TaskRouter:
             messages = {
                 "non_finite": "were labelled tokens with NaN or inf logits",
                 "bad_tag": f"were tokens with a tag outside 0..{ledger.num_classes - 1} (and not -100)",
-                "too_long": f"were labelled tokens at a position >= the recorded width {ledger.width} or of a sample "
-                            f"id outside 0..{ledger.capacity - 1}",
+                "too_long": f"were labelled tokens at a position >= the recorded width {ledger.width} (or before "
+                            f"the first attended position), or of a sample id outside 0..{ledger.capacity - 1}",
             }
         for key, what in messages.items():
             if counters.get(key):
@@ -205,6 +219,48 @@ class TaskRouter:
         for split in list(self.ledgers):
             self.close_epoch(split)
 
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The task and its ledgers (plain values and CPU tensors, ``torch.load(weights_only=True)`` reads it);
+        empty while the run is single-label or undecided. A state restored but not yet resumed is kept."""
+        if not self.active:
+            return dict(self._restored or {})
+        return {"task": self.task.value, "widths": dict(self.widths),
+                "ledgers": {split: ledger.state_dict() for split, ledger in self.ledgers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Keep a :meth:`state_dict` until :meth:`resume` rebuilds its ledgers on the model's device."""
+        self._restored = dict(state) if state else None
+
+    def resume(self, device: torch.device | str, current_epoch: int, raw_record: Any = None) -> None:
+        """Rebuild the restored ledgers on ``device``. An epoch still pending in the checkpoint is closed
+        when training resumes at a later epoch; resumed inside it, the replayed batches average in.
+
+        ``raw_record(split)``: a local copy of the run's ``dq/raw/<split>.npz`` or ``None`` (recovers
+        multi-label epoch files missing from the history folder).
+
+        Raises:
+            ValueError: the checkpoint holds another task than the callback's ``task=`` option.
+        """
+        state, self._restored = self._restored, None
+        if not state:
+            return
+        task = Task(state["task"])
+        if self.option is not None and self.option is not task:
+            raise ValueError(f"The checkpoint holds a {task.value!r} record, but the callback was given "
+                             f"task={self.option.value!r}. HINT: resume with the same `task=` as the checkpointed fit.")
+        self.task = task
+        self.widths.update({split: int(width) for split, width in state.get("widths", {}).items()})
+        for split, saved in state.get("ledgers", {}).items():
+            if task is Task.MULTILABEL:
+                ledger: MultiLabelLedger | TokenLedger = MultiLabelLedger.from_state_dict(
+                    saved, device, fetch=_task_epochs_of_raw(raw_record, split))
+            else:
+                ledger = TokenLedger.from_state_dict(saved, device)
+            if ledger.pending_epoch is not None and ledger.pending_epoch < current_epoch:
+                ledger.close_epoch()
+            self.ledgers[split] = ledger
+
     # ------------------------------------------------------------------ end of fit
     def histories(self) -> dict[str, Any]:
         return {split: ledger.to_history() for split, ledger in self.ledgers.items()}
@@ -215,12 +271,7 @@ class TaskRouter:
         from dq_plugins.schema import ANALYSIS_ERROR_PATH, raw_path
 
         histories = self.histories()
-        for split, history in histories.items():
-            arrays = {name: value for name, value in vars(history).items() if isinstance(value, np.ndarray)}
-            arrays.update({f"field_{name}": value for name, value in getattr(history, "fields", {}).items()})
-            with open(sink.stage_path(raw_path(split)), "wb") as handle:
-                np.savez_compressed(handle, task=np.asarray(self.task.value), **arrays)
-            sink.add_artifact(raw_path(split))
+        self.session.save_raw(sink, histories)
         result = None
         try:
             from dq_plugins.sinks.task_publish import publish_task_result
@@ -251,3 +302,26 @@ class TaskRouter:
         result = self.finish(sink)
         sink.end("FINISHED")
         return result
+
+
+def _task_epochs_of_raw(raw_record: Any, split: str) -> Callable[[int], dict[str, np.ndarray] | None] | None:
+    """``fetch(epoch) -> row`` reading a multi-label epoch from ``raw_record(split)`` (the run's raw record),
+    for epoch files missing from the history folder; ``None`` without ``raw_record``."""
+    if raw_record is None:
+        return None
+
+    def fetch(epoch: int) -> dict[str, np.ndarray] | None:
+        from dq_plugins.raw_record import load_task_record
+
+        try:
+            path = raw_record(split)
+            arrays = load_task_record(path)[1] if path is not None else None
+        except Exception as error:  # noqa: BLE001 - the caller's error names what is missing
+            warnings.warn(f"dq_plugins: could not read the run's raw record of {split!r}: {error}", RuntimeWarning)
+            return None
+        if arrays is None or epoch not in arrays.get("epochs", ()):
+            return None
+        row = int(np.flatnonzero(arrays["epochs"] == epoch)[0])
+        return {name: arrays[f"field_{name}"][row] for name in MULTILABEL_FIELDS}
+
+    return fetch

@@ -27,6 +27,10 @@ import torch
 
 from dq_plugins.recording.stage import RowStage
 
+_STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
+                                   "dropped")
+"""Device buffers ``_<name>`` saved in a checkpoint (:meth:`TokenLedger.state_dict`)."""
+
 IGNORE_INDEX = -100
 """Tag of a position that is not labelled (the Hugging Face / PyTorch cross-entropy convention)."""
 
@@ -55,6 +59,8 @@ class TokenHistory:
     early_probs: np.ndarray | None
     epochs: np.ndarray
     accuracy: np.ndarray
+
+    task = "token_classification"  # the raw record's `task` (a class attribute, not a field)
 
 
 class TokenLedger:
@@ -93,10 +99,13 @@ class TokenLedger:
         self._stage = RowStage(int(stage_rows or min(262144, max(4096, 8_000_000 // self.num_classes))))
 
     # ------------------------------------------------------------------ hot path
-    def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int) -> None:
+    def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int,
+               offsets: torch.Tensor | None = None) -> None:
         """Stage one batch: (B,) integer ids, (B, T) integer tags (-100 ignored), (B, T, C) float logits.
 
-        Three small device ops per batch (the slot of each position), no host sync.
+        ``offsets``: (B,) integer position of each row's first real token (its left padding, see
+        :func:`first_attended`); a token's recorded position is its column minus its row's offset.
+        ``None``: no left padding. A few small device ops per batch (the slot of each position), no host sync.
         """
         if self.pending_epoch is not None and epoch != self.pending_epoch:
             self.close_epoch()
@@ -105,9 +114,11 @@ class TokenLedger:
             self._count.zero_()
         self.pending_epoch = epoch
         batch, length = labels.shape
-        positions = torch.arange(length, device=ids.device)
+        positions = torch.arange(length, device=ids.device).unsqueeze(0)
+        if offsets is not None:
+            positions = positions - offsets.to(ids.device, torch.int64).reshape(-1, 1)
         ids = ids.reshape(-1, 1).to(torch.int64)
-        inside = (ids >= 0) & (ids < self.capacity) & (positions < self.width).unsqueeze(0)
+        inside = (ids >= 0) & (ids < self.capacity) & (positions >= 0) & (positions < self.width)
         slots = torch.where(inside, ids * self.width + positions, self.trash).reshape(-1)
         # a position at or beyond the width, or of an unknown id, keeps its tag but goes to trash: counted below
         logits = logits.detach().reshape(batch * length, -1)
@@ -164,6 +175,36 @@ class TokenLedger:
         self.pending_epoch = None
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
 
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``): the buffers
+        (sums over every epoch so far and the pending epoch's counters) and the accuracy of closed epochs.
+        No per-epoch per-token rows exist, so its size does not grow with the epochs."""
+        self.flush()
+        return {
+            "capacity": self.capacity,
+            "width": self.width,
+            "num_classes": self.num_classes,
+            "pending_epoch": self.pending_epoch,
+            "accuracy_epochs": list(self.accuracy),
+            "accuracy": [float(v) for v in self.accuracy.values()],
+            "early_epochs": self.early_epochs,
+            "latest_probs_only": self.latest_probs_only,
+            **{name: getattr(self, f"_{name}").to("cpu", copy=True) for name in _STATE_BUFFERS},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> TokenLedger:
+        """Rebuild a ledger saved by :meth:`state_dict` on ``device``."""
+        ledger = cls(state["capacity"], state["width"], state["num_classes"], device)
+        ledger.pending_epoch = state.get("pending_epoch")
+        ledger.accuracy = {int(e): float(v) for e, v in zip(state["accuracy_epochs"], state["accuracy"])}
+        ledger.early_epochs = int(state.get("early_epochs", 0))
+        ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
+        for name in _STATE_BUFFERS:
+            getattr(ledger, f"_{name}").copy_(state[name])
+        return ledger
+
     def _mean(self, total: torch.Tensor, count: torch.Tensor) -> np.ndarray:
         c = count[: self.trash].unsqueeze(1)
         mean = torch.where(c > 0, total[: self.trash] / c.clamp(min=1), float("nan"))
@@ -185,6 +226,15 @@ class TokenLedger:
             epochs=np.asarray(epochs, dtype=np.int64),
             accuracy=np.asarray([self.accuracy[e] for e in epochs], dtype=np.float64),
         )
+
+
+def first_attended(attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor | None:
+    """(B,) int64 position of each row's first attended token: the length of its left padding (0 with
+    right padding or none). ``None`` when there is no (B, T) mask of the tags' shape. One device op, no sync.
+    A row with no attended position gets 0."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != labels.shape:
+        return None
+    return (attention_mask != 0).to(torch.int8).argmax(dim=1).to(torch.int64)
 
 
 def check_token_batch(ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, label_key: str,
