@@ -119,7 +119,35 @@ def train_hf(workdir: Path, tracking_uri: str, hang_at: int | None = None, resum
     return callback
 
 
-TRAIN = {"lightning": train_lightning, "hf": train_hf}
+def train_hf_token(workdir: Path, tracking_uri: str, hang_at: int | None = None, resume: str | None = None):
+    """Token classification (issue 14) on a tiny random BERT: as :func:`train_hf`, 3 epochs of 4 steps, a
+    checkpoint every 3 steps."""
+    from transformers import BertForTokenClassification, Trainer, TrainerCallback, TrainingArguments
+
+    from dq_plugins.transformers import DataQualityCallback
+    from test_transformers_tasks import NUM_TAGS, bert_config, token_dataset
+
+    class HangAt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == hang_at:
+                (workdir / KILLED_MARKER).write_text(str(state.global_step))
+                time.sleep(600)
+
+    callback = DataQualityCallback(tracking_uri=tracking_uri)
+    args = TrainingArguments(
+        output_dir=str(workdir / "out"), num_train_epochs=3, per_device_train_batch_size=16,
+        per_device_eval_batch_size=16, learning_rate=0.05, optim="sgd", use_cpu=True, report_to="none",
+        save_strategy="steps", save_steps=3, eval_strategy="epoch", disable_tqdm=True, logging_strategy="no",
+        seed=0,
+    )
+    trainer = Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args,
+                      train_dataset=token_dataset(64, 0), eval_dataset=token_dataset(24, 1),
+                      callbacks=[callback, *([HangAt()] if hang_at is not None else [])])
+    trainer.train(resume_from_checkpoint=resume)
+    return callback
+
+
+TRAIN = {"lightning": train_lightning, "hf": train_hf, "hf-token": train_hf_token}
 
 
 # ---------------------------------------------------------------------------------- the tests
@@ -229,6 +257,32 @@ def test_hf_killed_mid_epoch_resumes_from_its_checkpoint(tracking_uri, tmp_path)
     run_id = resume("hf", tmp_path / "crash", uri, checkpoint)
     check_resumed_record(uri, run_id, tracking_uri, uninterrupted("hf", tmp_path / "reference", tracking_uri),
                          {"train": 64, "validation": 24}, tmp_path)
+
+
+def test_hf_token_task_killed_mid_epoch_resumes_from_its_checkpoint(tracking_uri, tmp_path):
+    """Issue 14: a token-classification record survives a SIGKILL as the single-label one does."""
+    import mlflow
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from dq_plugins.raw_record import load_task_record
+
+    uri = f"sqlite:///{tmp_path}/crash.db"
+    assert kill_in_epoch("hf-token", tmp_path / "crash", uri, hang_at=7) == 7
+    checkpoint = Path(get_last_checkpoint(str(tmp_path / "crash" / "out")))
+    assert checkpoint.name == "checkpoint-6"
+    run_id = resume("hf-token", tmp_path / "crash", uri, checkpoint)
+    reference_id = uninterrupted("hf-token", tmp_path / "reference", tracking_uri)
+    client, reference = mlflow.MlflowClient(uri), mlflow.MlflowClient(tracking_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+    for split in ("train", "validation"):
+        task, got = load_task_record(client.download_artifacts(run_id, f"dq/raw/{split}.npz", str(tmp_path / "a")))
+        _, want = load_task_record(reference.download_artifacts(reference_id, f"dq/raw/{split}.npz", str(tmp_path / "b")))
+        assert task == "token_classification" and got["epochs"].tolist() == [0, 1, 2], split
+        for name in ("labels", "pred"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{split} {name}")
+        for name in ("mean_probs", "accuracy", *(["early_probs"] if split == "train" else [])):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{split} {name}")
 
 
 def main(argv: list[str] | None = None) -> None:

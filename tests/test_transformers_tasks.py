@@ -145,3 +145,46 @@ def test_hf_token_batch_with_every_tag_ignored_is_an_error(tracking_uri, tmp_pat
                       callbacks=[DataQualityCallback()])
     with pytest.raises(ValueError, match=r"Every tag under `labels` in the first batch is -100.*HINT"):
         trainer.train()
+
+
+def unpadded_token_dataset(n: int, seed: int) -> datasets.Dataset:
+    """Sequences of 4..SEQ_LEN tokens, not padded (a collator pads each batch); tags as in token_dataset."""
+    tokens, mask = _tokens(n, seed)
+    tags = np.where(np.random.default_rng(seed + 3).random(tokens.shape) < 0.2, -100, tokens % NUM_TAGS)
+    tags[:, 0] = -100
+    lengths = mask.sum(1)
+    return with_ids(datasets.Dataset.from_dict({
+        "input_ids": [t[:k].tolist() for t, k in zip(tokens, lengths)],
+        "attention_mask": [m[:k].tolist() for m, k in zip(mask, lengths)],
+        "labels": [t[:k].tolist() for t, k in zip(tags, lengths)]}))
+
+
+def pad_left(features: list[dict]) -> dict[str, torch.Tensor]:
+    """A ``padding_side="left"`` collator: each batch padded on the left to its longest sequence."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "idx": []}
+    for f in features:
+        pad = width - len(f["input_ids"])
+        batch["input_ids"].append([0] * pad + list(f["input_ids"]))
+        batch["attention_mask"].append([0] * pad + list(f["attention_mask"]))
+        batch["labels"].append([-100] * pad + list(f["labels"]))
+        batch["idx"].append(f["idx"])
+    return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+def test_hf_token_classification_with_left_padding(tracking_uri, tmp_path):
+    """Shuffled batches padded on the left: a token keeps its position (counted from the first attended one)
+    whatever its batch's padding, so each labelled token is one row, with its own tag."""
+    train = unpadded_token_dataset(40, 0)
+    model = BertForTokenClassification(bert_config(NUM_TAGS))
+    callback = DataQualityCallback()
+    Trainer(model=model, args=args(tmp_path, num_train_epochs=3, learning_rate=1e-3, eval_strategy="no",
+                                   per_device_train_batch_size=8),
+            train_dataset=train, data_collator=pad_left, callbacks=[callback]).train()
+    tokens = callback.result.tables["tokens"].sort_values(["sample_id", "token_index"])
+    order = np.argsort(np.asarray(train["idx"]))
+    tags = [train["labels"][i] for i in order]
+    expected = [(s, p, t) for s, row in enumerate(tags) for p, t in enumerate(row) if t != -100]
+    assert list(zip(tokens["sample_id"], tokens["token_index"], tokens["label"])) == expected
+    history = callback._tasks.histories()["train"]
+    assert history.epochs.tolist() == [0, 1, 2] and np.isfinite(history.accuracy).all()
