@@ -112,7 +112,11 @@ class TimedCallback(DataQualityCallback):
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.profiler: cProfile.Profile | None = None
-        # Inside the hooks: the per-sample record (ledger) and the embedding capture, timed apart.
+        self.time_session_parts()
+
+    def time_session_parts(self) -> None:
+        """Inside the hooks: the per-sample record (ledger), the embedding capture and the input
+        fingerprints, timed apart. Called again after ``on_fit_start``, which opens a new session."""
         for method in SESSION_PARTS:
             if hasattr(self.session, method):
                 setattr(self.session, method, self._timed_part(method, getattr(self.session, method)))
@@ -144,6 +148,8 @@ def _timed(name: str) -> Callable[..., Any]:
                 profiler.disable()
             self.seconds[name] += time.perf_counter() - start
             self.calls[name] += 1
+            if name == FIT_START:
+                self.time_session_parts()
 
     hook.__name__ = name
     return hook

@@ -58,3 +58,44 @@ def history_in_tmp(tmp_path, monkeypatch):
     """The per-epoch history files (kept after a fit, a checkpoint may point to them) go under the test's
     tmp_path rather than the shared temp folder."""
     monkeypatch.setenv("DQ_PLUGINS_HISTORY_DIR", str(tmp_path / "dq_history"))
+
+
+SYNCING_OPS = frozenset({
+    "aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::equal", "aten::masked_select",
+    "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::repeat_interleave",
+})
+"""Operators whose result the host must wait for on CUDA (a value, or a shape that depends on values)."""
+
+SYNCING_METHODS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu"})
+"""Tensor methods that bring a device value to the host."""
+
+
+def forbid_host_sync():
+    """Context manager: raise ``AssertionError`` on any operation that would make the host wait for a
+    CUDA device (``.item()``, ``.tolist()``, ``.cpu()``, ``bool(t)``, ``nonzero``, boolean-mask
+    indexing, ...), so a CPU test checks what ``torch.cuda.set_sync_debug_mode("error")`` checks on a GPU.
+    ``.numpy()`` is allowed: it only works on host tensors (a host fold on a CPU device)."""
+    import contextlib
+
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Methods(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in SYNCING_METHODS:
+                raise AssertionError(f"host sync: Tensor.{func.__name__}")
+            return func(*args, **(kwargs or {}))
+
+    class Operators(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            masks = name in ("aten::index", "aten::index_put", "aten::index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or [])
+            if name in SYNCING_OPS or masks:
+                raise AssertionError(f"host sync: {name}")
+            return func(*args, **(kwargs or {}))
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(Methods())
+    stack.enter_context(Operators())
+    return stack

@@ -4,22 +4,38 @@ Embeddings cannot find copies reliably during training: two copies are embedded 
 steps by different weights (40 exact copies planted in 5,000 MNIST images: 7% found from the
 embeddings). The input does not move, so each batch's input rows are fingerprinted on the device:
 
-- ``hash`` (int64): an exact hash of the row's values, ``sum_k v_k * P^k`` over the flattened row
-  in wrapping 64-bit integer arithmetic, ``v_k`` the float32 bit pattern of a float input (so
-  ``-0.0`` and ``0.0`` differ, as do NaN payloads) or the integer value of a token id. Zeros add
-  nothing, so token ids padded with 0 (under the attention mask) hash alike whatever the batch's
-  padded length: a copy in another batch is still a copy. Two rows with the same values always
-  share the hash; different rows collide with probability about ``2^-64`` per pair for values
-  that are not adversarial.
+- ``hash`` (int64): an exact hash of the row's bits. The row is read as 32-bit words ``w_k`` (the
+  float32 bit pattern of a float32 input, so ``-0.0`` and ``0.0`` differ, as do NaN payloads; the
+  two halves of each 64-bit value of a float64 or int64 input; the value of a narrower one, a
+  float16/bfloat16 input through float32), each word mixed by the bijection
+  ``u_k = w_k ^ (w_k >>> 16)`` (so that differences in the high bits alone, such as a sign,
+  reach the low bits), and hashed in two independent 32-bit lanes ``sum_k u_k * m_k mod 2^32``
+  with odd multipliers ``m_k`` derived from the position ``k`` alone (SplitMix64). The two lanes
+  are the two halves of the int64. Integer arithmetic wraps, so the hash does not depend on the
+  order of the sum (the batch size, the device, the chunking): two rows with the same bits
+  always share it. Zeros add nothing, so token ids padded with 0 (under the attention mask) hash
+  alike whatever the batch's padded length. Two rows that differ in one word never collide;
+  rows that differ in several collide with probability about ``2^-64`` per pair for values that
+  are not adversarial (about ``2^-34`` for rows that differ only in signs).
 - ``sketch`` (:data:`SKETCH_DIM` float32): a random projection for near-copies. A float input:
   ``flat @ R`` with ``R`` a fixed Gaussian ``(F, D)`` matrix (Johnson-Lindenstrauss: cosines of
-  sketches follow cosines of inputs). Token ids: a bag-of-tokens sign sketch, each token adding
-  a pseudo-random +-1 vector derived from its id (cosines follow the token-count vectors).
+  sketches follow cosines of inputs); a row with a NaN or infinite value gets a non-finite sketch
+  from :func:`fingerprint`, which :class:`FingerprintBuffer` stores as zeros (that row's exact
+  copies are still found, its near copies are not). Token ids: a bag-of-tokens sign sketch, each
+  token adding a pseudo-random +-1 vector derived from its id (cosines follow the token-count
+  vectors).
 
 :class:`FingerprintBuffer` keeps the latest fingerprint of every sample id (last write wins, as
-the embedding buffer does), on the device; inputs are staged by reference and fingerprinted in
-bulk, and the host gets one copy at the end of fit. Device memory: ``N * (8 + 4D)``
-bytes (``D = 32``: 136 bytes per sample, 136 MB for 1M samples).
+the embedding buffer does) in a table on the **host**: each step fingerprints its batch on the
+device (a few kernels, no host sync) and stages the ``8 + 4D`` bytes per row; a full stage is
+handed to a :class:`~dq_plugins.recording.stage.HostFold` (non-blocking copies into pinned memory,
+written into the table on a worker thread). Memory, ``N`` sample ids, ``S`` staged rows,
+``D = 32``:
+
+- device: ``2 * S * (16 + 4D)`` bytes of stage (2.4 MB), the per-step workspace (at most
+  :data:`CHUNK_WORDS` words of input at a time) and the constants (``4 * F * D`` bytes of
+  projection for inputs of ``F`` values); nothing per sample;
+- host: ``N * (9 + 4D)`` bytes (137 per sample, 175 MB for 1.28M samples) and two pinned stages.
 """
 
 from __future__ import annotations
@@ -27,64 +43,144 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dq_plugins.recording.stage import last_occurrence
+from dq_plugins.recording.stage import HostFold, RowStage
 
 SKETCH_DIM = 32
 """Width of the random-projection sketch."""
 
-_PRIME = 1_000_003
-"""Base of the polynomial hash."""
+STAGE_ROWS = 8192
+"""Fingerprints staged on the device before they are handed to the host (``S`` in the module doc)."""
 
-_MASK64 = (1 << 64) - 1
+CHUNK_WORDS = 1 << 21
+"""Input words hashed at once: a batch above this is fingerprinted in row chunks, which bounds the
+temporaries of a step (:data:`WORKSPACE_BYTES_PER_WORD` per word)."""
+
+WORKSPACE_BYTES_PER_WORD = 16
+"""Device bytes of a step's temporaries per input word, at most: the mixed words and the two lanes'
+int32 products (12), and a float32 or int32 copy of an input of another dtype (4)."""
+
+HOST_BYTES_PER_SAMPLE = 8 + 4 * SKETCH_DIM + 1
+"""Host bytes per sample id of :class:`FingerprintBuffer`: int64 hash, float32 sketch, seen flag."""
+
 _SEED = 0x5EED
 
 
-def _to_signed(value: int) -> int:
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser of ``values`` (uint64, wrapping): a well-mixed 64-bit value per input."""
+    z = values + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def lane_multipliers(width: int) -> torch.Tensor:
+    """``(2, width)`` int32 odd multipliers of the hash's two lanes; column ``k`` depends on ``k`` only,
+    so those of a narrower width are a prefix (a padded token batch hashes like an unpadded one)."""
+    positions = np.arange(width, dtype=np.uint64)
+    lanes = np.stack([_splitmix64(positions * np.uint64(2) + np.uint64(lane) + np.uint64(_SEED << 32))
+                      for lane in range(2)])
+    return torch.from_numpy(((lanes & np.uint64(0xFFFFFFFF)) | np.uint64(1)).astype(np.uint32).view(np.int32))
 
 
 class _Constants:
-    """Per (width, device): the hash powers and the projection matrix, built once (no per-step host work)."""
+    """Per device: the lane multipliers (the widest width seen, and a view per width) and, per width,
+    the projection matrix, built once and looked up by ``(width, device)`` (no per-step host work)."""
 
     def __init__(self) -> None:
-        self._powers: dict[tuple[int, str], torch.Tensor] = {}
-        self._projections: dict[tuple[int, str], torch.Tensor] = {}
-        self._token_mix: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._widest: dict[torch.device, torch.Tensor] = {}
+        self._lanes: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._token_mix: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def powers(self, width: int, device: torch.device) -> torch.Tensor:
-        key = (width, str(device))
-        if key not in self._powers:
-            values, power = [], 1
-            for _ in range(width):
-                values.append(_to_signed(power))
-                power = (power * _PRIME) & _MASK64
-            self._powers[key] = torch.tensor(values, dtype=torch.int64, device=device)
-        return self._powers[key]
+    def lanes(self, width: int, device: torch.device) -> torch.Tensor:
+        """``(2, width)`` int32 on ``device`` (a view of the widest built so far)."""
+        key = (width, device)
+        lanes = self._lanes.get(key)
+        if lanes is None:
+            widest = self._widest.get(device)
+            if widest is None or widest.shape[1] < width:
+                grown = max(width, 2 * (0 if widest is None else widest.shape[1]))
+                widest = self._widest[device] = lane_multipliers(grown).to(device)
+                self._lanes = {k: v for k, v in self._lanes.items() if k[1] != device}  # views of the old one
+            lanes = self._lanes[key] = widest[:, :width]
+        return lanes
 
     def projection(self, width: int, device: torch.device) -> torch.Tensor:
-        key = (width, str(device))
-        if key not in self._projections:
+        """``(width, D)`` float32 Gaussian matrix on ``device``, scaled by ``1 / sqrt(D)``."""
+        key = (width, device)
+        matrix = self._projections.get(key)
+        if matrix is None:
             generator = torch.Generator().manual_seed(_SEED + width)
             matrix = torch.randn(width, SKETCH_DIM, generator=generator) / SKETCH_DIM**0.5
-            self._projections[key] = matrix.to(device)
-        return self._projections[key]
+            matrix = self._projections[key] = matrix.to(device)
+        return matrix
 
     def token_mix(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D,) odd int64 multipliers and (D,) offsets: the sign vector of token t is bit 31 of ``t * a + b``."""
-        key = str(device)
-        if key not in self._token_mix:
+        """(D,) int32 odd multipliers and (D,) offsets: the sign of token t is - where ``t * a + b``
+        (wrapping 32-bit) is >= 0, + where it is negative."""
+        if device not in self._token_mix:
             generator = torch.Generator().manual_seed(_SEED)
             a = torch.randint(1, 2**31 - 1, (SKETCH_DIM,), generator=generator, dtype=torch.int64) * 2 + 1
             b = torch.randint(0, 2**31 - 1, (SKETCH_DIM,), generator=generator, dtype=torch.int64)
-            self._token_mix[key] = (a.to(device), b.to(device))
-        return self._token_mix[key]
+            self._token_mix[device] = (_wrap32(a).to(device), _wrap32(b).to(device))
+        return self._token_mix[device]
+
+    def device_bytes(self, device: torch.device) -> int:
+        """Bytes of the constants held on ``device``."""
+        tensors = [t for (_, d), t in self._projections.items() if d == device]
+        tensors += [self._widest[device]] if device in self._widest else []
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _wrap32(values: torch.Tensor) -> torch.Tensor:
+    """int64 values reduced mod 2^32 to int32 (two's complement)."""
+    return torch.from_numpy(values.numpy().astype(np.uint64).astype(np.uint32).view(np.int32))
 
 
 _CONSTANTS = _Constants()
 
 
-@torch.no_grad()
+def _words(rows: torch.Tensor) -> torch.Tensor:
+    """``(B, W)`` int32 words of ``(B, F)`` rows (see the module doc): a view for 4- and 8-byte dtypes."""
+    if rows.dtype in (torch.float16, torch.bfloat16):
+        rows = rows.to(torch.float32)
+    if rows.element_size() in (4, 8):
+        return rows.contiguous().view(torch.int32)
+    return rows.to(torch.int32)
+
+
+def _hash(words: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int64 hash of ``(B, W)`` int32 words: mix, then two wrapping 32-bit lanes."""
+    mixed = words ^ ((words >> 16) & 0xFFFF)
+    lanes = _CONSTANTS.lanes(words.shape[1], words.device)
+    return (mixed.unsqueeze(1) * lanes).sum(dim=2, dtype=torch.int32).view(torch.int64).squeeze(1)
+
+
+def _token_sketch(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, D)`` float32 bag-of-tokens sign sketch of ``(B, T)`` token ids (0 = padding, left out)."""
+    a, b = _CONSTANTS.token_mix(tokens.device)
+    ids = tokens.to(torch.int32)  # the sign depends on the low 32 bits only
+    present = ids != 0
+    negative = ((ids.unsqueeze(-1) * a + b) < 0) & present.unsqueeze(-1)
+    count = present.sum(dim=1, keepdim=True)
+    return (2 * negative.sum(dim=1) - count).to(torch.float32)
+
+
+def _fingerprint_rows(rows: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fingerprint` of ``(B, F)`` rows (and a ``(B, F)`` mask for token ids), all at once."""
+    if rows.is_floating_point():
+        values = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+        return _hash(_words(rows)), values @ _CONSTANTS.projection(rows.shape[1], rows.device)
+    tokens = rows if mask is None else rows * (mask != 0)
+    return _hash(_words(tokens)), _token_sketch(tokens)
+
+
+def _chunk_rows(rows: torch.Tensor) -> int:
+    """Rows fingerprinted at once (see :data:`CHUNK_WORDS`)."""
+    words = rows.shape[1] * max(1, rows.element_size() // 4)
+    return max(1, CHUNK_WORDS // max(1, words))
+
+
 def fingerprint(inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact hash and near-copy sketch of each row of a batch (see the module docstring). No host sync.
 
@@ -95,82 +191,77 @@ def fingerprint(inputs: torch.Tensor, attention_mask: torch.Tensor | None = None
             ``None``: every position counts. Ignored for a float input.
 
     Returns:
-        ``(hash (B,) int64, sketch (B, SKETCH_DIM) float32)`` on ``inputs.device``.
+        ``(hash (B,) int64, sketch (B, SKETCH_DIM) float32)`` on ``inputs.device``; a float row with
+        a NaN or infinite value has a non-finite sketch.
 
     Raises:
         ValueError: if ``inputs`` has no batch dimension or a mask does not match ``(B, T)``.
     """
+    return _fingerprint_chunks(*_rows_and_mask(inputs, attention_mask))
+
+
+def _fingerprint_chunks(rows: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fingerprint` of checked ``(B, F)`` rows, in row chunks of at most :data:`CHUNK_WORDS` words."""
+    step = _chunk_rows(rows)
+    if rows.shape[0] <= step:
+        return _fingerprint_rows(rows, mask)
+    parts = [_fingerprint_rows(rows[i:i + step], None if mask is None else mask[i:i + step])
+             for i in range(0, rows.shape[0], step)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _rows_and_mask(inputs: torch.Tensor, attention_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, F)`` rows and, for token ids, the ``(B, F)`` mask or ``None``; shapes checked (no sync)."""
     if inputs.ndim < 1:
         raise ValueError(f"Expected inputs of shape (batch, ...) but got {tuple(inputs.shape)}.")
     rows = inputs.detach().reshape(inputs.shape[0], -1)
-    device = rows.device
-    if rows.is_floating_point():
-        values = rows.to(torch.float32)
-        bits = values.view(torch.int32).to(torch.int64)
-        sketch = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0) @ _CONSTANTS.projection(rows.shape[1], device)
-    else:
-        tokens = rows.to(torch.int64)
-        if attention_mask is not None:
-            mask = attention_mask.detach().reshape(attention_mask.shape[0], -1)
-            if mask.shape != tokens.shape:
-                raise ValueError(
-                    f"Expected an attention mask of shape {tuple(tokens.shape)} (one entry per token) but got "
-                    f"{tuple(attention_mask.shape)}."
-                )
-            tokens = tokens * (mask != 0)
-        bits = tokens
-        a, b = _CONSTANTS.token_mix(device)
-        mixed = (tokens.unsqueeze(-1) * a + b) >> 31  # (B, T, D)
-        signs = (mixed & 1).to(torch.float32) * 2.0 - 1.0
-        sketch = (signs * (tokens != 0).unsqueeze(-1)).sum(dim=1)
-    hashes = (bits * _CONSTANTS.powers(rows.shape[1], device)).sum(dim=1)
-    return hashes, sketch.to(torch.float32)
-
-
-STAGE_BYTES = 0
-"""Input bytes staged (by reference) before they are fingerprinted in one go. 0: every batch at once.
-Measured on 2 shared CPU cores (MNIST rows, batches of 64): 0.26 ms per batch unstaged, 0.70 / 1.95 /
-2.70 ms with 256 KB / 1 MB / 4 MB staged. The hash is memory-bound and its int64 temporaries of a
-large stage leave the cache, so unlike the ledger's per-sample record it gains nothing from staging."""
+    if attention_mask is None or rows.is_floating_point():
+        return rows, None
+    mask = attention_mask.detach().reshape(attention_mask.shape[0], -1)
+    if mask.shape != rows.shape:
+        raise ValueError(
+            f"Expected an attention mask of shape {tuple(rows.shape)} (one entry per token) but got "
+            f"{tuple(attention_mask.shape)}."
+        )
+    return rows, mask
 
 
 class FingerprintBuffer:
-    """Latest input fingerprint per sample id, on the device.
+    """Latest input fingerprint per sample id, in a host table (see the module doc).
 
-    A batch's inputs are kept by reference until :data:`STAGE_BYTES` of them are staged, then
-    fingerprinted together (token batches padded to different lengths are padded to the longest:
-    zeros under the mask change neither the hash nor the sketch). An input does not change between
-    epochs (unless augmented), so once every id ``0..N-1`` has a fingerprint the buffer stops
-    fingerprinting (:attr:`active` is False; :meth:`close_epoch` checks once per epoch, one host
-    sync): a full pass over the data pays once, in its first epoch, and a sampler that covers a
-    subset keeps fingerprinting the ids it brings until all are seen. With random augmentation, the
-    first view of each sample is kept.
+    Each :meth:`write` fingerprints its batch on the device and stages the result; a full stage
+    goes to the host asynchronously. An input does not change between epochs (unless augmented),
+    so once every id ``0..N-1`` has a fingerprint the buffer stops fingerprinting (:attr:`active`
+    is False; :meth:`close_epoch` checks once per epoch, after waiting for the host writes): a full
+    pass over the data pays once, in its first epoch, and a sampler that covers a subset keeps
+    fingerprinting the ids it brings until all are seen. With random augmentation, the first
+    view of each sample is kept.
 
     Args:
-        capacity: N sample ids (0..N-1); rows for other ids go to a trash slot.
-        device: where the buffer lives.
-        stage_bytes: input bytes staged before they are fingerprinted.
+        capacity: N sample ids (0..N-1); rows for other ids are dropped.
+        device: the model's device, where batches are fingerprinted and staged.
+        stage_rows: fingerprints staged before they go to the host (:data:`STAGE_ROWS`).
     """
 
-    def __init__(self, capacity: int, device: torch.device | str, stage_bytes: int = STAGE_BYTES) -> None:
+    def __init__(self, capacity: int, device: torch.device | str, stage_rows: int = STAGE_ROWS) -> None:
         self.capacity = int(capacity)
         self.device = torch.device(device)
-        self._hash = torch.zeros(self.capacity + 1, dtype=torch.int64, device=self.device)
-        self._sketch = torch.zeros(self.capacity + 1, SKETCH_DIM, dtype=torch.float32, device=self.device)
-        self._seen = torch.zeros(self.capacity + 1, dtype=torch.bool, device=self.device)
-        self.stage_bytes = int(stage_bytes)
-        self._staged: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        self._staged_bytes = 0
+        self._hash = torch.zeros(self.capacity, dtype=torch.int64)
+        self._sketch = torch.zeros(self.capacity, SKETCH_DIM, dtype=torch.float32)
+        self._seen = torch.zeros(self.capacity, dtype=torch.bool)
+        self._num_seen = 0  # distinct ids written so far (host side, updated by the folds)
+        self._fold = HostFold(self.device)
+        self.stage_rows = int(stage_rows)
+        self._stage = RowStage(self.stage_rows)
+        self._workspace_peak = 0  # device bytes of the largest step's temporaries
         self.active = True
         """False once every id has a fingerprint: :meth:`write` then does nothing."""
 
     def write(self, ids: torch.Tensor, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-        """Keep ``inputs`` ``(B, ...)`` under ``ids`` ``(B,)`` to be fingerprinted (:func:`fingerprint`). No host sync.
-
-        The tensors are kept by reference until the stage is fingerprinted: the caller must not
-        modify them in place (a DataLoader hands a new batch every step). Nothing happens when
-        :attr:`active` is False.
-        """
+        """Fingerprint ``inputs`` ``(B, ...)`` (:func:`fingerprint`) and keep them under ``ids`` ``(B,)``.
+        No host sync; nothing happens when :attr:`active` is False. When an id occurs more than once
+        before the stage reaches the host (a stage can span epochs), the last write wins."""
         if not self.active:
             return
         if inputs.ndim < 1 or inputs.shape[0] != ids.shape[0]:
@@ -178,79 +269,73 @@ class FingerprintBuffer:
                 f"Expected one input row per sample id: {ids.shape[0]} ids but inputs of shape {tuple(inputs.shape)}. "
                 "HINT: name the batch key that holds the model input with `input_key=`."
             )
-        rows = inputs.detach().reshape(inputs.shape[0], -1)
-        mask = None
-        if attention_mask is not None and not rows.is_floating_point():
-            mask = attention_mask.detach().reshape(attention_mask.shape[0], -1)
-            if mask.shape != rows.shape:
-                raise ValueError(
-                    f"Expected an attention mask of shape {tuple(rows.shape)} (one entry per token) but got "
-                    f"{tuple(attention_mask.shape)}."
-                )
-        self._staged.append((ids.detach(), rows, mask))
-        self._staged_bytes += rows.numel() * rows.element_size()
-        if self._staged_bytes >= self.stage_bytes:
+        rows, mask = _rows_and_mask(inputs, attention_mask)
+        hashes, sketch = _fingerprint_chunks(rows, mask)
+        words = min(rows.shape[0], _chunk_rows(rows)) * rows.shape[1] * max(1, rows.element_size() // 4)
+        self._workspace_peak = max(self._workspace_peak, WORKSPACE_BYTES_PER_WORD * words)
+        if self._stage.add(ids.detach(), hashes, sketch):
             self.flush()
 
     def flush(self) -> None:
-        """Fingerprint the staged inputs and fold them into the buffer (batches of one kind and width at once)."""
-        staged, self._staged, self._staged_bytes = self._staged, [], 0
-        groups: dict[tuple, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]] = {}
-        for ids, rows, mask in staged:
-            floating = rows.is_floating_point()
-            key = (floating, rows.shape[1] if floating else -1, str(rows.device))
-            groups.setdefault(key, []).append((ids, rows, mask))
-        for (floating, _, _), batches in groups.items():
-            ids = torch.cat([b[0].to(self.device, torch.int64) for b in batches])
-            if floating:
-                inputs, mask = torch.cat([b[1] for b in batches]), None
-            else:
-                width = max(b[1].shape[1] for b in batches)
-                pad = torch.nn.functional.pad
-                inputs = torch.cat([pad(b[1], (0, width - b[1].shape[1])) for b in batches])
-                masks = [b[2] if b[2] is not None else torch.ones_like(b[1]) for b in batches]
-                mask = torch.cat([pad(m, (0, width - m.shape[1])) for m in masks])
-            hashes, sketch = fingerprint(inputs, mask)
-            self._fold(ids, hashes.to(self.device), sketch.to(self.device))
+        """Hand the staged fingerprints to the host (asynchronously on CUDA)."""
+        staged = self._stage.take(self.device, (torch.int64, torch.int64, torch.float32))
+        if staged is not None:
+            self._fold.submit(self._write_host, *staged)
+
+    def _write_host(self, ids: torch.Tensor, hashes: torch.Tensor, sketch: torch.Tensor) -> None:
+        """Host side of a flush: (R,) ids, (R,) hashes, (R, D) sketches in write order; the last
+        occurrence of each id wins, ids outside ``0..N-1`` are dropped, non-finite sketches become 0."""
+        ids_np = ids.numpy()
+        reverse = ids_np[::-1]
+        unique, first = np.unique(reverse, return_index=True)  # first in reverse = last written
+        keep = (unique >= 0) & (unique < self.capacity)
+        slots, rows = unique[keep], (ids_np.shape[0] - 1 - first)[keep]
+        self._hash.numpy()[slots] = hashes.numpy()[rows]
+        self._sketch.numpy()[slots] = np.nan_to_num(sketch.numpy()[rows], nan=0.0, posinf=0.0, neginf=0.0)
+        seen = self._seen.numpy()
+        self._num_seen += int(np.count_nonzero(~seen[slots]))
+        seen[slots] = True
 
     def close_epoch(self) -> None:
-        """Fingerprint what is staged and stop (:attr:`active` False) once every id has a fingerprint.
-        One host sync: call it once per epoch."""
+        """Hand over what is staged, wait for the host writes and stop (:attr:`active` False) once
+        every id has a fingerprint. Waits for the device: call it once per epoch."""
         self.flush()
-        self.active = not bool(self._seen[: self.capacity].all())
+        self._fold.wait()
+        self.active = self._num_seen < self.capacity
 
-    @torch.no_grad()
-    def _fold(self, ids: torch.Tensor, hashes: torch.Tensor, sketch: torch.Tensor) -> None:
-        in_range = (ids >= 0) & (ids < self.capacity)
-        slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)
-        self._hash.index_copy_(0, slots, hashes)
-        self._sketch.index_copy_(0, slots, sketch)
-        self._seen.index_fill_(0, slots, True)
+    def device_bytes(self) -> int:
+        """The most bytes held on the model's device at once: the stage and its concatenation, the
+        largest step's temporaries and the constants (projection, multipliers) for this device."""
+        return 2 * self._stage.peak_bytes + self._workspace_peak + _CONSTANTS.device_bytes(self.device)
+
+    def host_bytes(self) -> int:
+        """Bytes held in host RAM: the table (:data:`HOST_BYTES_PER_SAMPLE` per id) and the pinned stages in flight."""
+        return self.capacity * HOST_BYTES_PER_SAMPLE + self._fold.peak_pinned_bytes
 
     def gather(self) -> None:
         """Under ``torch.distributed``: every rank gets every sample's fingerprint (a collective);
         each id keeps the row of the lowest rank that saw it."""
-        from dq_plugins.recording.ledger import distributed_rank_and_world
+        from dq_plugins.recording.embeddings import all_reduce_min
+        from dq_plugins.recording.ledger import all_reduce_sum, distributed_rank_and_world
 
         self.flush()
+        self._fold.wait()
         rank, world = distributed_rank_and_world()
         if world < 2:
             return
-        import torch.distributed as dist
-
         owner = torch.where(self._seen, rank, world).to(torch.int64)
-        dist.all_reduce(owner, op=dist.ReduceOp.MIN)
+        all_reduce_min(owner, self.device)
         mine = owner == rank
-        hashes = torch.where(mine, self._hash, torch.zeros((), dtype=torch.int64, device=self.device))
-        sketch = torch.where(mine.unsqueeze(1), self._sketch, torch.zeros((), device=self.device))
-        dist.all_reduce(hashes, op=dist.ReduceOp.SUM)
-        dist.all_reduce(sketch, op=dist.ReduceOp.SUM)
-        self._hash, self._sketch, self._seen = hashes, sketch, owner < world
+        self._hash.masked_fill_(~mine, 0)
+        self._sketch.masked_fill_(~mine.unsqueeze(1), 0)
+        all_reduce_sum(self._hash, self.device)
+        all_reduce_sum(self._sketch, self.device)
+        self._seen = owner < world
+        self._num_seen = int(self._seen.sum())
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids (M,) int64, hashes (M,) int64, sketches (M, SKETCH_DIM) float32) of the ids seen; one host copy."""
+        """(ids (M,) int64, hashes (M,) int64, sketches (M, SKETCH_DIM) float32) of the ids seen."""
         self.flush()
-        seen = self._seen[: self.capacity].cpu().numpy()
-        ids = np.flatnonzero(seen)
-        rows = torch.from_numpy(seen).to(self.device)
-        return ids, self._hash[: self.capacity][rows].cpu().numpy(), self._sketch[: self.capacity][rows].cpu().numpy()
+        self._fold.wait()
+        ids = np.flatnonzero(self._seen.numpy())
+        return ids, self._hash.numpy()[ids], self._sketch.numpy()[ids]

@@ -18,6 +18,7 @@ from dq_plugins.logs import fit_summary_line, logger, progress, warn
 from dq_plugins.recording.collisions import EpochCheck, EpochIds, IGNORE_INDEX
 from dq_plugins.recording.embeddings import MEMMAP_BYTES as EMBEDDINGS_MEMMAP_BYTES
 from dq_plugins.recording.embeddings import EmbeddingBuffer
+from dq_plugins.recording.fingerprints import HOST_BYTES_PER_SAMPLE as FINGERPRINT_HOST_BYTES_PER_SAMPLE
 from dq_plugins.recording.fingerprints import FingerprintBuffer
 from dq_plugins.recording.latency import LatencyRecorder, Span
 from dq_plugins.raw_record import (
@@ -145,9 +146,9 @@ class DynamicsSession:
         self._planned[name] = planned
 
     def memory_peaks(self) -> tuple[int, int]:
-        """(device, host) bytes: the most the ledgers and embedding buffers held at once (an upper bound:
-        the sum of each part's peak), host RAM during training only (analysis excluded)."""
-        parts = [*self.ledgers.values(), *self.embeddings.values()]
+        """(device, host) bytes: the most the ledgers, embedding and fingerprint buffers held at once (an
+        upper bound: the sum of each part's peak), host RAM during training only (analysis excluded)."""
+        parts = [*self.ledgers.values(), *self.embeddings.values(), *self.fingerprints.values()]
         return sum(part.device_bytes() for part in parts), sum(part.host_bytes() for part in parts)
 
     # ------------------------------------------------------------------ metadata, rules
@@ -419,6 +420,8 @@ class DynamicsSession:
         buffer = self.fingerprints.get(split)
         if buffer is None:
             capacity = self.capacities.get(split) or self.ledgers[split].capacity
+            self.check_budget(f"fingerprints/{split}", capacity * FINGERPRINT_HOST_BYTES_PER_SAMPLE,
+                              f"input fingerprints of {capacity:,} {split} sample ids")
             buffer = self.fingerprints[split] = FingerprintBuffer(capacity, inputs.device)
         buffer.write(ids, inputs, attention_mask)
 

@@ -32,7 +32,7 @@ def test_hash_is_exact_and_ignores_padding_under_the_mask():
 
 
 def test_buffer_keeps_the_last_write_and_drops_ids_out_of_range():
-    buffer = FingerprintBuffer(4, "cpu", stage_bytes=2 * 6 * 4)  # folds after every second row or so
+    buffer = FingerprintBuffer(4, "cpu", stage_rows=2)  # to the host after every second row or so
     a, b = torch.randn(2, 6), torch.randn(2, 6)
     buffer.write(torch.tensor([0, 1]), a)
     buffer.write(torch.tensor([1, 7]), b)  # id 7 is out of range
