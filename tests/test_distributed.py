@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dq_plugins.raw_record import load_fingerprints
 from dq_plugins.recording.ledger import SplitLedger
 
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
@@ -45,6 +46,13 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     for run_id in run_ids:
         paths = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "dq")}
         assert "dq/samples.parquet" in paths
+    # the input fingerprints of each rank's host table, gathered: every id, the same hash as one process
+    prints = [load_fingerprints(mlflow.artifacts.download_artifacts(
+        run_id=Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text(),
+        artifact_path="dq/fingerprints/train.npz", dst_path=str(tmp_path / f"prints_{d}"))) for d in (1, 2)]
+    assert prints[1][0].tolist() == prints[0][0].tolist() == list(range(96))
+    np.testing.assert_array_equal(prints[1][1], prints[0][1])
+    np.testing.assert_allclose(prints[1][2], prints[0][2], rtol=1e-5, atol=1e-5)
 
 
 HF_SCRIPT = Path(__file__).parent / "ddp" / "hf_run.py"
