@@ -22,10 +22,10 @@ from dq_plugins.recording.ledger import SplitLedger
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 
 
-def run_script(tmp_path: Path, devices: int, tracking_uri: str) -> pd.DataFrame:
+def run_script(tmp_path: Path, devices: int, tracking_uri: str, script: Path = SCRIPT) -> pd.DataFrame:
     out = tmp_path / f"samples_{devices}.parquet"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), tracking_uri],
+    proc = subprocess.run([sys.executable, str(script), str(out), str(devices), tracking_uri],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return pd.read_parquet(out).sort_values(["split", "sample_id"]).reset_index(drop=True)
@@ -168,3 +168,83 @@ def test_a_mid_epoch_checkpoint_under_ddp_keeps_every_ranks_part(tmp_path):
     assert results[True]["count"].tolist() == [8, 4]  # epoch 0: all 8 ids, none lost; epoch 1: 4 so far
     for key in ("margin", "mean_probs", "early_probs"):
         np.testing.assert_allclose(results[True][key], results[False][key], rtol=1e-6, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------- multi-label and token tasks
+def _task_batch(kind: str, ids: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and logits of ``ids`` in ``epoch`` (logits change with the epoch, so do the predictions)."""
+    phase = ids.float().unsqueeze(1) * 1.3 + epoch * 0.9
+    if kind == "multilabel":
+        return (ids.unsqueeze(1) + torch.arange(3)) % 2 * 1.0, 3 * torch.sin(phase + torch.arange(3))
+    tags = (ids.unsqueeze(1) + torch.arange(4)) % 3
+    tags[:, 0] = -100
+    return tags, 3 * torch.sin(phase.unsqueeze(2) + torch.arange(4).view(1, 4, 1) + 2.1 * torch.arange(3))
+
+
+def _task_ledger(kind: str):
+    from dq_plugins.recording.multilabel import MultiLabelLedger
+    from dq_plugins.recording.tokens import TokenLedger
+
+    ledger = MultiLabelLedger(4, 3) if kind == "multilabel" else TokenLedger(4, 4, 3)
+    ledger.early_epochs = 1
+    return ledger
+
+
+def _task_history_arrays(history) -> dict[str, np.ndarray]:
+    arrays = {k: v for k, v in vars(history).items() if isinstance(v, np.ndarray)}
+    arrays.update({f"field_{k}": v for k, v in (getattr(history, "fields", None) or {}).items()})
+    return arrays
+
+
+def _task_worker(rank: int, world: int, init_file: str, out_file: str, kind: str) -> None:
+    """Epoch 0: rank 0 sees ids 0, 2 and rank 1 ids 1, 3; epoch 1 the other way round (a token's latest
+    prediction then comes from the other rank). A checkpoint after the first batch of epoch 1, written by
+    rank 0 and restored on every rank."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ledger = _task_ledger(kind)
+    for epoch in (0, 1):
+        for index, sample in enumerate([rank, rank + 2] if epoch == 0 else [1 - rank, 3 - rank]):
+            ids = torch.tensor([sample])
+            ledger.record(ids, *_task_batch(kind, ids, epoch), epoch)
+            if epoch == 1 and index == 0:
+                state = ledger.state_dict()  # collective; rank 0 writes it, every process restarts from it
+                saved = [state if rank == 0 else None]
+                dist.broadcast_object_list(saved, src=0)
+                ledger = type(ledger).from_state_dict(saved[0])
+                ledger.localize_for_rank()
+        if epoch == 0:
+            ledger.close_epoch()
+    history = ledger.to_history()
+    if rank == 0:
+        np.savez(out_file, **_task_history_arrays(history))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "tokens"])
+def test_task_ledgers_under_ddp_match_one_process_across_a_checkpoint(tmp_path, kind):
+    out = str(tmp_path / "task.npz")
+    mp.spawn(_task_worker, args=(2, str(tmp_path / "init"), out, kind), nprocs=2, join=True)
+    reference = _task_ledger(kind)
+    for epoch in (0, 1):
+        for sample in range(4):
+            ids = torch.tensor([sample])
+            reference.record(ids, *_task_batch(kind, ids, epoch), epoch)
+    want = _task_history_arrays(reference.to_history())
+    got = np.load(out)
+    assert sorted(got.files) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-6, equal_nan=True, err_msg=name)
+
+
+def test_lightning_ddp_multilabel_matches_one_process(tmp_path, tracking_uri):
+    """Issue 14 under DDP: the multi-label record is reduced over ranks, rank 0 analyses and publishes."""
+    script = Path(__file__).parent / "ddp" / "lightning_task_run.py"
+    single = run_script(tmp_path, 1, tracking_uri, script)
+    ddp = run_script(tmp_path, 2, tracking_uri, script)
+    assert len(ddp) == len(single) == 64 + 32 and not ddp.duplicated(["split", "sample_id"]).any()
+    for column in ("label", "suggested_label", "pred"):
+        assert [list(v) for v in ddp[column]] == [list(v) for v in single[column]], column
+    for column in ("mislabel_score", "confidence"):
+        np.testing.assert_allclose(ddp[column], single[column], rtol=1e-4, atol=1e-5, err_msg=column)
+    run_id = Path(str(tmp_path / "samples_2.parquet.run_id")).read_text()
+    assert mlflow.MlflowClient().get_run(run_id).data.tags["dq.task"] == "multilabel"

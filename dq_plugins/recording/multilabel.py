@@ -32,6 +32,7 @@ import torch
 
 from dq_plugins.recording.history_store import EpochStore, Fetch
 from dq_plugins.recording.stage import RowStage, last_occurrence
+from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
 
 MULTILABEL_FIELDS: tuple[str, ...] = ("prob_given", "margin", "correct")
 """Per-(sample, class) fields of the per-epoch record."""
@@ -39,6 +40,12 @@ MULTILABEL_FIELDS: tuple[str, ...] = ("prob_given", "margin", "correct")
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "labels", "prob_sum", "prob_count", "early_sum", "early_count",
                                    "dropped")
 """Device buffers ``_<name>`` saved in a checkpoint (:meth:`MultiLabelLedger.state_dict`)."""
+
+_SUMMED: tuple[str, ...] = ("sums", "count", "prob_sum", "prob_count", "early_sum", "early_count", "dropped")
+"""Buffers summed over ranks under ``torch.distributed`` (``labels`` takes the max)."""
+
+_CROSS_EPOCH: tuple[str, ...] = ("prob_sum", "prob_count", "early_sum", "early_count")
+"""Sums kept across epochs: rank-local between reductions (:mod:`dq_plugins.recording.task_ranks`)."""
 
 
 @dataclass
@@ -149,12 +156,17 @@ class MultiLabelLedger:
         self._dropped += torch.stack(((~in_range).sum(), (in_range & ~finite).sum(), (in_range & finite & ~binary).sum()))
 
     # ------------------------------------------------------------------ once per epoch
-    def close_epoch(self) -> dict[str, int]:
+    def close_epoch(self, reduce: bool = True) -> dict[str, int]:
         """Move the pending epoch to the host history (one transfer), reset the per-epoch buffers and
-        return the counters of rows not recorded (``out_of_range``, ``non_finite``, ``bad_target``)."""
+        return the counters of rows not recorded (``out_of_range``, ``non_finite``, ``bad_target``).
+
+        Under ``torch.distributed`` a collective (every rank calls it): each sample's values are the mean
+        over its occurrences on every rank. ``reduce=False`` skips it (other ranks may be gone)."""
         if self.pending_epoch is None:
             return {"out_of_range": 0, "non_finite": 0, "bad_target": 0}
         self.flush()
+        if reduce:
+            reduce_buffers(self, _SUMMED, ("labels",), _CROSS_EPOCH)
         n = self.capacity
         count = self._count[:n].view(1, n, 1)
         means = torch.where(count > 0, self._sums[:, :n] / count.clamp(min=1), float("nan")).cpu().numpy()
@@ -169,7 +181,10 @@ class MultiLabelLedger:
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
         """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``): the buffers of
-        the pending epoch and across epochs, and the history folder with the epochs written there."""
+        the pending epoch and across epochs, and the history folder with the epochs written there.
+
+        Under ``torch.distributed`` a collective (every rank calls it, as the frameworks' checkpointing
+        does): the saved buffers hold every rank's part (:func:`~dq_plugins.recording.task_ranks.reduced_copies`)."""
         self.flush()
         return {
             "capacity": self.capacity,
@@ -178,8 +193,12 @@ class MultiLabelLedger:
             "history_store": self.history.state_dict(),
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
-            **{name: getattr(self, f"_{name}").to("cpu", copy=True) for name in _STATE_BUFFERS},
+            **reduced_copies(self, _STATE_BUFFERS, _SUMMED),
         }
+
+    def localize_for_rank(self) -> None:
+        """After every rank restored the same checkpoint, keep its sums on rank 0 only."""
+        localize_for_rank(self, _SUMMED)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu",
@@ -200,9 +219,9 @@ class MultiLabelLedger:
         c = count[:n].unsqueeze(1)
         return torch.where(c > 0, total[:n] / c.clamp(min=1), float("nan")).cpu().numpy()
 
-    def to_history(self) -> MultiLabelHistory:
-        """The host record of all closed epochs (the pending one is closed first)."""
-        self.close_epoch()
+    def to_history(self, reduce: bool = True) -> MultiLabelHistory:
+        """The host record of all closed epochs (the pending one is closed first, see :meth:`close_epoch`)."""
+        self.close_epoch(reduce)
         epochs = sorted(self.history)
         n, c = self.capacity, self.num_classes
         fields = {f: np.stack([self.history[e][f] for e in epochs]) if epochs else np.zeros((0, n, c), np.float32)

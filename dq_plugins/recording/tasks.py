@@ -12,8 +12,9 @@ logits); when an explicit option and the data disagree, the first batch raises a
 was detected. The router's ledgers go into the checkpoint through the session
 (:meth:`TaskRouter.state_dict`, restored by :meth:`TaskRouter.resume`: a mid-epoch resume records each
 batch once) and their raw record through :meth:`DynamicsSession.save_raw`, the one place a fit saves
-its record. Not yet supported for these tasks: embeddings, metadata, rules, latency and
-``torch.distributed`` (an error at the first batch).
+its record. Under ``torch.distributed`` the ledgers are reduced over ranks at each epoch close (a
+collective, as for single-label) and rank 0 analyses. Not yet supported for these tasks:
+embeddings, metadata, rules and latency.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dq_plugins.recording.ledger import distributed_rank_and_world
 from dq_plugins.recording.multilabel import MULTILABEL_FIELDS, MultiLabelLedger, check_multilabel_batch
 from dq_plugins.recording.tokens import TokenLedger, check_token_batch, first_attended
 
@@ -126,13 +129,6 @@ class TaskRouter:
                 + f" Or pass task={detected.value!r} (or leave `task` unset to detect it)."
             )
         self.task = detected
-        if self.active:
-            from dq_plugins.recording.ledger import distributed_rank_and_world
-
-            if distributed_rank_and_world()[1] > 1:
-                raise NotImplementedError(
-                    f"dq_plugins records {detected.value!r} runs in a single process only. HINT: train on one "
-                    "device for the data-quality run, or remove the callback.")
         return detected
 
     # ------------------------------------------------------------------ hot path
@@ -187,13 +183,16 @@ class TaskRouter:
         return ledger
 
     # ------------------------------------------------------------------ once per epoch
-    def close_epoch(self, split: str) -> None:
-        """Close the split's pending epoch and warn about rows that were not recorded."""
+    def close_epoch(self, split: str, reduce: bool = True) -> None:
+        """Close the split's pending epoch and warn about rows that were not recorded. Under
+        ``torch.distributed`` a collective (every rank calls it); ``reduce=False`` skips it."""
         ledger = self.ledgers.get(split)
         if ledger is None:
             return
         epoch = ledger.pending_epoch
-        counters = ledger.close_epoch()
+        counters = ledger.close_epoch(reduce)
+        if distributed_rank_and_world()[0] != 0:
+            return  # the counters are global after the reduction: rank 0 warns
         if isinstance(ledger, MultiLabelLedger):
             messages = {
                 "out_of_range": f"had a sample id outside 0..{ledger.capacity - 1}",
@@ -215,9 +214,10 @@ class TaskRouter:
             warnings.warn(f"dq_plugins: no labelled token was recorded in {split} epoch {epoch} (every tag -100?).",
                           RuntimeWarning, stacklevel=3)
 
-    def close_all(self) -> None:
+    def close_all(self, reduce: bool = True) -> None:
+        """Close every pending epoch (a collective under ``torch.distributed``, see :meth:`close_epoch`)."""
         for split in list(self.ledgers):
-            self.close_epoch(split)
+            self.close_epoch(split, reduce)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -257,13 +257,18 @@ class TaskRouter:
                     saved, device, fetch=_task_epochs_of_raw(raw_record, split))
             else:
                 ledger = TokenLedger.from_state_dict(saved, device)
+            if isinstance(ledger, MultiLabelLedger) and distributed_rank_and_world()[0] != 0:
+                ledger.history.detach_to_memory()  # the folder is rank 0's: read it, then write this rank's own
+                ledger.history.folder = Path(self.session.history_folder(split))
+            ledger.localize_for_rank()
             if ledger.pending_epoch is not None and ledger.pending_epoch < current_epoch:
                 ledger.close_epoch()
             self.ledgers[split] = ledger
 
     # ------------------------------------------------------------------ end of fit
     def histories(self) -> dict[str, Any]:
-        return {split: ledger.to_history() for split, ledger in self.ledgers.items()}
+        """Host records of every split (no collective: close the epochs on every rank first, :meth:`close_all`)."""
+        return {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
 
     def finish(self, sink: Any) -> Any:
         """Save the raw record, analyse it and publish through ``sink``. Never raises: an analysis error

@@ -25,11 +25,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dq_plugins.recording.ledger import distributed_rank_and_world
 from dq_plugins.recording.stage import RowStage
+from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
 
 _STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
                                    "dropped")
 """Device buffers ``_<name>`` saved in a checkpoint (:meth:`TokenLedger.state_dict`)."""
+
+_SUMMED: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "epoch_counts", "dropped")
+"""Buffers summed over ranks under ``torch.distributed`` (``labels`` and the epoch's predictions take the max)."""
+
+_CROSS_EPOCH: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count")
+"""Sums kept across epochs: rank-local between reductions (:mod:`dq_plugins.recording.task_ranks`)."""
 
 IGNORE_INDEX = -100
 """Tag of a position that is not labelled (the Hugging Face / PyTorch cross-entropy convention)."""
@@ -92,6 +100,10 @@ class TokenLedger:
         # this epoch: labelled tokens recorded, correct ones; dropped: non-finite, bad tag, too long / unknown id
         self._epoch_counts = torch.zeros(2, dtype=torch.int64, device=self.device)
         self._dropped = torch.zeros(3, dtype=torch.int64, device=self.device)
+        # under torch.distributed: this epoch's predictions (-1: not seen on this rank), merged into _pred at the
+        # close, since another rank may hold an older prediction of the same token
+        self._epoch_pred = (torch.full((slots,), -1, dtype=torch.int16, device=self.device)
+                            if distributed_rank_and_world()[1] > 1 else None)
         self.early_epochs = 0
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
@@ -152,6 +164,8 @@ class TokenLedger:
             self._early_count.index_add_(0, slots, ones)
         self._labels.index_copy_(0, slots, tags.to(torch.int16))
         self._pred.index_copy_(0, slots, pred.to(torch.int16))
+        if self._epoch_pred is not None:
+            self._epoch_pred.index_copy_(0, slots, pred.to(torch.int16))
         self._epoch_counts += torch.stack((valid.sum(), (valid & (pred == tags)).sum()))
         self._dropped += torch.stack((
             (labelled & placed & ~finite).sum(),
@@ -160,13 +174,21 @@ class TokenLedger:
         ))
 
     # ------------------------------------------------------------------ once per epoch
-    def close_epoch(self) -> dict[str, int]:
+    def close_epoch(self, reduce: bool = True) -> dict[str, int]:
         """Close the pending epoch: its token accuracy goes to the host; returns the counters of
         labelled tokens not recorded (``non_finite``, ``bad_tag``, ``too_long`` (beyond the width or of
-        an unknown id)) and ``labelled`` (tokens recorded this epoch)."""
+        an unknown id)) and ``labelled`` (tokens recorded this epoch).
+
+        Under ``torch.distributed`` a collective (every rank calls it): sums and counters over every
+        rank, each token's prediction from the rank that saw it this epoch. ``reduce=False`` skips it."""
         if self.pending_epoch is None:
             return {"non_finite": 0, "bad_tag": 0, "too_long": 0, "labelled": 0}
         self.flush()
+        if self._epoch_pred is not None:
+            if reduce:
+                reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
+            self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
+            self._epoch_pred.fill_(-1)
         labelled, correct = self._epoch_counts.cpu().tolist()
         dropped = self._dropped.cpu().tolist()
         self.accuracy[self.pending_epoch] = correct / labelled if labelled else float("nan")
@@ -179,8 +201,14 @@ class TokenLedger:
     def state_dict(self) -> dict:
         """Plain dict of CPU tensors and Python scalars (loads with ``weights_only=True``): the buffers
         (sums over every epoch so far and the pending epoch's counters) and the accuracy of closed epochs.
-        No per-epoch per-token rows exist, so its size does not grow with the epochs."""
+        No per-epoch per-token rows exist, so its size does not grow with the epochs. Under
+        ``torch.distributed`` a collective: the saved buffers hold every rank's part."""
         self.flush()
+        distributed = self._epoch_pred is not None
+        buffers = reduced_copies(self, _STATE_BUFFERS + (("epoch_pred",) if distributed else ()), _SUMMED)
+        if distributed:  # the pending epoch's predictions (from the rank that saw each token) over the older ones
+            epoch_pred = buffers.pop("epoch_pred")
+            buffers["pred"] = torch.where(epoch_pred >= 0, epoch_pred, buffers["pred"])
         return {
             "capacity": self.capacity,
             "width": self.width,
@@ -190,8 +218,12 @@ class TokenLedger:
             "accuracy": [float(v) for v in self.accuracy.values()],
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
-            **{name: getattr(self, f"_{name}").to("cpu", copy=True) for name in _STATE_BUFFERS},
+            **buffers,
         }
+
+    def localize_for_rank(self) -> None:
+        """After every rank restored the same checkpoint, keep its sums on rank 0 only."""
+        localize_for_rank(self, _SUMMED)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> TokenLedger:
@@ -210,9 +242,9 @@ class TokenLedger:
         mean = torch.where(c > 0, total[: self.trash] / c.clamp(min=1), float("nan"))
         return mean.cpu().numpy().reshape(self.capacity, self.width, self.num_classes)
 
-    def to_history(self) -> TokenHistory:
-        """The host record (the pending epoch is closed first)."""
-        self.close_epoch()
+    def to_history(self, reduce: bool = True) -> TokenHistory:
+        """The host record (the pending epoch is closed first, see :meth:`close_epoch`)."""
+        self.close_epoch(reduce)
         seen = (self._count[: self.trash] > 0).cpu().numpy().reshape(self.capacity, self.width)
         labels = self._labels[: self.trash].cpu().numpy().reshape(self.capacity, self.width)
         pred = self._pred[: self.trash].cpu().numpy().reshape(self.capacity, self.width)
