@@ -17,6 +17,7 @@ the killed process are recorded once by the resumed one.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
@@ -92,12 +93,20 @@ def train_lightning(workdir: Path, tracking_uri: str, hang_at: int | None = None
     return callback
 
 
-def train_hf(workdir: Path, tracking_uri: str, hang_at: int | None = None, resume: str | None = None):
-    """3 epochs of 4 steps (64 samples, batch 16), a checkpoint every 3 steps: steps 3, 6 (mid epoch 1), 9, 12."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+def train_hf(workdir: Path, tracking_uri: str, hang_at: int | None = None, resume: str | None = None,
+             tokens: bool = False):
+    """3 epochs of 4 steps (64 samples, batch 16), a checkpoint every 3 steps: steps 3, 6 (mid epoch 1), 9, 12.
+    ``tokens``: token classification (issue 14) on a tiny random BERT instead of sequence classification."""
+    from transformers import BertForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
     from dq_plugins.transformers import DataQualityCallback
     from test_transformers_callback import make_dataset, make_model
+    from test_transformers_tasks import NUM_TAGS, bert_config, token_dataset
+
+    if tokens:
+        model, train, val = BertForTokenClassification(bert_config(NUM_TAGS)), token_dataset(64, 0), token_dataset(24, 1)
+    else:
+        model, train, val = make_model(), make_dataset(64, seed=0), make_dataset(24, seed=1)
 
     class HangAt(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -108,46 +117,18 @@ def train_hf(workdir: Path, tracking_uri: str, hang_at: int | None = None, resum
     callback = DataQualityCallback(tracking_uri=tracking_uri)
     args = TrainingArguments(
         output_dir=str(workdir / "out"), num_train_epochs=3, per_device_train_batch_size=16,
-        per_device_eval_batch_size=16, learning_rate=0.5, optim="sgd", use_cpu=True, report_to="none",
+        per_device_eval_batch_size=16, learning_rate=0.05 if tokens else 0.5, optim="sgd", use_cpu=True,
+        report_to="none",
         save_strategy="steps", save_steps=3, eval_strategy="epoch", disable_tqdm=True, logging_strategy="no",
         seed=0,
     )
-    trainer = Trainer(model=make_model(), args=args, train_dataset=make_dataset(64, seed=0),
-                      eval_dataset=make_dataset(24, seed=1),
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                       callbacks=[callback, *([HangAt()] if hang_at is not None else [])])
     trainer.train(resume_from_checkpoint=resume)
     return callback
 
 
-def train_hf_token(workdir: Path, tracking_uri: str, hang_at: int | None = None, resume: str | None = None):
-    """Token classification (issue 14) on a tiny random BERT: as :func:`train_hf`, 3 epochs of 4 steps, a
-    checkpoint every 3 steps."""
-    from transformers import BertForTokenClassification, Trainer, TrainerCallback, TrainingArguments
-
-    from dq_plugins.transformers import DataQualityCallback
-    from test_transformers_tasks import NUM_TAGS, bert_config, token_dataset
-
-    class HangAt(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == hang_at:
-                (workdir / KILLED_MARKER).write_text(str(state.global_step))
-                time.sleep(600)
-
-    callback = DataQualityCallback(tracking_uri=tracking_uri)
-    args = TrainingArguments(
-        output_dir=str(workdir / "out"), num_train_epochs=3, per_device_train_batch_size=16,
-        per_device_eval_batch_size=16, learning_rate=0.05, optim="sgd", use_cpu=True, report_to="none",
-        save_strategy="steps", save_steps=3, eval_strategy="epoch", disable_tqdm=True, logging_strategy="no",
-        seed=0,
-    )
-    trainer = Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args,
-                      train_dataset=token_dataset(64, 0), eval_dataset=token_dataset(24, 1),
-                      callbacks=[callback, *([HangAt()] if hang_at is not None else [])])
-    trainer.train(resume_from_checkpoint=resume)
-    return callback
-
-
-TRAIN = {"lightning": train_lightning, "hf": train_hf, "hf-token": train_hf_token}
+TRAIN = {"lightning": train_lightning, "hf": train_hf, "hf-token": functools.partial(train_hf, tokens=True)}
 
 
 # ---------------------------------------------------------------------------------- the tests
