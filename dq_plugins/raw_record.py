@@ -7,7 +7,6 @@ reads back. numpy only, so every phase can import it.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +28,11 @@ class SplitHistory:
         fields: name -> (E, N) float32 for each of :data:`FLOAT_FIELDS`, NaN where missing.
         pred: (E, N) int32 predicted class, -1 where missing.
         labels: (N,) int64 given label, -1 for ids never seen.
-        mean_probs: (N, C) float32 mean softmax over all valid occurrences, NaN rows when never seen;
+        mean_probs: (N, C) mean softmax over all valid occurrences, NaN rows when never seen; float32, float16
+            above :data:`WIDE_FLOAT32_MAX_ELEMENTS` elements (as the ledger's sums);
             for a held-out split (``SplitLedger.latest_probs_only``) the softmax of its latest pass,
             the out-of-sample prediction of the final model, as cleanlab expects.
-        early_probs: (N, C) float32 mean softmax over the occurrences of the early window (epochs
+        early_probs: (N, C) mean softmax over the occurrences of the early window (dtype as ``mean_probs``; epochs
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
         latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
             (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
@@ -53,20 +53,19 @@ class SplitHistory:
 
 
 def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
-    """Write a :class:`SplitHistory` as a compressed ``.npz`` (see :func:`load_history`)."""
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        epochs=history.epochs,
-        pred=history.pred,
-        labels=history.labels,
-        mean_probs=_narrow(history.mean_probs),
-        **({"early_probs": _narrow(history.early_probs)} if history.early_probs is not None else {}),
-        **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
-        **{f"field_{name}": values for name, values in history.fields.items()},
-    )
+    """Write a :class:`SplitHistory` as a compressed ``.npz`` (see :func:`load_history`), straight to the file
+    (numpy writes each array through the zip stream in blocks: no in-memory copy of the archive)."""
     with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+        np.savez_compressed(
+            handle,
+            epochs=history.epochs,
+            pred=history.pred,
+            labels=history.labels,
+            mean_probs=_narrow(history.mean_probs),
+            **({"early_probs": _narrow(history.early_probs)} if history.early_probs is not None else {}),
+            **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
+            **{f"field_{name}": values for name, values in history.fields.items()},
+        )
 
 
 def save_task_history(history: Any, path: str | os.PathLike) -> None:
@@ -93,9 +92,15 @@ WIDE_FLOAT32_MAX_ELEMENTS = 2**25
 host sums, the raw record's ``mean_probs`` / ``early_probs``)."""
 
 
+def _widen(probs: np.ndarray) -> np.ndarray:
+    """A stored softmax mean as the ledger hands it to the analysis: float32 up to :data:`WIDE_FLOAT32_MAX_ELEMENTS`
+    elements, float16 (as stored) above."""
+    return probs if probs.size > WIDE_FLOAT32_MAX_ELEMENTS else probs.astype(np.float32, copy=False)
+
+
 def _narrow(probs: np.ndarray) -> np.ndarray:
-    """Softmax means as float16 above :data:`WIDE_FLOAT32_MAX_ELEMENTS` (float32 below); read back as float32."""
-    return probs.astype(np.float16) if probs.size > WIDE_FLOAT32_MAX_ELEMENTS else probs
+    """Softmax means as float16 above :data:`WIDE_FLOAT32_MAX_ELEMENTS` (float32 below), no copy when they already are."""
+    return probs.astype(np.float16, copy=False) if probs.size > WIDE_FLOAT32_MAX_ELEMENTS else probs
 
 
 def save_embeddings(ids: np.ndarray, embeddings: np.ndarray, path: str | os.PathLike) -> None:
@@ -145,7 +150,7 @@ def load_history(path: str | os.PathLike) -> SplitHistory:
                     else np.full(data["pred"].shape, np.nan, np.float32) for name in FLOAT_FIELDS},
             pred=data["pred"],
             labels=data["labels"],
-            mean_probs=data["mean_probs"].astype(np.float32, copy=False),
-            early_probs=data["early_probs"].astype(np.float32, copy=False) if "early_probs" in data.files else None,
+            mean_probs=_widen(data["mean_probs"]),
+            early_probs=_widen(data["early_probs"]) if "early_probs" in data.files else None,
             latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
         )

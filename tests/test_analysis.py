@@ -136,3 +136,53 @@ def test_issue_table_leads_with_train_and_display_tables_are_rounded():
     assert '"mislabel_score"' in text and "0.7" in text and "0.69999" not in text and "0.1235" in text
     assert shown["p_value"].iloc[0] == 3.612e-200  # significant digits: a tiny p-value keeps its exponent
     assert issues["confidence"].dtype.kind == "f"  # the input is left alone
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_chunked_confident_learning_equals_cleanlab_find_label_issues(dtype, monkeypatch):
+    """The default method runs row chunk by row chunk and class by class (no full-size copy of the softmax);
+    it must flag exactly what ``cleanlab.filter.find_label_issues`` flags on the same normalised float32 rows,
+    with unrecorded rows and a class nobody was given, with chunks of a few rows (many chunk boundaries)."""
+    import warnings
+
+    import cleanlab.count
+    import cleanlab.filter
+
+    import importlib
+
+    module = importlib.import_module("dq_plugins.scores.confident_learning")
+    monkeypatch.setattr(module, "ROW_CHUNK_ELEMENTS", 97)  # a handful of rows per chunk
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        n, c = int(rng.integers(50, 600)), int(rng.integers(3, 25))
+        truth = rng.integers(0, c, n)
+        labels = truth.copy()
+        flip = rng.random(n) < 0.25
+        labels[flip] = rng.integers(0, c, int(flip.sum()))
+        labels[labels == 0] = 1  # class 0 given to nobody
+        logits = rng.normal(size=(n, c)) * 2.0
+        logits[np.arange(n), truth] += 2.5
+        probs = np.exp(logits)
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(dtype)
+        probs[rng.random(n) < 0.1] = np.nan  # never recorded
+
+        result = confident_learning(labels, probs)
+
+        valid = ~np.isnan(probs[:, 0].astype(np.float64))
+        present = np.unique(labels[valid])
+        compact, _ = module._normalised_float32(probs, np.flatnonzero(valid), present, labels[valid])
+        compact_labels = np.searchsorted(present, labels[valid])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = cleanlab.filter.find_label_issues(compact_labels, compact, n_jobs=1)
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(result.is_label_issue[valid], expected)
+        assert not result.is_label_issue[~valid].any()
+        suggested = labels[valid].copy()
+        suggested[expected] = present[compact[expected].argmax(axis=1)]
+        np.testing.assert_array_equal(result.suggested_label[valid], suggested)
+        joint = cleanlab.count.estimate_joint(
+            compact_labels, compact,
+            confident_joint=cleanlab.count.compute_confident_joint(compact_labels, compact, calibrate=False))
+        np.testing.assert_allclose(result.joint[np.ix_(present, present)], joint, atol=1e-12)
+        assert result.joint[0].sum() == 0 and result.joint[:, 0].sum() == 0

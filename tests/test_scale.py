@@ -99,6 +99,28 @@ def test_float16_softmax_sums_match_float32_means():
     assert narrow._prob_sum.dtype == torch.float16 and narrow._prob_sum.device.type == "cpu"
     np.testing.assert_allclose(narrow.mean_probs(), exact.mean_probs(), atol=2e-3)
     np.testing.assert_allclose(narrow.early_probs(), exact.early_probs(), atol=2e-3)
+    # the means stay in the sums' dtype: no float32 (N, C) copy for the analysis of a float16 ledger
+    assert narrow.mean_probs().dtype == np.float16 and exact.mean_probs().dtype == np.float32
+
+
+def test_raw_record_keeps_large_means_float16_and_small_ones_float32(tmp_path, monkeypatch):
+    import dq_plugins.raw_record as raw
+
+    monkeypatch.setattr(raw, "WIDE_FLOAT32_MAX_ELEMENTS", 1000)
+    ledger = SplitLedger(300, 7, wide_dtype=torch.float16)
+    ledger.early_epochs = 2
+    _train(ledger, range(3), seed=1)
+    history = ledger.to_history()
+    raw.save_history(history, tmp_path / "large.npz")
+    back = raw.load_history(tmp_path / "large.npz")
+    assert back.mean_probs.dtype == np.float16 and back.early_probs.dtype == np.float16
+    np.testing.assert_array_equal(back.mean_probs, history.mean_probs)
+    np.testing.assert_array_equal(back.seen, history.seen)
+    monkeypatch.setattr(raw, "WIDE_FLOAT32_MAX_ELEMENTS", 10**6)
+    raw.save_history(history, tmp_path / "small.npz")
+    small = raw.load_history(tmp_path / "small.npz")
+    assert small.mean_probs.dtype == np.float32
+    np.testing.assert_array_equal(small.mean_probs, history.mean_probs.astype(np.float32))
 
 
 def test_device_bytes_per_sample_do_not_depend_on_the_classes():

@@ -436,7 +436,7 @@ def duplicate_label_issues(frame: pd.DataFrame, mean_probs: np.ndarray) -> pd.Se
     by_id = frame.set_index("sample_id")
     partner_score = frame["near_duplicate_of"].map(by_id["mislabel_score"])
     partner_label = frame["near_duplicate_of"].map(by_id["label"])
-    mean_pred = np.nanargmax(np.nan_to_num(mean_probs[frame["sample_id"].to_numpy()], nan=-1.0), axis=1)
+    mean_pred = row_argmax(mean_probs)[frame["sample_id"].to_numpy()]  # chunked: no (N, C) gather
     return (
         frame["conflicting_duplicate"]
         & (frame["mislabel_score"] > partner_score.fillna(np.inf))

@@ -331,8 +331,8 @@ class SplitLedger:
 
     # ------------------------------------------------------------------ results
     def mean_probs(self) -> np.ndarray:
-        """(N, C) float32 mean softmax over every valid occurrence (with ``latest_probs_only``: over
-        the latest pass only); NaN rows for unseen ids.
+        """(N, C) mean softmax over every valid occurrence (with ``latest_probs_only``: over the latest pass
+        only), float32 (float16 when the sums are, see :func:`_means`); NaN rows for unseen ids.
 
         Under ``torch.distributed`` this is the global mean on rank 0 once the last epoch is closed.
         """
@@ -341,7 +341,7 @@ class SplitLedger:
         return _means(self._prob_sum, self._prob_count, self.capacity)
 
     def early_probs(self) -> np.ndarray | None:
-        """(N, C) float32 mean softmax over the early window; ``None`` when no window was kept."""
+        """(N, C) mean softmax over the early window (dtype as :meth:`mean_probs`); ``None`` when no window was kept."""
         if self.early_epochs <= 0:
             return None
         self.flush()
@@ -438,10 +438,11 @@ class SplitLedger:
 
 
 def _means(sums: torch.Tensor, counts: torch.Tensor, n: int, chunk: int = 65536) -> np.ndarray:
-    """(n, C) float32 ``sums / counts`` on the host, NaN rows where the count is 0; built in row chunks
-    so a float16 sum is never converted whole."""
+    """(n, C) ``sums / counts`` on the host, NaN rows where the count is 0, in the dtype of ``sums`` (float32, or
+    float16 for the sums above :data:`~dq_plugins.raw_record.WIDE_FLOAT32_MAX_ELEMENTS`: a float32 copy of a
+    1.28M x 1000 mean would add 5 GB to the analysis); divided in float32, row chunk by row chunk."""
     counts = counts[:n].cpu()
-    out = np.empty((n, sums.shape[1]), dtype=np.float32)
+    out = np.empty((n, sums.shape[1]), dtype=np.float16 if sums.dtype == torch.float16 else np.float32)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         count = counts[start:stop].unsqueeze(1)

@@ -2,15 +2,18 @@
 
 Reference: Northcutt, Jiang and Chuang, "Confident Learning: Estimating Uncertainty in Dataset
 Labels", JAIR 2021 (https://arxiv.org/abs/1911.00068); implementation: cleanlab >= 2.9
-(``cleanlab.filter.find_label_issues``, ``cleanlab.count.compute_confident_joint``,
-``cleanlab.count.estimate_joint``; the self-confidence of ``cleanlab.rank.get_label_quality_scores`` is computed
-here, row chunk by row chunk). cleanlab is imported on first call, not at import time.
+(``cleanlab.count.estimate_joint``; for ``filter_by="prune_by_noise_rate"``, the default,
+``cleanlab.filter.find_label_issues`` and ``cleanlab.count.compute_confident_joint`` are recomputed here row
+chunk by row chunk, and class by class for the pruning, so that a 1.28M x 1000 softmax is never copied whole;
+the flags are identical to cleanlab's, see :func:`_prune_by_noise_rate_chunked`; other ``filter_by`` values
+call cleanlab on one float32 copy). cleanlab is imported on first call, not at import time.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -198,6 +201,22 @@ def _normalise_rows(probs: np.ndarray) -> np.ndarray:
     return clipped
 
 
+def _normalised_chunks(pred_probs: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None,
+                       labels: np.ndarray | None = None):
+    """Yield ``(chunk, block, given)`` over row chunks of ``pred_probs``: ``chunk`` a slice of the selected rows,
+    ``block`` the float32 rows ``rows[chunk]`` (all rows when ``rows`` is None) restricted to ``columns`` (all
+    when None), clipped and renormalised in float64 (again after the column selection); ``given`` with
+    ``labels`` ``(M,)``, the float64 normalised probability of each row's label before the column selection,
+    else None. Every row is normalised on its own, so a row's block does not depend on the chunking."""
+    num_rows = pred_probs.shape[0] if rows is None else rows.size
+    for chunk in row_chunks(num_rows, pred_probs.shape[1]):
+        block = _normalise_rows(pred_probs[chunk] if rows is None else pred_probs[rows[chunk]])
+        given = None if labels is None else block[np.arange(block.shape[0]), labels[chunk]]
+        if columns is not None:
+            block = _normalise_rows(block[:, columns])
+        yield chunk, block.astype(np.float32), given
+
+
 def _normalised_float32(pred_probs: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None,
                         labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """``(M, K)`` float32 rows ``rows`` (all when None) and columns ``columns`` (all when None) of
@@ -208,14 +227,112 @@ def _normalised_float32(pred_probs: np.ndarray, rows: np.ndarray | None, columns
     width = pred_probs.shape[1] if columns is None else columns.size
     out = np.empty((num_rows, width), dtype=np.float32)
     given = None if labels is None else np.empty(num_rows)
-    for chunk in row_chunks(num_rows, pred_probs.shape[1]):
-        block = _normalise_rows(pred_probs[chunk] if rows is None else pred_probs[rows[chunk]])
-        if given is not None:
-            given[chunk] = block[np.arange(block.shape[0]), labels[chunk]]
-        if columns is not None:
-            block = _normalise_rows(block[:, columns])
+    for chunk, block, label_probs in _normalised_chunks(pred_probs, rows, columns, labels):
         out[chunk] = block
+        if given is not None:
+            given[chunk] = label_probs
     return out, given
+
+
+FLOATING_POINT_COMPARISON = 1e-6
+"""cleanlab's fuzzy-equality tolerance (``cleanlab.internal.constants``)."""
+
+CONFIDENT_THRESHOLDS_LOWER_BOUND = 2 * FLOATING_POINT_COMPARISON
+"""cleanlab's lower bound of the per-class thresholds (``cleanlab.internal.constants``)."""
+
+
+def _prune_counts(confident_joint: np.ndarray, min_examples_per_class: int = 1) -> np.ndarray:
+    """``(K, K)`` int: how many samples given label ``k`` to prune towards class ``j``, at ``[j, k]``.
+
+    cleanlab's ``filter._keep_at_least_n_per_class(confident_joint.T, n, frac_noise=1.0)``: each column's
+    diagonal is raised to at least ``n`` and the raise taken evenly from the column's non-zero noise counts;
+    the counts are truncated to integers (with ``frac_noise=1`` cleanlab's final row-total-preserving rounding
+    then has nothing left to change).
+    """
+    matrix = confident_joint.T
+    diagonal = np.diagonal(matrix)
+    new_diagonal = np.maximum(diagonal, min_examples_per_class)
+    per_column = np.maximum(np.count_nonzero(matrix, axis=0) - 1.0, 1.0)
+    adjusted = matrix - (new_diagonal - diagonal) / per_column
+    adjusted[adjusted < 0] = 0
+    np.fill_diagonal(adjusted, new_diagonal)
+    return adjusted.astype(int)
+
+
+@dataclass(frozen=True)
+class _ChunkedResult:
+    """What :func:`_prune_by_noise_rate_chunked` returns for ``M`` selected rows and ``K`` classes."""
+
+    is_label_issue: np.ndarray  # (M,) bool
+    argmax: np.ndarray  # (M,) int64, column of the largest normalised probability
+    label_quality: np.ndarray  # (M,) float64 self-confidence over all columns
+    confident_joint: np.ndarray  # (K, K) int, uncalibrated, diagonal at least 1
+
+
+def _prune_by_noise_rate_chunked(pred_probs: np.ndarray, rows: np.ndarray | None, columns: np.ndarray | None,
+                                 labels: np.ndarray, full_labels: np.ndarray,
+                                 calibrate_confident_joint: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                                 ) -> _ChunkedResult:
+    """``cleanlab.filter.find_label_issues(labels, P, filter_by="prune_by_noise_rate", n_jobs=1)`` and
+    ``cleanlab.count.compute_confident_joint(labels, P, calibrate=False)`` with ``P`` the float32 normalised
+    rows of :func:`_normalised_chunks`, without ever holding ``P`` whole.
+
+    Three passes, each of ``(rows, C)`` memory one chunk (or one class) at a time: (1) the self-confidence,
+    arg-max and "the prediction is the given label" mask; the per-class thresholds (the float32 mean
+    self-confidence of each class, as cleanlab's ``get_confident_thresholds``); (2) the confident joint, calibrated
+    by ``calibrate_confident_joint`` (cleanlab's) for the pruning counts, as ``compute_confident_joint``'s default;
+    (3) per given label ``k``, its rows gathered, and for every ``j != k`` the ``prune[j, k]`` rows of the
+    largest margin ``P[:, j] - P[:, k]`` flagged (cleanlab's ``_prune_by_count``); flags whose arg-max (with
+    the given label favoured by ``1e-6``) is the given label are dropped (cleanlab's ``_reduce_issues``).
+    The same float32 values go through the same numpy operations as in cleanlab, so the flags are identical
+    (tested against cleanlab). ``labels``: ``(M,)`` compact labels ``0 .. K-1`` of the selected rows, every
+    class present; ``full_labels``: the same labels as columns of ``pred_probs`` (for ``label_quality``).
+    """
+    num_rows, num_classes = labels.size, (pred_probs.shape[1] if columns is None else columns.size)
+    self_confidence = np.empty(num_rows, dtype=np.float32)
+    argmax = np.empty(num_rows, dtype=np.int64)
+    predicts_given = np.empty(num_rows, dtype=bool)
+    label_quality = np.empty(num_rows)
+    for chunk, block, given in _normalised_chunks(pred_probs, rows, columns, full_labels):
+        local = np.arange(block.shape[0])
+        label_quality[chunk] = given
+        self_confidence[chunk] = block[local, labels[chunk]]
+        argmax[chunk] = block.argmax(axis=1)
+        block[local, labels[chunk]] += FLOATING_POINT_COMPARISON
+        predicts_given[chunk] = block.argmax(axis=1) == labels[chunk]
+    thresholds = np.asarray(np.clip([np.mean(self_confidence[labels == k]) for k in range(num_classes)],
+                                    a_min=CONFIDENT_THRESHOLDS_LOWER_BOUND, a_max=None))
+    del self_confidence
+
+    cells = np.zeros(num_classes * num_classes, dtype=np.int64)
+    for chunk, block, _ in _normalised_chunks(pred_probs, rows, columns):
+        confident = block >= thresholds - 1e-6
+        num_confident = confident.sum(axis=1)
+        guess = np.where(num_confident > 1, argmax[chunk], confident.argmax(axis=1))
+        counted = num_confident > 0
+        cells += np.bincount(labels[chunk][counted] * num_classes + guess[counted], minlength=cells.size)
+    joint = cells.reshape(num_classes, num_classes).astype(int)
+    np.fill_diagonal(joint, joint.diagonal().clip(min=1))
+    # find_label_issues prunes by the calibrated joint (compute_confident_joint's default calibrate=True)
+    prune = _prune_counts(calibrate_confident_joint(joint, labels))
+
+    issues = np.zeros(num_rows, dtype=bool)
+    order = np.argsort(labels, kind="stable")  # rows of each class in their original order, as labels == k
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    selected = np.arange(pred_probs.shape[0]) if rows is None else rows
+    for k in range(num_classes):
+        members = order[bounds[k]:bounds[k + 1]]
+        targets = [j for j in np.flatnonzero(prune[:, k] > 0) if j != k]
+        if members.size <= 1 or not targets:
+            continue
+        block, _ = _normalised_float32(pred_probs, selected[members], columns)
+        mask = np.zeros(members.size, dtype=bool)
+        for j in targets:
+            margin = block[:, j] - block[:, k]
+            mask[np.argsort(-margin)[:prune[j, k]]] = True
+        issues[members] = mask
+    issues[predicts_given] = False
+    return _ChunkedResult(issues, argmax, label_quality, joint)
 
 
 def confident_learning(
@@ -296,23 +413,28 @@ def confident_learning(
             is_label_issue, suggested_label, label_quality, 0.0, np.diag(frequencies), (0.0, 0.0)
         )
 
-    # Restrict to the classes present among the given labels, then map back. The (M, K) softmax handed to
-    # cleanlab is float32 (cleanlab keeps its dtype); it is the only full-size copy made here.
+    # Restrict to the classes present among the given labels, then map back. The default method runs in row
+    # chunks (:func:`_prune_by_noise_rate_chunked`, no full-size copy); the others hand cleanlab one float32 copy.
     compact_labels = np.searchsorted(present, valid_labels)
     columns = None if present.size == num_classes else present
-    compact_probs, label_quality[valid] = _normalised_float32(pred_probs, rows, columns, valid_labels)
-    issues = cl_filter.find_label_issues(
-        compact_labels, compact_probs, filter_by=filter_by, n_jobs=1
-    )
-    confident = cl_count.compute_confident_joint(compact_labels, compact_probs, calibrate=False)
-    compact_joint = cl_count.estimate_joint(compact_labels, compact_probs, confident_joint=confident)
+    if filter_by == "prune_by_noise_rate":
+        chunked = _prune_by_noise_rate_chunked(pred_probs, rows, columns, compact_labels, valid_labels,
+                                               cl_count.calibrate_confident_joint)
+        issues, confident, label_quality[valid] = chunked.is_label_issue, chunked.confident_joint, chunked.label_quality
+        suggested = chunked.argmax[issues]
+    else:
+        compact_probs, label_quality[valid] = _normalised_float32(pred_probs, rows, columns, valid_labels)
+        issues = cl_filter.find_label_issues(compact_labels, compact_probs, filter_by=filter_by, n_jobs=1)
+        confident = cl_count.compute_confident_joint(compact_labels, compact_probs, calibrate=False)
+        suggested = np.argmax(compact_probs[issues], axis=1)
+    compact_joint = cl_count.estimate_joint(compact_labels, None, confident_joint=confident)
     joint[np.ix_(present, present)] = compact_joint
     interval = noise_rate_interval(confident, np.bincount(compact_labels, minlength=present.size))
 
     valid_rows = np.flatnonzero(valid)
     flagged_rows = valid_rows[issues]
     is_label_issue[flagged_rows] = True
-    suggested_label[flagged_rows] = present[np.argmax(compact_probs[issues], axis=1)]
+    suggested_label[flagged_rows] = present[suggested]
     noise_rate = float(1.0 - np.trace(joint))
     return ConfidentLearningScores(
         is_label_issue, suggested_label, label_quality, noise_rate, joint, interval
