@@ -132,6 +132,7 @@ def worker(num_samples: int, out: Path) -> None:
     order = np.argsort(-samples["neighbor_disagreement"].to_numpy(), kind="stable")[: int(flipped.sum())]
     result = {
         "n": num_samples,
+        "dim": embeddings.shape[1],
         "knn_method": analysis.summary.knn_method,
         "projection": analysis.summary.projection_method,
         "stages": stages,
@@ -255,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--extraction-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="with --worker: where the JSON goes")
+    parser.add_argument("--dim", type=int, default=DIM, help=f"embedding dimension of the synthetic data (default {DIM})")
     parser.add_argument("--recording", nargs="*", default=None,
                         help=f"recording cases to run: {list(RECORDING_CASES)}, checkpoint, knn (default: all)")
     args = parser.parse_args(argv)
+    globals()["DIM"] = args.dim
     if args.recording is not None:
         run_recording(args.recording or [*RECORDING_CASES, "checkpoint", "knn"], args.out or Path(tempfile.gettempdir()) / "scale_recording.jsonl")
         return 0
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(folder) / "result.json"
             start = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, __file__, "--worker", str(num_samples), "--out", str(out)], cwd=REPO, check=False
+                [sys.executable, "-m", "benchmarks.scale", "--worker", str(num_samples), "--out", str(out), "--dim", str(args.dim)],
+                cwd=REPO, check=False
             )
             if done.returncode != 0 or not out.exists():
                 print(f"N={num_samples}: worker failed with exit code {done.returncode}", file=sys.stderr)
