@@ -40,3 +40,32 @@ def test_an_error_in_the_first_batch_ends_the_run_failed(tracking_uri, tmp_path)
         train(tmp_path, callback, trainer_cls=DropsIds)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [run.info.status for run in runs] == ["FAILED"]
+
+
+def test_a_resume_elsewhere_recovers_the_epochs_from_the_runs_raw_record(tracking_uri, tmp_path):
+    """Issue 13: the checkpoint only points to the per-epoch files; on a machine without them (here: the folder
+    deleted), the epochs recorded before come from the run's ``dq/raw/<split>.npz``, as in the Lightning callback."""
+    import shutil
+
+    import numpy as np
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from dq_plugins.raw_record import load_history
+    from test_transformers_callback import make_args, make_model, VAL, TRAIN
+
+    history = tmp_path / "history"
+    first = DataQualityCallback(history_dir=str(history))
+    Trainer(model=make_model(), args=make_args(tmp_path, save_strategy="epoch"), train_dataset=TRAIN,
+            eval_dataset=VAL, callbacks=[first]).train()
+    checkpoint = get_last_checkpoint(str(tmp_path / "out"))
+    shutil.rmtree(history)  # another machine: the checkpoint, the MLflow run, no epoch files
+
+    second = DataQualityCallback(history_dir=str(tmp_path / "elsewhere"))
+    Trainer(model=make_model(), args=make_args(tmp_path, save_strategy="epoch", num_train_epochs=3),
+            train_dataset=TRAIN, eval_dataset=VAL, callbacks=[second]).train(resume_from_checkpoint=checkpoint)
+    assert second.run_id == first.run_id  # the resumed fit logs into the same run
+    client = mlflow.MlflowClient()
+    record = load_history(client.download_artifacts(first.run_id, "dq/raw/train.npz", str(tmp_path / "raw")))
+    assert record.epochs.tolist() == [0, 1, 2]
+    assert not np.isnan(record.fields["loss"]).any()  # every sample in every epoch, the first two from the run

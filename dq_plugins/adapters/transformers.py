@@ -1086,6 +1086,27 @@ class DataQualityCallback(TrainerCallback):
         record = torch.load(path, map_location="cpu", weights_only=True)
         self.session.load_state_dict(record)
         device = next(model.parameters()).device
-        self.session.resume(device, current_epoch)
         run_id = record.get("run_id")
-        return run_id if isinstance(run_id, str) else None
+        run_id = run_id if isinstance(run_id, str) else None
+        self.session.resume(device, current_epoch, raw_record=self._raw_record(run_id))
+        return run_id
+
+    def _raw_record(self, run_id: str | None) -> Any:
+        """``raw_record(split)``: a local copy of ``dq/raw/<split>.npz`` in the run the checkpointed fit logged into
+        (``None`` without one). Called only when epoch files are missing from the history folder (a resume on
+        another machine): the epochs recorded before come from the run, as in the Lightning callback."""
+        if run_id is None:
+            return None
+        tracking_uri = self._sink_options["tracking_uri"]
+
+        def fetch(split: str) -> str:
+            import tempfile
+
+            import mlflow
+
+            from dq_plugins.schema import raw_path
+
+            folder = tempfile.mkdtemp(prefix="dq_plugins_raw_")
+            return mlflow.MlflowClient(tracking_uri=tracking_uri).download_artifacts(run_id, raw_path(split), folder)
+
+        return fetch
