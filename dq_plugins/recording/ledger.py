@@ -56,7 +56,7 @@ import torch
 
 from dq_plugins.raw_record import FLOAT_FIELDS, WIDE_FLOAT32_MAX_ELEMENTS, SplitHistory
 from dq_plugins.recording.history_store import EpochStore, Fetch
-from dq_plugins.recording.stage import HostFold, RowStage, last_occurrence
+from dq_plugins.recording.stage import EpochStaging, HostFold, RowStage, last_occurrence, stageable
 
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
                                    "early_count")
@@ -119,7 +119,7 @@ def distributed_rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-class SplitLedger:
+class SplitLedger(EpochStaging):
     """Device buffers of one split plus the host history of its completed epochs.
 
     Args:
@@ -180,18 +180,14 @@ class SplitLedger:
             epoch: the trainer epoch this batch belongs to. A batch of a later epoch than the
                 pending one first closes the pending epoch (see :meth:`close_epoch`).
         """
-        if self.pending_epoch is not None and epoch != self.pending_epoch:
-            self.close_epoch()
-        if self.pending_epoch is None and self.latest_probs_only:  # a new pass replaces the previous softmax
-            self._fold.wait()
-            self._prob_sum.zero_()
-            self._prob_count.zero_()
-        self.pending_epoch = epoch
-        logits = logits.detach()
-        if logits.is_cuda:
-            logits = logits.clone()
-        if self._stage.add(ids, labels, logits):
+        self._open_epoch(epoch)
+        if self._stage.add(ids, labels, stageable(logits)):
             self.flush()
+
+    def _reset_latest_probs(self) -> None:
+        self._fold.wait()
+        self._prob_sum.zero_()
+        self._prob_count.zero_()
 
     def flush(self) -> None:
         """Fold the staged rows into the per-sample sums (a handful of device ops, no host sync)."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dq_plugins.recording.history_store import EpochStore, Fetch
-from dq_plugins.recording.stage import RowStage, last_occurrence
+from dq_plugins.recording.stage import EpochStaging, RowStage, last_occurrence, stageable
 from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
 
 MULTILABEL_FIELDS: tuple[str, ...] = ("prob_given", "margin", "correct")
@@ -76,7 +76,7 @@ class MultiLabelHistory:
         return ~np.isnan(self.mean_probs[:, 0]) if self.mean_probs.size else np.zeros(0, bool)
 
 
-class MultiLabelLedger:
+class MultiLabelLedger(EpochStaging):
     """Device buffers of one split of a multi-label task plus the host history of its closed epochs.
 
     Args:
@@ -115,17 +115,13 @@ class MultiLabelLedger:
 
         No host sync, no tensor arithmetic; a batch of a later epoch first closes the pending one.
         """
-        if self.pending_epoch is not None and epoch != self.pending_epoch:
-            self.close_epoch()
-        if self.pending_epoch is None and self.latest_probs_only:
-            self._prob_sum.zero_()
-            self._prob_count.zero_()
-        self.pending_epoch = epoch
-        logits = logits.detach()
-        if logits.is_cuda:
-            logits = logits.clone()
-        if self._stage.add(ids, labels.detach(), logits):
+        self._open_epoch(epoch)
+        if self._stage.add(ids, labels.detach(), stageable(logits)):
             self.flush()
+
+    def _reset_latest_probs(self) -> None:
+        self._prob_sum.zero_()
+        self._prob_count.zero_()
 
     def flush(self) -> None:
         """Fold the staged rows into the sums (a handful of device ops, no host sync)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -49,6 +50,39 @@ class RowStage:
             return None
         batches, self._batches, self._count, self._bytes = self._batches, [], 0, 0
         return tuple(torch.cat([t.to(device, dtype) for t in column]) for column, dtype in zip(zip(*batches), dtypes))
+
+
+class EpochStaging:
+    """What every ledger's ``record`` does before it stages a batch (single-label, multi-label, tokens).
+
+    A subclass has ``pending_epoch`` (``None``: no epoch open), ``latest_probs_only`` (a held-out split
+    whose softmax sums hold its latest pass only), ``close_epoch()`` and ``_reset_latest_probs()``.
+    """
+
+    pending_epoch: int | None
+    latest_probs_only: bool
+
+    def _open_epoch(self, epoch: int) -> None:
+        """A batch of another epoch than the pending one closes that one first; the first batch of a pass of a
+        ``latest_probs_only`` split clears the previous pass's softmax; then ``epoch`` is the pending one."""
+        if self.pending_epoch is not None and epoch != self.pending_epoch:
+            self.close_epoch()
+        if self.pending_epoch is None and self.latest_probs_only:  # a new pass replaces the previous softmax
+            self._reset_latest_probs()
+        self.pending_epoch = epoch
+
+    def close_epoch(self) -> Any:  # pragma: no cover - each ledger defines it
+        raise NotImplementedError
+
+    def _reset_latest_probs(self) -> None:  # pragma: no cover - each ledger defines it
+        raise NotImplementedError
+
+
+def stageable(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` detached for staging by reference; a CUDA tensor is cloned (its memory may be reused once
+    the step's graph is freed, before the stage is folded)."""
+    logits = logits.detach()
+    return logits.clone() if logits.is_cuda else logits
 
 
 def last_occurrence(slots: torch.Tensor, trash: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dq_plugins.recording.ledger import distributed_rank_and_world
-from dq_plugins.recording.stage import RowStage
+from dq_plugins.recording.stage import EpochStaging, RowStage, stageable
 from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
 
 _STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
@@ -71,7 +71,7 @@ class TokenHistory:
     task = "token_classification"  # the raw record's `task` (a class attribute, not a field)
 
 
-class TokenLedger:
+class TokenLedger(EpochStaging):
     """Device buffers of one split of a token classification task.
 
     Args:
@@ -119,12 +119,7 @@ class TokenLedger:
         :func:`first_attended`); a token's recorded position is its column minus its row's offset.
         ``None``: no left padding. A few small device ops per batch (the slot of each position), no host sync.
         """
-        if self.pending_epoch is not None and epoch != self.pending_epoch:
-            self.close_epoch()
-        if self.pending_epoch is None and self.latest_probs_only:
-            self._prob_sum.zero_()
-            self._count.zero_()
-        self.pending_epoch = epoch
+        self._open_epoch(epoch)
         batch, length = labels.shape
         positions = torch.arange(length, device=ids.device).unsqueeze(0)
         if offsets is not None:
@@ -133,11 +128,12 @@ class TokenLedger:
         inside = (ids >= 0) & (ids < self.capacity) & (positions >= 0) & (positions < self.width)
         slots = torch.where(inside, ids * self.width + positions, self.trash).reshape(-1)
         # a position at or beyond the width, or of an unknown id, keeps its tag but goes to trash: counted below
-        logits = logits.detach().reshape(batch * length, -1)
-        if logits.is_cuda:
-            logits = logits.clone()
-        if self._stage.add(slots, labels.detach().reshape(-1), logits):
+        if self._stage.add(slots, labels.detach().reshape(-1), stageable(logits.reshape(batch * length, -1))):
             self.flush()
+
+    def _reset_latest_probs(self) -> None:
+        self._prob_sum.zero_()
+        self._count.zero_()
 
     def flush(self) -> None:
         staged = self._stage.take(self.device, (torch.int64, torch.int64, torch.float32))

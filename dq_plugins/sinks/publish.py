@@ -38,6 +38,17 @@ if TYPE_CHECKING:
     from dq_plugins.analysis.pipeline import AnalysisResult
 
 
+def add_metrics(sink: MlflowSink, metrics: dict[str, float], epoch_metrics: dict[str, list[tuple[int, float]]]) -> None:
+    """Queue the run's metrics on ``sink`` (non-finite values left out) and each per-epoch series
+    (``key -> [(epoch, value), ...]``, logged with the epoch as step)."""
+    for key, value in metrics.items():
+        if np.isfinite(value):
+            sink.add_metric(key, value)
+    for key, values in epoch_metrics.items():
+        for epoch, value in values:
+            sink.add_metric(key, value, step=epoch, series=True)
+
+
 def publish_results(
     result: AnalysisResult,
     histories: dict[str, Any],
@@ -71,12 +82,7 @@ def publish_results(
     result.samples.to_parquet(sink.stage_path(SAMPLES_PATH), index=False)
     sink.add_artifact(SAMPLES_PATH)
     sink.add_table(result.issues, ISSUES_PATH)
-    for key, value in result.metrics.items():
-        if np.isfinite(value):
-            sink.add_metric(key, value)
-    for key, values in result.epoch_metrics.items():
-        for epoch, value in values:
-            sink.add_metric(key, value, step=epoch, series=True)
+    add_metrics(sink, result.metrics, result.epoch_metrics)
     warn_if_untrusted(result)
     samples = result.samples
     meta = metadata_columns(samples)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from dq_plugins.schema import ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH
+from dq_plugins.sinks.publish import add_metrics
 
 TABLE_PATHS = {"sample_labels": SAMPLE_LABELS_PATH, "tokens": TOKENS_PATH}
 """Parquet artifact of each extra table of a :class:`TaskResult`."""
@@ -38,9 +37,4 @@ def publish_task_result(result: Any, sink: Any) -> None:
         sink.stage_path(path).write_text(page, encoding="utf-8")
         sink.add_artifact(path)
     sink.add_tag(TASK_TAG, result.task)
-    for key, value in result.metrics.items():
-        if np.isfinite(value):
-            sink.add_metric(key, value)
-    for key, values in result.epoch_metrics.items():
-        for epoch, value in values:
-            sink.add_metric(key, value, step=epoch, series=True)
+    add_metrics(sink, result.metrics, result.epoch_metrics)
