@@ -74,10 +74,8 @@ def save_task_history(history: Any, path: str | os.PathLike) -> None:
     array attribute under its name and each entry of ``fields`` as ``field_<name>`` (see :func:`load_task_record`)."""
     arrays = {name: value for name, value in vars(history).items() if isinstance(value, np.ndarray)}
     arrays.update({f"field_{name}": value for name, value in (getattr(history, "fields", None) or {}).items()})
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, task=np.asarray(history.task), **arrays)
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    with open(path, "wb") as handle:  # straight to the file, as save_history
+        np.savez_compressed(handle, task=np.asarray(history.task), **arrays)
 
 
 def load_task_record(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
