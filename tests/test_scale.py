@@ -237,3 +237,22 @@ def test_lightning_huge_ids_fail_at_fit_start_before_any_step(tracking_uri, tmp_
     with pytest.raises(MemoryError, match=r"1,000,000,000,200 train sample ids\), above memory_budget_mb"):
         _lightning_fit(callback, tmp_path)
     assert not callback.session.ledgers
+
+
+def test_epoch_files_go_once_the_raw_record_is_uploaded_and_stay_when_it_is_not(tmp_path, monkeypatch):
+    from dq_plugins.sinks.mlflow_sink import MlflowSink
+
+    monkeypatch.setenv("DQ_PLUGINS_PROJECTION", "pca")
+    for uploaded in (True, False):
+        folder = tmp_path / f"history_{uploaded}"
+        session = DynamicsSession(SessionConfig(history_dir=str(folder)))
+        session.set_capacity("train", 64)
+        for epoch in range(2):
+            session.record("train", epoch, torch.arange(64), torch.arange(64) % 3, torch.randn(64, 3))
+        session.close_all()
+        assert any(folder.rglob("epoch_*.npz"))
+        sink = MlflowSink(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", fallback_dir=str(tmp_path / "kept"))
+        monkeypatch.setattr(sink, "flush", lambda strict=False, ok=uploaded: ok)  # False: MLflow was unreachable
+        assert session.finish(sink) is not None
+        # uploaded: a resume reads the epochs from the run's raw record; not uploaded: the files are all there is
+        assert any(folder.rglob("epoch_*.npz")) is not uploaded

@@ -658,7 +658,7 @@ class DynamicsSession:
         histories = self.histories()
         self.save_raw(sink, histories)
         self.describe_run(sink, histories, options)
-        for buffer in self.embeddings.values():  # the epoch files stay: a checkpoint may still point to them
+        for buffer in self.embeddings.values():  # the epoch files stay until the raw record is uploaded
             buffer.remove_mapped_file()
         result = None
         bar = progress(total=3, desc="end-of-fit analysis")
@@ -702,7 +702,10 @@ class DynamicsSession:
             )
         bar.update()
         bar.set_postfix_str("upload")
-        sink.flush()
+        if sink.flush():
+            # the raw record is in the run now: a resume from a checkpoint of this fit reads the epochs from there
+            # (both callbacks do), so the per-epoch files are not kept on disk for it
+            self.remove_history_files()
         bar.update()
         bar.close()
         self.result = result
