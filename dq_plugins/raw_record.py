@@ -36,6 +36,9 @@ class SplitHistory:
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
         latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
             (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
+        sample_ids: (N,) int64 increasing, the sample id of each slot (:mod:`dq_plugins.recording.slots`)
+            when the split's ids were sparse or huge; ``None``: slot ``i`` is sample id ``i``. Every (N,)
+            array above is indexed by slot; :meth:`ids_of` and :meth:`slots_of` convert.
     """
 
     epochs: np.ndarray
@@ -45,6 +48,24 @@ class SplitHistory:
     mean_probs: np.ndarray
     early_probs: np.ndarray | None = None
     latency_ms: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
+
+    def ids_of(self, slots: np.ndarray) -> np.ndarray:
+        """int64 sample ids of ``slots`` (any shape); negative values (``-1``: none) stay as they are."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if self.sample_ids is None:
+            return slots
+        return np.where(slots >= 0, self.sample_ids[np.clip(slots, 0, None)], slots)
+
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """int64 slots of sample ``ids`` (any shape), ``-1`` for an id without a slot."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.sample_ids is None:
+            return np.where((ids >= 0) & (ids < self.labels.shape[0]), ids, -1)
+        if not self.sample_ids.size:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        at = np.clip(np.searchsorted(self.sample_ids, ids), 0, self.sample_ids.size - 1)
+        return np.where(self.sample_ids[at] == ids, at, -1)
 
     @property
     def seen(self) -> np.ndarray:
@@ -64,6 +85,7 @@ def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
             mean_probs=_narrow(history.mean_probs),
             **({"early_probs": _narrow(history.early_probs)} if history.early_probs is not None else {}),
             **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
+            **({"sample_ids": history.sample_ids} if history.sample_ids is not None else {}),
             **{f"field_{name}": values for name, values in history.fields.items()},
         )
 
@@ -151,4 +173,5 @@ def load_history(path: str | os.PathLike) -> SplitHistory:
             mean_probs=_widen(data["mean_probs"]),
             early_probs=_widen(data["early_probs"]) if "early_probs" in data.files else None,
             latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
+            sample_ids=data["sample_ids"] if "sample_ids" in data.files else None,
         )

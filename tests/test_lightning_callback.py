@@ -344,7 +344,7 @@ class ShiftedIds(BlobsDataset):
         (dict(module=TinyClassifier(return_logits=False)), r"returned \['loss'\].*logits_module="),
         (dict(module=BadLogits(lambda x: x.unsqueeze(1))), r"shape \(batch, num_classes\)"),
         (dict(train=ShiftedLabels(32), module=LabelFreeLoss()), r"Label [5-7] under `labels` is outside the 3 classes"),
-        (dict(train=ShiftedIds(32)), r"Sample id 10\d\d .*outside the known range 0..31.*num_samples="),
+        (dict(train=ShiftedIds(32)), r"Sample id 10\d\d .*outside the known range 0..31.*sample_ids="),
         (dict(callback=DataQualityCallback(logits_module="nope")), r"`logits_module='nope'` is not a submodule.*backbone"),
     ],
 )

@@ -136,7 +136,7 @@ def test_device_bytes_per_sample_do_not_depend_on_the_classes():
 
 def test_huge_ids_fail_before_any_allocation():
     session = DynamicsSession(SessionConfig(num_samples=10**12 + 200))
-    with pytest.raises(MemoryError, match=r"above memory_budget_mb=16,384.*HINT: number the samples 0..n-1"):
+    with pytest.raises(MemoryError, match=r"above memory_budget_mb=16,384.*HINT: for sparse or huge ids do not pass `num_samples=<max id \+ 1>`.*`sample_ids=`"):
         session.set_capacity("train", 1000)
     assert not session.ledgers
 

@@ -29,6 +29,7 @@ from dq_plugins.recording.embeddings import find_tensor, pool
 from dq_plugins.recording.latency import ForwardTimer
 from dq_plugins.deprecation import renamed_options
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
+from dq_plugins.recording.slots import dataset_ids
 from dq_plugins.schema import TRAIN, VALIDATION
 from dq_plugins.sinks.datasets import given_options
 from dq_plugins.recording.tasks import TaskRouter
@@ -51,13 +52,18 @@ def _mlflow_logger(trainer: Any) -> Any:
     return None
 
 
-def _dataset_length(loaders: Any) -> int | None:
-    """Length of the dataset behind a dataloader, or of the first one in a list/dict."""
+def _first_dataset(loaders: Any) -> Any:
+    """The dataset behind a dataloader, or behind the first one in a list/dict; ``None`` if none."""
     if isinstance(loaders, Mapping):
         loaders = next(iter(loaders.values()), None)
     elif isinstance(loaders, (list, tuple)):
         loaders = loaders[0] if loaders else None
-    dataset = getattr(loaders, "dataset", None)
+    return getattr(loaders, "dataset", None)
+
+
+def _dataset_length(loaders: Any) -> int | None:
+    """Length of the dataset behind a dataloader, or of the first one in a list/dict."""
+    dataset = _first_dataset(loaders)
     try:
         return len(dataset) if dataset is not None else None
     except TypeError:
@@ -192,6 +198,11 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             need more fails at fit start or at its first batch, before allocating. ``None``: 16384.
         embeddings_upload_mb: ``dq/embeddings/<split>.npz`` holds every embedding up to this size
             (fp16, before compression); above it a random sample of rows that fits.
+        sample_ids: every sample id of the train split (1-D integers: array, list or tensor), or a mapping
+            ``{"train": ids, "validation": ids}``. Ids that are not ``0..N-1`` (database keys, ids near 10**12,
+            a subset of a numbered dataset) get one dense slot each on the device, so memory follows the number
+            of ids; the outputs keep the ids. ``None``: the ``id_key`` column of a ``datasets.Dataset`` behind
+            the dataloader when there is one, else ids ``0..len(dataset)-1`` (or ``num_samples``).
 
     Attributes:
         run_id: the MLflow run holding the results (set at fit start on the main process).
@@ -229,6 +240,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         history_dir: str | None = None,
         memory_budget_mb: float | None = None,
         embeddings_upload_mb: float = 256,
+        sample_ids: Any = None,
         **renamed: Any,
     ) -> None:
         if renamed:
@@ -242,7 +254,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             SessionConfig(id_key, label_key, num_samples, num_val_samples, early_epochs, max_issue_rows, fallback_dir,
                           metadata_keys=tuple(metadata_keys), metadata=metadata, rules=rules, pools=pools, projection=projection,
                           history_dir=history_dir, memory_budget_mb=memory_budget_mb,
-                          embeddings_upload_mb=embeddings_upload_mb)
+                          embeddings_upload_mb=embeddings_upload_mb, sample_ids=sample_ids)
         )
         self._tasks = TaskRouter(task, self.session, label_key)
         self.logits_module = logits_module
@@ -446,13 +458,24 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._train_length = _dataset_length(trainer.train_dataloader)
-        self.session.set_capacity(TRAIN, self._train_length)
+        self._set_ids(TRAIN, trainer.train_dataloader, self._train_length)
         self.session.unique_rows[TRAIN] = _yields_each_sample_once(trainer.train_dataloader)
         if self.record_validation and trainer.val_dataloaders is not None:
-            self.session.set_capacity(VALIDATION, _dataset_length(trainer.val_dataloaders))
+            self._set_ids(VALIDATION, trainer.val_dataloaders, _dataset_length(trainer.val_dataloaders))
             self.session.unique_rows[VALIDATION] = _yields_each_sample_once(trainer.val_dataloaders)
         self.session.set_max_epochs(trainer.max_epochs)
         self.session.resume(pl_module.device, trainer.current_epoch, raw_record=self._raw_record)
+
+    def _set_ids(self, split: str, loaders: Any, length: int | None) -> None:
+        """The id range of ``split``: the ``sample_ids`` option, else the id column of a ``datasets.Dataset``
+        behind the (first) dataloader, else the dataset length (see :meth:`DynamicsSession.set_sample_ids`)."""
+        ids, what = self.session.given_sample_ids(split), f"`sample_ids=` ({split})"
+        if ids is None:
+            ids, what = dataset_ids(_first_dataset(loaders), self.session.config.id_key), f"the {split} dataset"
+        if ids is None:
+            self.session.set_capacity(split, length)
+        else:
+            self.session.set_sample_ids(split, ids, what)
 
     def _raw_record(self, split: str) -> Any:
         """A local copy of ``dq/raw/<split>.npz`` in this fit's MLflow run, or ``None``: on a resume in the same
@@ -575,14 +598,15 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         """Hand one batch of ``split`` to the recording: a multi-label or token task's recorder, else the
         session (dynamics, metadata, latency, embeddings, input fingerprints). No host sync."""
         ids, labels = self._ids_and_labels(batch)
+        slots = self.session.to_slots(split, ids)  # the ids themselves unless they are sparse
         mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
-        if self._tasks.route(split, epoch, ids, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
+        if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
             return
-        self.session.record(split, epoch, ids, labels, logits, _step_loss(outputs))
-        self.session.record_metadata(split, ids, batch)
-        self.session.record_latency(split, ids, spans)
-        self._record_embeddings(split, outputs, batch, ids, logits.shape[1])
-        self._record_inputs(split, batch, ids)
+        self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))
+        self.session.record_metadata(split, ids, batch)  # joined by sample id
+        self.session.record_latency(split, slots, spans)
+        self._record_embeddings(split, outputs, batch, slots, logits.shape[1])
+        self._record_inputs(split, batch, slots)
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
@@ -650,7 +674,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                         batch = trainer.strategy.batch_to_device(batch)
                         self._captured_embeddings = None
                         outputs = self.forward_fn(pl_module, batch)
-                        ids = get_key(batch, self.session.config.id_key, "ids", "id_key")
+                        ids = self.session.to_slots(split, get_key(batch, self.session.config.id_key, "ids", "id_key"))
                         width = self.session.ledgers[split].num_classes if split in self.session.ledgers else -1
                         self._record_embeddings(split, outputs, batch, ids, width)
         finally:

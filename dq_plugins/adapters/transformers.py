@@ -676,8 +676,9 @@ class DataQualityCallback(TrainerCallback):
             ids, labels, found = _read_columns(_dataset_of(kwargs.get("train_dataloader")), self.id_key,
                                                self.label_key, TRAIN)
             self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
-            self.session.set_capacity(TRAIN, len(ids))
-            self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN)
+            self.session.set_sample_ids(TRAIN, ids, f"column `{self.id_key}` of the {TRAIN} dataset")
+            self._train_labels = _LabelTable(self.session.host_slots(TRAIN, ids), labels,
+                                             self.session.capacities[TRAIN], self.id_key, TRAIN)
             self._tasks = TaskRouter(self._task_option, self.session, found)
         self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
@@ -800,7 +801,7 @@ class DataQualityCallback(TrainerCallback):
         if self._final_split is not None:  # the post-training embedding pass
             embeddings = self._pooled_embeddings(ids.shape[0]) if ids is not None else None
             if embeddings is not None:
-                ids = torch.as_tensor(ids, device=embeddings.device)
+                ids = self.session.to_slots(self._final_split, torch.as_tensor(ids, device=embeddings.device))
                 self.session.record_embeddings(self._final_split, ids, embeddings)
             return
         if not training and (not self.record_validation or self._val_disabled):
@@ -830,6 +831,7 @@ class DataQualityCallback(TrainerCallback):
         embeddings = self._pooled_embeddings(ids.shape[0])
         tokens = self._model_input()
         if training:
+            ids = self.session.to_slots(TRAIN, ids)  # the ids themselves unless they are sparse
             labels = self._train_labels.lookup(ids)
             loss = getattr(output, "loss", None)
             self.session.record(TRAIN, self._epoch or 0, ids, labels, logits, loss if isinstance(loss, torch.Tensor) else None)
@@ -915,8 +917,9 @@ class DataQualityCallback(TrainerCallback):
             return None
         try:
             ids, labels, _ = _read_columns(dataset, self.id_key, self.label_key, VALIDATION)
-            self.session.set_capacity(VALIDATION, len(ids))
-            table = _LabelTable(ids, labels, self.session.capacities[VALIDATION], self.id_key, VALIDATION)
+            self.session.set_sample_ids(VALIDATION, ids, f"column `{self.id_key}` of the {VALIDATION} dataset")
+            table = _LabelTable(self.session.host_slots(VALIDATION, ids), labels,
+                                self.session.capacities[VALIDATION], self.id_key, VALIDATION)
         except ValueError as err:
             warn(
                 f"dq_plugins does not record the validation split: {err} Or pass `record_validation=False` to "
@@ -949,6 +952,7 @@ class DataQualityCallback(TrainerCallback):
         if table is None:
             return
         for ids, logits, embeddings, spans, tokens in stash:
+            ids = self.session.to_slots(VALIDATION, ids)
             self.session.record(VALIDATION, self._epoch or 0, ids, table.lookup(ids), logits)
             self.session.record_latency(VALIDATION, ids, spans)
             if embeddings is not None:

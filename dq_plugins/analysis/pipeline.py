@@ -505,6 +505,41 @@ def add_copy_columns(frame: pd.DataFrame, copies: SplitCopies | None, history: S
     return frame, leak
 
 
+def _to_slots(histories: dict[str, SplitHistory], arrays: dict[str, tuple] | None) -> dict[str, tuple] | None:
+    """``split -> (ids (M,), values...)`` with the ids of a split whose history has ``sample_ids`` turned into its
+    slots (rows of ids without a slot dropped); other splits unchanged."""
+    if not arrays:
+        return arrays
+    out = {}
+    for split, (ids, *values) in arrays.items():
+        history = histories.get(split)
+        if history is None or history.sample_ids is None:
+            out[split] = (ids, *values)
+            continue
+        slots = history.slots_of(ids)
+        known = slots >= 0
+        out[split] = (slots[known], *(np.asarray(v)[known] for v in values))
+    return out
+
+
+_OWN_ID_COLUMNS: tuple[str, ...] = ("sample_id", "near_duplicate_of")
+"""Columns of a split's frames that hold slots of that split (:func:`_to_ids`); ``train_duplicate_of`` holds train slots."""
+
+
+def _to_ids(frame: pd.DataFrame, history: SplitHistory, train: SplitHistory | None) -> pd.DataFrame:
+    """``frame`` of one split with its slot columns turned into sample ids (``-1`` stays ``-1``); unchanged when
+    neither the split nor the train split has ``sample_ids``."""
+    if history.sample_ids is None and (train is None or train.sample_ids is None):
+        return frame
+    frame = frame.copy()
+    for column in _OWN_ID_COLUMNS:
+        if column in frame:
+            frame[column] = history.ids_of(frame[column].to_numpy())
+    if "train_duplicate_of" in frame and train is not None:
+        frame["train_duplicate_of"] = train.ids_of(frame["train_duplicate_of"].to_numpy())
+    return frame
+
+
 COLLAPSED_EMBEDDING_SHARE = 0.5
 """Share of a split above which the embedding near-duplicates are dropped when input copies are known.
 Seen on a randomly initialised tiny BERT that did not learn: 99% of its rows had an embedding
@@ -536,6 +571,8 @@ def analyze(
             :data:`~dq_plugins.schema.COPY_COLUMNS`, no leakage table.
     """
     frames, metrics, epoch_metrics, overlaps, trust, leaks = [], {}, {}, [], {}, []
+    embeddings = _to_slots(histories, embeddings)  # the scores index by slot; the frames get the ids back
+    fingerprints = _to_slots(histories, fingerprints)
     copies = find_copies(fingerprints) if fingerprints else {}
     train_labels = pd.Series(histories[TRAIN].labels) if TRAIN in histories else None  # by sample id
     train_epochs = int(histories[TRAIN].epochs.size) if TRAIN in histories else None
@@ -551,7 +588,8 @@ def analyze(
             metrics[split_metric_key("num_input_copies", split)] = float((frame["near_duplicate_of"] >= 0).sum())
             if split != TRAIN:
                 metrics[split_metric_key("num_leaked", split)] = float(len(leak))
-                leaks.append(leak)
+                leaks.append(_to_ids(leak, history, histories.get(TRAIN)))
+        frame = _to_ids(frame, history, histories.get(TRAIN))
         frames.append(frame)
         metrics[split_metric_key("accuracy", split)] = (
             float((frame["pred"] == frame["label"]).mean()) if len(frame) else float("nan")

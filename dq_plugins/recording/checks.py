@@ -103,6 +103,7 @@ def check_values(
         raise ValueError(
             f"Sample id {bad} under `{id_key}` is outside the known range 0..{capacity - 1} of the "
             f"{split} split (its dataset length). HINT: ids must be 0-based positions in the dataset; "
-            f"{WITH_IDS_HINT} Or, if your ids are stable but larger, pass "
-            f"`{'num_samples' if split == TRAIN else 'num_val_samples'}=<max id + 1>` to the callback."
+            f"{WITH_IDS_HINT} Or, if your ids are stable but sparse or large, pass them all as `sample_ids=` "
+            f"to the callback (one slot per distinct id; `{'num_samples' if split == TRAIN else 'num_val_samples'}"
+            "=<max id + 1>` allocates a slot for every id below the largest)."
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import traceback
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from dq_plugins.raw_record import (
 from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
 from dq_plugins.recording.history_store import new_history_folder
 from dq_plugins.recording.ledger import SplitLedger, distributed_rank_and_world, planned_bytes
+from dq_plugins.recording.slots import SlotMap, integer_ids, is_dense
 from dq_plugins.schema import (
     ANALYSIS_ERROR_PATH,
     DEVICE_PEAK_METRIC,
@@ -56,9 +58,10 @@ the record of that validation epoch, before any end-of-fit score exists."""
 
 VALIDATION_SLICE_METRICS: tuple[str, ...] = ("size", "accuracy", "macro_f1", "mean_latency_ms")
 """Slice metrics defined at a validation (the others need end-of-fit scores)."""
-STATE_VERSION = 2
+STATE_VERSION = 3
 """Version of :meth:`DynamicsSession.state_dict` (2: metadata values, embeddings and the validation-time rule
-history too); a checkpoint of a newer version is refused on load."""
+history too; 3: the slot tables of sparse ids, written only by a fit that has them, so a dense-id checkpoint
+stays version 2); a checkpoint of a newer version is refused on load."""
 
 DEFAULT_MEMORY_BUDGET_MB = 16_384
 """Default ``memory_budget_mb``: the most the callback may allocate for its buffers (device + host RAM)."""
@@ -84,6 +87,7 @@ class SessionConfig:
     history_dir: str | None = None  # root of the per-epoch history files; None: $DQ_PLUGINS_HISTORY_DIR or temp
     memory_budget_mb: float | None = None  # None: DEFAULT_MEMORY_BUDGET_MB
     embeddings_upload_mb: float = 256  # dq/embeddings/<split>.npz in full up to this size, else a sample of rows
+    sample_ids: Any = None  # Lightning: the train ids (1-D integers) or split -> ids; sparse ids get slots
 
 
 class DynamicsSession:
@@ -123,6 +127,9 @@ class DynamicsSession:
     def history_folder(self, split: str) -> str:
         """Where this fit writes the per-epoch files of ``split`` (:mod:`dq_plugins.recording.history_store`)."""
         return str(self._history_root / split)
+        self.slot_maps: dict[str, SlotMap] = {}  # splits whose sparse or huge ids are mapped to dense slots
+        self._restored_slots: dict[str, np.ndarray] = {}  # split -> slot table of a checkpoint, until adopted
+        self._slots_checked: set[str] = set()  # splits whose first batch's ids were looked up
 
     # ------------------------------------------------------------------ memory
     @property
@@ -138,18 +145,21 @@ class DynamicsSession:
             budget_mb = self.memory_budget_bytes / 2**20
             raise MemoryError(
                 f"dq_plugins would need {(others + planned) / 2**20:,.0f} MB for its buffers ({what}), above "
-                f"memory_budget_mb={budget_mb:,.0f}. Its memory follows the largest sample id, not the number of "
-                "samples. HINT: number the samples 0..n-1 (`dq_plugins.with_ids(dataset)`) rather than passing "
-                "`num_samples=<max id + 1>` for sparse or huge ids; or pass a larger `memory_budget_mb=` to the "
-                "callback if the machine has the memory."
+                f"memory_budget_mb={budget_mb:,.0f}. Its memory follows the number of sample ids (the dataset "
+                "length, `num_samples=`, or the distinct ids when they are sparse). HINT: for sparse or huge ids "
+                "do not pass `num_samples=<max id + 1>`: give the ids themselves (`sample_ids=` of the Lightning "
+                "callback, or the dataset's id column), or number the samples 0..n-1 (`dq_plugins.with_ids`); "
+                "or pass a larger `memory_budget_mb=` to the callback if the machine has the memory."
             )
         self._planned[name] = planned
 
     def memory_peaks(self) -> tuple[int, int]:
-        """(device, host) bytes: the most the ledgers, embedding and fingerprint buffers held at once (an
-        upper bound: the sum of each part's peak), host RAM during training only (analysis excluded)."""
+        """(device, host) bytes: the most the ledgers, embedding and fingerprint buffers and slot tables held at
+        once (an upper bound: the sum of each part's peak), host RAM during training only (analysis excluded)."""
         parts = [*self.ledgers.values(), *self.embeddings.values(), *self.fingerprints.values()]
-        return sum(part.device_bytes() for part in parts), sum(part.host_bytes() for part in parts)
+        tables = self.slot_maps.values()
+        return (sum(part.device_bytes() for part in parts) + sum(m.device_bytes() for m in tables),
+                sum(part.host_bytes() for part in parts) + sum(m.table.nbytes for m in tables))
 
     # ------------------------------------------------------------------ metadata, rules
     @staticmethod
@@ -293,7 +303,7 @@ class DynamicsSession:
         pred = history.pred[row]
         ids = np.flatnonzero(pred >= 0)
         table = pd.DataFrame({
-            "sample_id": ids.astype(np.int64), "split": VALIDATION, "label": history.labels[ids], "pred": pred[ids],
+            "sample_id": self.ids_of(VALIDATION, ids), "split": VALIDATION, "label": history.labels[ids], "pred": pred[ids],
             **{name: history.fields[name][row, ids] for name in ("loss", "prob_given", "margin")},
         })
         latency = self.latency.get(VALIDATION)
@@ -308,7 +318,10 @@ class DynamicsSession:
 
     # ------------------------------------------------------------------ setup
     def set_capacity(self, split: str, dataset_length: int | None) -> None:
-        """Fix the id range of a split from the callback option or the dataset length."""
+        """Fix the id range of a split from the callback option or the dataset length (a split that already
+        has a slot map, or gets one from the checkpoint, keeps it)."""
+        if self._adopt_restored_slots(split) or split in self.slot_maps:
+            return
         override = self.config.num_samples if split == TRAIN else self.config.num_val_samples
         capacity = override or dataset_length
         if capacity is None:
@@ -320,6 +333,105 @@ class DynamicsSession:
         # the classes are not known yet: check what does not depend on them (catches ids near 10**12 now)
         self.check_budget(f"ledger/{split}", planned_bytes(int(capacity), 2)[0], f"{int(capacity):,} {split} sample ids")
         self.capacities[split] = int(capacity)
+
+    def given_sample_ids(self, split: str) -> Any:
+        """The ids of ``split`` given by the ``sample_ids`` option (train: an array, or a mapping split -> ids),
+        or ``None``."""
+        given = self.config.sample_ids
+        if given is None:
+            return None
+        if isinstance(given, Mapping):
+            return given.get(split)
+        return given if split == TRAIN else None
+
+    def set_sample_ids(self, split: str, ids: Any, what: str = "`sample_ids=`") -> None:
+        """Fix the id range of a split from all of its sample ids (1-D integers, any order), read once before
+        its first batch; ``what`` names where they come from in messages.
+
+        Ids inside ``0..capacity-1`` (capacity: ``num_samples`` / ``num_val_samples``, else ``len(ids)``) index
+        the buffers directly, exactly as :meth:`set_capacity`. Other ids (sparse, huge or negative) get a
+        :class:`~dq_plugins.recording.slots.SlotMap`: one slot per distinct id, so memory follows the number of
+        ids; the adapter turns each batch's ids into slots with :meth:`to_slots`.
+
+        Raises:
+            ValueError: not integers, or ids the checkpoint being resumed does not hold.
+            MemoryError: the buffers for these ids would pass ``memory_budget_mb``.
+        """
+        ids = integer_ids(ids, what)
+        restored = self._restored_slots.get(split)
+        if restored is not None:
+            self._check_against_checkpoint(split, ids, restored, what)
+            self._adopt_restored_slots(split)
+            return
+        override = self.config.num_samples if split == TRAIN else self.config.num_val_samples
+        if is_dense(ids, override or ids.size):
+            self.set_capacity(split, ids.size)
+            return
+        slot_map = SlotMap(ids)
+        self.check_budget(f"ledger/{split}", planned_bytes(slot_map.size, 2)[0],
+                          f"{slot_map.size:,} distinct {split} sample ids")
+        self.check_budget(f"slots/{split}", 2 * slot_map.table.nbytes, f"the table of {slot_map.size:,} {split} ids")
+        self.slot_maps[split] = slot_map
+        self.capacities[split] = slot_map.size
+
+    def _check_against_checkpoint(self, split: str, ids: np.ndarray, table: np.ndarray, what: str) -> None:
+        """Raise when ``ids`` hold an id the checkpoint's slot table of ``split`` lacks."""
+        slots = np.clip(np.searchsorted(table, ids), 0, max(table.size - 1, 0))
+        missing = ids[table[slots] != ids] if table.size else ids
+        if missing.size:
+            raise ValueError(
+                f"The checkpoint's record of the {split} split holds {table.size:,} sample ids, but {what} has ids it "
+                f"lacks (e.g. {int(missing[0])}): the dataset changed since that checkpoint, and its samples cannot be "
+                "recorded on the same slots. HINT: resume with the dataset of the checkpointed fit, or start a new "
+                "fit without the checkpoint."
+            )
+
+    def _adopt_restored_slots(self, split: str) -> bool:
+        """Use the checkpoint's slot table of ``split`` (once); whether there was one."""
+        table = self._restored_slots.pop(split, None)
+        if table is None:
+            return False
+        self.slot_maps[split] = SlotMap(table)
+        self.capacities[split] = self.slot_maps[split].size
+        return True
+
+    def to_slots(self, split: str, ids: torch.Tensor) -> torch.Tensor:
+        """The slots of a batch's ``(B,)`` ids: the ids themselves when the split has no slot map (no work),
+        else their position among the split's ids on the device, ``K`` (not recorded, counted) for an unknown id.
+        Call it once per batch and hand the slots to :meth:`record`, :meth:`record_latency`,
+        :meth:`record_embeddings` and :meth:`record_inputs` (:meth:`record_metadata` takes the ids).
+        No host sync, except on the first batch of a split with a slot map (like :meth:`record`'s checks).
+
+        Raises:
+            ValueError: an unknown id in the first batch of the split.
+        """
+        slot_map = self.slot_maps.get(split)
+        if slot_map is None or not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+            return ids  # dense ids, or ids that check_shapes will reject with its own message
+        slots = slot_map.slots(ids)
+        if split not in self._slots_checked:
+            self._slots_checked.add(split)
+            unknown = slots == slot_map.size
+            if bool(unknown.any()):
+                bad = int(ids.reshape(-1)[unknown][0])
+                raise ValueError(
+                    f"Sample id {bad} under `{self.config.id_key}` is not one of the {slot_map.size:,} ids of the "
+                    f"{split} split. HINT: give every id the split uses, in `sample_ids=` (Lightning) or in the "
+                    f"dataset's `{self.config.id_key}` column."
+                )
+        return slots
+
+    def ids_of(self, split: str, slots: np.ndarray) -> np.ndarray:
+        """Host sample ids of host ``slots`` of ``split`` (the slots themselves without a slot map)."""
+        slot_map = self.slot_maps.get(split)
+        slots = np.asarray(slots, dtype=np.int64)
+        return slots if slot_map is None else slot_map.table[slots]
+
+    def host_slots(self, split: str, ids: np.ndarray) -> np.ndarray:
+        """Host slots of host ``ids`` that are all among the split's ids (the ids without a slot map)."""
+        slot_map = self.slot_maps.get(split)
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids if slot_map is None else np.searchsorted(slot_map.table, ids)
 
     def set_max_epochs(self, max_epochs: int | None) -> None:
         """Size the early window (EL2N and the early softmax) from the planned number of epochs."""
@@ -450,10 +562,12 @@ class DynamicsSession:
         seen = check.close() if check is not None else None
         bad_ids = counters["out_of_range"] - (seen.ignored + seen.bad_labels if seen is not None else 0)
         if bad_ids > 0:
+            known = (f"not among the {ledger.capacity:,} known ids" if split in self.slot_maps
+                     else f"outside 0..{ledger.capacity - 1}")
             warn(
-                f"dq_plugins: {bad_ids} {split} rows in epoch {epoch} had a sample id outside "
-                f"0..{ledger.capacity - 1} and were not recorded. "
-                "HINT: give stable 0-based ids (`dq_plugins.with_ids`) or pass `num_samples=` to the callback.",
+                f"dq_plugins: {bad_ids} {split} rows in epoch {epoch} had a sample id {known} and were not recorded. "
+                "HINT: give stable 0-based ids (`dq_plugins.with_ids`), or pass all the ids as `sample_ids=` "
+                "(or `num_samples=`) to the callback.",
                 RuntimeWarning,
                 stacklevel=2, once=self._warned, key=f"out_of_range/{split}",
             )
@@ -524,13 +638,17 @@ class DynamicsSession:
             ids, values = buffer.to_numpy()
             embeddings[split] = {"ids": torch.from_numpy(ids), "values": torch.from_numpy(values)}
         embeddings.update({s: st for s, st in self._restored_embeddings.items() if s not in embeddings})
-        state = {"version": STATE_VERSION, "ledgers": ledgers, "latency": latency, "metadata": metadata,
+        state = {"version": 2, "ledgers": ledgers, "latency": latency, "metadata": metadata,
                  "pending_metadata": pending, "embeddings": embeddings,
                  "rule_history": [_frame_state(frame) for frame in self._rule_history],
                  "mark_failed_at_validation": self.mark_failed_at_validation}
         task = self.task_router.state_dict() if self.task_router is not None else None
         if task:  # a multi-label / token task's ledgers (an optional key: single-label checkpoints are unchanged)
             state["task"] = task
+        tables = {**{split: torch.from_numpy(table) for split, table in self._restored_slots.items()},
+                  **{split: torch.from_numpy(m.table) for split, m in self.slot_maps.items()}}
+        if tables:  # the slot tables of sparse ids (an optional key: dense-id checkpoints are unchanged)
+            state["sample_ids"], state["version"] = tables, 3
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -564,6 +682,19 @@ class DynamicsSession:
         self.mark_failed_at_validation = bool(state.get("mark_failed_at_validation", False))
         if self.task_router is not None:
             self.task_router.load_state_dict(state.get("task"))
+        for split, table in state.get("sample_ids", {}).items():
+            table = np.asarray(table, dtype=np.int64)
+            current = self.slot_maps.get(split)
+            if current is not None:  # the ids were read before the state (Hugging Face): they must agree
+                self._check_against_checkpoint(split, current.table, table, "the dataset")
+                if current.size != table.size:
+                    raise ValueError(
+                        f"The checkpoint's record of the {split} split holds {table.size:,} sample ids, but the dataset "
+                        f"has {current.size:,}: the dataset changed since that checkpoint. HINT: resume with the "
+                        "dataset of the checkpointed fit, or start a new fit without the checkpoint."
+                    )
+            else:
+                self._restored_slots[split] = table
 
     # ------------------------------------------------------------------ end of fit
     def close_all(self, reduce: bool = True) -> None:
@@ -608,6 +739,8 @@ class DynamicsSession:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
         histories = {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
         for split, history in histories.items():
+            if split in self.slot_maps:
+                history.sample_ids = self.slot_maps[split].table[: history.labels.shape[0]].copy()
             recorder = self.latency.get(split)
             if recorder is not None and np.isfinite(recorder.latest).any():
                 history.latency_ms = recorder.latest[: history.labels.shape[0]].copy()
@@ -635,8 +768,8 @@ class DynamicsSession:
         for key, value in option_params(options or {}).items():
             sink.add_param(key, value)
         for split, history in histories.items():
-            ids = np.flatnonzero(history.seen)
-            sink.add_input(split_input(split, ids, history.labels[ids]))
+            slots = np.flatnonzero(history.seen)
+            sink.add_input(split_input(split, history.ids_of(slots), history.labels[slots]))
 
     def finish_run(self, sink: MlflowSink, *, options: Any = None) -> AnalysisResult | None:
         """:meth:`finish`, then close the run (FAILED when a ``FailRun`` rule held) and
@@ -667,12 +800,18 @@ class DynamicsSession:
 
             bar.set_postfix_str("scores")
 
-            embeddings = {split: buffer.to_numpy() for split, buffer in self.embeddings.items()}
+            embeddings = {}
+            for split, buffer in self.embeddings.items():  # outputs hold the sample ids, not the slots
+                slots, values = buffer.to_numpy()
+                embeddings[split] = (self.ids_of(split, slots), values)
             limit = int(self.config.embeddings_upload_mb * 2**20)
             for split, (ids, values) in embeddings.items():
                 save_embeddings(*upload_sample(ids, values, limit), sink.stage_path(embeddings_path(split)))
                 sink.add_artifact(embeddings_path(split))
-            fingerprints = {split: buffer.to_numpy() for split, buffer in self.fingerprints.items()}
+            fingerprints = {}
+            for split, buffer in self.fingerprints.items():
+                slots, *values = buffer.to_numpy()
+                fingerprints[split] = (self.ids_of(split, slots), *values)
             for split, values in fingerprints.items():
                 save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
                 sink.add_artifact(fingerprints_path(split))

@@ -166,6 +166,12 @@ class TaskRouter:
         return True
 
     def _new_ledger(self, split: str, labels: torch.Tensor, logits: torch.Tensor) -> MultiLabelLedger | TokenLedger:
+        if split in getattr(self.session, "slot_maps", {}):
+            raise ValueError(
+                f"The {split} split has sparse sample ids (not 0..N-1), which dq_plugins records for single-label "
+                f"classification only, not for {self.task.value}. HINT: number the samples 0..n-1 "
+                "(`dq_plugins.with_ids(dataset)`) and keep the original ids as a metadata column."
+            )
         capacity = self.session.capacities.get(split)
         if capacity is None:
             self.session.set_capacity(split, None)

@@ -206,7 +206,7 @@ def _weak_slices(result: Any, histories: dict, slices: Any, meta: list[str], sin
     sink.add_metric("dq.num_weak_slices", float(len(weak)))
     shown = weak if len(weak) else slices
     correct = {split: (h.epochs, h.fields["correct"]) for split, h in histories.items()}
-    for key, values in slice_epoch_accuracy(samples, shown, correct).items():
+    for key, values in slice_epoch_accuracy(_by_slot(samples, histories), shown, correct).items():
         for epoch, value in values:
             sink.add_metric(key, value, step=epoch, series=True)
     splits = [split for split in histories if (samples["split"] == split).any()]
@@ -214,6 +214,21 @@ def _weak_slices(result: Any, histories: dict, slices: Any, meta: list[str], sin
         overall = {split: result.metrics.get(split_metric_key("accuracy", split), float("nan")) for split in splits}
         sink.add_figure(weak_slices_figure(shown, overall, split=ordered_splits(splits)),
                         WEAK_SLICES_FIGURE_PATH)
+
+
+def _by_slot(samples: Any, histories: dict) -> Any:
+    """``samples`` with the ``sample_id`` of each split whose history has ``sample_ids`` turned into its slot
+    (the column index of that history's per-epoch arrays); the same frame when no split has them."""
+    mapped = [split for split, h in histories.items() if getattr(h, "sample_ids", None) is not None]
+    if not mapped:
+        return samples
+    samples = samples.copy()
+    ids = samples["sample_id"].to_numpy(dtype=np.int64).copy()
+    for split in mapped:
+        rows = (samples["split"] == split).to_numpy()
+        ids[rows] = histories[split].slots_of(ids[rows])
+    samples["sample_id"] = ids
+    return samples
 
 
 def _latency_report(result: AnalysisResult, columns: list[str], sink: MlflowSink) -> None:
