@@ -22,10 +22,10 @@ from dq_plugins.recording.ledger import SplitLedger
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 
 
-def run_script(tmp_path: Path, devices: int, tracking_uri: str, script: Path = SCRIPT) -> pd.DataFrame:
-    out = tmp_path / f"samples_{devices}.parquet"
+def run_script(tmp_path: Path, devices: int, tracking_uri: str, *options: str, script: Path = SCRIPT) -> pd.DataFrame:
+    out = tmp_path / f"samples_{devices}{''.join(options)}.parquet"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(out), str(devices), tracking_uri],
+    proc = subprocess.run([sys.executable, str(script), str(out), str(devices), tracking_uri, *options],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return pd.read_parquet(out).sort_values(["split", "sample_id"]).reset_index(drop=True)
@@ -53,6 +53,14 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     assert prints[1][0].tolist() == prints[0][0].tolist() == list(range(96))
     np.testing.assert_array_equal(prints[1][1], prints[0][1])
     np.testing.assert_allclose(prints[1][2], prints[0][2], rtol=1e-5, atol=1e-5)
+    # sparse ids (10**12 + 7k, one slot each): the ranks all-reduce by slot, the table keeps the ids
+    sparse = run_script(tmp_path, 2, tracking_uri, "sparse")
+    assert sparse["sample_id"].min() == 10**12 and ((sparse["sample_id"] - 10**12) % 7 == 0).all()
+    sparse["sample_id"] = (sparse["sample_id"] - 10**12) // 7
+    sparse = sparse.sort_values(["split", "sample_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(sparse[["split", "sample_id", "label"]], single[["split", "sample_id", "label"]])
+    for column in ("confidence", "variability", "aum", "el2n", "correctness"):
+        np.testing.assert_allclose(sparse[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
 
 
 HF_SCRIPT = Path(__file__).parent / "ddp" / "hf_run.py"

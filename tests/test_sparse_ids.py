@@ -92,6 +92,14 @@ def test_sparse_huge_ids_give_the_scores_of_dense_ids_under_the_original_ids(tra
                                   check_dtype=False, rtol=1e-6)
     raw = load_history(mlflow.MlflowClient().download_artifacts(sparse.run_id, "dq/raw/train.npz", str(tmp_path)))
     np.testing.assert_array_equal(raw.sample_ids, sparse_train.ids)  # the raw record keeps the slot -> id table
+    from dq_plugins.sinks.offline import reanalyze
+
+    again = reanalyze(sparse.run_id, child_run=True).result.samples  # `dq analyze`: raw record + artifacts
+    again = again.sort_values(key).set_index(key)
+    fit_time = load_samples(sparse.run_id).sort_values(key).set_index(key)
+    assert again.index.equals(fit_time.index)
+    for column in ("near_duplicate_of", "train_duplicate_of", "mislabel_score", "outlier_score"):
+        np.testing.assert_allclose(again[column], fit_time[column], rtol=1e-6, err_msg=column)
 
 
 def test_ids_of_a_datasets_column_are_read_without_the_option(tracking_uri):

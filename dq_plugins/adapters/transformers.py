@@ -341,21 +341,15 @@ def _read_metadata(dataset: Any, id_column: str, columns: Sequence[str], split: 
 
 
 class _LabelTable:
-    """Labels of one split indexed by sample id: (N,) int64, -1 for ids absent from the dataset.
+    """Labels of one split indexed by slot (the sample id, unless the ids are sparse: see
+    :meth:`DynamicsSession.set_sample_ids`): (N,) int64, -1 for slots absent from the dataset.
 
-    Built on the host, moved once to the device of the first lookup.
+    Built on the host, moved once to the device of the first lookup. ``slots``: the slot of each of ``ids``
+    (``None``: the ids); messages name the ids.
     """
 
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, capacity: int, id_column: str, split: str) -> None:
-        if ids.size and (ids.min() < 0 or ids.max() >= capacity):
-            bad = int(ids.min() if ids.min() < 0 else ids.max())
-            argument = "num_samples" if split == TRAIN else "num_val_samples"
-            raise ValueError(
-                f"Sample id {bad} in column `{id_column}` of the {split} dataset is outside the known range "
-                f"0..{capacity - 1} (the dataset length or `{argument}`). HINT: ids must be 0-based positions: "
-                f"{_ids_line(id_column, split)}. Or, if your ids are stable but larger, pass "
-                f"`{argument}=<max id + 1>` to the callback."
-            )
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, capacity: int, id_column: str, split: str,
+                 slots: np.ndarray | None = None) -> None:
         distinct = np.unique(ids).size
         if distinct < ids.size:
             values, counts = np.unique(ids, return_counts=True)
@@ -367,9 +361,10 @@ class _LabelTable:
                 "concatenating, `with_ids(concatenate_datasets([a, b]))`, or give the second part its own range, "
                 "`with_ids(b, offset=len(a))`."
             )
+        slots = ids if slots is None else slots
         table = np.full(capacity, -1, dtype=np.int64)
-        table[ids] = labels
-        conflict = np.flatnonzero(table[ids] != labels)
+        table[slots] = labels
+        conflict = np.flatnonzero(table[slots] != labels)
         if conflict.size:
             row = int(conflict[0])
             raise ValueError(
@@ -677,8 +672,8 @@ class DataQualityCallback(TrainerCallback):
                                                self.label_key, TRAIN)
             self.session = DynamicsSession(replace(self.session.config, label_key=found))  # each train() records anew
             self.session.set_sample_ids(TRAIN, ids, f"column `{self.id_key}` of the {TRAIN} dataset")
-            self._train_labels = _LabelTable(self.session.host_slots(TRAIN, ids), labels,
-                                             self.session.capacities[TRAIN], self.id_key, TRAIN)
+            self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN,
+                                             slots=self.session.host_slots(TRAIN, ids))
             self._tasks = TaskRouter(self._task_option, self.session, found)
         self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
@@ -918,8 +913,8 @@ class DataQualityCallback(TrainerCallback):
         try:
             ids, labels, _ = _read_columns(dataset, self.id_key, self.label_key, VALIDATION)
             self.session.set_sample_ids(VALIDATION, ids, f"column `{self.id_key}` of the {VALIDATION} dataset")
-            table = _LabelTable(self.session.host_slots(VALIDATION, ids), labels,
-                                self.session.capacities[VALIDATION], self.id_key, VALIDATION)
+            table = _LabelTable(ids, labels, self.session.capacities[VALIDATION], self.id_key, VALIDATION,
+                                slots=self.session.host_slots(VALIDATION, ids))
         except ValueError as err:
             warn(
                 f"dq_plugins does not record the validation split: {err} Or pass `record_validation=False` to "
