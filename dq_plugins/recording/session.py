@@ -123,13 +123,13 @@ class DynamicsSession:
         # the TaskRouter of a multi-label / token task (it registers itself): its ledgers go into the checkpoint
         # state and the raw record through this session (state_dict, resume, save_raw)
         self.task_router: Any = None
+        self.slot_maps: dict[str, SlotMap] = {}  # splits whose sparse or huge ids are mapped to dense slots
+        self._restored_slots: dict[str, np.ndarray] = {}  # split -> slot table of a checkpoint, until adopted
+        self._slots_checked: set[str] = set()  # splits whose first batch's ids were looked up
 
     def history_folder(self, split: str) -> str:
         """Where this fit writes the per-epoch files of ``split`` (:mod:`dq_plugins.recording.history_store`)."""
         return str(self._history_root / split)
-        self.slot_maps: dict[str, SlotMap] = {}  # splits whose sparse or huge ids are mapped to dense slots
-        self._restored_slots: dict[str, np.ndarray] = {}  # split -> slot table of a checkpoint, until adopted
-        self._slots_checked: set[str] = set()  # splits whose first batch's ids were looked up
 
     # ------------------------------------------------------------------ memory
     @property
