@@ -247,8 +247,8 @@ def test_task_ledgers_under_ddp_match_one_process_across_a_checkpoint(tmp_path, 
 def test_lightning_ddp_multilabel_matches_one_process(tmp_path, tracking_uri):
     """Issue 14 under DDP: the multi-label record is reduced over ranks, rank 0 analyses and publishes."""
     script = Path(__file__).parent / "ddp" / "lightning_task_run.py"
-    single = run_script(tmp_path, 1, tracking_uri, script)
-    ddp = run_script(tmp_path, 2, tracking_uri, script)
+    single = run_script(tmp_path, 1, tracking_uri, script=script)
+    ddp = run_script(tmp_path, 2, tracking_uri, script=script)
     assert len(ddp) == len(single) == 64 + 32 and not ddp.duplicated(["split", "sample_id"]).any()
     for column in ("label", "suggested_label", "pred"):
         assert [list(v) for v in ddp[column]] == [list(v) for v in single[column]], column
