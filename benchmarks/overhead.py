@@ -57,7 +57,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,8 @@ SESSION_PARTS = ("record", "record_embeddings", "record_inputs", "close_epoch")
 
 
 class TimedCallback(DataQualityCallback):
-    """:class:`DataQualityCallback` whose hooks add their wall time to ``self.seconds[hook]``.
+    """:class:`DataQualityCallback` whose hooks add their wall time to ``self.seconds[hook]`` and their
+    main-thread CPU time (``time.thread_time``) to ``self.cpu_seconds[hook]``.
 
     ``self.profiler``, when set to a ``cProfile.Profile``, is enabled inside the training hooks only.
     """
@@ -110,6 +111,7 @@ class TimedCallback(DataQualityCallback):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.profiler: cProfile.Profile | None = None
         self.time_session_parts()
@@ -123,11 +125,12 @@ class TimedCallback(DataQualityCallback):
 
     def _timed_part(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.seconds[f"session.{name}"] += time.perf_counter() - start
+                self.cpu_seconds[f"session.{name}"] += time.thread_time() - cpu
 
         return timed
 
@@ -138,7 +141,7 @@ def _timed(name: str) -> Callable[..., Any]:
 
     def hook(self: TimedCallback, *args: Any, **kwargs: Any) -> Any:
         profiler = self.profiler if profiled else None
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         if profiler is not None:
             profiler.enable()
         try:
@@ -147,6 +150,7 @@ def _timed(name: str) -> Callable[..., Any]:
             if profiler is not None:
                 profiler.disable()
             self.seconds[name] += time.perf_counter() - start
+            self.cpu_seconds[name] += time.thread_time() - cpu
             self.calls[name] += 1
             if name == FIT_START:
                 self.time_session_parts()
@@ -188,9 +192,13 @@ class Fit:
     final_pass: float = 0.0
     """HF only: the post-training embedding pass inside ``on_train_end`` (part of ``fit_end``)."""
     cpu: float = math.nan
-    """HF only: CPU time of the main thread over the training time (``time.thread_time``); with one
-    torch thread and no loader workers the whole step runs there, and other jobs on the machine
-    barely move it, unlike wall time."""
+    """CPU time of the main thread over the training time (``time.thread_time``); with one torch
+    thread and no loader workers the whole step runs there, and other jobs on the machine barely
+    move it, unlike wall time."""
+    hooks_cpu: float = math.nan
+    """Lightning: main-thread CPU time inside the training hooks."""
+    per_hook_cpu: dict[str, float] = field(default_factory=dict)
+    """Lightning: ``per_hook`` in main-thread CPU time."""
 
 
 def one_fit(work: Workload, dataset: TensorDictDataset, with_callback: bool, tracking_uri: str, seed: int,
@@ -203,9 +211,9 @@ def one_fit(work: Workload, dataset: TensorDictDataset, with_callback: bool, tra
         callback.profiler = profiler
     trainer = make_trainer(work.epochs, [callback] if callback else [])
     threads = torch.get_num_threads()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     trainer.fit(module, loader)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     if torch.get_num_threads() != threads:
         # The end-of-fit analysis (UMAP's numba threading layer) resets torch's intra-op threads;
         # put them back so the next fit of the pair runs under the same conditions.
@@ -217,8 +225,12 @@ def one_fit(work: Workload, dataset: TensorDictDataset, with_callback: bool, tra
     if callback is not None and callback.result is None:
         raise RuntimeError(f"{work.name}: the callback produced no result (see the warnings above).")
     parts = {k: v for k, v in seconds.items() if k in TRAINING_HOOKS or k.startswith("session.")}
+    cpu_seconds = dict(callback.cpu_seconds) if callback else {}
+    cpu -= cpu_seconds.get(FIT_START, 0.0) + cpu_seconds.get(FIT_END, 0.0)
+    hooks_cpu = sum(cpu_seconds.get(name, 0.0) for name in TRAINING_HOOKS)
     return Fit(with_callback, total, total - fit_start - fit_end, hooks, fit_start, fit_end,
-               int(trainer.global_step), parts)
+               int(trainer.global_step), parts, cpu=cpu, hooks_cpu=hooks_cpu,
+               per_hook_cpu={k: v for k, v in cpu_seconds.items() if k in parts})
 
 
 def measure(work: Workload, dataset: TensorDictDataset, pairs: int, tracking_uri: str) -> dict[str, Any]:
@@ -242,10 +254,14 @@ def measure_pairs(work: Any, run_fit: Callable[[bool, int], Fit], pairs: int) ->
     ratios = [w.training / wo.training for w, wo in fits]
     cpu_ratios = [w.cpu / wo.cpu for w, wo in fits]
     fractions = [w.hooks / w.training for w, _ in fits]
+    cpu_fractions = [w.hooks_cpu / w.cpu for w, _ in fits]
     per_hook: dict[str, list[float]] = defaultdict(list)
+    per_hook_cpu: dict[str, list[float]] = defaultdict(list)
     for w, _ in fits:
         for name, value in w.per_hook.items():
             per_hook[name].append(value / w.training)
+        for name, value in w.per_hook_cpu.items():
+            per_hook_cpu[name].append(value / w.cpu)
     steps = fits[0][0].steps
     return {
         "work": work,
@@ -259,9 +275,13 @@ def measure_pairs(work: Any, run_fit: Callable[[bool, int], Fit], pairs: int) ->
         "fraction": statistics.median(fractions),
         "fraction_range": (min(fractions), max(fractions)),
         "per_hook": {name: statistics.median(values) for name, values in per_hook.items()},
+        "per_hook_cpu": {name: statistics.median(values) for name, values in per_hook_cpu.items()},
         "fit_start": statistics.median(w.fit_start for w, _ in fits),
         "fit_end": statistics.median(w.fit_end for w, _ in fits),
         "final_pass": statistics.median(w.final_pass for w, _ in fits),
+        "cpu_fraction": statistics.median(cpu_fractions),
+        "cpu_fraction_range": (min(cpu_fractions), max(cpu_fractions)),
+        "hook_cpu_ms_per_step": statistics.median(w.hooks_cpu for w, _ in fits) / steps * 1e3,
         "cpu_ratio": statistics.median(cpu_ratios),
         "cpu_ratio_range": (min(cpu_ratios), max(cpu_ratios)),
     }
@@ -304,13 +324,17 @@ def report(results: list[dict[str, Any]], pairs: int, command: str, wall: float,
             f"| {work.name}: {work.description}, batch {work.batch_size}, {work.epochs} epochs | {r['steps']} | "
             f"{r['step_ms_without']:.2f} | {r['hook_ms_per_step']:.3f} | {r['ratio']:.3f} "
             f"[{r['ratio_range'][0]:.3f}, {r['ratio_range'][1]:.3f}] | {r['fraction']:.2%} "
-            f"[{r['fraction_range'][0]:.2%}, {r['fraction_range'][1]:.2%}] | {target} | {r['fit_start']:.2f} | "
+            f"[{r['fraction_range'][0]:.2%}, {r['fraction_range'][1]:.2%}] | {target} | "
+            f"{r['hook_cpu_ms_per_step']:.3f} | {r['cpu_fraction']:.2%} [{r['cpu_fraction_range'][0]:.2%}, "
+            f"{r['cpu_fraction_range'][1]:.2%}] | {r['fit_start']:.2f} | "
             f"{r['fit_end']:.2f} |"
         )
-    lines += ["", "Share of training time per hook, and of the session calls made inside them (median):", ""]
+    lines += ["", "Share of training time per hook, and of the session calls made inside them (median; wall, then "
+              "main-thread CPU):", ""]
     for r in results:
-        shares = ", ".join(f"`{k}` {v:.2%}" for k, v in sorted(r["per_hook"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"- {r['work'].name}: {shares}")
+        for key, clock in (("per_hook", "wall"), ("per_hook_cpu", "CPU")):
+            shares = ", ".join(f"`{k}` {v:.2%}" for k, v in sorted(r[key].items(), key=lambda kv: -kv[1]))
+            lines.append(f"- {r['work'].name} ({clock}): {shares}")
     if THREAD_RESETS:
         found, wanted = THREAD_RESETS[0]
         lines += ["", f"Side effect seen: after {len(THREAD_RESETS)} of the fits with the callback, torch's intra-op "

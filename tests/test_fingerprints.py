@@ -93,3 +93,13 @@ def test_the_fingerprint_table_counts_against_the_memory_budget():
     with pytest.raises(MemoryError, match=r"input fingerprints of 50,000 train sample ids.*memory_budget_mb=8"):
         session.record_inputs("train", torch.arange(4), torch.randn(4, 3))
     assert "train" not in session.fingerprints
+
+
+def test_a_row_with_a_non_finite_value_keeps_its_hash_and_a_zero_sketch():
+    rows = torch.randn(3, 4)
+    rows[1, 2], rows[2, 0] = float("nan"), float("inf")
+    buffer = FingerprintBuffer(3, "cpu")
+    buffer.write(torch.arange(3), rows)
+    _, hashes, sketches = buffer.to_numpy()
+    assert hashes.tolist() == fingerprint(rows)[0].tolist() and len(set(hashes.tolist())) == 3
+    assert np.isfinite(sketches).all() and not sketches[1:].any() and sketches[0].any()

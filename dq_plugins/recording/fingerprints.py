@@ -291,7 +291,9 @@ class FingerprintBuffer:
         keep = (unique >= 0) & (unique < self.capacity)
         slots, rows = unique[keep], (ids_np.shape[0] - 1 - first)[keep]
         self._hash.numpy()[slots] = hashes.numpy()[rows]
-        self._sketch.numpy()[slots] = np.nan_to_num(sketch.numpy()[rows], nan=0.0, posinf=0.0, neginf=0.0)
+        values = sketch.numpy()[rows]  # a copy (fancy indexing)
+        values[~np.isfinite(values)] = 0.0
+        self._sketch.numpy()[slots] = values
         seen = self._seen.numpy()
         self._num_seen += int(np.count_nonzero(~seen[slots]))
         seen[slots] = True
