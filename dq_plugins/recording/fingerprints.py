@@ -4,19 +4,17 @@ Embeddings cannot find copies reliably during training: two copies are embedded 
 steps by different weights (40 exact copies planted in 5,000 MNIST images: 7% found from the
 embeddings). The input does not move, so each batch's input rows are fingerprinted on the device:
 
-- ``hash`` (int64): an exact hash of the row's bits. The row is read as 32-bit words ``w_k`` (the
-  float32 bit pattern of a float32 input, so ``-0.0`` and ``0.0`` differ, as do NaN payloads; the
-  two halves of each 64-bit value of a float64 or int64 input; the value of a narrower one, a
-  float16/bfloat16 input through float32), each word mixed by the bijection
-  ``u_k = w_k ^ (w_k >>> 16)`` (so that differences in the high bits alone, such as a sign,
-  reach the low bits), and hashed in two independent 32-bit lanes ``sum_k u_k * m_k mod 2^32``
-  with odd multipliers ``m_k`` derived from the position ``k`` alone (SplitMix64). The two lanes
-  are the two halves of the int64. Integer arithmetic wraps, so the hash does not depend on the
-  order of the sum (the batch size, the device, the chunking): two rows with the same bits
-  always share it. Zeros add nothing, so token ids padded with 0 (under the attention mask) hash
-  alike whatever the batch's padded length. Two rows that differ in one word never collide;
-  rows that differ in several collide with probability about ``2^-64`` per pair for values that
-  are not adversarial (about ``2^-34`` for rows that differ only in signs).
+- ``hash`` (int64): an exact hash of the row, ``sum_k v_k * m_k mod 2^64`` in wrapping 64-bit
+  integer arithmetic, ``m_k`` odd multipliers derived from the position ``k`` alone (SplitMix64)
+  and ``v_k`` the row's values as integers: the float32 bit pattern of a float input, sign-extended
+  (so ``-0.0`` and ``0.0`` differ, as do NaN payloads; a float64 value gives its two 32-bit halves,
+  a float16/bfloat16 one goes through float32), or the value of a token id (any integer input).
+  Integer arithmetic wraps, so the hash does not depend on the order of the sum (the batch size,
+  the device, the chunking): two rows with the same values always share it. Zeros add nothing, so
+  token ids padded with 0 (under the attention mask) hash alike whatever the batch's padded
+  length. Two rows that differ in one value never collide; rows that differ in several collide
+  with probability about ``2^-64`` per pair for values that are not adversarial (``2^-48`` for
+  floats that differ only in their top 16 bits, ``2^-33`` for rows that differ only in signs).
 - ``sketch`` (:data:`SKETCH_DIM` float32): a random projection for near-copies. A float input:
   ``flat @ R`` with ``R`` a fixed Gaussian ``(F, D)`` matrix (Johnson-Lindenstrauss: cosines of
   sketches follow cosines of inputs); a row with a NaN or infinite value gets a non-finite sketch
@@ -33,7 +31,7 @@ written into the table on a worker thread). Memory, ``N`` sample ids, ``S`` stag
 ``D = 32``:
 
 - device: ``2 * S * (16 + 4D)`` bytes of stage (2.4 MB), the per-step workspace (at most
-  :data:`CHUNK_WORDS` words of input at a time) and the constants (``4 * F * D`` bytes of
+  :data:`CHUNK_WORDS` hashed values at a time) and the constants (``4 * F * D`` bytes of
   projection for inputs of ``F`` values); nothing per sample;
 - host: ``N * (9 + 4D)`` bytes (137 per sample, 175 MB for 1.28M samples) and two pinned stages.
 """
@@ -52,12 +50,12 @@ STAGE_ROWS = 8192
 """Fingerprints staged on the device before they are handed to the host (``S`` in the module doc)."""
 
 CHUNK_WORDS = 1 << 21
-"""Input words hashed at once: a batch above this is fingerprinted in row chunks, which bounds the
-temporaries of a step (:data:`WORKSPACE_BYTES_PER_WORD` per word)."""
+"""Hashed values (int64 ``v_k``) at once: a batch above this is fingerprinted in row chunks, which
+bounds the temporaries of a step (:data:`WORKSPACE_BYTES_PER_WORD` per value)."""
 
-WORKSPACE_BYTES_PER_WORD = 16
-"""Device bytes of a step's temporaries per input word, at most: the mixed words and the two lanes'
-int32 products (12), and a float32 or int32 copy of an input of another dtype (4)."""
+WORKSPACE_BYTES_PER_WORD = 20
+"""Device bytes of a step's temporaries per hashed value, at most: the int64 values and their int64
+products (16), and a float32 copy of a float input of another dtype (4)."""
 
 HOST_BYTES_PER_SAMPLE = 8 + 4 * SKETCH_DIM + 1
 """Host bytes per sample id of :class:`FingerprintBuffer`: int64 hash, float32 sketch, seen flag."""
@@ -73,37 +71,35 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def lane_multipliers(width: int) -> torch.Tensor:
-    """``(2, width)`` int32 odd multipliers of the hash's two lanes; column ``k`` depends on ``k`` only,
-    so those of a narrower width are a prefix (a padded token batch hashes like an unpadded one)."""
-    positions = np.arange(width, dtype=np.uint64)
-    lanes = np.stack([_splitmix64(positions * np.uint64(2) + np.uint64(lane) + np.uint64(_SEED << 32))
-                      for lane in range(2)])
-    return torch.from_numpy(((lanes & np.uint64(0xFFFFFFFF)) | np.uint64(1)).astype(np.uint32).view(np.int32))
+def hash_multipliers(width: int) -> torch.Tensor:
+    """``(width,)`` int64 odd multipliers ``m_k`` of the hash; entry ``k`` depends on ``k`` only, so
+    those of a narrower width are a prefix (a padded token batch hashes like an unpadded one)."""
+    positions = np.arange(width, dtype=np.uint64) + np.uint64(_SEED << 32)
+    return torch.from_numpy((_splitmix64(positions) | np.uint64(1)).view(np.int64))
 
 
 class _Constants:
-    """Per device: the lane multipliers (the widest width seen, and a view per width) and, per width,
+    """Per device: the hash multipliers (the widest width seen, and a view per width) and, per width,
     the projection matrix, built once and looked up by ``(width, device)`` (no per-step host work)."""
 
     def __init__(self) -> None:
         self._widest: dict[torch.device, torch.Tensor] = {}
-        self._lanes: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._views: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._token_mix: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def lanes(self, width: int, device: torch.device) -> torch.Tensor:
-        """``(2, width)`` int32 on ``device`` (a view of the widest built so far)."""
+    def multipliers(self, width: int, device: torch.device) -> torch.Tensor:
+        """``(width,)`` int64 on ``device`` (a view of the widest built so far)."""
         key = (width, device)
-        lanes = self._lanes.get(key)
-        if lanes is None:
+        view = self._views.get(key)
+        if view is None:
             widest = self._widest.get(device)
-            if widest is None or widest.shape[1] < width:
-                grown = max(width, 2 * (0 if widest is None else widest.shape[1]))
-                widest = self._widest[device] = lane_multipliers(grown).to(device)
-                self._lanes = {k: v for k, v in self._lanes.items() if k[1] != device}  # views of the old one
-            lanes = self._lanes[key] = widest[:, :width]
-        return lanes
+            if widest is None or widest.shape[0] < width:
+                grown = max(width, 2 * (0 if widest is None else widest.shape[0]))
+                widest = self._widest[device] = hash_multipliers(grown).to(device)
+                self._views = {k: v for k, v in self._views.items() if k[1] != device}  # views of the old one
+            view = self._views[key] = widest[:width]
+        return view
 
     def projection(self, width: int, device: torch.device) -> torch.Tensor:
         """``(width, D)`` float32 Gaussian matrix on ``device``, scaled by ``1 / sqrt(D)``."""
@@ -140,20 +136,23 @@ def _wrap32(values: torch.Tensor) -> torch.Tensor:
 _CONSTANTS = _Constants()
 
 
-def _words(rows: torch.Tensor) -> torch.Tensor:
-    """``(B, W)`` int32 words of ``(B, F)`` rows (see the module doc): a view for 4- and 8-byte dtypes."""
-    if rows.dtype in (torch.float16, torch.bfloat16):
-        rows = rows.to(torch.float32)
-    if rows.element_size() in (4, 8):
-        return rows.contiguous().view(torch.int32)
-    return rows.to(torch.int32)
+def _values(rows: torch.Tensor) -> torch.Tensor:
+    """``(B, W)`` int64 values ``v_k`` of ``(B, F)`` rows (see the module doc)."""
+    if rows.is_floating_point():
+        if rows.dtype in (torch.float16, torch.bfloat16):
+            rows = rows.to(torch.float32)
+        rows = rows.contiguous().view(torch.int32)  # float64: two words per value
+    return rows.to(torch.int64)
 
 
-def _hash(words: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` int64 hash of ``(B, W)`` int32 words: mix, then two wrapping 32-bit lanes."""
-    mixed = words ^ ((words >> 16) & 0xFFFF)
-    lanes = _CONSTANTS.lanes(words.shape[1], words.device)
-    return (mixed.unsqueeze(1) * lanes).sum(dim=2, dtype=torch.int32).view(torch.int64).squeeze(1)
+def _values_per_input(rows: torch.Tensor) -> int:
+    """Hashed values per input value (2 for float64, else 1)."""
+    return 2 if rows.is_floating_point() and rows.element_size() == 8 else 1
+
+
+def _hash(values: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int64 hash of ``(B, W)`` int64 values (wrapping)."""
+    return (values * _CONSTANTS.multipliers(values.shape[1], values.device)).sum(dim=1)
 
 
 def _token_sketch(tokens: torch.Tensor) -> torch.Tensor:
@@ -170,15 +169,14 @@ def _fingerprint_rows(rows: torch.Tensor, mask: torch.Tensor | None) -> tuple[to
     """:func:`fingerprint` of ``(B, F)`` rows (and a ``(B, F)`` mask for token ids), all at once."""
     if rows.is_floating_point():
         values = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
-        return _hash(_words(rows)), values @ _CONSTANTS.projection(rows.shape[1], rows.device)
+        return _hash(_values(rows)), values @ _CONSTANTS.projection(rows.shape[1], rows.device)
     tokens = rows if mask is None else rows * (mask != 0)
-    return _hash(_words(tokens)), _token_sketch(tokens)
+    return _hash(_values(tokens)), _token_sketch(tokens)
 
 
 def _chunk_rows(rows: torch.Tensor) -> int:
     """Rows fingerprinted at once (see :data:`CHUNK_WORDS`)."""
-    words = rows.shape[1] * max(1, rows.element_size() // 4)
-    return max(1, CHUNK_WORDS // max(1, words))
+    return max(1, CHUNK_WORDS // max(1, rows.shape[1] * _values_per_input(rows)))
 
 
 def fingerprint(inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +269,7 @@ class FingerprintBuffer:
             )
         rows, mask = _rows_and_mask(inputs, attention_mask)
         hashes, sketch = _fingerprint_chunks(rows, mask)
-        words = min(rows.shape[0], _chunk_rows(rows)) * rows.shape[1] * max(1, rows.element_size() // 4)
+        words = min(rows.shape[0], _chunk_rows(rows)) * rows.shape[1] * _values_per_input(rows)
         self._workspace_peak = max(self._workspace_peak, WORKSPACE_BYTES_PER_WORD * words)
         if self._stage.add(ids.detach(), hashes, sketch):
             self.flush()
