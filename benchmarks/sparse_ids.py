@@ -58,8 +58,8 @@ def measure(samples: int, classes: int, batch: int, repeats: int) -> dict[str, f
             _epoch_seconds(session, ids, labels, logits, batch)  # warm-up: allocations, first-batch checks
             sessions[name] = (session, ids)
         times: dict[str, list[float]] = {"dense": [], "sparse": [], "lookup": []}
-        for _ in range(repeats):
-            for name in ("dense", "sparse"):
+        for round_ in range(repeats):
+            for name in ("dense", "sparse") if round_ % 2 == 0 else ("sparse", "dense"):
                 session, ids = sessions[name]
                 times[name].append(_epoch_seconds(session, ids, labels, logits, batch))
             times["lookup"].append(_epoch_seconds(sessions["sparse"][0], sparse_ids, labels, logits, batch, True))
