@@ -207,3 +207,19 @@ def test_hugging_face_sparse_id_column(tracking_uri, tmp_path):
         assert (rows["sample_id"].to_numpy() - base) // step == pytest.approx(reference["sample_id"].to_numpy())
         np.testing.assert_allclose(rows["confidence"], reference["confidence"], rtol=1e-5)
         assert rows["label"].tolist() == reference["label"].tolist()
+
+
+def test_a_sparse_dataset_that_grows_past_its_ids_names_the_option(tracking_uri):
+    from test_reliability import _resizing_module
+
+    class Growing(Renumbered):
+        sizes, size = {0: 48, 1: 96}, 48
+
+        def __len__(self) -> int:
+            return self.size
+
+    data = Growing(96, TRAIN_BASE, TRAIN_STEP)
+    callback = DataQualityCallback(sample_ids=data.ids[:48], embeddings=False, fingerprints=False)
+    with pytest.raises(ValueError, match=r"grew from 48 to 96 samples.*sized its record for the 48 ids it was given"
+                                         r".*HINT: pass every id the dataset will hold as `sample_ids=`"):
+        make_trainer(callback, max_epochs=2).fit(_resizing_module(data), DataLoader(data, batch_size=16))

@@ -515,10 +515,14 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._train_length = length
         capacity = self.session.capacities.get(TRAIN, before)
         if length > capacity:
+            sparse = TRAIN in self.session.slot_maps
+            sized = f"the {capacity} ids it was given" if sparse else f"ids 0..{capacity - 1}"
+            fix = ("pass every id the dataset will hold as `sample_ids=`" if sparse
+                   else "pass `num_samples=<the largest size the dataset will reach>`")
             raise ValueError(
                 f"The train dataset grew from {before} to {length} samples before epoch {trainer.current_epoch}; "
-                f"dq_plugins sized its record for ids 0..{capacity - 1} at fit start, so the new samples could not be "
-                f"recorded. HINT: pass `num_samples=<the largest size the dataset will reach>` to the callback."
+                f"dq_plugins sized its record for {sized} at fit start, so the new samples could not be "
+                f"recorded. HINT: {fix} to the callback."
             )
         warn(
             f"dq_plugins: the train dataset changed from {before} to {length} samples before epoch "
