@@ -272,3 +272,53 @@ def test_an_interrupted_task_fit_keeps_its_raw_record_and_ends_failed(tracking_u
     assert raw["epochs"].tolist() == [0, 1]  # epoch 0 and the part of epoch 1 before the interruption
     seen = ~np.isnan(raw["field_prob_given"][1, :, 0])
     assert seen.sum() == 32  # two batches of 16
+
+
+# ---------------------------------------------------------------------------------- metadata, rules
+class _WithSource(torch.utils.data.Dataset):
+    """The multi-hot set of test_multilabel.py with a ``source`` per sample; source "noisy" has every
+    label of its samples flipped."""
+
+    def __init__(self, n: int = 64) -> None:
+        from test_multilabel import MultiHotDataset
+
+        self.flip = [i for i in range(n) if i % 4 == 0]
+        self.data = MultiHotDataset(n, flip=[(i, k) for i in self.flip for k in range(4)])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.data[index], "source": "noisy" if index % 4 == 0 else "clean"}
+
+
+def test_lightning_multilabel_metadata_is_merged_and_sliced(tracking_uri, tmp_path):
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from dq_plugins.lightning import DataQualityCallback
+    from test_multilabel import MultiLabelModule
+
+    callback = DataQualityCallback(metadata_keys=["source"])
+    _lightning(callback, max_epochs=8).fit(MultiLabelModule(), DataLoader(_WithSource(), batch_size=16, shuffle=True))
+    samples = callback.result.samples
+    assert (samples["source"] == np.where(samples["sample_id"] % 4 == 0, "noisy", "clean")).all()
+    path = mlflow.MlflowClient().download_artifacts(callback.run_id, "dq/slices.json", str(tmp_path))
+    slices = json.load(open(path))
+    rows = {row[slices["columns"].index("slice")]: dict(zip(slices["columns"], row)) for row in slices["data"]}
+    assert {"class=0", "source=clean", "source=noisy"} <= set(rows)
+    assert rows["source=noisy"]["size"] == 16 and rows["source=clean"]["size"] == 48
+    assert rows["source=noisy"]["mean_mislabel_score"] > rows["source=clean"]["mean_mislabel_score"]
+    flagged = samples.groupby("source")["is_label_issue"].mean()
+    assert rows["source=noisy"]["label_issue_rate"] == pytest.approx(flagged["noisy"])
+
+
+def test_rules_on_a_task_run_are_skipped_with_a_warning_at_the_first_batch(tracking_uri):
+    from dq_plugins.rules import Condition, Rule, TagRun
+
+    rule = Rule("r", Condition("mislabel_score", ">", 0.5, aggregate="mean"), then=[TagRun("a", "b")])
+    session = DynamicsSession(SessionConfig(num_samples=4, rules=[rule]))
+    router = TaskRouter(None, session)
+    with pytest.warns(RuntimeWarning, match=r"rules are not evaluated for multilabel runs yet.*1 rule\(s\).*HINT"):
+        router.route("train", 0, torch.tensor([0]), torch.tensor([[1.0, 0.0]]), torch.randn(1, 2))

@@ -188,3 +188,18 @@ def test_hf_token_classification_with_left_padding(tracking_uri, tmp_path):
     assert list(zip(tokens["sample_id"], tokens["token_index"], tokens["label"])) == expected
     history = callback._tasks.histories()["train"]
     assert history.epochs.tolist() == [0, 1, 2] and np.isfinite(history.accuracy).all()
+
+
+def test_hf_token_metadata_columns_are_merged_and_sliced(tracking_uri, tmp_path):
+    train = token_dataset(32, 0)
+    train = train.add_column("source", ["web" if i % 2 else "news" for i in train["idx"]])
+    callback = DataQualityCallback(metadata_keys=["source"])
+    Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args(tmp_path, eval_strategy="no"),
+            train_dataset=train, callbacks=[callback]).train()
+    samples = callback.result.samples
+    assert (samples["source"] == np.where(samples["sample_id"] % 2, "web", "news")).all()
+    slices = callback.result.slices.set_index("slice")
+    assert slices.loc["source=web", "size"] == (samples["source"] == "web").sum()
+    assert slices.loc["source=news", "mean_mislabel_score"] == pytest.approx(
+        samples.loc[samples["source"] == "news", "mislabel_score"].mean())
+    assert {f"label={k}" for k in range(NUM_TAGS)} <= set(slices.index)  # the per-tag slices stay

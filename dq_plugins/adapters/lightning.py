@@ -605,6 +605,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         slots = self.session.to_slots(split, ids)  # the ids themselves unless they are sparse
         mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
         if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
+            self.session.record_metadata(split, ids, batch)  # joined by sample id
             return
         self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))
         self.session.record_metadata(split, ids, batch)  # joined by sample id

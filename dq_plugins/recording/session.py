@@ -216,6 +216,12 @@ class DynamicsSession:
             frame = pd.concat(gathered, ignore_index=True)
         self._metadata_frames[split] = frame.drop_duplicates("sample_id", keep="last")
 
+    def close_metadata(self, split: str, reduce: bool = True) -> None:
+        """Move the metadata kept from the batches of ``split``'s first recorded epoch to the host (the close
+        of a multi-label / token epoch; a single-label epoch does it in :meth:`close_epoch`). Under
+        ``torch.distributed`` with ``reduce`` a collective: the frames of every rank are gathered."""
+        self._close_metadata(split, reduce)
+
     def metadata_frame(self) -> Any:
         """(split, sample_id, metadata...) rows from batches and from the user's DataFrame, or ``None``."""
         import pandas as pd

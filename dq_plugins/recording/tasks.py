@@ -13,8 +13,10 @@ was detected. The router's ledgers go into the checkpoint through the session
 (:meth:`TaskRouter.state_dict`, restored by :meth:`TaskRouter.resume`: a mid-epoch resume records each
 batch once) and their raw record through :meth:`DynamicsSession.save_raw`, the one place a fit saves
 its record. Under ``torch.distributed`` the ledgers are reduced over ranks at each epoch close (a
-collective, as for single-label) and rank 0 analyses. Not yet supported for these tasks:
-embeddings, metadata, rules and latency.
+collective, as for single-label) and rank 0 analyses. Metadata (``metadata_keys=`` from the batches,
+``metadata_columns=`` / ``metadata=``) is merged into the per-sample table and sliced
+(:mod:`dq_plugins.analysis.task_metadata`). Not yet supported for these tasks: embeddings, rules
+(a warning) and latency.
 """
 
 from __future__ import annotations
@@ -129,6 +131,10 @@ class TaskRouter:
                 + f" Or pass task={detected.value!r} (or leave `task` unset to detect it)."
             )
         self.task = detected
+        if self.active and getattr(self.session, "rules", None):
+            warnings.warn(f"dq_plugins: rules are not evaluated for {detected.value} runs yet; the "
+                          f"{len(self.session.rules)} rule(s) given are skipped. HINT: remove `rules=` from the "
+                          "callback, or read dq/samples.parquet after the fit.", RuntimeWarning, stacklevel=3)
         return detected
 
     # ------------------------------------------------------------------ hot path
@@ -197,6 +203,7 @@ class TaskRouter:
             return
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce)
+        self.session.close_metadata(split, reduce)
         if distributed_rank_and_world()[0] != 0:
             return  # the counters are global after the reduction: rank 0 warns
         if isinstance(ledger, MultiLabelLedger):
@@ -297,6 +304,9 @@ class TaskRouter:
 
                 result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=self.token_strings,
                                         class_names=self.class_names)
+            from dq_plugins.analysis.task_metadata import add_metadata
+
+            result = add_metadata(result, self.session.metadata_frame())
             publish_task_result(result, sink)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
