@@ -3,6 +3,8 @@ left padding, and the bad-input paths of issue 14 that are not in test_multilabe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -200,7 +202,8 @@ def _raw(run_id: str, split: str, tmp_path) -> dict[str, np.ndarray]:
 
 
 def test_lightning_multilabel_resumed_mid_epoch_records_as_the_uninterrupted_fit(tracking_uri, tmp_path):
-    """A checkpoint at step 3 (mid epoch 0 of 4 steps), a new fit from it: the same record, epoch by epoch."""
+    """A checkpoint at step 6 (mid epoch 1, epochs of 4 steps), a new fit from it: the same record, epoch by
+    epoch. The first fit's epoch files are gone once its raw record is uploaded: epoch 0 comes from the run."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from dq_plugins.lightning import DataQualityCallback
@@ -212,11 +215,12 @@ def test_lightning_multilabel_resumed_mid_epoch_records_as_the_uninterrupted_fit
 
     torch.manual_seed(0)
     first = DataQualityCallback(task="multilabel")
-    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
-    _lightning(first, max_steps=3, enable_checkpointing=True, callbacks=[first, saver]).fit(MultiLabelModule(), *_loaders())
-    checkpoint = next((tmp_path / "ckpt").glob("*step=3*.ckpt"))
-    state = torch.load(checkpoint, weights_only=True)["callbacks"]
-    assert next(iter(state.values()))["task"]["ledgers"]["train"]["pending_epoch"] == 0
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    _lightning(first, max_steps=6, enable_checkpointing=True, callbacks=[first, saver]).fit(MultiLabelModule(), *_loaders())
+    checkpoint = next((tmp_path / "ckpt").glob("*step=6*.ckpt"))
+    saved = next(iter(torch.load(checkpoint, weights_only=True)["callbacks"].values()))["task"]["ledgers"]["train"]
+    assert saved["pending_epoch"] == 1 and saved["history_store"]["epochs_on_disk"] == [0]
+    assert not Path(saved["history_store"]["folder"]).exists()  # removed after the upload
     second = DataQualityCallback(task="multilabel")
     _lightning(second, enable_checkpointing=True, callbacks=[second, ModelCheckpoint(dirpath=tmp_path / "c2")]).fit(
         MultiLabelModule(), *_loaders(), ckpt_path=str(checkpoint))

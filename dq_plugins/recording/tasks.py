@@ -314,7 +314,11 @@ class TaskRouter:
             sink.add_artifact(ANALYSIS_ERROR_PATH)
             warnings.warn(f"dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
                           f"record was saved as `{raw_path('<split>')}` in the run.\n{trace}", RuntimeWarning, stacklevel=2)
-        sink.flush()
+        if sink.flush():  # the raw record is in the run: a resume reads the epochs from there, as for single-label
+            for ledger in self.ledgers.values():
+                if isinstance(ledger, MultiLabelLedger):
+                    ledger.history.detach_to_memory()
+            self.session.remove_history_files()
         self.result = self.session.result = result
         return result
 
