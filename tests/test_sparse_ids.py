@@ -15,7 +15,7 @@ from dq_plugins import load_samples
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.raw_record import load_history
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
-from dq_plugins.recording.slots import SlotMap
+from dq_plugins.recording.slots import SlotMap, dataset_ids
 from test_lightning_callback import TinyClassifier, make_trainer
 
 TRAIN_BASE, TRAIN_STEP = 10**12, 7  # train id of sample k: 10**12 + 7k
@@ -110,9 +110,9 @@ def test_ids_of_a_datasets_column_are_read_without_the_option(tracking_uri):
     callback = _fit(DataQualityCallback(embeddings=False), table.with_format("torch"), max_epochs=1)
     assert callback.session.slot_maps["train"].size == 48
     assert set(load_samples(callback.run_id)["sample_id"]) == set(ids)
-    dense = _fit(DataQualityCallback(embeddings=False), table.map(lambda row, i: {"idx": i}, with_indices=True)
-                 .with_format("torch"), max_epochs=1)
-    assert dense.session.slot_maps == {}  # ids 0..n-1: no map
+    dense = DynamicsSession(SessionConfig())  # ids 0..n-1 read the same way: no map
+    dense.set_sample_ids("train", dataset_ids(table.map(lambda row, i: {"idx": i}, with_indices=True), "idx"))
+    assert dense.slot_maps == {} and dense.capacities == {"train": 48}
 
 
 def test_dense_ids_take_the_identity_path():
@@ -156,10 +156,13 @@ def test_an_unknown_id_in_a_later_batch_is_counted_and_warned_not_recorded(track
     assert (samples["label"].to_numpy() == _dense(samples["sample_id"], TRAIN_BASE, TRAIN_STEP) % 3).all()
 
 
-def test_an_unknown_id_in_the_first_batch_is_an_error_naming_it(tracking_uri):
-    data = Renumbered(32, TRAIN_BASE, TRAIN_STEP)
+def test_an_unknown_id_in_the_first_batch_is_an_error_naming_it():
+    session = DynamicsSession(SessionConfig())
+    session.set_sample_ids("train", TRAIN_BASE + 7 * np.arange(1, 32))
     with pytest.raises(ValueError, match=rf"Sample id {TRAIN_BASE} under `idx` is not one of the 31 ids.*sample_ids="):
-        _fit(DataQualityCallback(sample_ids=data.ids[1:], embeddings=False), data, max_epochs=1)
+        session.to_slots("train", TRAIN_BASE + 7 * torch.arange(16))
+    later = session.to_slots("train", TRAIN_BASE + 7 * torch.arange(16))  # later batches: counted, not raised
+    assert later.tolist() == [31, *range(15)]
 
 
 def test_memory_follows_the_distinct_ids_and_fails_before_allocating_above_the_budget():
