@@ -59,6 +59,12 @@ def test_a_step_never_syncs_the_host():
             buffer.write(ids + 4 * step, rows + step)
             tokens.write(ids, torch.randint(1, 50, (4, 7)), torch.ones(4, 7, dtype=torch.int64))
     assert buffer.to_numpy()[0].tolist() == list(range(20))
+    session = DynamicsSession(SessionConfig())
+    session.set_capacity("train", 8)
+    with forbid_host_sync():  # through the session, as the adapters call it (the buffer made at the first batch)
+        for step in range(2):
+            session.record_inputs("train", ids + 4 * step, rows)
+    assert session.fingerprints["train"].to_numpy()[0].tolist() == list(range(8))
     with pytest.raises(AssertionError, match="host sync"), forbid_host_sync():
         buffer.write(ids, rows[rows[:, 0, 0] > 0])  # a boolean mask is a sync: the check sees it
 
