@@ -201,7 +201,7 @@ def test_resume_elsewhere_recovers_the_epochs_from_the_runs_raw_record(tmp_path)
     np.testing.assert_array_equal(got.fields["margin"], expected.fields["margin"])
 
 
-def _lightning_fit(callback, tmp_path):
+def _lightning_fit(callback, tmp_path, *others):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -209,7 +209,7 @@ def _lightning_fit(callback, tmp_path):
     from recipes.common.models import MLPClassifier
 
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback],
+                         enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback, *others],
                          default_root_dir=str(tmp_path))
     model = MLPClassifier(8, 3, hidden=(16,), lr=0.1, optimizer="sgd", log_val_loss=False)
     trainer.fit(model, DataLoader(BlobsDataset(64), batch_size=16))
@@ -222,12 +222,21 @@ def test_lightning_fit_logs_its_memory_peaks_and_spills_its_epochs(tracking_uri,
     from dq_plugins.lightning import DataQualityCallback
     from dq_plugins.schema import DEVICE_PEAK_METRIC, HOST_PEAK_METRIC
 
+    import pytorch_lightning as pl
+
+    spilled = []
+
+    class CountEpochFiles(pl.Callback):  # runs after the recording callback's own epoch end
+        def on_train_epoch_end(self, trainer, pl_module):
+            spilled.append(len(list((tmp_path / "history").rglob("epoch_*.npz"))))
+
     callback = DataQualityCallback(embeddings=False, history_dir=str(tmp_path / "history"))
-    _lightning_fit(callback, tmp_path)
+    _lightning_fit(callback, tmp_path, CountEpochFiles())
     metrics = mlflow.MlflowClient().get_run(callback.run_id).data.metrics
     assert metrics[DEVICE_PEAK_METRIC] >= 65 * DEVICE_BYTES_PER_SAMPLE / 2**20
     assert metrics[HOST_PEAK_METRIC] >= 65 * 3 * 4 * 2 / 2**20
-    assert len(list((tmp_path / "history").rglob("epoch_*.npz"))) == 2
+    assert spilled == [1, 2]  # one file per closed epoch while training
+    assert not list((tmp_path / "history").rglob("epoch_*.npz"))  # gone once the raw record is in the run
 
 
 def test_lightning_huge_ids_fail_at_fit_start_before_any_step(tracking_uri, tmp_path):
