@@ -2,8 +2,9 @@
 
 - :func:`cluster_embeddings`: spherical-style k-means (k-means on L2-normalised rows, so squared
   euclidean distance is ``2 - 2 cos``) with scikit-learn's ``MiniBatchKMeans`` (Sculley, "Web-scale
-  k-means clustering", WWW 2010). Cost ``O(N K D)`` per pass over the data (timings:
-  ``benchmarks/RESULTS.md``).
+  k-means clustering", WWW 2010), fitted on at most :data:`KMEANS_FIT_SAMPLE` random rows; above
+  that the other rows go to their nearest centre in blocks (one ``O(N K D)`` pass, linear in ``N``;
+  timings: ``benchmarks/RESULTS.md``).
 - :func:`cluster_summary`: one row per cluster (size, majority label, purity, mean issue
   signals), to find clusters that are mostly wrong and decide to relabel or drop them whole.
 - :func:`class_overlap`: pairs of classes sharing many boundary samples, from the kNN graph and,
@@ -27,6 +28,13 @@ KMEANS_BATCH_SIZE = 4096
 
 KMEANS_INIT_SAMPLE = 20_000
 """Rows the k-means++ seeding draws from (a random subsample for larger N)."""
+
+KMEANS_FIT_SAMPLE = 200_000
+"""MiniBatchKMeans is fitted on at most this many random rows (2000 per centre at the cap of 100
+clusters, well above the ~256 per centre faiss trains on); the rest are assigned to the nearest centre."""
+
+ASSIGN_BLOCK_ROWS = 65_536
+"""Rows per block when assigning rows outside the fitted subsample to their nearest centre."""
 
 BOUNDARY_MIN_EVIDENCE = 0.3
 """A sample is on the boundary of its class ``a`` and class ``b`` when the evidence for ``b``
@@ -85,8 +93,30 @@ def cluster_embeddings(
         n_clusters=int(clusters), init=kmeans_plus_plus(sample, int(clusters), rng), n_init=1,
         batch_size=KMEANS_BATCH_SIZE, random_state=seed, max_no_improvement=10,
     )
-    model.fit(unit)
-    return model.labels_.astype(np.int64)
+    if num_samples <= KMEANS_FIT_SAMPLE:
+        model.fit(unit)
+        return model.labels_.astype(np.int64)
+    fit_rows = np.sort(rng.choice(num_samples, KMEANS_FIT_SAMPLE, replace=False))
+    model.fit(unit[fit_rows])
+    return nearest_centre(unit, model.cluster_centers_)
+
+
+def nearest_centre(unit: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64 index of the centre nearest (euclidean) to each row of ``unit``, in blocks.
+
+    ``argmin |x - c|^2 = argmax (x . c - |c|^2 / 2)``: one fp32 matmul per block of
+    :data:`ASSIGN_BLOCK_ROWS` rows, memory ``rows x K``.
+    """
+    import torch
+
+    centres_t = torch.from_numpy(np.ascontiguousarray(centres, dtype=np.float32))
+    half_norms = 0.5 * (centres_t * centres_t).sum(dim=1)
+    out = np.empty(unit.shape[0], dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, unit.shape[0], ASSIGN_BLOCK_ROWS):
+            block = torch.from_numpy(unit[start:start + ASSIGN_BLOCK_ROWS])
+            out[start:start + ASSIGN_BLOCK_ROWS] = (block @ centres_t.T - half_norms).argmax(dim=1).numpy()
+    return out
 
 
 def kmeans_plus_plus(unit: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:

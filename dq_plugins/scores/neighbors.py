@@ -26,12 +26,19 @@ Two methods sit behind :func:`knn_cosine`:
 
 - ``"ivf"``: cluster-pruned exact search in torch, on the device of the input (an inverted file
   index as in Jegou, Douze and Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI
-  2011, and faiss's ``IndexIVFFlat``, but probed per cluster rather than per query so every step
-  is a dense matmul): spherical k-means puts the rows in ``L ~ 2 sqrt(N)`` lists; the queries of
-  list ``c`` are searched exactly (matmul + topk) among the members of the ``nprobe`` lists whose
-  centroids are nearest to ``c``'s. Cost about ``2 N (nprobe N / L) D`` flops, no compilation,
-  the same code on CPU and GPU. Recall@10 measured in ``tests/scores/test_neighbors.py`` and in
-  ``benchmarks/scale.py``.
+  2011, and faiss's ``IndexIVFFlat``, but probed per list rather than per query so every step
+  is a dense matmul): spherical k-means puts the rows in ``L = N / S`` lists of about
+  :data:`IVF_LIST_SIZE` rows ``S``; the queries of list ``c`` are searched exactly (matmul + topk)
+  among the members of the :data:`IVF_NPROBE` lists whose centroids are nearest to ``c``'s. Above
+  :data:`IVF_FLAT_MAX_LISTS` lists the coarse quantizer has two levels (a residual-free
+  hierarchical k-means, as in Nister and Stewenius, "Scalable Recognition with a Vocabulary Tree",
+  CVPR 2006): ``sqrt(L)`` top centroids, then each top group is split into lists in proportion to
+  its size, so assigning the rows costs ``O(N sqrt(L) D)`` rather than ``O(N L D)``. Every k-means
+  is trained on a random subsample of at most :data:`IVF_TRAIN_PER_LIST` rows per centroid (as
+  faiss does). Search cost about ``2 N (nprobe S) D`` flops: linear in ``N``; no compilation, the
+  same code on CPU and GPU. Recall is that of probing ``nprobe S`` candidates per query; it falls
+  when a query's true neighbours spread over more rows than that (high intrinsic dimension within
+  a cluster). Recall@10 measured in ``tests/scores/test_neighbors.py`` and ``benchmarks/RESULTS.md``.
 
 ``"auto"`` picks ``"exact"`` up to :data:`EXACT_MAX_SAMPLES_CPU` rows on CPU (and
 :data:`EXACT_MAX_SAMPLES_GPU` on a GPU), else ``"ivf"``. ``"ann"`` (pynndescent) is only used when
@@ -69,8 +76,20 @@ docstrings"); above it ``"ivf"`` wins.
 EXACT_MAX_SAMPLES_GPU = 2_000_000
 """Largest ``N`` for which ``method="auto"`` computes exact neighbours on a GPU."""
 
-IVF_NPROBE = 10
+IVF_NPROBE = 12
 """Lists searched per list of queries by the ``"ivf"`` method (its own list included)."""
+
+IVF_LIST_SIZE = 1000
+"""Target rows per list of the ``"ivf"`` method: ``L = round(N / IVF_LIST_SIZE)`` lists (at most ``N / 8``).
+
+With :data:`IVF_NPROBE` this fixes the candidates per query (about 12k) whatever ``N``, so the
+search grows linearly; recall@10 >= 0.99 at 100k and 1M clustered rows (``benchmarks/RESULTS.md``)."""
+
+IVF_FLAT_MAX_LISTS = 256
+"""Up to this many lists the rows are assigned by brute force; above it by the two-level quantizer."""
+
+IVF_TRAIN_PER_LIST = 64
+"""Each k-means of the ``"ivf"`` quantizer is trained on at most this many random rows per centroid."""
 
 IVF_KMEANS_ITERATIONS = 10
 """Lloyd iterations of the spherical k-means that builds the ``"ivf"`` lists."""
@@ -255,10 +274,52 @@ def spherical_kmeans(
     return centroids, _nearest_centroid(unit, centroids)
 
 
+def ivf_lists(unit: torch.Tensor, num_lists: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse quantizer of the ``"ivf"`` search: ``(centroids (L', D) unit fp32, assignment (N,) int64)``.
+
+    Up to :data:`IVF_FLAT_MAX_LISTS` lists, one :func:`spherical_kmeans`. Above, two levels:
+    ``T = round(sqrt(num_lists))`` top centroids, then top group ``g`` (``n_g`` rows) gets its own
+    k-means with ``max(1, round(num_lists n_g / N))`` centroids, trained on its own rows; a row
+    belongs to a list of its top group. ``L'`` is then close to, not exactly, ``num_lists``.
+    Every k-means trains on at most :data:`IVF_TRAIN_PER_LIST` rows per centroid. Cost of the
+    assignment ``O(N (T + L / T) D)``.
+    """
+    num_samples = unit.shape[0]
+    if num_lists <= IVF_FLAT_MAX_LISTS:
+        return spherical_kmeans(unit, num_lists, seed=seed, max_train=IVF_TRAIN_PER_LIST * num_lists)
+    num_top = int(round(np.sqrt(num_lists)))
+    _, top = spherical_kmeans(unit, num_top, seed=seed, max_train=IVF_TRAIN_PER_LIST * num_top * 4)
+    order = torch.argsort(top)
+    sizes = torch.bincount(top, minlength=num_top).cpu().numpy()
+    assign = torch.empty(num_samples, dtype=torch.int64, device=unit.device)
+    parts: list[torch.Tensor] = []
+    offset, start = 0, 0
+    for group, size in enumerate(sizes):
+        if size == 0:
+            continue
+        rows = order[start:start + int(size)]
+        start += int(size)
+        lists = int(min(max(1, round(num_lists * size / num_samples)), size))
+        centroids, local = spherical_kmeans(unit[rows], lists, seed=seed + 1 + group,
+                                            max_train=IVF_TRAIN_PER_LIST * lists)
+        assign[rows] = local + offset
+        parts.append(centroids)
+        offset += lists
+    return torch.cat(parts), assign
+
+
 def _nearest_centroid(unit: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     budget = MAX_BLOCK_ELEMENTS_CPU if unit.device.type == "cpu" else MAX_BLOCK_ELEMENTS_GPU
     rows = max(1, budget // max(centroids.shape[0], 1))
     return torch.cat([(unit[start:start + rows] @ centroids.T).argmax(dim=1) for start in range(0, unit.shape[0], rows)])
+
+
+def _nearest_lists(centroids: torch.Tensor, nprobe: int) -> torch.Tensor:
+    """``(L, nprobe)`` the lists whose centroids are most similar to each centroid (itself first), in blocks."""
+    budget = MAX_BLOCK_ELEMENTS_CPU if centroids.device.type == "cpu" else MAX_BLOCK_ELEMENTS_GPU
+    rows = max(1, budget // max(centroids.shape[0], 1))
+    return torch.cat([torch.topk(centroids[start:start + rows] @ centroids.T, nprobe, dim=1).indices
+                      for start in range(0, centroids.shape[0], rows)])
 
 
 @torch.inference_mode()
@@ -267,12 +328,13 @@ def _knn_ivf(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster-pruned exact search (module docstring, ``"ivf"``)."""
     num_samples = unit.shape[0]
-    num_lists = int(min(max(1, 2 * np.sqrt(num_samples)), max(1, num_samples // 8)))
-    centroids, assign = spherical_kmeans(unit, num_lists, seed=seed)
+    num_lists = int(min(max(1, round(num_samples / IVF_LIST_SIZE)), max(1, num_samples // 8)))
+    centroids, assign = ivf_lists(unit, num_lists, seed=seed)
+    num_lists = centroids.shape[0]
     order = torch.argsort(assign)
     sizes = torch.bincount(assign, minlength=num_lists)
     starts = torch.cumsum(sizes, 0) - sizes
-    probes = torch.topk(centroids @ centroids.T, min(nprobe, num_lists), dim=1).indices
+    probes = _nearest_lists(centroids, min(nprobe, num_lists))
     sizes_host, starts_host, probes_host = sizes.cpu().numpy(), starts.cpu().numpy(), probes.cpu().numpy()
     order_host = order.cpu().numpy()
     wanted = k + 1 if exclude_self else k

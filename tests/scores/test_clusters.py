@@ -131,3 +131,26 @@ def test_kmeans_plus_plus_seeding() -> None:
     assert {tuple(row) for row in centres} == {(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0)}
     # more centres than distinct rows: the remaining rows are used, no error
     assert kmeans_plus_plus(unit, 4, np.random.default_rng(0)).shape == (4, 2)
+
+
+def test_fit_on_a_subsample_then_assign_keeps_the_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dq_plugins.scores.clusters as clusters
+
+    x, truth = _blobs()
+    full = cluster_embeddings(x, n_clusters=4, seed=0)
+    monkeypatch.setattr(clusters, "KMEANS_FIT_SAMPLE", 80)  # fit on 80 of 240 rows, assign the rest
+    monkeypatch.setattr(clusters, "ASSIGN_BLOCK_ROWS", 64)
+    monkeypatch.setattr(clusters, "KMEANS_BATCH_SIZE", 32)  # many mini-batch steps, as at real sizes
+    sub = cluster_embeddings(x, n_clusters=4, seed=0)
+    assert sub.dtype == np.int64 and sub.shape == (240,)
+    assert _pair_purity(sub, truth) == 1.0 == _pair_purity(full, truth)
+    np.testing.assert_array_equal(cluster_embeddings(x, n_clusters=4, seed=0), sub)
+
+
+def test_nearest_centre_hand_computed() -> None:
+    from dq_plugins.scores.clusters import nearest_centre
+
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]], dtype=np.float32)
+    centres = np.array([[0.9, 0.1], [0.0, 0.5], [-2.0, 0.0]], dtype=np.float32)
+    # squared distances: row 2 to centre 0 = 0.09 + 0.49 = 0.58, to centre 1 = 0.36 + 0.09 = 0.45
+    np.testing.assert_array_equal(nearest_centre(rows, centres), [0, 1, 1, 2])

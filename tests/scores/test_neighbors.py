@@ -247,3 +247,25 @@ def test_ivf_is_deterministic_for_a_seed_and_small_inputs_work() -> None:
     np.testing.assert_array_equal(np.sort(tiny_indices, axis=1), np.sort(expected, axis=1))  # one list: exact
 
 
+
+
+def test_ivf_two_level_quantizer_keeps_recall_and_list_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dq_plugins.scores.neighbors as neighbors
+
+    monkeypatch.setattr(neighbors, "IVF_LIST_SIZE", 100)
+    monkeypatch.setattr(neighbors, "IVF_FLAT_MAX_LISTS", 8)  # 40 lists -> two levels (6 top groups)
+    x = _clustered(4000, clusters=80)
+    unit = neighbors.unit_rows(x)
+    centroids, assign = neighbors.ivf_lists(unit, 40, seed=0)
+    assert 32 <= centroids.shape[0] <= 48  # about num_lists, split in proportion to the top groups
+    sizes = torch.bincount(assign, minlength=centroids.shape[0])
+    assert int(sizes.sum()) == 4000 and int(sizes.max()) < 400  # no list holds a whole top group
+    # a row's list centroid is close to the best of all centroids (the top level only prunes)
+    best = (unit @ centroids.T).max(dim=1).values
+    own = (unit * centroids[assign]).sum(dim=1)
+    assert float((own >= best - 0.05).float().mean()) > 0.9
+    indices, sims = knn_cosine(x, 10, method="ivf", seed=1)  # 12 probes of ~40 lists: not exhaustive
+    expected, _ = _brute_force(x, 10)
+    recall = np.mean([np.intersect1d(indices[i], expected[i]).size / 10 for i in range(4000)])
+    assert recall > 0.9
+    assert (indices >= 0).all() and (np.diff(sims, axis=1) <= 1e-6).all()
