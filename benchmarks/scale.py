@@ -27,8 +27,8 @@ section of ``benchmarks/RESULTS.md``; ``--quick`` runs 10k and only prints. One 
 
 The recording path (``benchmarks/scale_recording.py``: synthetic logits through the real Lightning
 callback) runs with ``--recording [CASE ...]`` (cases: :data:`RECORDING_CASES`, plus ``checkpoint``
-for the checkpoint size after 2 and 8 epochs and ``knn`` for the recall of the approximate kNN
-search at 100k); each case in its own process, results appended as JSON lines to ``--out``
+for the checkpoint size after 2 and 8 epochs, ``knn`` and ``knn_1m`` for the recall of the
+approximate kNN search at 100k and 1M); each case in its own process, results appended as JSON lines to ``--out``
 (default ``<temp folder>/scale_recording.jsonl``), from which the ``scale_recording`` section of
 RESULTS.md is written by hand (it compares cases and states what was extrapolated).
 """
@@ -233,7 +233,7 @@ def run_recording(cases: list[str], out: Path) -> None:
     """Run each recording case in a fresh process; append its JSON line (with ``case``) to ``out``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for case in cases:
-        argv = {"checkpoint": ["checkpoint"], "knn": ["knn", "100000"]}.get(case) or ["recording", *RECORDING_CASES[case]]
+        argv = {"checkpoint": ["checkpoint"], "knn": ["knn", "100000"], "knn_1m": ["knn", "1000000"]}.get(case) or ["recording", *RECORDING_CASES[case]]
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "benchmarks.scale_recording", *argv], cwd=REPO, env=env, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -258,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="with --worker: where the JSON goes")
     parser.add_argument("--dim", type=int, default=DIM, help=f"embedding dimension of the synthetic data (default {DIM})")
     parser.add_argument("--recording", nargs="*", default=None,
-                        help=f"recording cases to run: {list(RECORDING_CASES)}, checkpoint, knn (default: all)")
+                        help=f"recording cases to run: {list(RECORDING_CASES)}, checkpoint, knn, knn_1m (default: all)")
     args = parser.parse_args(argv)
     globals()["DIM"] = args.dim
     if args.recording is not None:
-        run_recording(args.recording or [*RECORDING_CASES, "checkpoint", "knn"], args.out or Path(tempfile.gettempdir()) / "scale_recording.jsonl")
+        run_recording(args.recording or [*RECORDING_CASES, "checkpoint", "knn", "knn_1m"], args.out or Path(tempfile.gettempdir()) / "scale_recording.jsonl")
         return 0
     if args.worker is not None:
         worker(args.worker, args.out)

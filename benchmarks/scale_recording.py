@@ -5,7 +5,8 @@ A map-style dataset of ``N`` ids (``C`` classes, 10% flipped labels) and a Light
 grows with the epoch, and on the given class of a flipped sample only from the last epoch on
 (late memorisation), so mislabel detection has something to find. The only parameter is a bias of
 ``C`` floats, so the step itself costs little beside the recording. Runs in its own process
-(``python -m benchmarks.scale --recording [CASE ...]``) and prints one JSON line:
+(``python -m benchmarks.scale --recording [CASE ...]``) and prints one JSON line
+(``python -m benchmarks.scale_recording knn N``: recall of the ``ivf`` kNN search at ``N`` rows):
 
 - ``device_peak_mb`` / ``host_peak_mb``: ``dq.memory.*`` as the callback logs them;
 - ``rss_start_gb``, ``rss_train_end_gb``: resident memory at train start and end (growth while training);
