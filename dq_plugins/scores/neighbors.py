@@ -341,18 +341,24 @@ def _knn_ivf(
     budget = MAX_BLOCK_ELEMENTS_CPU if unit.device.type == "cpu" else MAX_BLOCK_ELEMENTS_GPU
     indices = np.full((num_samples, wanted), -1, dtype=np.int64)
     similarities = np.full((num_samples, wanted), np.nan, dtype=np.float32)
+    # one buffer each for the keys and the scores, reused by every list: a fresh large tensor per
+    # list costs the OS's page faults on first touch, about as much as the matmul itself on CPU
+    most_candidates = int(sizes_host[probes_host].sum(axis=1).max())
+    key_buffer = torch.empty(most_candidates * unit.shape[1], dtype=unit.dtype, device=unit.device)
+    score_buffer = torch.empty(min(budget, int(sizes_host.max()) * most_candidates), dtype=unit.dtype, device=unit.device)
     for lst in range(num_lists):
         if sizes_host[lst] == 0:
             continue
         queries = order_host[starts_host[lst]:starts_host[lst] + sizes_host[lst]]
         candidates = np.concatenate([order_host[starts_host[p]:starts_host[p] + sizes_host[p]] for p in probes_host[lst]])
-        candidate_rows = torch.from_numpy(candidates).to(unit.device)
-        keys = unit[candidate_rows]
+        keys = key_buffer[: candidates.size * unit.shape[1]].view(candidates.size, unit.shape[1])
+        torch.index_select(unit, 0, torch.from_numpy(candidates).to(unit.device), out=keys)
         take = min(wanted, candidates.size)
         rows = max(1, budget // max(candidates.size, 1))
         for start in range(0, queries.size, rows):
             block = queries[start:start + rows]
-            scores = unit[torch.from_numpy(block).to(unit.device)] @ keys.T
+            scores = score_buffer[: block.size * candidates.size].view(block.size, candidates.size)
+            torch.mm(unit[torch.from_numpy(block).to(unit.device)], keys.T, out=scores)
             values, positions = torch.topk(scores, take, dim=1)
             indices[block, :take] = candidates[positions.cpu().numpy()]
             similarities[block, :take] = values.clamp(-1.0, 1.0).cpu().numpy()
