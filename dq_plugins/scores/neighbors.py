@@ -30,9 +30,9 @@ Two methods sit behind :func:`knn_cosine`:
   is a dense matmul): spherical k-means puts the rows in ``L = N / S`` lists of about
   :data:`IVF_LIST_SIZE` rows ``S``; the queries of list ``c`` are searched exactly (matmul + topk)
   among the members of the :data:`IVF_NPROBE` lists whose centroids are nearest to ``c``'s. Above
-  :data:`IVF_FLAT_MAX_LISTS` lists the coarse quantizer has two levels (a residual-free
-  hierarchical k-means, as in Nister and Stewenius, "Scalable Recognition with a Vocabulary Tree",
-  CVPR 2006): ``sqrt(L)`` top centroids, then each top group is split into lists in proportion to
+  :data:`IVF_FLAT_MAX_LISTS` lists the coarse quantizer has two levels (a hierarchical k-means,
+  the vocabulary tree of Nister and Stewenius, "Scalable Recognition with a Vocabulary Tree",
+  CVPR 2006, two levels deep): ``sqrt(L)`` top centroids, then each top group is split into lists in proportion to
   its size, so assigning the rows costs ``O(N sqrt(L) D)`` rather than ``O(N L D)``. Every k-means
   is trained on a random subsample of at most :data:`IVF_TRAIN_PER_LIST` rows per centroid (as
   faiss does). Search cost about ``2 N (nprobe S) D`` flops: linear in ``N``; no compilation, the
@@ -281,8 +281,8 @@ def ivf_lists(unit: torch.Tensor, num_lists: int, *, seed: int = 0) -> tuple[tor
     ``T = round(sqrt(num_lists))`` top centroids, then top group ``g`` (``n_g`` rows) gets its own
     k-means with ``max(1, round(num_lists n_g / N))`` centroids, trained on its own rows; a row
     belongs to a list of its top group. ``L'`` is then close to, not exactly, ``num_lists``.
-    Every k-means trains on at most :data:`IVF_TRAIN_PER_LIST` rows per centroid. Cost of the
-    assignment ``O(N (T + L / T) D)``.
+    Every k-means trains on at most :data:`IVF_TRAIN_PER_LIST` random rows per centroid (the top
+    level on 4 times as many). Cost of the assignment ``O(N (T + L / T) D)``.
     """
     num_samples = unit.shape[0]
     if num_lists <= IVF_FLAT_MAX_LISTS:
