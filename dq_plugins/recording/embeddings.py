@@ -168,14 +168,9 @@ class EmbeddingBuffer:
         rank, world = distributed_rank_and_world()
         if world < 2:
             return
-        import torch.distributed as dist
-
-        owner = torch.where(self._seen, rank, world).to(torch.int64)
-        all_reduce_min(owner, self.device)
-        mine = owner == rank
+        mine, self._seen = lowest_rank_rows(self._seen, rank, world, self.device)
         self._values.masked_fill_(~mine.unsqueeze(1), 0)
         all_reduce_sum(self._values, self.device)
-        self._seen = owner < world
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids (M,) int64, embeddings (M, D) float16) of the ids seen, one host copy."""
@@ -184,6 +179,15 @@ class EmbeddingBuffer:
         seen = self._seen[: self.capacity].numpy()
         ids = np.flatnonzero(seen)
         return ids, self._values[: self.capacity].numpy()[ids]
+
+
+def lowest_rank_rows(seen: torch.Tensor, rank: int, world: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mine, seen_anywhere)``, each ``(N,)`` bool, from this rank's ``(N,)`` bool ``seen`` (a collective):
+    the rows this rank keeps, those it saw that no lower rank saw, so a row summed over ranks is counted once;
+    and the rows some rank saw."""
+    owner = torch.where(seen, rank, world).to(torch.int64)
+    all_reduce_min(owner, device)
+    return owner == rank, owner < world
 
 
 def all_reduce_min(tensor: torch.Tensor, device: torch.device) -> None:

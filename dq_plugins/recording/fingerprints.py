@@ -315,7 +315,7 @@ class FingerprintBuffer:
     def gather(self) -> None:
         """Under ``torch.distributed``: every rank gets every sample's fingerprint (a collective);
         each id keeps the row of the lowest rank that saw it."""
-        from dq_plugins.recording.embeddings import all_reduce_min
+        from dq_plugins.recording.embeddings import lowest_rank_rows
         from dq_plugins.recording.ledger import all_reduce_sum, distributed_rank_and_world
 
         self.flush()
@@ -323,14 +323,11 @@ class FingerprintBuffer:
         rank, world = distributed_rank_and_world()
         if world < 2:
             return
-        owner = torch.where(self._seen, rank, world).to(torch.int64)
-        all_reduce_min(owner, self.device)
-        mine = owner == rank
+        mine, self._seen = lowest_rank_rows(self._seen, rank, world, self.device)
         self._hash.masked_fill_(~mine, 0)
         self._sketch.masked_fill_(~mine.unsqueeze(1), 0)
         all_reduce_sum(self._hash, self.device)
         all_reduce_sum(self._sketch, self.device)
-        self._seen = owner < world
         self._num_seen = int(self._seen.sum())
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -189,12 +189,6 @@ class SplitLedger(EpochStaging):
         self._prob_sum.zero_()
         self._prob_count.zero_()
 
-    def flush(self) -> None:
-        """Fold the staged rows into the per-sample sums (a handful of device ops, no host sync)."""
-        staged = self._stage.take(self.device, (torch.int64, torch.int64, torch.float32))
-        if staged is not None:
-            self._accumulate(*staged)
-
     @torch.no_grad()
     def _accumulate(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
         """Add the record of (R,) int64 ids, (R,) int64 labels and (R, C) float32 logits on the ledger's

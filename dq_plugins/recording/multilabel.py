@@ -87,6 +87,8 @@ class MultiLabelLedger(EpochStaging):
         history_folder: where closed epochs are written (:class:`EpochStore`); ``None`` keeps them in RAM.
     """
 
+    _STAGED_DTYPES = (torch.int64, torch.float32, torch.float32)  # ids, multi-hot targets, logits
+
     def __init__(self, capacity: int, num_classes: int, device: torch.device | str = "cpu",
                  stage_rows: int | None = None, history_folder: str | None = None) -> None:
         if capacity < 1:
@@ -122,12 +124,6 @@ class MultiLabelLedger(EpochStaging):
     def _reset_latest_probs(self) -> None:
         self._prob_sum.zero_()
         self._prob_count.zero_()
-
-    def flush(self) -> None:
-        """Fold the staged rows into the sums (a handful of device ops, no host sync)."""
-        staged = self._stage.take(self.device, (torch.int64, torch.float32, torch.float32))
-        if staged is not None:
-            self._accumulate(*staged)
 
     @torch.no_grad()
     def _accumulate(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:

@@ -53,14 +53,27 @@ class RowStage:
 
 
 class EpochStaging:
-    """What every ledger's ``record`` does before it stages a batch (single-label, multi-label, tokens).
+    """What every ledger (single-label, multi-label, tokens) does around its stage: open the batch's epoch
+    before staging it (:meth:`_open_epoch`), and hand the staged rows to ``_accumulate`` (:meth:`flush`).
 
     A subclass has ``pending_epoch`` (``None``: no epoch open), ``latest_probs_only`` (a held-out split
-    whose softmax sums hold its latest pass only), ``close_epoch()`` and ``_reset_latest_probs()``.
+    whose softmax sums hold its latest pass only), ``device``, a :class:`RowStage` ``_stage`` whose
+    batches hold tensors of :attr:`_STAGED_DTYPES` (ids or slots first), ``close_epoch()``,
+    ``_reset_latest_probs()`` and ``_accumulate(*staged)``.
     """
 
     pending_epoch: int | None
     latest_probs_only: bool
+    device: torch.device
+    _stage: RowStage
+    _STAGED_DTYPES: tuple[torch.dtype, ...] = (torch.int64, torch.int64, torch.float32)
+    """The dtypes the staged tensors are concatenated to, in the order ``record`` stages them."""
+
+    def flush(self) -> None:
+        """Fold the staged rows into the sums (a handful of device ops, no host sync)."""
+        staged = self._stage.take(self.device, self._STAGED_DTYPES)
+        if staged is not None:
+            self._accumulate(*staged)
 
     def _open_epoch(self, epoch: int) -> None:
         """A batch of another epoch than the pending one closes that one first; the first batch of a pass of a
@@ -75,6 +88,9 @@ class EpochStaging:
         raise NotImplementedError
 
     def _reset_latest_probs(self) -> None:  # pragma: no cover - each ledger defines it
+        raise NotImplementedError
+
+    def _accumulate(self, *staged: torch.Tensor) -> None:  # pragma: no cover - each ledger defines it
         raise NotImplementedError
 
 

@@ -135,11 +135,6 @@ class TokenLedger(EpochStaging):
         self._prob_sum.zero_()
         self._count.zero_()
 
-    def flush(self) -> None:
-        staged = self._stage.take(self.device, (torch.int64, torch.int64, torch.float32))
-        if staged is not None:
-            self._accumulate(*staged)
-
     @torch.no_grad()
     def _accumulate(self, slots: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> None:
         labelled = labels != IGNORE_INDEX
