@@ -193,7 +193,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             an error saying what was detected (see :mod:`dq_plugins.recording.tasks`).
         history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
-            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
+            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. A fit's files are deleted once its raw record is
+            uploaded (a resume then reads the epochs from the run); a killed fit leaves them for its resume.
         memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would
             need more fails at fit start or at its first batch, before allocating. ``None``: 16384.
         embeddings_upload_mb: ``dq/embeddings/<split>.npz`` holds every embedding up to this size

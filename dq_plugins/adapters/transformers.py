@@ -514,10 +514,11 @@ class DataQualityCallback(TrainerCallback):
             ``*ForTokenClassification`` model -> "token_classification" (``labels`` per token, -100 where
             ignored); otherwise single-label. These tasks read the targets from the batch the model gets
             (``labels``) and record sequences up to the longest ``input_ids`` of each dataset (see
-            :mod:`dq_plugins.recording.tasks`); embeddings, metadata and rules are not used for them yet.
+            :mod:`dq_plugins.recording.tasks`); embeddings and rules are not used for them yet (rules: a warning).
         history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
-            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. Delete it once its checkpoints are no longer needed.
+            ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. A fit's files are deleted once its raw record is
+            uploaded (a resume then reads the epochs from the run); a killed fit leaves them for its resume.
         memory_budget_mb: the most the recording may allocate (device + host RAM); a split that would
             need more fails at fit start or at its first batch, before allocating. ``None``: 16384.
         embeddings_upload_mb: ``dq/embeddings/<split>.npz`` holds every embedding up to this size
