@@ -114,6 +114,25 @@ def test_load_history_checks_declared_shapes_before_decompressing(tmp_path, monk
         load_history(pickled)
 
 
+
+@pytest.mark.parametrize(("member", "content", "match"), [
+    (None, b"not a zip", r"is not an \.npz file \(not a zip archive"),
+    ("notes.txt", b"hello", r"holds 'notes.txt', which is not an \.npy array"),
+    ("pred.npy", b"\x93NUMPY garbage", r"member 'pred.npy' has no valid \.npy header"),
+])
+def test_a_malformed_raw_record_is_named_before_it_is_read(tmp_path, member, content, match):
+    from dq_plugins.raw_record import load_history
+
+    path = tmp_path / "raw.npz"
+    if member is None:
+        path.write_bytes(content)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr(member, content)
+    with pytest.raises(ValueError, match=match):
+        load_history(path)
+
+
 # ------------------------------------------------------------------ 4. a callback reused in a second fit
 def test_a_reused_callback_records_the_second_fit_anew(tracking_uri):
     callback = DataQualityCallback()
