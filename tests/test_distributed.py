@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from dq_plugins.raw_record import load_fingerprints
 from dq_plugins.recording.ledger import SplitLedger
+from dq_plugins.schema import EMBEDDING_COLUMNS
 
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 
@@ -40,12 +41,17 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     pd.testing.assert_frame_equal(ddp[["split", "sample_id", "label"]], single[["split", "sample_id", "label"]])
     for column in ("confidence", "variability", "aum", "el2n", "correctness"):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
+    # the embedding columns: from the kNN graph the two ranks searched (dq.knn_ranks), the same as one process's
+    for column in EMBEDDING_COLUMNS:
+        np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
     # one run per training job, written by rank 0 only
-    run_ids = {Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text() for d in (1, 2)}
-    assert len(run_ids) == 2
-    for run_id in run_ids:
+    run_ids = {d: Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text() for d in (1, 2)}
+    assert len(set(run_ids.values())) == 2
+    for devices, run_id in run_ids.items():
         paths = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "dq")}
         assert "dq/samples.parquet" in paths
+        metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+        assert metrics["dq.knn_ranks"] == metrics["dq.knn_ranks.validation"] == devices
     # the input fingerprints of each rank's host table, gathered: every id, the same hash as one process
     prints = [load_fingerprints(mlflow.artifacts.download_artifacts(
         run_id=Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text(),
@@ -176,6 +182,54 @@ def test_a_mid_epoch_checkpoint_under_ddp_keeps_every_ranks_part(tmp_path):
     assert results[True]["count"].tolist() == [8, 4]  # epoch 0: all 8 ids, none lost; epoch 1: 4 so far
     for key in ("margin", "mean_probs", "early_probs"):
         np.testing.assert_allclose(results[True][key], results[False][key], rtol=1e-6, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------- the kNN graph over the ranks
+def _knn_rows(n: int = 6000, d: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(40, d))[rng.integers(0, 40, n)] + 0.5 * rng.normal(size=(n, d))).astype(np.float16)
+
+
+def _knn_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    """Every rank searches its part of the same rows (exact: 2 blocks of 4096 rows; ivf: 6 lists); rank 0 saves the
+    graphs. Last, rank 1 has no rows to give: every rank must then return None, and nobody hang."""
+    import warnings
+
+    from dq_plugins.analysis.distributed import distributed_knn
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x = _knn_rows()
+    exact = distributed_knn(x, 10, "exact")
+    ivf = distributed_knn(x, 10, "ivf", seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        failed = distributed_knn(None if rank == 1 else x, 10, "exact")
+    assert failed is None
+    if rank == 0:
+        assert exact.ranks == ivf.ranks == 2 and (exact.method, ivf.method) == ("exact", "ivf")
+        assert [str(w.message) for w in caught] == [
+            "dq_plugins: another rank could not prepare the embeddings; rank 0 searches the kNN graph alone."]
+        np.savez(out_file, exact_indices=exact.indices, exact_sims=exact.similarities, ivf_indices=ivf.indices,
+                 ivf_sims=ivf.similarities)
+    else:
+        assert exact is None and ivf is None
+    dist.destroy_process_group()
+
+
+def test_the_knn_graph_searched_by_two_ranks_equals_one_process(tmp_path):
+    from dq_plugins.scores.neighbors import knn_cosine
+
+    out = str(tmp_path / "knn.npz")
+    mp.spawn(_knn_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    got = np.load(out)
+    x = _knn_rows()
+    exact_indices, exact_sims = knn_cosine(x, 10, method="exact")
+    np.testing.assert_array_equal(got["exact_indices"], exact_indices)  # bit for bit: the same blocks
+    np.testing.assert_array_equal(got["exact_sims"], exact_sims)
+    ivf_indices, ivf_sims = knn_cosine(x, 10, method="ivf", seed=3)
+    assert (got["ivf_indices"] == ivf_indices).mean() >= 0.999  # rank 0's quantizer, broadcast: the same lists
+    np.testing.assert_allclose(got["ivf_sims"], ivf_sims, atol=1e-6)
+    assert (got["ivf_indices"] >= 0).all()
 
 
 # ---------------------------------------------------------------------------------- multi-label and token tasks

@@ -93,8 +93,30 @@ def test_metrics_names(result: EmbeddingAnalysis) -> None:
     assert set(metrics) == {
         "dq.num_near_duplicates.validation", "dq.num_conflicting_duplicates.validation",
         "dq.num_outliers.validation", "dq.num_clusters.validation", "dq.embedding_analysis_seconds.validation",
+        "dq.knn_ranks.validation",
     }
     assert result.summary.metrics()["dq.num_near_duplicates"] == 4.0
+    assert result.summary.metrics()["dq.knn_ranks"] == 1.0  # searched here, by this process alone
+
+
+def test_a_graph_searched_beforehand_gives_the_same_analysis(planted: dict[str, np.ndarray], result: EmbeddingAnalysis) -> None:
+    from dq_plugins.analysis.embeddings import knn_settings
+    from dq_plugins.scores.neighbors import KnnGraph, knn_cosine
+
+    k, method = knn_settings(600)
+    assert (k, method) == (10, "exact") == (result.summary.k, result.summary.knn_method)
+    graph = KnnGraph(*knn_cosine(planted["x"], k, method=method), method=method, ranks=2, seconds=12.5)
+    given = analyze_embeddings(planted["x"], planted["ids"], planted["labels"], pred_probs=planted["probs"],
+                               projection="pca", n_clusters=4, neighbors=graph)
+    pd.testing.assert_frame_equal(given.samples, result.samples)
+    assert given.summary.knn_ranks == 2 and given.summary.timings["knn"] == 12.5
+    assert given.summary.metrics()["dq.knn_ranks"] == 2.0
+    wrong = graph._replace(indices=graph.indices[:, :5], similarities=graph.similarities[:, :5])
+    with pytest.raises(ValueError, match=r"`neighbors` to be a 'exact' graph of shape \(600, 10\) but got a 'exact'"
+                                         r" graph of shape \(600, 5\)\. HINT"):
+        analyze_embeddings(planted["x"], planted["ids"], planted["labels"], neighbors=wrong)
+    with pytest.raises(ValueError, match="'exact' graph of shape .* but got a 'ivf' graph"):
+        analyze_embeddings(planted["x"], planted["ids"], planted["labels"], neighbors=graph._replace(method="ivf"))
 
 
 def test_tiny_splits() -> None:

@@ -31,7 +31,9 @@ from dq_plugins.scores.duplicates import (
     near_duplicate_of,
     near_duplicate_score,
 )
-from dq_plugins.scores.neighbors import KnnMethod, knn_cosine, neighbor_label_disagreement, resolve_method, unit_rows
+from dq_plugins.scores.neighbors import (
+    KnnGraph, KnnMethod, knn_cosine, neighbor_label_disagreement, resolve_method, unit_rows,
+)
 from dq_plugins.scores.outliers import is_outlier, outlier_score
 from dq_plugins.scores.projection import DEFAULT_MAX_FIT, ProjectionMethod, project_2d, resolve_projection
 
@@ -56,7 +58,9 @@ class EmbeddingSummary:
             boundary_samples, share).
         clusters: ``scores.clusters.cluster_summary`` table, least pure cluster first.
         timings: seconds per stage (``normalise``, ``knn``, ``scores``, ``clusters``,
-            ``projection``, ``tables``).
+            ``projection``, ``tables``); ``knn`` is the search's own time when the graph was given.
+        knn_ranks: processes the kNN search was split over (1: this one alone; more when a
+            ``torch.distributed`` job searched it, :mod:`dq_plugins.analysis.distributed`).
     """
 
     num_samples: int
@@ -70,6 +74,7 @@ class EmbeddingSummary:
     class_overlap: pd.DataFrame
     clusters: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    knn_ranks: int = 1
 
     def metrics(self, split: str = TRAIN) -> dict[str, float]:
         """``dq.*`` metrics of this summary (keys by :func:`dq_plugins.schema.summary_metric_key`)."""
@@ -79,6 +84,7 @@ class EmbeddingSummary:
             summary_metric_key("num_outliers", split): float(self.num_outliers),
             summary_metric_key("num_clusters", split): float(self.num_clusters),
             summary_metric_key("embedding_analysis_seconds", split): float(sum(self.timings.values())),
+            summary_metric_key("knn_ranks", split): float(self.knn_ranks),
         }
 
 
@@ -119,6 +125,14 @@ def _check_inputs(
             f" {np.shape(pred_probs)}."
         )
     return ids.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
+
+
+def knn_settings(
+    num_samples: int, k: int = DEFAULT_K, knn_method: KnnMethod = "auto", device: str | torch.device = "cpu"
+) -> tuple[int, str]:
+    """``(k, method)`` of the kNN search :func:`analyze_embeddings` runs on ``num_samples >= 2`` rows searched on
+    ``device``: ``k`` clipped to ``N - 1``, the method resolved by ``scores.neighbors.resolve_method``."""
+    return int(min(k, num_samples - 1)), resolve_method(knn_method, num_samples, torch.device(device))
 
 
 def warm_up(num_samples: int, *, projection: ProjectionMethod = "auto", device: str | torch.device = "cpu") -> float:
@@ -174,6 +188,7 @@ def analyze_embeddings(
     knn_method: KnnMethod = "auto",
     projection: ProjectionMethod = "auto",
     max_fit: int = DEFAULT_MAX_FIT,
+    neighbors: KnnGraph | None = None,
 ) -> EmbeddingAnalysis:
     """Every embedding score of one split, from one kNN graph.
 
@@ -192,11 +207,18 @@ def analyze_embeddings(
         knn_method: ``"auto"``, ``"exact"``, ``"ivf"`` or ``"ann"`` (``scores.neighbors.knn_cosine``).
         projection: ``"auto"``, ``"graph"``, ``"umap"`` or ``"pca"`` (``scores.projection.project_2d``).
         max_fit: rows the 2-D map is fitted on.
+        neighbors: the kNN graph of these rows searched beforehand with this ``k`` (clipped) and method
+            (e.g. by every rank of a job, :func:`dq_plugins.analysis.distributed.distributed_knn`), used instead
+            of a search; ``None``: search here.
 
     Returns:
         :class:`EmbeddingAnalysis` ``(samples, summary)``; ``samples`` has a RangeIndex aligned
         with the inputs and the columns ``sample_id`` + :data:`EMBEDDING_COLUMNS`. With fewer
         than 2 rows nothing can be compared: scores are NaN, no flag is set, cluster 0, (0, 0).
+
+    Raises:
+        ValueError: for inputs of mismatched shapes, or ``neighbors`` of another shape or method than the
+            search would have.
     """
     ids, labels = _check_inputs(embeddings, ids, labels, pred_probs)
     num_samples = ids.size
@@ -209,20 +231,28 @@ def analyze_embeddings(
             timings,
         )
         return EmbeddingAnalysis(_empty_frame(ids), summary)
-    k = int(min(k, num_samples - 1))
-
     with _timed(timings, "normalise"):
         if isinstance(embeddings, torch.Tensor):
             tensor = embeddings
         else:
             tensor = torch.from_numpy(np.ascontiguousarray(embeddings))
         search_device = torch.device(device) if device is not None else tensor.device
-        method = resolve_method(knn_method, num_samples, search_device)
-        unit_device = unit_rows(tensor, device=search_device if method == "exact" else "cpu")
+        k, method = knn_settings(num_samples, k, knn_method, search_device)
+        if neighbors is not None and (neighbors.indices.shape != (num_samples, k) or neighbors.method != method):
+            raise ValueError(
+                f"Expected argument `neighbors` to be a {method!r} graph of shape ({num_samples}, {k}) but got a"
+                f" {neighbors.method!r} graph of shape {neighbors.indices.shape}. HINT: search it with"
+                " `knn_settings(N)`'s k and method."
+            )
+        unit_device = unit_rows(tensor, device=search_device if method == "exact" and neighbors is None else "cpu")
         unit = unit_device.cpu().numpy() if unit_device.device.type != "cpu" else unit_device.numpy()
-    with _timed(timings, "knn"):
-        where = search_device if method == "exact" else "cpu"
-        indices, sims = knn_cosine(unit_device, k, device=where, method=method, seed=seed)
+    if neighbors is None:
+        with _timed(timings, "knn"):
+            where = search_device if method == "exact" else "cpu"
+            indices, sims = knn_cosine(unit_device, k, device=where, method=method, seed=seed)
+    else:
+        indices, sims = neighbors.indices, neighbors.similarities
+        timings["knn"] = neighbors.seconds
     del unit_device
     with _timed(timings, "scores"):
         disagreement = neighbor_label_disagreement(indices, labels, sims)
@@ -272,5 +302,6 @@ def analyze_embeddings(
         class_overlap=overlap,
         clusters=clusters,
         timings=timings,
+        knn_ranks=1 if neighbors is None else neighbors.ranks,
     )
     return EmbeddingAnalysis(samples, summary)

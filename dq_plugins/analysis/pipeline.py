@@ -37,6 +37,7 @@ from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import mislabel_score
 
 if TYPE_CHECKING:
+    from dq_plugins.scores.neighbors import KnnGraph
     from dq_plugins.rules.actions import RulesReport
 
 SAMPLE_COLUMNS: tuple[str, ...] = DYNAMICS_COLUMNS
@@ -151,6 +152,7 @@ def analyze_split(
     early_epochs: int | None = None,
     embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     projection: str = "auto",
+    neighbors: tuple[np.ndarray, KnnGraph] | None = None,
 ) -> SplitAnalysis:
     """Every score of one split (only ids recorded at least once), each computed once.
 
@@ -159,6 +161,9 @@ def analyze_split(
     signal of ``mislabel_score``; confident learning on the early window (:func:`early_window_cl`), whose
     flags weigh the signals; then ``mislabel_score`` and the label flags (:func:`label_flags`);
     last, near-duplicate pairs whose labels conflict add label issues (:func:`duplicate_label_issues`).
+
+    ``neighbors``: ``(rows (R,), graph)``, the kNN graph of the embeddings of ``rows`` searched beforehand (see
+    :func:`analyze`); used when ``rows`` are the rows the embedding analysis takes, else searched again.
     """
     seen = history.seen
     ids = np.flatnonzero(seen)
@@ -174,7 +179,7 @@ def analyze_split(
     signals = mislabel_signals(fields, early, probs.shape[1])
     embedding = None
     if embeddings is not None and ids.size:
-        embedding = _embedding_analysis(history, *embeddings, cl.is_label_issue, ids, projection)
+        embedding = _embedding_analysis(history, *embeddings, cl.is_label_issue, ids, projection, neighbors)
     disagreement = None
     if embedding is not None:
         by_id = embedding.samples.set_index("sample_id")["neighbor_disagreement"]
@@ -389,20 +394,29 @@ def top_issues(samples: pd.DataFrame, max_rows: int = MAX_ISSUE_ROWS) -> pd.Data
 
 def _embedding_analysis(
     history: SplitHistory, ids: np.ndarray, embeddings: np.ndarray, is_label_issue: np.ndarray, seen: np.ndarray,
-    projection: str,
+    projection: str, neighbors: tuple[np.ndarray, KnnGraph] | None = None,
 ) -> Any:
-    """:func:`~dq_plugins.analysis.embeddings.analyze_embeddings` of the rows whose label is known.
+    """:func:`~dq_plugins.analysis.embeddings.analyze_embeddings` of the rows whose label is known
+    (:func:`labelled_rows`).
 
     ``is_label_issue``: ``(S,)`` confident learning's flags of the ``seen`` ids (for the cluster table).
+    ``neighbors``: ``(rows, graph)`` as in :func:`analyze_split`.
     """
     from dq_plugins.analysis.embeddings import analyze_embeddings
 
-    labels = history.labels[ids]
-    known = labels >= 0
-    ids, embeddings, labels = ids[known], embeddings[known], labels[known]
+    known = labelled_rows(ids, history.labels)
+    ids, embeddings, labels = ids[known], embeddings[known], history.labels[ids[known]]
     probs = history.mean_probs[ids]
     issues = pd.Series(is_label_issue, index=seen).reindex(ids, fill_value=False).to_numpy(bool)
-    return analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection)
+    graph = neighbors[1] if neighbors is not None and np.array_equal(neighbors[0], ids) else None
+    return analyze_embeddings(embeddings, ids, labels, pred_probs=probs, is_label_issue=issues, projection=projection,
+                              neighbors=graph)
+
+
+def labelled_rows(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(M,)`` bool: which of the embedding rows ``ids`` (``(M,)`` slots) the embedding analysis takes, those whose
+    label (``labels``, ``(N,)`` by slot, -1 = unknown) is known."""
+    return labels[ids] >= 0
 
 
 _EMBEDDING_FILL: dict[str, object] = {
@@ -557,6 +571,7 @@ def analyze(
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     projection: str = "auto",
     fingerprints: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    neighbors: dict[str, tuple[np.ndarray, KnnGraph]] | None = None,
 ) -> AnalysisResult:
     """Run every score on every split and assemble the results.
 
@@ -569,6 +584,10 @@ def analyze(
         fingerprints: split -> (ids (M,), hashes (M,), sketches (M, D)) of the model inputs
             (:mod:`dq_plugins.recording.fingerprints`); ``None`` or empty: no input copies, no
             :data:`~dq_plugins.schema.COPY_COLUMNS`, no leakage table.
+        neighbors: split -> ``(rows (R,), graph)``: the kNN graph of the split's embeddings at the slots ``rows``
+            (those with a known label, :func:`labelled_rows`), searched beforehand with the analysis's ``k``
+            and method (:func:`dq_plugins.analysis.embeddings.knn_settings`), e.g. by every rank of a job;
+            ``None`` or a missing split: the analysis searches it.
     """
     frames, metrics, epoch_metrics, overlaps, trust, leaks = [], {}, {}, [], {}, []
     embeddings = _to_slots(histories, embeddings)  # the scores index by slot; the frames get the ids back
@@ -578,7 +597,7 @@ def analyze(
     train_epochs = int(histories[TRAIN].epochs.size) if TRAIN in histories else None
     for split, history in progress(histories.items(), total=len(histories), desc="scores per split"):
         part = analyze_split(history, split, early_epochs=early_epochs, embeddings=(embeddings or {}).get(split),
-                             projection=projection)
+                             projection=projection, neighbors=(neighbors or {}).get(split))
         frame = part.samples
         metrics.update(part.embedding_metrics)
         if part.class_overlap is not None:

@@ -338,6 +338,13 @@ class SplitLedger(EpochStaging):
         self._fold.wait()
         return _means(self._early_sum, self._early_count, self.capacity)
 
+    def labels(self) -> np.ndarray:
+        """(N,) int64 host copy of each id's latest label, -1 for an id never recorded (the same on every rank once an
+        epoch was closed with ``reduce``)."""
+        self.flush()
+        self._fold.wait()
+        return _host_copy(self._labels[: self.capacity]).numpy()
+
     def to_history(self, reduce: bool = True) -> SplitHistory:
         """The host record of all closed epochs (the pending one is closed first, see :meth:`close_epoch`)."""
         self.close_epoch(reduce=reduce)

@@ -116,6 +116,8 @@ class DynamicsSession:
         self.unique_rows: dict[str, bool] = {}  # split -> its sampler yields each sample once an epoch
         self._warned_ignored: set[str] = set()
         self.result = None
+        # split -> (slots, KnnGraph): the embeddings' kNN graph searched by every rank in close_all (rank 0 keeps it)
+        self._neighbors: dict[str, tuple[np.ndarray, Any]] = {}
         self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
         self._history_root = new_history_folder(config.history_dir)  # this fit's epoch files: <root>/<split>/
@@ -704,15 +706,57 @@ class DynamicsSession:
 
     # ------------------------------------------------------------------ end of fit
     def close_all(self, reduce: bool = True) -> None:
-        """Close every pending epoch; under ``torch.distributed`` call it on every rank before :meth:`finish`."""
+        """Close every pending epoch; under ``torch.distributed`` call it on every rank before :meth:`finish`.
+
+        With several ranks it also searches the embeddings' kNN graph on all of them (:meth:`search_neighbors`).
+        """
         for split in list(self.ledgers):
             self.close_epoch(split, reduce=reduce)
         if reduce:
             for buffer in [*self.embeddings.values(), *self.fingerprints.values()]:
                 buffer.gather()
-
+            self.search_neighbors()
             if distributed_rank_and_world()[0] != 0:  # rank 0 alone saves and analyses the record
                 self.remove_history_files()
+
+    def search_neighbors(self) -> None:
+        """Under ``torch.distributed`` with several ranks: the kNN graph of each split's embeddings, searched by
+        every rank (:func:`~dq_plugins.analysis.distributed.distributed_knn`, a collective: call it on every rank
+        after the embeddings are gathered); rank 0 keeps it for its analysis in :meth:`finish`.
+
+        The graph is the one the analysis would search (its rows, ``k``, method and seed); when a rank fails,
+        every rank gives up and rank 0 searches alone in the analysis. Without several ranks: nothing.
+        """
+        if distributed_rank_and_world()[1] < 2:
+            return
+        from dq_plugins.analysis.distributed import distributed_knn
+        from dq_plugins.analysis.embeddings import knn_settings
+        from dq_plugins.analysis.pipeline import labelled_rows
+
+        for split in sorted(self.embeddings):  # the same order on every rank
+            ledger = self.ledgers.get(split)
+            if ledger is None:
+                continue
+            slots, values, k, method = None, None, 0, "exact"
+            try:  # local work: a failure here must still reach the collective below
+                slots, values = self.embeddings[split].to_numpy()
+                known = labelled_rows(slots, ledger.labels())
+                if not known.all():
+                    slots, values = slots[known], values[known]
+                k, method = knn_settings(max(slots.size, 2))
+            except Exception:  # noqa: BLE001 - the other ranks learn it in distributed_knn's first agreement
+                warnings.warn(f"dq_plugins: could not read the {split} embeddings for the kNN search of all ranks:\n"
+                              f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
+                values = None
+            try:
+                graph = distributed_knn(values, k, method, device=self.embeddings[split].device)
+            except Exception:  # noqa: BLE001 - a broken collective: rank 0 still analyses, searching alone
+                warn(f"dq_plugins: the kNN search of the {split} embeddings over the job's ranks failed; rank 0"
+                     f" searches alone.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
+                graph = None
+            del values
+            if graph is not None:
+                self._neighbors[split] = (slots, graph)
 
     def save_raw(self, sink: MlflowSink, histories: dict[str, Any] | None = None) -> None:
         """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only): the
@@ -821,9 +865,11 @@ class DynamicsSession:
             for split, values in fingerprints.items():
                 save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
                 sink.add_artifact(fingerprints_path(split))
+            neighbors, self._neighbors = self._neighbors, {}
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
-                             embeddings=embeddings, fingerprints=fingerprints,
+                             embeddings=embeddings, fingerprints=fingerprints, neighbors=neighbors,
                              projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
+            del neighbors
             metadata = self.metadata_frame()
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]

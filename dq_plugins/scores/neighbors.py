@@ -40,6 +40,12 @@ Two methods sit behind :func:`knn_cosine`:
   when a query's true neighbours spread over more rows than that (high intrinsic dimension within
   a cluster). Recall@10 measured in ``tests/scores/test_neighbors.py`` and ``benchmarks/RESULTS.md``.
 
+A search can be split into ``P`` parts (``part=(p, P)``, one per rank of a job: :mod:`dq_plugins.analysis.distributed`):
+part ``p`` searches only its share of the query rows and leaves the others at -1 / NaN, and the parts together
+give what one search gives, row for row. ``"exact"`` splits its blocks of query rows (the same blocks as one search,
+so the same floating-point sums); ``"ivf"`` splits its lists, balanced by queries x candidates, and every part
+must use the same quantizer (``quantizer=``, the :func:`ivf_lists` of one process).
+
 ``"auto"`` picks ``"exact"`` up to :data:`EXACT_MAX_SAMPLES_CPU` rows on CPU (and
 :data:`EXACT_MAX_SAMPLES_GPU` on a GPU), else ``"ivf"``. ``"ann"`` (pynndescent) is only used when
 asked for.
@@ -54,7 +60,7 @@ from __future__ import annotations
 
 import warnings
 from types import ModuleType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -105,6 +111,24 @@ NORM_EPSILON = 1e-12
 
 UNIT_NORM_TOLERANCE = 1e-3
 """An fp32 array whose row norms are all within this of 1 is used as is, without a copy."""
+
+
+class KnnGraph(NamedTuple):
+    """A kNN graph searched ahead of the analysis (e.g. by every rank of a job), to be used instead of a search.
+
+    Attributes:
+        indices: ``(N, k)`` int64 row positions, nearest first, as :func:`knn_cosine` returns them.
+        similarities: ``(N, k)`` float32 cosine similarities (NaN where the index is -1).
+        method: ``"exact"`` or ``"ivf"``, the method that searched it.
+        ranks: processes the search was split over (1: one process).
+        seconds: wall time of the search.
+    """
+
+    indices: np.ndarray
+    similarities: np.ndarray
+    method: str
+    ranks: int
+    seconds: float
 
 
 def _as_tensor(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -184,6 +208,19 @@ def resolve_method(method: str, num_samples: int, device: torch.device) -> str:
     return "exact" if num_samples <= limit else "ivf"
 
 
+def _check_part(part: tuple[int, int]) -> tuple[int, int]:
+    try:
+        index, parts = (int(value) for value in part)
+        valid = parts >= 1 and 0 <= index < parts and tuple(part) == (index, parts)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"Expected argument `part` to be (p, P) with 0 <= p < P (this process's part of P) but got {part!r}."
+        )
+    return index, parts
+
+
 def knn_cosine(
     embeddings: torch.Tensor | np.ndarray,
     k: int,
@@ -193,6 +230,8 @@ def knn_cosine(
     exclude_self: bool = True,
     method: KnnMethod = "auto",
     seed: int = 0,
+    part: tuple[int, int] = (0, 1),
+    quantizer: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most cosine-similar rows of every row of ``embeddings``.
 
@@ -208,6 +247,11 @@ def knn_cosine(
         method: ``"exact"``, ``"ivf"``, ``"ann"`` (pynndescent, CPU) or ``"auto"`` (see the module
             docstring).
         seed: random state of the approximate searches.
+        part: ``(p, P)``: search only part ``p`` of ``P`` of the query rows (module docstring); the rows of
+            the other parts are -1 / NaN. ``"exact"`` and ``"ivf"`` only.
+        quantizer: ``"ivf"`` only: ``(centroids (L, D), assignment (N,) int64)`` from :func:`ivf_lists` to
+            use instead of computing it (the parts of one search must share it); ``None``: computed from
+            ``seed``.
 
     Returns:
         ``(indices, similarities)``: ``(N, k)`` int64 row positions and ``(N, k)`` float32 cosine
@@ -215,7 +259,8 @@ def knn_cosine(
         return -1 / NaN for a neighbour it did not find.
 
     Raises:
-        ValueError: for a non-2-D or non-float input, a ``k`` out of range, an unknown ``method``.
+        ValueError: for a non-2-D or non-float input, a ``k`` out of range, an unknown ``method``, a bad
+            ``part`` or a ``part`` of the ``"ann"`` method.
         ModuleNotFoundError: for ``method="ann"`` without pynndescent.
     """
     tensor = _as_tensor(embeddings)
@@ -225,21 +270,45 @@ def knn_cosine(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"Expected argument `chunk_size` to be a positive integer but got {chunk_size!r}.")
     chosen = resolve_method(method, num_samples, target)
+    part = _check_part(part)
     if chosen == "ann":
+        if part[1] > 1:
+            raise ValueError("Expected `part=(0, 1)` with method='ann' (NN-descent searches all rows at once) but"
+                             f" got part={part}. HINT: use method='exact' or 'ivf' to split a search.")
         return _knn_ann(unit_rows(tensor, device="cpu").numpy(), int(k), exclude_self, seed)
     if chosen == "ivf":
-        return _knn_ivf(unit_rows(tensor, device=target), int(k), exclude_self, seed)
-    return _knn_exact(unit_rows(tensor, device=target), int(k), chunk_size, exclude_self)
+        return _knn_ivf(unit_rows(tensor, device=target), int(k), exclude_self, seed, part=part, quantizer=quantizer)
+    return _knn_exact(unit_rows(tensor, device=target), int(k), chunk_size, exclude_self, part)
+
+
+def part_owners(costs: np.ndarray, parts: int) -> np.ndarray:
+    """``(n,)`` int64: the part ``0 .. parts-1`` of each of ``n`` work items of cost ``costs`` (``(n,)``, >= 0).
+
+    Contiguous runs of items, balanced by cost: item ``i`` goes to the part in which the middle of its
+    cost falls on the cumulative cost. A deterministic function of its input, so every process that
+    computes it from the same costs splits the work the same way.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    if parts == 1 or costs.size == 0:
+        return np.zeros(costs.size, dtype=np.int64)
+    cumulative = np.cumsum(costs)
+    middle = (cumulative - costs / 2) / max(float(cumulative[-1]), 1e-300)
+    return np.minimum((middle * parts).astype(np.int64), parts - 1)
 
 
 @torch.inference_mode()
-def _knn_exact(keys: torch.Tensor, k: int, chunk_size: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+def _knn_exact(
+    keys: torch.Tensor, k: int, chunk_size: int, exclude_self: bool, part: tuple[int, int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray]:
     num_samples = keys.shape[0]
     budget = MAX_BLOCK_ELEMENTS_CPU if keys.device.type == "cpu" else MAX_BLOCK_ELEMENTS_GPU
     rows = max(1, min(chunk_size, budget // max(num_samples, 1)))
-    indices = np.empty((num_samples, k), dtype=np.int64)
-    similarities = np.empty((num_samples, k), dtype=np.float32)
-    for start in range(0, num_samples, rows):
+    starts = np.arange(0, num_samples, rows)
+    # a part takes whole blocks of the one-process search: a row's sums do not depend on how it was split
+    mine = starts[part_owners(np.minimum(starts + rows, num_samples) - starts, part[1]) == part[0]]
+    indices = np.full((num_samples, k), -1, dtype=np.int64)
+    similarities = np.full((num_samples, k), np.nan, dtype=np.float32)
+    for start in mine.tolist():
         stop = min(start + rows, num_samples)
         scores = keys[start:stop] @ keys.T
         if exclude_self:
@@ -272,6 +341,11 @@ def spherical_kmeans(
         norms = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
         centroids = torch.where(norms > NORM_EPSILON, sums / norms.clamp_min(NORM_EPSILON), centroids)
     return centroids, _nearest_centroid(unit, centroids)
+
+
+def ivf_num_lists(num_samples: int) -> int:
+    """Lists of the ``"ivf"`` search of ``num_samples`` rows: ``N / IVF_LIST_SIZE``, at least 1, at most ``N / 8``."""
+    return int(min(max(1, round(num_samples / IVF_LIST_SIZE)), max(1, num_samples // 8)))
 
 
 def ivf_lists(unit: torch.Tensor, num_lists: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,12 +398,19 @@ def _nearest_lists(centroids: torch.Tensor, nprobe: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def _knn_ivf(
-    unit: torch.Tensor, k: int, exclude_self: bool, seed: int, nprobe: int = IVF_NPROBE
+    unit: torch.Tensor, k: int, exclude_self: bool, seed: int, nprobe: int = IVF_NPROBE,
+    part: tuple[int, int] = (0, 1), quantizer: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster-pruned exact search (module docstring, ``"ivf"``)."""
+    """Cluster-pruned exact search (module docstring, ``"ivf"``); ``part`` and ``quantizer`` as in :func:`knn_cosine`."""
     num_samples = unit.shape[0]
-    num_lists = int(min(max(1, round(num_samples / IVF_LIST_SIZE)), max(1, num_samples // 8)))
-    centroids, assign = ivf_lists(unit, num_lists, seed=seed)
+    if quantizer is None:
+        quantizer = ivf_lists(unit, ivf_num_lists(num_samples), seed=seed)
+    centroids, assign = (tensor.to(unit.device) for tensor in quantizer)
+    if assign.shape != (num_samples,) or centroids.ndim != 2 or centroids.shape[1] != unit.shape[1]:
+        raise ValueError(
+            f"Expected argument `quantizer` to be (centroids (L, {unit.shape[1]}), assignment ({num_samples},)) but"
+            f" got shapes {tuple(centroids.shape)} and {tuple(assign.shape)}. HINT: pass the `ivf_lists` of these rows."
+        )
     num_lists = centroids.shape[0]
     order = torch.argsort(assign)
     sizes = torch.bincount(assign, minlength=num_lists)
@@ -343,11 +424,13 @@ def _knn_ivf(
     similarities = np.full((num_samples, wanted), np.nan, dtype=np.float32)
     # one buffer each for the keys and the scores, reused by every list: a fresh large tensor per
     # list costs the OS's page faults on first touch, about as much as the matmul itself on CPU
-    most_candidates = int(sizes_host[probes_host].sum(axis=1).max())
+    candidates_per_list = sizes_host[probes_host].sum(axis=1)
+    mine = part_owners(sizes_host * candidates_per_list, part[1]) == part[0]
+    most_candidates = int(candidates_per_list.max())
     key_buffer = torch.empty(most_candidates * unit.shape[1], dtype=unit.dtype, device=unit.device)
     score_buffer = torch.empty(min(budget, int(sizes_host.max()) * most_candidates), dtype=unit.dtype, device=unit.device)
     for lst in range(num_lists):
-        if sizes_host[lst] == 0:
+        if sizes_host[lst] == 0 or not mine[lst]:
             continue
         queries = order_host[starts_host[lst]:starts_host[lst] + sizes_host[lst]]
         candidates = np.concatenate([order_host[starts_host[p]:starts_host[p] + sizes_host[p]] for p in probes_host[lst]])

@@ -269,3 +269,53 @@ def test_ivf_two_level_quantizer_keeps_recall_and_list_sizes(monkeypatch: pytest
     recall = np.mean([np.intersect1d(indices[i], expected[i]).size / 10 for i in range(4000)])
     assert recall > 0.9
     assert (indices >= 0).all() and (np.diff(sims, axis=1) <= 1e-6).all()
+
+
+def _union_of_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, similarities, searched (P, N) bool) of the parts of one search, each row from the part that searched it."""
+    searched = np.stack([(found >= 0).any(axis=1) for found, _ in parts])
+    owner = searched.argmax(axis=0)
+    rows = np.arange(owner.size)
+    return (np.stack([p[0] for p in parts])[owner, rows], np.stack([p[1] for p in parts])[owner, rows], searched)
+
+
+def test_exact_parts_take_whole_blocks_and_together_equal_one_search() -> None:
+    x = _data(1000, 24)
+    whole = knn_cosine(x, 6, chunk_size=64, method="exact")  # 16 blocks of 64 rows (the last 40)
+    parts = [knn_cosine(x, 6, chunk_size=64, method="exact", part=(p, 3)) for p in range(3)]
+    indices, sims, searched = _union_of_parts(parts)
+    assert (searched.sum(axis=0) == 1).all()  # each row searched by exactly one part
+    assert [int(s.sum()) for s in searched] == [320, 320, 360]  # blocks 0-4, 5-9, 10-15 (by middle row)
+    for found, similarity in parts:  # rows of the other parts are -1 / NaN
+        assert np.isnan(similarity[(found < 0)]).all()
+    np.testing.assert_array_equal(indices, whole[0])  # bit for bit: the same blocks, the same sums
+    np.testing.assert_array_equal(sims, whole[1])
+
+
+def test_ivf_parts_with_one_quantizer_equal_one_search_and_balance_the_work() -> None:
+    x = _clustered(6000, seed=2)
+    unit = unit_rows(x)
+    quantizer = neighbors.ivf_lists(unit, neighbors.ivf_num_lists(6000), seed=4)
+    whole = knn_cosine(x, 10, method="ivf", seed=4)
+    parts = [knn_cosine(x, 10, method="ivf", seed=99, part=(p, 2), quantizer=quantizer) for p in range(2)]
+    indices, sims, searched = _union_of_parts(parts)
+    assert (searched.sum(axis=0) == 1).all()
+    assert 0.3 < searched[0].mean() < 0.7  # lists balanced by queries x candidates
+    np.testing.assert_array_equal(indices, whole[0])  # seed=99 is unused: the quantizer is given
+    np.testing.assert_array_equal(sims, whole[1])
+
+
+def test_part_owners_are_contiguous_and_balanced() -> None:
+    owners = neighbors.part_owners(np.array([1, 1, 1, 1, 4, 0, 1, 1]), 2)
+    assert owners.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert neighbors.part_owners(np.ones(3), 5).tolist() == [0, 2, 4]  # more parts than items: some idle
+    assert neighbors.part_owners(np.ones(4), 1).tolist() == [0, 0, 0, 0]
+
+
+def test_bad_part_and_quantizer_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"`part` to be \(p, P\) with 0 <= p < P .* got \(2, 2\)"):
+        knn_cosine(_data(20), 3, part=(2, 2))
+    with pytest.raises(ValueError, match=r"`part=\(0, 1\)` with method='ann'.*HINT: use method='exact' or 'ivf'"):
+        knn_cosine(_data(20), 3, method="ann", part=(0, 2))
+    with pytest.raises(ValueError, match=r"`quantizer` to be \(centroids \(L, 16\), assignment \(20,\)\).*HINT"):
+        knn_cosine(_data(20), 3, method="ivf", quantizer=(torch.zeros(2, 16), torch.zeros(19, dtype=torch.int64)))
