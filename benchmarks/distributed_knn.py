@@ -1,0 +1,116 @@
+"""The embeddings' kNN search on one process against the same search split over ranks (gloo, CPU).
+
+    python -m benchmarks.distributed_knn [--n 500000] [--dim 128] [--method ivf] [--ranks 2] [--no-write]
+
+The scale benchmark's clustered embeddings (``benchmarks.scale.synthetic``), k = 10, searched three ways on the
+same machine in the same run: one process with torch's default threads (what rank 0 alone did before), one
+process with one thread, and ``--ranks`` gloo processes of one thread each through
+:func:`dq_plugins.analysis.distributed.distributed_knn` (quantizer on rank 0 and broadcast, each rank its part,
+the rows reduced to rank 0: the whole collective, timed on rank 0 from a barrier). Also checks that the
+split search found the same neighbours. Writes the ``distributed_knn`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+K = 10
+
+
+def _one_process(path: str, method: str, threads: int | None) -> tuple[float, np.ndarray]:
+    from dq_plugins.scores.neighbors import knn_cosine
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        embeddings = np.load(path)
+        start = time.perf_counter()
+        indices, _ = knn_cosine(embeddings, K, method=method)
+        return time.perf_counter() - start, indices
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _rank(rank: int, world: int, path: str, method: str, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from dq_plugins.analysis.distributed import distributed_knn
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    embeddings = np.load(path)
+    dist.barrier()
+    start = time.perf_counter()
+    graph = distributed_knn(embeddings, K, method)
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        np.save(out, graph.indices)
+        Path(out + ".json").write_text(json.dumps({"seconds": seconds}))
+    dist.destroy_process_group()
+
+
+def _ranks(path: str, method: str, world: int, folder: str) -> tuple[float, np.ndarray]:
+    import torch.multiprocessing as mp
+
+    out = os.path.join(folder, "ranks.npy")
+    mp.spawn(_rank, args=(world, path, method, os.path.join(folder, "init"), out), nprocs=world, join=True)
+    return json.loads(Path(out + ".json").read_text())["seconds"], np.load(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=500_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--method", default="ivf", choices=["exact", "ivf"])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+
+    from benchmarks import scale
+
+    scale.DIM = args.dim
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "embeddings.npy")
+        np.save(path, scale.synthetic(args.n)[0])
+        default_threads = torch.get_num_threads()
+        rows = []
+        one_s, one = _one_process(path, args.method, None)
+        rows.append((f"1 process, {default_threads} threads (rank 0 alone, before)", one_s, 1.0))
+        single_s, single = _one_process(path, args.method, 1)
+        rows.append(("1 process, 1 thread", single_s, 1.0 if np.array_equal(single, one) else float((single == one).mean())))
+        ranks_s, split = _ranks(path, args.method, args.ranks, folder)
+        rows.append((f"{args.ranks} gloo ranks, 1 thread each", ranks_s, float((split == one).mean())))
+    load_after = os.getloadavg()[0]
+    result = {"n": args.n, "dim": args.dim, "method": args.method, "load": [load_before, load_after],
+              "runs": [{"run": name, "seconds": seconds, "same_neighbours": same} for name, seconds, same in rows]}
+    print(json.dumps(result))
+    if not args.no_write:
+        from benchmarks._common import git_revision, machine_line, write_section
+
+        lines = [
+            f"### kNN search over the job's ranks ({args.n:,} x {args.dim}, `{args.method}`, k = {K})",
+            "",
+            f"`python -m benchmarks.distributed_knn --n {args.n} --dim {args.dim} --method {args.method}` "
+            f"(commit {git_revision()}). {machine_line()}. Load average {load_before:.1f} before, "
+            f"{load_after:.1f} after (other workers ran beside).",
+            "",
+            "| run | kNN search (s) | vs 1 process | neighbours equal to 1 process |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {name} | {seconds:.1f} | {one_s / seconds:.2f}x | {same:.5f} |" for name, seconds, same in rows]
+        write_section("distributed_knn", "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
