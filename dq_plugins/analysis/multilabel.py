@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.task_result import TaskResult
+from dq_plugins.analysis.trust import flag_trust, multilabel_skill, trust_metrics
 from dq_plugins.recording.multilabel import MultiLabelHistory
-from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS, summary_metric_key
+from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS, TRAIN, summary_metric_key
 from dq_plugins.scores.multilabel import multilabel_scores
 
 MULTILABEL_ISSUE_COLUMNS: tuple[str, ...] = (
@@ -116,7 +117,8 @@ def multilabel_issues(samples: pd.DataFrame, sample_labels: pd.DataFrame, max_ro
 
 def analyze_multilabel(histories: dict[str, MultiLabelHistory], *, max_issue_rows: int = 500) -> TaskResult:
     """Every split's tables, the issue table, per-class slices and the ``dq.*`` metrics."""
-    samples, labels, metrics, epoch_metrics, pred = [], [], {}, {}, {}
+    samples, labels, metrics, epoch_metrics, pred, trust = [], [], {}, {}, {}, {}
+    train = histories.get(TRAIN)
     for split, history in histories.items():
         frame, per_class = analyze_multilabel_split(history, split)
         pred[split] = frame.attrs.pop("pred_matrix")
@@ -124,6 +126,10 @@ def analyze_multilabel(histories: dict[str, MultiLabelHistory], *, max_issue_row
         labels.append(per_class)
         metrics[summary_metric_key("num_label_issues", split)] = float(frame["is_label_issue"].sum())
         metrics[summary_metric_key("num_class_label_issues", split)] = float(per_class["is_label_issue"].sum())
+        given = per_class["given"].to_numpy().reshape(pred[split].shape)
+        epochs = int((train or history).epochs.size)
+        trust[split] = flag_trust(given, pred[split], epochs, skill=multilabel_skill(given, pred[split]))
+        metrics.update(trust_metrics(trust[split], split))
         metrics[f"dq.num_samples.{split}"] = float(len(frame))
         exact = [a == b for a, b in zip(frame["label"], frame["pred"])]
         metrics[f"dq.exact_match.{split}"] = float(np.mean(exact)) if exact else float("nan")
@@ -137,5 +143,5 @@ def analyze_multilabel(histories: dict[str, MultiLabelHistory], *, max_issue_row
         task="multilabel", samples=all_samples,
         issues=multilabel_issues(all_samples, all_labels, max_issue_rows),
         metrics=metrics, epoch_metrics=epoch_metrics,
-        slices=class_slices(all_samples, all_labels, pred), tables={"sample_labels": all_labels},
+        slices=class_slices(all_samples, all_labels, pred), tables={"sample_labels": all_labels}, trust=trust,
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from dq_plugins.analysis.trust import FlagTrust
+
 
 @dataclass
 class TaskResult:
@@ -20,6 +22,7 @@ class TaskResult:
         slices: one row per (split, class), ``dq/slices.json``.
         tables: extra per-row tables by name ("sample_labels" or "tokens"), written as Parquet.
         html: artifact path -> HTML page (the token view).
+        trust: split -> whether its flags can be trusted (:mod:`dq_plugins.analysis.trust`).
     """
 
     task: str
@@ -30,3 +33,8 @@ class TaskResult:
     slices: pd.DataFrame | None = None
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     html: dict[str, str] = field(default_factory=dict)
+    trust: dict[str, FlagTrust] = field(default_factory=dict)
+
+    def trust_lines(self) -> list[str]:
+        """One line per split for the end-of-fit warning and ``dq report``."""
+        return [verdict.line(split) for split, verdict in self.trust.items()]

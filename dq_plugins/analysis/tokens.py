@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.task_result import TaskResult
+from dq_plugins.analysis.trust import flag_trust, trust_metrics
 from dq_plugins.recording.tokens import TokenHistory
-from dq_plugins.schema import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS, TOKEN_VIEW_PATH, summary_metric_key
+from dq_plugins.schema import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS, TOKEN_VIEW_PATH, TRAIN, summary_metric_key
 from dq_plugins.scores.tokens import early_window_trusted, token_scores
 
 TOKEN_ISSUE_COLUMNS: tuple[str, ...] = (
@@ -98,9 +99,14 @@ def analyze_tokens(
     """
     from dq_plugins.figures.token_view import token_issue_html
 
-    token_frames, sample_frames, metrics, epoch_metrics = [], [], {}, {}
+    token_frames, sample_frames, metrics, epoch_metrics, trust = [], [], {}, {}, {}
+    train = histories.get(TRAIN)
     for split, history in histories.items():
         tokens, samples = analyze_token_split(history, split)
+        fitted = bool(tokens.attrs["early_window"]) if split == TRAIN else None
+        trust[split] = flag_trust(tokens["label"].to_numpy(), tokens["pred"].to_numpy(), int((train or history).epochs.size),
+                                  early_window_fitted=fitted)
+        metrics.update(trust_metrics(trust[split], split))
         token_frames.append(tokens)
         sample_frames.append(samples)
         metrics[summary_metric_key("num_label_issues", split)] = float(samples["is_label_issue"].sum())
@@ -116,4 +122,4 @@ def analyze_tokens(
     html = token_issue_html(issues.head(max_view_rows), tokens, token_strings, class_names)
     return TaskResult(task="token_classification", samples=samples, issues=issues, metrics=metrics,
                       epoch_metrics=epoch_metrics, slices=tag_slices(tokens), tables={"tokens": tokens},
-                      html={TOKEN_VIEW_PATH: html})
+                      html={TOKEN_VIEW_PATH: html}, trust=trust)

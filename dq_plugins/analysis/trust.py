@@ -17,6 +17,11 @@ The rule (:func:`flag_trust`), per split:
    symmetric noise on 10 classes, 0.56 at 40%, so :data:`MIN_SKILL` = 0.3 leaves room for heavy
    noise while a model at chance (skill about 0) is caught.
 
+Multi-label and token classification runs apply the same rule: for tokens ``accuracy`` and ``base``
+are counted over the labelled tokens (``base``: the share of the most frequent tag, often "O"); for
+multi-label over the (sample, class) cells, ``base`` being what predicting each class's more frequent
+value scores (:func:`multilabel_skill`).
+
 ``trusted`` is 1 when both hold. ``confidence`` grades the same evidence in ``[0, 1]``:
 ``min(1, skill / FULL_SKILL)``, 0 with too few epochs, halved for the train split when its early
 window did not fit the labels halfway from chance (its flags then come from the all-epoch
@@ -85,21 +90,39 @@ def skill_above_chance(labels: np.ndarray, pred: np.ndarray) -> float:
     return (accuracy - base) / (1.0 - base)
 
 
-def flag_trust(labels: np.ndarray, pred: np.ndarray, epochs: int, *, early_window_fitted: bool | None = None
-               ) -> FlagTrust:
+def multilabel_skill(labels: np.ndarray, pred: np.ndarray) -> float:
+    """``(accuracy - base) / (1 - base)`` over the cells of ``(N, C)`` 0/1 given labels and ``(N, C)`` predictions.
+
+    ``base`` is the accuracy of predicting each class's more frequent given value (a constant predictor per
+    class). NaN with no cells or when ``base`` is 1.
+    """
+    labels, pred = np.asarray(labels).astype(bool), np.asarray(pred).astype(bool)
+    if labels.size == 0:
+        return float("nan")
+    share = labels.mean(axis=0)
+    base = float(np.maximum(share, 1.0 - share).mean())
+    if base >= 1.0:
+        return float("nan")
+    return (float((pred == labels).mean()) - base) / (1.0 - base)
+
+
+def flag_trust(labels: np.ndarray, pred: np.ndarray, epochs: int, *, early_window_fitted: bool | None = None,
+               skill: float | None = None) -> FlagTrust:
     """Apply the rule of the module docstring to one split.
 
     Args:
-        labels: ``(N,)`` integer given labels of the split's recorded samples.
+        labels: ``(N,)`` integer given labels of the split's recorded samples (tokens: of its labelled tokens).
         pred: ``(N,)`` integer final predictions of the same samples.
         epochs: number of training epochs recorded (the train split's epochs, for every split).
         early_window_fitted: train split: whether its early window fitted the labels halfway from
             chance (the flags came from it); ``None`` for a held-out split (no early window).
+        skill: the skill when the caller computed it (multi-label: :func:`multilabel_skill`); ``None``:
+            :func:`skill_above_chance` of ``labels`` and ``pred``.
 
     Returns:
         :class:`FlagTrust`.
     """
-    skill = skill_above_chance(labels, pred)
+    skill = skill_above_chance(labels, pred) if skill is None else float(skill)
     reasons = []
     if epochs < MIN_EPOCHS:
         reasons.append(f"{epochs} training epoch(s), at least {MIN_EPOCHS} needed for training dynamics")
@@ -112,3 +135,11 @@ def flag_trust(labels: np.ndarray, pred: np.ndarray, epochs: int, *, early_windo
         confidence *= UNTRUSTED_EARLY_WINDOW_FACTOR
         reasons.append("the early window did not fit the labels halfway from chance (flags from all epochs)")
     return FlagTrust(trusted, confidence, float(skill), int(epochs), tuple(reasons))
+
+
+def trust_metrics(trust: FlagTrust, split: str) -> dict[str, float]:
+    """``dq.flags_trusted`` (1/0) and ``dq.flags_confidence`` of one split (keys by ``summary_metric_key``)."""
+    from dq_plugins.schema import summary_metric_key
+
+    return {summary_metric_key("flags_trusted", split): float(trust.trusted),
+            summary_metric_key("flags_confidence", split): float(trust.confidence)}

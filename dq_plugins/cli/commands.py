@@ -23,6 +23,7 @@ from dq_plugins.cli.tables import (
     report_summary,
     slice_table,
     summary_table,
+    trust_text,
     weakest_slices,
 )
 from dq_plugins.cli.upload import upload_fallback
@@ -33,6 +34,7 @@ from dq_plugins.schema import (
     issue_type,
     issue_types as registered_issue_types,
     ordered_splits,
+    summary_metric_key,
 )
 from dq_plugins.sinks.offline import artifact_paths, download, get_run, read_samples, reanalyze
 
@@ -111,8 +113,13 @@ def _report_task(task: str, samples: pd.DataFrame, run: Any, args: argparse.Name
                            columns=["metric", "value"])
     print(format_table(metrics), file=out)
     counts = samples.groupby("split", sort=False).agg(rows=("sample_id", "size"), label_issues=("is_label_issue", "sum"))
+    counts["flags_trusted"] = [trust_text(run.data.metrics, split) for split in counts.index]
     print("\nLabel issues by split", file=out)
     print(format_table(counts.reset_index()), file=out)
+    untrusted = [s for s in counts.index if run.data.metrics.get(summary_metric_key("flags_trusted", s)) == 0.0]
+    if untrusted:
+        print(f"Label-issue flags NOT to be trusted for {', '.join(untrusted)}: the model has not learned enough "
+              "(fewer than 2 epochs or accuracy near chance).", file=out)
     top = samples.sort_values(["is_label_issue", "mislabel_score"], ascending=[False, False]).head(args.top)
     print(f"\nTop {len(top)} rows (flagged first, then by mislabel_score)", file=out)
     print(format_table(top.astype({c: str for c in top.columns if top[c].dtype == object})), file=out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from dq_plugins.schema import ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH
-from dq_plugins.sinks.publish import add_metrics
+from dq_plugins.sinks.publish import add_metrics, warn_if_untrusted
 
 TABLE_PATHS = {"sample_labels": SAMPLE_LABELS_PATH, "tokens": TOKENS_PATH}
 """Parquet artifact of each extra table of a :class:`TaskResult`."""
@@ -38,3 +38,4 @@ def publish_task_result(result: Any, sink: Any) -> None:
         sink.add_artifact(path)
     sink.add_tag(TASK_TAG, result.task)
     add_metrics(sink, result.metrics, result.epoch_metrics)
+    warn_if_untrusted(result)
