@@ -2,12 +2,13 @@
 
     python -m benchmarks.distributed_knn [--n 500000] [--dim 128] [--method ivf] [--ranks 2] [--no-write]
 
-The scale benchmark's clustered embeddings (``benchmarks.scale.synthetic``), k = 10, searched three ways on the
-same machine in the same run: one process with torch's default threads (what rank 0 alone did before), one
-process with one thread, and ``--ranks`` gloo processes of one thread each through
-:func:`dq_plugins.analysis.distributed.distributed_knn` (quantizer on rank 0 and broadcast, each rank its part,
-the rows reduced to rank 0: the whole collective, timed on rank 0 from a barrier). Also checks that the
-split search found the same neighbours. Writes the ``distributed_knn`` section of ``benchmarks/RESULTS.md``.
+The scale benchmark's clustered embeddings (``benchmarks.scale.synthetic``), k = 10, searched on the same machine
+in the same run: by one process with torch's default threads (what rank 0 alone did before); by ``--ranks`` gloo
+processes of one thread each through :func:`dq_plugins.analysis.distributed.distributed_knn` (quantizer on rank 0
+and broadcast, each rank its part, the rows reduced to rank 0: the whole collective, timed on rank 0 from a
+barrier); and, to show how the work splits, by one process of one thread that builds the quantizer and then
+searches each rank's part in turn. Also checks that the split search found the same neighbours. Writes the
+``distributed_knn`` section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,27 @@ def _one_process(path: str, method: str, threads: int | None) -> tuple[float, np
         start = time.perf_counter()
         indices, _ = knn_cosine(embeddings, K, method=method)
         return time.perf_counter() - start, indices
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _parts(path: str, method: str, world: int) -> tuple[float, list[float], np.ndarray]:
+    """One thread: (seconds of the quantizer, seconds of each part's search, the parts' union of indices)."""
+    from dq_plugins.scores.neighbors import ivf_lists, ivf_num_lists, knn_cosine, unit_rows
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        unit = unit_rows(np.load(path), device="cpu")
+        start = time.perf_counter()
+        quantizer = ivf_lists(unit, ivf_num_lists(unit.shape[0]), seed=0) if method == "ivf" else None
+        quantizer_s, seconds, union = time.perf_counter() - start, [], None
+        for part in range(world):
+            start = time.perf_counter()
+            indices, _ = knn_cosine(unit, K, method=method, part=(part, world), quantizer=quantizer)
+            seconds.append(time.perf_counter() - start)
+            union = indices if union is None else np.maximum(union, indices)
+        return quantizer_s, seconds, union
     finally:
         torch.set_num_threads(previous)
 
@@ -86,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         one_s, one = _one_process(path, args.method, None)
         rows.append((f"1 process, {default_threads} threads (rank 0 alone, before)", one_s, 1.0))
-        single_s, single = _one_process(path, args.method, 1)
-        rows.append(("1 process, 1 thread", single_s, 1.0 if np.array_equal(single, one) else float((single == one).mean())))
         ranks_s, split = _ranks(path, args.method, args.ranks, folder)
-        rows.append((f"{args.ranks} gloo ranks, 1 thread each", ranks_s, float((split == one).mean())))
+        rows.append((f"{args.ranks} gloo ranks, 1 thread each (`distributed_knn`, all of it)", ranks_s,
+                     float((split == one).mean())))
+        quantizer_s, part_s, union = _parts(path, args.method, args.ranks)
+        same = float((union == one).mean())
+        if args.method == "ivf":
+            rows.append(("1 thread: the quantizer (rank 0 alone, then broadcast)", quantizer_s, same))
+        rows += [(f"1 thread: part {p} of {args.ranks} (rank {p}'s search)", sec, same) for p, sec in enumerate(part_s)]
+        rows.append((f"1 thread: all {args.ranks} parts in turn", quantizer_s + sum(part_s), same))
     load_after = os.getloadavg()[0]
     result = {"n": args.n, "dim": args.dim, "method": args.method, "load": [load_before, load_after],
               "runs": [{"run": name, "seconds": seconds, "same_neighbours": same} for name, seconds, same in rows]}

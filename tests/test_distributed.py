@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from dq_plugins.raw_record import load_fingerprints
 from dq_plugins.recording.ledger import SplitLedger
-from dq_plugins.schema import EMBEDDING_COLUMNS
+from dq_plugins.schema import COPY_COLUMNS, EMBEDDING_COLUMNS
 
 SCRIPT = Path(__file__).parent / "ddp" / "lightning_run.py"
 
@@ -41,8 +41,9 @@ def test_lightning_ddp_matches_one_process(tmp_path, tracking_uri):
     pd.testing.assert_frame_equal(ddp[["split", "sample_id", "label"]], single[["split", "sample_id", "label"]])
     for column in ("confidence", "variability", "aum", "el2n", "correctness"):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
-    # the embedding columns: from the kNN graph the two ranks searched (dq.knn_ranks), the same as one process's
-    for column in EMBEDDING_COLUMNS:
+    # the embedding and input-copy columns: from the kNN graphs the two ranks searched (dq.knn_ranks), the same as
+    # one process's
+    for column in (*EMBEDDING_COLUMNS, *COPY_COLUMNS):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-3, atol=1e-4, err_msg=column)
     # one run per training job, written by rank 0 only
     run_ids = {d: Path(str(tmp_path / f"samples_{d}.parquet.run_id")).read_text() for d in (1, 2)}
@@ -205,6 +206,14 @@ def _knn_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         warnings.simplefilter("always")
         failed = distributed_knn(None if rank == 1 else x, 10, "exact")
     assert failed is None
+    from dq_plugins.analysis.distributed import search_on_all_ranks
+
+    def rows():
+        if rank == 1:
+            raise MemoryError("no room")  # a local failure on one rank: every rank returns None, nobody hangs
+        return np.arange(len(x)), x
+
+    assert search_on_all_ranks("the rows", rows, lambda n: (10, "exact")) is None
     if rank == 0:
         assert exact.ranks == ivf.ranks == 2 and (exact.method, ivf.method) == ("exact", "ivf")
         assert [str(w.message) for w in caught] == [

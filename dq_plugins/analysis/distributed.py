@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -75,6 +76,34 @@ def distributed_knn(
     if rank != 0:
         return None
     return KnnGraph(indices, similarities, method, world, time.perf_counter() - start)
+
+
+def search_on_all_ranks(
+    what: str, rows: Callable[[], tuple[np.ndarray, np.ndarray]], settings: Callable[[int], tuple[int, str]],
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, KnnGraph] | None:
+    """``(ids, graph)``: the rows ``rows() -> (ids (R,), values (R, D))`` and their kNN graph searched by every rank
+    with ``settings(R) -> (k, method)`` (the analysis's own), on rank 0; a collective, to call on every rank.
+
+    ``None`` on the other ranks, and on every rank when something failed on one of them (warned, naming
+    ``what``): a local error still reaches the collectives, so no rank hangs, and rank 0's analysis then
+    searches alone.
+    """
+    ids, values, k, method = None, None, 0, "exact"
+    try:  # local work: a failure here must still reach the collectives of distributed_knn
+        ids, values = rows()
+        k, method = settings(max(ids.size, 2))
+    except Exception:  # noqa: BLE001 - the other ranks learn it in distributed_knn's first agreement
+        warnings.warn(f"dq_plugins: could not read {what} for the kNN search of all ranks:\n"
+                      f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
+        values = None
+    try:
+        graph = distributed_knn(values, k, method, device=device)
+    except Exception:  # noqa: BLE001 - a broken collective: rank 0 still analyses, searching alone
+        warn(f"dq_plugins: the kNN search of {what} over the job's ranks failed; rank 0 searches alone.\n"
+             f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
+        graph = None
+    return None if graph is None else (ids, graph)
 
 
 def _locally(work, what: str, ready: bool = True):

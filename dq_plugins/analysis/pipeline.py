@@ -572,6 +572,7 @@ def analyze(
     projection: str = "auto",
     fingerprints: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     neighbors: dict[str, tuple[np.ndarray, KnnGraph]] | None = None,
+    copy_neighbors: tuple[np.ndarray, KnnGraph] | None = None,
 ) -> AnalysisResult:
     """Run every score on every split and assemble the results.
 
@@ -588,11 +589,13 @@ def analyze(
             (those with a known label, :func:`labelled_rows`), searched beforehand with the analysis's ``k``
             and method (:func:`dq_plugins.analysis.embeddings.knn_settings`), e.g. by every rank of a job;
             ``None`` or a missing split: the analysis searches it.
+        copy_neighbors: ``(ids, graph)``, the near-copy search of the sketches searched beforehand
+            (``neighbors`` of :func:`dq_plugins.scores.copies.find_copies`); ``None``: searched here.
     """
     frames, metrics, epoch_metrics, overlaps, trust, leaks = [], {}, {}, [], {}, []
     embeddings = _to_slots(histories, embeddings)  # the scores index by slot; the frames get the ids back
     fingerprints = _to_slots(histories, fingerprints)
-    copies = find_copies(fingerprints) if fingerprints else {}
+    copies = find_copies(fingerprints, neighbors=copy_neighbors) if fingerprints else {}
     train_labels = pd.Series(histories[TRAIN].labels) if TRAIN in histories else None  # by sample id
     train_epochs = int(histories[TRAIN].epochs.size) if TRAIN in histories else None
     for split, history in progress(histories.items(), total=len(histories), desc="scores per split"):

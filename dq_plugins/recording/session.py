@@ -116,8 +116,10 @@ class DynamicsSession:
         self.unique_rows: dict[str, bool] = {}  # split -> its sampler yields each sample once an epoch
         self._warned_ignored: set[str] = set()
         self.result = None
-        # split -> (slots, KnnGraph): the embeddings' kNN graph searched by every rank in close_all (rank 0 keeps it)
+        # split -> (slots, KnnGraph): the embeddings' kNN graph searched by every rank in close_all (rank 0 keeps it),
+        # and (slots, KnnGraph) of the input sketches' near-copy search
         self._neighbors: dict[str, tuple[np.ndarray, Any]] = {}
+        self._copy_neighbors: tuple[np.ndarray, Any] | None = None
         self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
         self._history_root = new_history_folder(config.history_dir)  # this fit's epoch files: <root>/<split>/
@@ -720,43 +722,48 @@ class DynamicsSession:
                 self.remove_history_files()
 
     def search_neighbors(self) -> None:
-        """Under ``torch.distributed`` with several ranks: the kNN graph of each split's embeddings, searched by
-        every rank (:func:`~dq_plugins.analysis.distributed.distributed_knn`, a collective: call it on every rank
-        after the embeddings are gathered); rank 0 keeps it for its analysis in :meth:`finish`.
+        """Under ``torch.distributed`` with several ranks: the kNN graph of each split's embeddings and the
+        near-copy search of the input sketches, searched by every rank
+        (:func:`~dq_plugins.analysis.distributed.search_on_all_ranks`, collectives: call it on every rank after
+        the buffers are gathered); rank 0 keeps the graphs for its analysis in :meth:`finish`.
 
-        The graph is the one the analysis would search (its rows, ``k``, method and seed); when a rank fails,
+        Each graph is the one the analysis would search (its rows, ``k``, method and seed); when a rank fails,
         every rank gives up and rank 0 searches alone in the analysis. Without several ranks: nothing.
         """
         if distributed_rank_and_world()[1] < 2:
             return
-        from dq_plugins.analysis.distributed import distributed_knn
+        from dq_plugins.analysis.distributed import search_on_all_ranks
         from dq_plugins.analysis.embeddings import knn_settings
-        from dq_plugins.analysis.pipeline import labelled_rows
+        from dq_plugins.scores.copies import near_copy_search
 
         for split in sorted(self.embeddings):  # the same order on every rank
             ledger = self.ledgers.get(split)
             if ledger is None:
                 continue
-            slots, values, k, method = None, None, 0, "exact"
-            try:  # local work: a failure here must still reach the collective below
-                slots, values = self.embeddings[split].to_numpy()
-                known = labelled_rows(slots, ledger.labels())
-                if not known.all():
-                    slots, values = slots[known], values[known]
-                k, method = knn_settings(max(slots.size, 2))
-            except Exception:  # noqa: BLE001 - the other ranks learn it in distributed_knn's first agreement
-                warnings.warn(f"dq_plugins: could not read the {split} embeddings for the kNN search of all ranks:\n"
-                              f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
-                values = None
-            try:
-                graph = distributed_knn(values, k, method, device=self.embeddings[split].device)
-            except Exception:  # noqa: BLE001 - a broken collective: rank 0 still analyses, searching alone
-                warn(f"dq_plugins: the kNN search of the {split} embeddings over the job's ranks failed; rank 0"
-                     f" searches alone.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
-                graph = None
-            del values
+            graph = search_on_all_ranks(f"the {split} embeddings", lambda: self._embedding_rows(split, ledger),
+                                        knn_settings, self.embeddings[split].device)
             if graph is not None:
-                self._neighbors[split] = (slots, graph)
+                self._neighbors[split] = graph
+        if self.fingerprints:  # the near-copy search of the input sketches, all splits together
+            device = next(iter(self.fingerprints.values())).device
+            self._copy_neighbors = search_on_all_ranks("the input sketches", self._sketch_rows, near_copy_search, device)
+
+    def _embedding_rows(self, split: str, ledger: SplitLedger) -> tuple[np.ndarray, np.ndarray]:
+        """(slots (R,), embeddings (R, D)) of the rows the embedding analysis of ``split`` takes."""
+        from dq_plugins.analysis.pipeline import labelled_rows
+
+        slots, values = self.embeddings[split].to_numpy()
+        known = labelled_rows(slots, ledger.labels())
+        return (slots, values) if known.all() else (slots[known], values[known])
+
+    def _sketch_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slots (R,), centred sketches (R, D)) of the near-copy search, the splits in the analysis's order."""
+        from dq_plugins.scores.copies import centred_sketches, copy_splits
+
+        fingerprints = {split: buffer.to_numpy() for split, buffer in self.fingerprints.items()}
+        splits = copy_splits(fingerprints)
+        slots = np.concatenate([fingerprints[split][0] for split in splits]) if splits else np.zeros(0, np.int64)
+        return slots, (centred_sketches(fingerprints) if splits else np.zeros((0, 1), np.float32))
 
     def save_raw(self, sink: MlflowSink, histories: dict[str, Any] | None = None) -> None:
         """Stage the raw record of every split (``dq/raw/<split>.npz``) in ``sink`` (closed epochs only): the
@@ -866,10 +873,12 @@ class DynamicsSession:
                 save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
                 sink.add_artifact(fingerprints_path(split))
             neighbors, self._neighbors = self._neighbors, {}
+            copy_neighbors, self._copy_neighbors = self._copy_neighbors, None
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
                              embeddings=embeddings, fingerprints=fingerprints, neighbors=neighbors,
+                             copy_neighbors=copy_neighbors,
                              projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
-            del neighbors
+            del neighbors, copy_neighbors
             metadata = self.metadata_frame()
             if metadata is not None:
                 on = ["split", "sample_id"] if "split" in metadata.columns else ["sample_id"]

@@ -22,8 +22,12 @@ weights, so two copies seen at different steps still match.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dq_plugins.scores.neighbors import KnnGraph
 
 NEAR_COPY_SIMILARITY = 0.995
 """Cosine similarity of centred sketches at or above which two rows are near copies."""
@@ -109,6 +113,7 @@ def find_copies(
     *,
     reference: str = "train",
     threshold: float = NEAR_COPY_SIMILARITY,
+    neighbors: tuple[np.ndarray, KnnGraph] | None = None,
 ) -> dict[str, SplitCopies]:
     """Exact and near copies within every split and from every other split into ``reference``.
 
@@ -117,13 +122,16 @@ def find_copies(
         reference: the split whose rows others may copy (leakage).
         threshold: cosine similarity of centred sketches for a near copy, in ``(0, 1]``; 1 finds exact
             copies alone (by hash).
+        neighbors: ``(ids (R,), graph)``: the kNN graph of :func:`centred_sketches` searched beforehand with
+            :func:`near_copy_search`'s ``k`` (e.g. by every rank of a job), for the rows ``ids`` (the ids of
+            :func:`copy_splits` in order, concatenated); used when those are this search's rows, else searched.
 
     Returns:
         split -> :class:`SplitCopies`.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"Expected argument `threshold` to be a cosine similarity in (0, 1] but got {threshold!r}.")
-    splits = [split for split, (ids, _, _) in fingerprints.items() if len(ids)]
+    splits = copy_splits(fingerprints)
     result: dict[str, SplitCopies] = {}
     for split in splits:
         ids, hashes, _ = fingerprints[split]
@@ -141,24 +149,49 @@ def find_copies(
             train_copy_similarity=np.where(leaked >= 0, 1.0, np.nan),
         )
     if threshold < 1.0:
-        _add_near_copies(fingerprints, splits, result, reference, threshold)
+        _add_near_copies(fingerprints, splits, result, reference, threshold, neighbors)
     return result
 
 
+def copy_splits(fingerprints: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[str]:
+    """The splits of ``fingerprints`` with rows, in order: those whose sketches the near-copy search stacks."""
+    return [split for split, (ids, _, _) in fingerprints.items() if len(ids)]
+
+
+def centred_sketches(fingerprints: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``(R, D)`` float32: the sketches of :func:`copy_splits` stacked in order, minus their mean (a row equal to
+    the mean gets a direction of its own, not NaN): the rows of the near-copy search."""
+    sketches = np.concatenate([np.asarray(fingerprints[s][2], dtype=np.float32) for s in copy_splits(fingerprints)])
+    centred = sketches - sketches.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1)
+    centred[norms <= 1e-12] = 1e-6
+    return centred
+
+
+def near_copy_search(num_rows: int) -> tuple[int, str]:
+    """``(k, method)`` of the near-copy kNN search of ``num_rows >= 2`` rows (on CPU, seed 0)."""
+    import torch
+
+    from dq_plugins.scores.neighbors import resolve_method
+
+    return min(NEIGHBOURS, num_rows - 1), resolve_method("auto", num_rows, torch.device("cpu"))
+
+
 def _add_near_copies(fingerprints: dict, splits: list[str], result: dict[str, SplitCopies], reference: str,
-                     threshold: float) -> None:
+                     threshold: float, given: tuple[np.ndarray, KnnGraph] | None = None) -> None:
     """Fill the rows without an exact copy from the nearest centred sketches of the union of all splits."""
     from dq_plugins.scores.neighbors import knn_cosine
 
-    sketches = np.concatenate([np.asarray(fingerprints[s][2], dtype=np.float32) for s in splits])
-    if sketches.shape[0] < 2:
+    row_ids = np.concatenate([np.asarray(fingerprints[s][0], dtype=np.int64) for s in splits])
+    if row_ids.size < 2:
         return
     owner = np.concatenate([np.full(len(fingerprints[s][0]), i) for i, s in enumerate(splits)])
-    row_ids = np.concatenate([np.asarray(fingerprints[s][0], dtype=np.int64) for s in splits])
-    centred = sketches - sketches.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1)
-    centred[norms <= 1e-12] = 1e-6  # an input equal to the mean: a direction of its own, not NaN
-    neighbors, sims = knn_cosine(centred, min(NEIGHBOURS, sketches.shape[0] - 1))
+    k, method = near_copy_search(row_ids.size)
+    if given is not None and np.array_equal(given[0], row_ids) and given[1].indices.shape == (row_ids.size, k) \
+            and given[1].method == method:
+        neighbors, sims = given[1].indices, given[1].similarities
+    else:
+        neighbors, sims = knn_cosine(centred_sketches(fingerprints), k, method=method)
     valid = (neighbors >= 0) & np.isfinite(sims) & (sims >= threshold)
     ref_index = splits.index(reference) if reference in splits else -1
     offset = 0

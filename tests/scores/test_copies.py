@@ -93,6 +93,27 @@ def test_find_copies_exact_near_and_leakage_without_false_positives():
         find_copies(prints, threshold=0.0)
 
 
+def test_find_copies_uses_a_graph_searched_beforehand_only_for_its_own_rows():
+    from dq_plugins.scores.copies import centred_sketches, near_copy_search
+    from dq_plugins.scores.neighbors import KnnGraph, knn_cosine
+
+    rng = np.random.default_rng(1)
+    rows = torch.as_tensor(rng.random((30, 16)), dtype=torch.float32)
+    buffer = FingerprintBuffer(30, "cpu")
+    buffer.write(torch.arange(30), rows)
+    prints = {"train": buffer.to_numpy()}
+    k, method = near_copy_search(30)
+    assert (k, method) == (5, "exact")
+    indices, sims = knn_cosine(centred_sketches(prints), k, method=method)
+    assert (sims[:, 0] < 0.995).all()  # no near copy in random rows
+    sims[3, 0] = 0.999  # a graph that says row 3 nearly copies its nearest neighbour
+    graph = KnnGraph(indices, sims, method, ranks=2, seconds=0.0)
+    found = find_copies(prints, neighbors=(np.arange(30), graph))["train"]
+    assert found.copy_of.tolist() == [-1] * 3 + [indices[3, 0]] + [-1] * 26 and found.copy_kind[3] == "near"
+    for other in ((np.arange(1, 31), graph), (np.arange(30), graph._replace(method="ivf"))):  # other rows, method
+        assert (find_copies(prints, neighbors=other)["train"].copy_of == -1).all()  # searched again
+
+
 def test_buffer_stops_once_every_id_has_a_fingerprint():
     buffer = FingerprintBuffer(3, "cpu")
     first, later = torch.randn(3, 4), torch.randn(3, 4)
