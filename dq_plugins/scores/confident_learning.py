@@ -60,23 +60,28 @@ class ConfidentLearningScores:
     noise_rate_interval: tuple[float, float] = (float("nan"), float("nan"))
 
 
-def _import_cleanlab() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """Import the cleanlab modules used here, with an install hint when cleanlab is missing.
+def import_cleanlab(module: str = "cleanlab") -> ModuleType:
+    """``importlib.import_module(module)`` for a cleanlab module, leaving the process's warning filters as they were.
 
     ``import cleanlab`` (2.9) imports ``cleanlab.datalab``, whose ``spurious_correlation`` module
     runs ``warnings.filterwarnings("ignore")`` at import time and so silences every warning of the
-    process. The import runs inside ``warnings.catch_warnings()`` to restore the filters after it.
+    process (the trust warning of a run included). Every cleanlab import of the package goes through here.
+
+    Raises:
+        ModuleNotFoundError: without cleanlab, with an install hint.
     """
+    import importlib
+
     try:
         with warnings.catch_warnings():
-            import cleanlab.count
-            import cleanlab.filter
-            import cleanlab.rank
+            return importlib.import_module(module)
     except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            "`confident_learning` needs cleanlab. HINT: `pip install 'cleanlab>=2.9'`."
-        ) from error
-    return cleanlab.filter, cleanlab.rank, cleanlab.count
+        raise ModuleNotFoundError(f"dq_plugins needs cleanlab (`{module}`). HINT: `pip install 'cleanlab>=2.9'`.") from error
+
+
+def _import_cleanlab() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The cleanlab modules used here (:func:`import_cleanlab`)."""
+    return import_cleanlab("cleanlab.filter"), import_cleanlab("cleanlab.rank"), import_cleanlab("cleanlab.count")
 
 
 def _check_inputs(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str) -> None:

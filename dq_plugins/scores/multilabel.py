@@ -67,7 +67,10 @@ def class_label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     A class that is on for every sample or for none has no confident joint: its pairs are not flagged.
     """
-    from cleanlab.multilabel_classification.filter import find_multilabel_issues_per_class
+    from dq_plugins.scores.confident_learning import import_cleanlab
+
+    find_multilabel_issues_per_class = import_cleanlab(
+        "cleanlab.multilabel_classification.filter").find_multilabel_issues_per_class
 
     n, c = labels.shape
     flags = np.zeros((n, c), dtype=bool)

@@ -69,7 +69,9 @@ def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarr
         probs: (M, C) class probabilities of the same tokens (rows sum to 1).
         sequence: (M,) sequence index of each token, non-decreasing (tokens grouped by sequence).
     """
-    from cleanlab.token_classification.filter import find_label_issues
+    from dq_plugins.scores.confident_learning import import_cleanlab
+
+    find_label_issues = import_cleanlab("cleanlab.token_classification.filter").find_label_issues
 
     flags = np.zeros(len(labels), dtype=bool)
     if len(labels) < 2 or len(np.unique(labels)) < 2:
@@ -88,7 +90,9 @@ def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarr
 
 def adjusted_self_confidence(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """(M,) cleanlab's self-confidence with ``adjust_pred_probs=True`` of (M, C) ``probs``; NaN rows stay NaN."""
-    from cleanlab.rank import get_label_quality_scores
+    from dq_plugins.scores.confident_learning import import_cleanlab
+
+    get_label_quality_scores = import_cleanlab("cleanlab.rank").get_label_quality_scores
 
     out = np.full(len(labels), np.nan)
     valid = ~np.isnan(probs).any(axis=1)
