@@ -88,6 +88,26 @@ def _ranks(path: str, method: str, world: int, folder: str) -> tuple[float, np.n
     return json.loads(Path(out + ".json").read_text())["seconds"], np.load(out)
 
 
+def render(result: dict, machine: str) -> str:
+    """The ``distributed_knn`` section of RESULTS.md from ``main``'s result (``machine``: where it ran)."""
+    runs = result["runs"]
+    baseline = runs[0]["seconds"]
+    lines = [
+        f"### kNN search over the job's ranks ({result['n']:,} x {result['dim']}, `{result['method']}`, k = {K})",
+        "",
+        f"`python -m benchmarks.distributed_knn --n {result['n']} --dim {result['dim']} --method {result['method']}` "
+        f"({machine}). Load average {result['load'][0]:.1f} before, {result['load'][1]:.1f} after (other workers "
+        "ran beside).",
+        "",
+        "| run | kNN search (s) | speed-up | neighbours equal to 1 process |",
+        "|---|---|---|---|",
+    ]
+    for index, run in enumerate(runs):
+        speed = f"{baseline / run['seconds']:.2f}x" if index < 2 or index == len(runs) - 1 else ""  # not for parts
+        lines.append(f"| {run['run']} | {run['seconds']:.1f} | {speed} | {run['same_neighbours']:.5f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500_000)
@@ -124,18 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from benchmarks._common import git_revision, machine_line, write_section
 
-        lines = [
-            f"### kNN search over the job's ranks ({args.n:,} x {args.dim}, `{args.method}`, k = {K})",
-            "",
-            f"`python -m benchmarks.distributed_knn --n {args.n} --dim {args.dim} --method {args.method}` "
-            f"(commit {git_revision()}). {machine_line()}. Load average {load_before:.1f} before, "
-            f"{load_after:.1f} after (other workers ran beside).",
-            "",
-            "| run | kNN search (s) | vs 1 process | neighbours equal to 1 process |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {name} | {seconds:.1f} | {one_s / seconds:.2f}x | {same:.5f} |" for name, seconds, same in rows]
-        write_section("distributed_knn", "\n".join(lines))
+        write_section("distributed_knn", render(result, f"commit {git_revision()}. {machine_line()}"))
     return 0
 
 
