@@ -531,18 +531,87 @@ def neighbor_label_disagreement(
         )
     present = neighbors >= 0
     differs = (labels[np.where(present, neighbors, 0)] != labels[:, None]) & present
+    return _weighted_mean(differs, _neighbor_weights(neighbors, similarities))
+
+
+def _neighbor_weights(neighbors: np.ndarray, similarities: np.ndarray | None) -> np.ndarray:
+    """``(N, k)`` float64 weights of the neighbours: ``max(sim, 0)`` (1 without ``similarities``), 0 where
+    the index is -1; a row whose weights are all 0 weighs its present neighbours equally."""
+    present = neighbors >= 0
     if similarities is None:
-        weights = present.astype(np.float64)
-    else:
-        sims = np.asarray(similarities, dtype=np.float64)
-        if sims.shape != neighbors.shape:
-            raise ValueError(
-                f"Expected `similarities` and `neighbor_indices` to have the same shape but got"
-                f" {sims.shape} and {neighbors.shape}."
-            )
-        weights = np.where(present, np.clip(np.nan_to_num(sims, nan=0.0), 0.0, None), 0.0)
-        all_zero = weights.sum(axis=1) <= 0.0
-        weights[all_zero] = present[all_zero]
+        return present.astype(np.float64)
+    sims = np.asarray(similarities, dtype=np.float64)
+    if sims.shape != neighbors.shape:
+        raise ValueError(
+            f"Expected `similarities` and `neighbor_indices` to have the same shape but got"
+            f" {sims.shape} and {neighbors.shape}."
+        )
+    weights = np.where(present, np.clip(np.nan_to_num(sims, nan=0.0), 0.0, None), 0.0)
+    all_zero = weights.sum(axis=1) <= 0.0
+    weights[all_zero] = present[all_zero]
+    return weights
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(N,)`` row means of ``values`` under ``weights`` (both ``(N, k)``); NaN where the weights sum to 0."""
     total = weights.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (weights * differs).sum(axis=1) / total, np.nan)
+        return np.where(total > 0, (weights * values).sum(axis=1) / total, np.nan)
+
+
+LABEL_SET_CHUNK_ELEMENTS = 2**24
+"""At most this many (row, neighbour, class) entries are held at once by :func:`neighbor_label_set_disagreement`."""
+
+
+def neighbor_label_set_disagreement(
+    neighbor_indices: np.ndarray,
+    label_sets: np.ndarray,
+    similarities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Similarity-weighted mean Jaccard distance between each sample's label set and its neighbours'.
+
+    The multi-label form of :func:`neighbor_label_disagreement`: with ``Y_i`` the set of classes given
+    to sample ``i``, ``d_i = sum_j w_ij J(Y_i, Y_j) / sum_j w_ij`` over the neighbours ``j`` of ``i``,
+    where ``J(A, B) = 1 - |A & B| / |A | B|`` (0 when both sets are empty) and the weights are those of
+    :func:`neighbor_label_disagreement` (``max(sim_ij, 0)``, or 1 without ``similarities``; equal
+    weights when all are 0). With one class per sample it equals the single-label score. A sample
+    whose neighbours all carry label sets disjoint from its own scores 1: the kNN label-noise signal of
+    Bahri, Jiang and Gupta, "Deep k-NN for Noisy Labels", ICML 2020, on label sets.
+
+    Args:
+        neighbor_indices: ``(N, k)`` row positions from :func:`knn_cosine` (-1 = missing).
+        label_sets: ``(N, C)`` multi-hot given labels (bool or 0/1 integers), indexed by row position.
+        similarities: optional ``(N, k)`` cosine similarities aligned with ``neighbor_indices``.
+
+    Returns:
+        ``(N,)`` float64 in ``[0, 1]``; NaN for a row without any neighbour.
+
+    Raises:
+        ValueError: on mismatched shapes, or ``label_sets`` with values other than 0 and 1.
+    """
+    neighbors = np.asarray(neighbor_indices)
+    sets = np.asarray(label_sets)
+    if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
+        raise ValueError(
+            "Expected argument `neighbor_indices` to be a 2-D integer array (N, k) but got shape"
+            f" {neighbors.shape} and dtype {neighbors.dtype}."
+        )
+    if sets.ndim != 2 or sets.shape[0] != neighbors.shape[0] or not np.isin(sets, (0, 1)).all():
+        raise ValueError(
+            f"Expected argument `label_sets` to be a multi-hot (N, C) array of 0 and 1 with N = {neighbors.shape[0]}"
+            f" but got shape {sets.shape} and dtype {sets.dtype}. HINT: pass the given labels as multi-hot rows."
+        )
+    sets = sets.astype(bool)
+    weights = _neighbor_weights(neighbors, similarities)
+    present = neighbors >= 0
+    distance = np.zeros(neighbors.shape, dtype=np.float64)
+    step = max(1, LABEL_SET_CHUNK_ELEMENTS // max(1, neighbors.shape[1] * sets.shape[1]))
+    for start in range(0, neighbors.shape[0], step):
+        rows = slice(start, start + step)
+        own = sets[rows, None, :]  # (R, 1, C)
+        theirs = sets[np.where(present[rows], neighbors[rows], 0)]  # (R, k, C)
+        union = (own | theirs).sum(axis=2)
+        inter = (own & theirs).sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            distance[rows] = np.where(union > 0, 1.0 - inter / union, 0.0)
+    return _weighted_mean(np.where(present, distance, 0.0), weights)

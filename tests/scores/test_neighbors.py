@@ -17,6 +17,7 @@ from dq_plugins.scores.neighbors import (
     EXACT_MAX_SAMPLES_GPU,
     knn_cosine,
     neighbor_label_disagreement,
+    neighbor_label_set_disagreement,
     resolve_method,
     unit_rows,
 )
@@ -208,6 +209,37 @@ def test_disagreement_rejects_bad_inputs() -> None:
         neighbor_label_disagreement(np.zeros((3, 2), dtype=np.int64), np.zeros(4, dtype=np.int64))
     with pytest.raises(ValueError, match=r"`similarities` and `neighbor_indices` to have the same shape"):
         neighbor_label_disagreement(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros((3, 1)))
+
+
+def test_label_set_disagreement_hand_computed() -> None:
+    sets = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], dtype=np.int8)
+    neighbors_ = np.array([[1, 2], [0, 2], [0, -1], [4, 0], [3, 1]])
+    # Jaccard distances: {0,1} vs {0} = 1 - 1/2; {0,1} vs {2} = 1; {0} vs {2} = 1; {} vs {} = 0; {} vs {0} = 1
+    np.testing.assert_allclose(neighbor_label_set_disagreement(neighbors_, sets), [0.75, 0.75, 1.0, 0.5, 0.5])
+    sims = np.array([[0.6, 0.2], [0.9, -0.5], [0.3, np.nan], [0.0, 0.0], [0.5, 0.25]])
+    # row 0: (0.6 * 0.5 + 0.2 * 1) / 0.8; row 1: the negative weight is clipped -> 0.5; row 2: one neighbour;
+    # row 3: all weights 0 -> equal weights over both; row 4: (0.5 * 0 + 0.25 * 1) / 0.75
+    np.testing.assert_allclose(neighbor_label_set_disagreement(neighbors_, sets.astype(bool), sims),
+                               [0.625, 0.5, 1.0, 0.5, 1 / 3])
+    assert np.isnan(neighbor_label_set_disagreement(np.array([[-1, -1]]), np.array([[1, 0]]))[0])
+
+
+def test_label_set_disagreement_equals_the_single_label_score_on_one_hot_rows(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    indices, sims = knn_cosine(rng.normal(size=(60, 8)), 5)
+    monkeypatch.setattr(neighbors, "LABEL_SET_CHUNK_ELEMENTS", 40)  # several row chunks
+    np.testing.assert_allclose(neighbor_label_set_disagreement(indices, np.eye(4)[labels], sims),
+                               neighbor_label_disagreement(indices, labels, sims))
+
+
+def test_label_set_disagreement_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match=r"`label_sets` to be a multi-hot \(N, C\) array of 0 and 1 with N = 2"):
+        neighbor_label_set_disagreement(np.zeros((2, 1), dtype=np.int64), np.array([[0.5, 1.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"`label_sets` to be a multi-hot"):
+        neighbor_label_set_disagreement(np.zeros((2, 1), dtype=np.int64), np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"`neighbor_indices` to be a 2-D integer array"):
+        neighbor_label_set_disagreement(np.zeros((2, 1)), np.eye(2))
 
 
 def _clustered(n: int, d: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
