@@ -60,6 +60,20 @@ EMBEDDING_COLUMNS: tuple[str, ...] = (
 )
 """Columns from the embeddings (present when the run recorded embeddings), after the dynamics columns."""
 
+LABEL_DEPENDENT_EMBEDDING_COLUMNS: tuple[str, ...] = (
+    "conflicting_duplicate", "conflicting_duplicate_score", "neighbor_disagreement",
+)
+"""The embedding columns that compare given labels (one class per sample); the others need no label."""
+
+LABEL_FREE_EMBEDDING_COLUMNS: tuple[str, ...] = tuple(
+    c for c in EMBEDDING_COLUMNS if c not in LABEL_DEPENDENT_EMBEDDING_COLUMNS)
+"""Embedding columns of a token task's ``dq/samples.parquet`` (one embedding per sequence)."""
+
+MULTILABEL_EMBEDDING_COLUMNS: tuple[str, ...] = tuple(
+    c for c in EMBEDDING_COLUMNS if c not in LABEL_DEPENDENT_EMBEDDING_COLUMNS or c == "neighbor_disagreement")
+"""Embedding columns of a multi-label task's ``dq/samples.parquet``: the label-free ones and
+``neighbor_disagreement`` over label sets (:func:`dq_plugins.scores.neighbors.neighbor_label_set_disagreement`)."""
+
 COPY_COLUMNS: tuple[str, ...] = ("train_duplicate_of", "is_leaked", "leaked_score")
 """Columns from the input fingerprints (present when the run fingerprinted its inputs): the train row a
 held-out row copies (-1 otherwise, and for every train row), whether it does, and how closely (1 for an

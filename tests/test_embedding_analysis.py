@@ -13,6 +13,7 @@ import torch
 
 from dq_plugins.analysis.embeddings import EMBEDDING_COLUMNS, EmbeddingAnalysis, EmbeddingSummary, analyze_embeddings
 from dq_plugins.figures.embedding_map import MAX_POINTS, embedding_map, embedding_map_html, subsample
+from dq_plugins.schema import LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_EMBEDDING_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -117,6 +118,26 @@ def test_a_graph_searched_beforehand_gives_the_same_analysis(planted: dict[str, 
         analyze_embeddings(planted["x"], planted["ids"], planted["labels"], neighbors=wrong)
     with pytest.raises(ValueError, match="'exact' graph of shape .* but got a 'ivf' graph"):
         analyze_embeddings(planted["x"], planted["ids"], planted["labels"], neighbors=graph._replace(method="ivf"))
+
+
+def test_without_labels_the_label_free_columns_match_the_labelled_run(planted, result) -> None:
+    free = analyze_embeddings(planted["x"], planted["ids"], projection="pca", n_clusters=4)
+    assert list(free.samples.columns) == ["sample_id", *LABEL_FREE_EMBEDDING_COLUMNS]
+    pd.testing.assert_frame_equal(free.samples, result.samples[free.samples.columns])  # same graph, same scores
+    assert free.summary.num_conflicting_duplicates is None and free.summary.class_overlap.empty
+    assert "dq.num_conflicting_duplicates" not in free.summary.metrics()
+    assert free.summary.clusters["majority_label"].eq(-1).all() and free.summary.clusters["purity"].isna().all()
+
+    sets = np.eye(4, dtype=np.int8)[planted["labels"]]
+    multi = analyze_embeddings(planted["x"], planted["ids"], label_sets=sets, projection="pca", n_clusters=4)
+    assert list(multi.samples.columns) == ["sample_id", *MULTILABEL_EMBEDDING_COLUMNS]
+    np.testing.assert_allclose(multi.samples["neighbor_disagreement"], result.samples["neighbor_disagreement"])
+    with pytest.raises(ValueError, match=r"`label_sets` to have shape \(N, C\) with N = 600"):
+        analyze_embeddings(planted["x"], planted["ids"], label_sets=sets[:5])
+    with pytest.raises(ValueError, match="not both"):
+        analyze_embeddings(planted["x"], planted["ids"], planted["labels"], label_sets=sets)
+    tiny = analyze_embeddings(np.ones((1, 4), dtype=np.float32), np.array([3]), label_sets=np.ones((1, 2)))
+    assert list(tiny.samples.columns) == ["sample_id", *MULTILABEL_EMBEDDING_COLUMNS]
 
 
 def test_tiny_splits() -> None:

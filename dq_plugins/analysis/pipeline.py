@@ -17,7 +17,6 @@ from dq_plugins.logs import progress
 from dq_plugins.raw_record import SplitHistory
 from dq_plugins.schema import (
     DYNAMICS_COLUMNS,
-    EMBEDDING_COLUMNS,
     LATENCY_COLUMN,
     TRAIN,
     split_metric_key,
@@ -419,24 +418,12 @@ def labelled_rows(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return labels[ids] >= 0
 
 
-_EMBEDDING_FILL: dict[str, object] = {
-    "outlier_score": np.nan, "is_outlier": False, "near_duplicate_of": -1, "is_near_duplicate": False,
-    "near_duplicate_score": np.nan, "conflicting_duplicate": False, "conflicting_duplicate_score": np.nan,
-    "neighbor_disagreement": np.nan, "cluster": -1, "x2d": np.nan, "y2d": np.nan,
-}
-"""Value of each embedding column on a row without an embedding."""
-
-
 def _merge_embedding_columns(frame: pd.DataFrame, embedding_samples: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the embedding columns; rows without an embedding get :data:`_EMBEDDING_FILL`."""
-    merged = frame.merge(embedding_samples[["sample_id", *EMBEDDING_COLUMNS]], on="sample_id", how="left")
-    for column, value in _EMBEDDING_FILL.items():
-        merged[column] = merged[column].fillna(value)
-    for column in ("near_duplicate_of", "cluster"):
-        merged[column] = merged[column].astype(np.int64)
-    for column in ("is_outlier", "is_near_duplicate", "conflicting_duplicate"):
-        merged[column] = merged[column].astype(bool)
-    return merged
+    """``frame`` with the embedding columns; rows without an embedding get their fill value
+    (:func:`~dq_plugins.analysis.embeddings.merge_embedding_columns`)."""
+    from dq_plugins.analysis.embeddings import merge_embedding_columns
+
+    return merge_embedding_columns(frame, embedding_samples)
 
 
 def duplicate_label_issues(frame: pd.DataFrame, mean_probs: np.ndarray) -> pd.Series:

@@ -147,7 +147,7 @@ def kmeans_plus_plus(unit: np.ndarray, n_clusters: int, rng: np.random.Generator
 
 def cluster_summary(
     cluster: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     *,
     neighbor_disagreement: np.ndarray | None = None,
     is_outlier: np.ndarray | None = None,
@@ -158,10 +158,12 @@ def cluster_summary(
     Columns :data:`CLUSTER_COLUMNS`: ``size``, ``majority_label`` (most common given label),
     ``purity`` (its share), and the means of the optional per-sample signals (NaN when not given).
     A cluster with low purity and high ``label_issue_share`` is a candidate for relabelling or
-    removal as a whole.
+    removal as a whole. ``labels=None`` (a task without one class per sample): ``majority_label``
+    -1 and ``purity`` NaN.
     """
     cluster = np.asarray(cluster, dtype=np.int64)
-    labels = np.asarray(labels, dtype=np.int64)
+    unlabelled = labels is None
+    labels = np.full(cluster.shape, -1, dtype=np.int64) if unlabelled else np.asarray(labels, dtype=np.int64)
     frame = pd.DataFrame({"cluster": cluster, "label": labels})
     for name, values in (
         ("mean_neighbor_disagreement", neighbor_disagreement),
@@ -177,7 +179,7 @@ def cluster_summary(
     grouped = frame.groupby("cluster")
     table = pd.DataFrame({"size": grouped.size()})
     table["majority_label"] = majority["label"]
-    table["purity"] = majority["n"] / table["size"]
+    table["purity"] = np.nan if unlabelled else majority["n"] / table["size"]
     for name in ("mean_neighbor_disagreement", "outlier_share", "label_issue_share"):
         table[name] = grouped[name].mean()
     table = table.reset_index().sort_values(["purity", "size"], ascending=[True, False])
