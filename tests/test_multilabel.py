@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dq_plugins import load_samples
-from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
+from dq_plugins.schema import MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.recording.multilabel import MultiLabelLedger
 from dq_plugins.scores.multilabel import class_label_issues, multilabel_scores
@@ -141,7 +141,7 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path,
     fit(callback, train, val, epochs=12)
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]  # embeddings on by default
     train_rows = samples[samples["split"] == "train"].set_index("sample_id").sort_index()
     assert len(train_rows) == 160 and (samples["split"] == "validation").sum() == 48
     assert train_rows.loc[5, "label"].tolist() == np.flatnonzero(train.labels[5].numpy()).tolist()
@@ -183,6 +183,57 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path,
     assert main(["report", callback.run_id]) == 0  # dq report reads a multi-label run
     report = capsys.readouterr().out
     assert "Task: multilabel" in report and "class=3" in report and "yes (" in report
+
+
+def test_lightning_multilabel_embeddings(tracking_uri, tmp_path):
+    from dq_plugins.raw_record import load_embeddings
+    from dq_plugins.scores.neighbors import knn_cosine, neighbor_label_set_disagreement
+
+    train = MultiHotDataset(96)
+    train.x[7] = train.x[3]  # an exact copy of sample 3's input, with the opposite label set
+    train.labels[7] = 1 - train.labels[3]
+    runs = {}
+    for embeddings in (True, False):
+        pl.seed_everything(0)
+        runs[embeddings] = DataQualityCallback(task="multilabel", embeddings=embeddings, embedding_module="net.1",
+                                               forward_fn=lambda module, batch: module.net(batch["x"]))  # final weights
+        fit(runs[embeddings], train, MultiHotDataset(32, seed=1), epochs=3)
+
+    samples = load_samples(runs[True].run_id)
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]
+    assert samples[list(MULTILABEL_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
+        "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
+        "near_duplicate_score": "float64", "neighbor_disagreement": "float64", "cluster": "int64",
+        "x2d": "float32", "y2d": "float32",
+    }
+    rows = samples[samples["split"] == "train"].set_index("sample_id").sort_index()
+    assert rows.loc[7, "near_duplicate_of"] == 3 and rows.loc[3, "near_duplicate_of"] == 7
+    assert rows.loc[[3, 7], "is_near_duplicate"].all()
+    np.testing.assert_allclose(rows.loc[[3, 7], "near_duplicate_score"], 1.0, atol=1e-3)
+    assert samples["neighbor_disagreement"].between(0, 1).all() and samples["x2d"].notna().all()
+    assert (samples["split"] == "validation").sum() == 32 and (samples["cluster"] >= 0).all()
+
+    # the uploaded embeddings: one fp16 row per sample id, the ReLU's 32 outputs after fit (forward_fn);
+    # the score is recomputable from them
+    ids, values = load_embeddings(artifact(runs[True].run_id, "dq/embeddings/train.npz", tmp_path))
+    assert ids.tolist() == list(range(96)) and values.shape == (96, 32) and values.dtype == np.float16
+    np.testing.assert_array_equal(values[3], values[7])
+    indices, sims = knn_cosine(values, 10)
+    sets = np.stack([np.isin(np.arange(NUM_CLASSES), label) for label in rows.loc[ids, "label"]])
+    np.testing.assert_allclose(rows.loc[ids, "neighbor_disagreement"], neighbor_label_set_disagreement(indices, sets, sims),
+                               atol=1e-6)
+
+    # the task's own scores and flags are those of the same fit without embeddings
+    plain = load_samples(runs[False].run_id)
+    assert list(plain.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    for column in ("sample_id", "split", "mislabel_score", "is_label_issue", "num_label_issues", "confidence"):
+        np.testing.assert_array_equal(samples[column], plain[column])
+    assert [list(v) for v in samples["suggested_label"]] == [list(v) for v in plain["suggested_label"]]
+
+    run = mlflow.MlflowClient().get_run(runs[True].run_id)
+    assert run.data.metrics["dq.num_near_duplicates"] >= 2 and "dq.num_outliers.validation" in run.data.metrics
+    assert "dq.num_conflicting_duplicates" not in run.data.metrics
+    assert open(artifact(runs[True].run_id, "dq/embedding_map.png", tmp_path), "rb").read(4) == b"\x89PNG"
 
 
 def test_multilabel_is_detected_without_the_option(tracking_uri):

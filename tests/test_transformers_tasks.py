@@ -22,7 +22,9 @@ from transformers import (  # noqa: E402
 )
 
 from dq_plugins import load_samples, with_ids  # noqa: E402
-from dq_plugins.schema import MULTILABEL_SAMPLE_COLUMNS, TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS  # noqa: E402
+from dq_plugins.schema import (  # noqa: E402
+    LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS,
+)
 from dq_plugins.scores.tokens import adjusted_self_confidence  # noqa: E402
 from dq_plugins.transformers import DataQualityCallback  # noqa: E402
 
@@ -89,7 +91,7 @@ def test_hf_multilabel_from_the_model_config(tracking_uri, tmp_path):
     Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=val, callbacks=[callback]).train()
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]  # embeddings on by default
     for split, ds in (("train", train), ("validation", val)):
         rows = samples[samples["split"] == split].sort_values("sample_id")
         assert rows["sample_id"].tolist() == list(range(len(ds)))
@@ -126,7 +128,7 @@ def test_hf_token_classification(tracking_uri, tmp_path):
         expected = 1 - adjusted_self_confidence(tags[sid, pos], probs[sid, pos])  # a model that never learns
         np.testing.assert_allclose(rows["mislabel_score"], expected, atol=1e-4)
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == list(TOKEN_SAMPLE_COLUMNS)
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS]  # embeddings on by default
     top = tokens.groupby(["split", "sample_id"])["mislabel_score"].max()
     np.testing.assert_allclose(samples.set_index(["split", "sample_id"])["mislabel_score"], top.reindex(
         pd.MultiIndex.from_frame(samples[["split", "sample_id"]])))

@@ -190,7 +190,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         task: "single_label", "multilabel" (targets: (B, C) float multi-hot under ``label_key``, logits
             (B, C)) or "token_classification" ((B, T) tags with -100 where ignored, logits (B, T, C));
             ``None`` detects it from the first batch. An explicit task that the first batch contradicts is
-            an error saying what was detected (see :mod:`dq_plugins.recording.tasks`).
+            an error saying what was detected (see :mod:`dq_plugins.recording.tasks`). Embeddings work as
+            for single-label (a token task's 3-D head input is pooled per sequence by ``embedding_pooling``);
+            their label-free columns (and, multi-label, ``neighbor_disagreement`` over label sets) join
+            ``dq/samples.parquet``.
         history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
             ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. A fit's files are deleted once its raw record is
@@ -607,6 +610,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
         if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
             self.session.record_metadata(split, ids, batch)  # joined by sample id
+            self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
             return
         self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))
         self.session.record_metadata(split, ids, batch)  # joined by sample id
@@ -645,7 +649,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._fitting = False
         if self._tasks.active:  # multi-label / token classification: their own analysis and outputs
-            self._tasks.close_all()
+            if self.embeddings and self.forward_fn is not None:
+                self._inference_pass(trainer, pl_module)
+            self._tasks.close_all()  # a collective under DDP (epochs and embeddings): every rank takes part
             if trainer.is_global_zero and self._sink is not None:
                 try:
                     self._tasks.finish_run(self._sink)
@@ -681,7 +687,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                         self._captured_embeddings = None
                         outputs = self.forward_fn(pl_module, batch)
                         ids = self.session.to_slots(split, get_key(batch, self.session.config.id_key, "ids", "id_key"))
-                        width = self.session.ledgers[split].num_classes if split in self.session.ledgers else -1
+                        ledger = self.session.ledgers.get(split) or self._tasks.ledgers.get(split)
+                        width = ledger.num_classes if ledger is not None else -1
                         self._record_embeddings(split, outputs, batch, ids, width)
         finally:
             pl_module.train(was_training)

@@ -514,7 +514,9 @@ class DataQualityCallback(TrainerCallback):
             ``*ForTokenClassification`` model -> "token_classification" (``labels`` per token, -100 where
             ignored); otherwise single-label. These tasks read the targets from the batch the model gets
             (``labels``) and record sequences up to the longest ``input_ids`` of each dataset (see
-            :mod:`dq_plugins.recording.tasks`); embeddings and rules are not used for them yet (rules: a warning).
+            :mod:`dq_plugins.recording.tasks`); embeddings as for single-label (a token model's head input
+            is mean-pooled under the attention mask, one embedding per sequence); rules are not used for them
+            yet (a warning).
         history_dir: root folder of the per-epoch record files (one `.npz` file per epoch and
             split; checkpoints only point to them, so they do not grow with the epochs); ``None``:
             ``$DQ_PLUGINS_HISTORY_DIR`` or the temp folder. A fit's files are deleted once its raw record is
@@ -573,7 +575,9 @@ class DataQualityCallback(TrainerCallback):
         check_projection(projection)
         self._options = given_options(DataQualityCallback.__init__, locals())  # logged as dq.* parameters
         self._task_option: Task | None = parse_task(task)
-        self._task_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        # (ids, logits, labels, attention mask, pooled embeddings) of the eval batches of a task
+        self._task_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                     torch.Tensor | None]] = []
         self._task_datasets: dict[str, Any] = {}
         self.embeddings = embeddings
         self.fingerprints = fingerprints
@@ -650,7 +654,9 @@ class DataQualityCallback(TrainerCallback):
         if hidden is None or not self.embeddings:
             return None
         mask = self._tap.attention_mask if self._tap is not None else None
-        mode = "mean" if self._head_name == "score" else "cls"
+        # a token classifier's head sees every position: its [CLS] row is not trained as a summary, so mean
+        token_task = self._task_option is Task.TOKEN_CLASSIFICATION
+        mode = "mean" if self._head_name == "score" or token_task else "cls"
         pooled = pool(hidden, mask if isinstance(mask, torch.Tensor) else None, mode)
         return pooled if pooled.shape[0] == rows else None
 
@@ -821,8 +827,7 @@ class DataQualityCallback(TrainerCallback):
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(ids, device=logits.device)
         if self._task_option in (Task.MULTILABEL, Task.TOKEN_CLASSIFICATION):
-            self._captured_embeddings = None
-            self._capture_task(ids, logits, training)
+            self._capture_task(ids, logits, training, self._pooled_embeddings(ids.shape[0]))
             return
         embeddings = self._pooled_embeddings(ids.shape[0])
         tokens = self._model_input()
@@ -847,8 +852,10 @@ class DataQualityCallback(TrainerCallback):
         mask = tap.attention_mask if isinstance(tap.attention_mask, torch.Tensor) else None
         return tap.input_ids, mask
 
-    def _capture_task(self, ids: torch.Tensor, logits: torch.Tensor, training: bool) -> None:
-        """A multi-label / token batch: its targets are the ``labels`` the model received. No host sync."""
+    def _capture_task(self, ids: torch.Tensor, logits: torch.Tensor, training: bool,
+                      embeddings: torch.Tensor | None) -> None:
+        """A multi-label / token batch: its targets are the ``labels`` the model received; ``embeddings``:
+        its (B, D) pooled head input, or ``None``. No host sync."""
         labels = self._tap.labels if self._tap is not None else None
         if not isinstance(labels, torch.Tensor):
             raise ValueError(
@@ -860,8 +867,10 @@ class DataQualityCallback(TrainerCallback):
         mask = mask.detach() if isinstance(mask, torch.Tensor) else None
         if training:
             self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits, mask)
+            if embeddings is not None:
+                self.session.record_embeddings(TRAIN, ids, embeddings)
         elif self._epoch is not None:
-            self._task_stash.append((ids, logits.detach(), labels.detach(), mask))
+            self._task_stash.append((ids, logits.detach(), labels.detach(), mask, embeddings))
 
     def _record_task_eval(self, dataloader: Any) -> None:
         """Record the held evaluation batches of a multi-label / token task (first eval dataset only)."""
@@ -883,8 +892,10 @@ class DataQualityCallback(TrainerCallback):
                 self._tasks.widths[VALIDATION] = _max_length(dataset)
         elif key != self._val_key:
             return
-        for ids, logits, labels, mask in stash:
+        for ids, logits, labels, mask, embeddings in stash:
             self._tasks.route(VALIDATION, self._epoch, ids, labels, logits, mask)
+            if embeddings is not None:
+                self.session.record_embeddings(VALIDATION, ids, embeddings)
 
     @override
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """Figures of the embedding analysis: the 2-D embedding map as a PNG and as interactive HTML.
 
 Both read one split's rows of the per-sample table (``dq/samples.parquet`` after the embedding
-columns are merged): ``x2d``, ``y2d``, ``label`` are required; ``sample_id``, ``pred``,
+columns are merged): ``x2d``, ``y2d``, ``label`` (the PNG: the ``colour_by`` column) are required; ``sample_id``, ``pred``,
 ``suggested_label``, ``is_label_issue``, ``is_outlier``, ``near_duplicate_of`` and
 ``conflicting_duplicate`` are used when present. Large splits are subsampled to
 :data:`MAX_POINTS`, keeping every marked row (label issue, outlier, near-duplicate) first.
@@ -52,11 +52,11 @@ def _flags(frame: pd.DataFrame) -> pd.DataFrame:
     return out.astype(bool)
 
 
-def _check_frame(frame: pd.DataFrame) -> None:
-    missing = [column for column in ("x2d", "y2d", "label") if column not in frame]
+def _check_frame(frame: pd.DataFrame, colour_by: str = "label") -> None:
+    missing = [column for column in ("x2d", "y2d", colour_by) if column not in frame]
     if missing:
         raise ValueError(
-            f"Expected the frame to have columns x2d, y2d and label but {missing} are missing. HINT: merge"
+            f"Expected the frame to have columns x2d, y2d and {colour_by} but {missing} are missing. HINT: merge"
             " the `samples` of `analyze_embeddings` into the per-sample table on sample_id first."
         )
 
@@ -98,6 +98,7 @@ def embedding_map(
     *,
     class_names: Sequence[str] | None = None,
     seed: int = 0,
+    colour_by: str = "label",
 ) -> Any:
     """The 2-D map coloured by given label, with label issues, outliers and near-duplicates marked.
 
@@ -106,6 +107,8 @@ def embedding_map(
         title: figure title; the number of points drawn is appended.
         class_names: names of the labels (index = label), shown in the class legend.
         seed: random state of the subsample.
+        colour_by: the integer column that colours the points (``"cluster"`` for tasks whose
+            ``label`` is not one class per sample); it names the colour legend.
 
     Returns:
         a matplotlib ``Figure`` (Agg backend, no display needed).
@@ -113,18 +116,19 @@ def embedding_map(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    _check_frame(frame)
+    _check_frame(frame, colour_by)
     total = len(frame)
     shown = subsample(frame, MAX_POINTS, seed)
     flags = _flags(shown)
-    classes = np.unique(shown["label"].to_numpy()) if len(shown) else np.array([], dtype=np.int64)
+    classes = np.unique(shown[colour_by].to_numpy()) if len(shown) else np.array([], dtype=np.int64)
     colours = dict(zip(classes.tolist(), _palette(len(classes))))
+    legend = "given label" if colour_by == "label" else colour_by
 
     figure = Figure(figsize=(10, 7.5), layout="constrained")
     axes = figure.add_subplot()
     point_size = 10 if len(shown) < 2000 else 5
     axes.scatter(
-        shown["x2d"], shown["y2d"], c=[colours[label] for label in shown["label"]], s=point_size, alpha=0.55,
+        shown["x2d"], shown["y2d"], c=[colours[label] for label in shown[colour_by]], s=point_size, alpha=0.55,
         linewidths=0, rasterized=True,
     )
     for column, text, style in MARKERS:
@@ -142,10 +146,11 @@ def embedding_map(
                    label=plain(_class_name(int(c), class_names)))
             for c in classes
         ]
-        axes.legend(handles=class_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="given label",
+        axes.legend(handles=class_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=legend,
                     fontsize=8, title_fontsize=8, frameon=False)
     elif len(classes) > 20:
-        axes.text(1.01, 1.0, f"{len(classes)} labels\n(colour = label)", transform=axes.transAxes, va="top", fontsize=8)
+        axes.text(1.01, 1.0, f"{len(classes)} values\n(colour = {legend})", transform=axes.transAxes, va="top",
+                  fontsize=8)
     axes.set_xticks([])
     axes.set_yticks([])
     axes.set_xlabel("2-D map of the embeddings (axes have no units)")

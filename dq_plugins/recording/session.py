@@ -792,6 +792,20 @@ class DynamicsSession:
             ledger.history.detach_to_memory()
         shutil.rmtree(self._history_root, ignore_errors=True)
 
+    def stage_embeddings(self, sink: MlflowSink) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every split's embeddings as ``split -> (ids (M,) int64, embeddings (M, D) float16)`` (the sample
+        ids, not the slots; gathered over ranks first, see :meth:`close_all`), each staged in ``sink`` as
+        ``dq/embeddings/<split>.npz`` (in full up to ``embeddings_upload_mb``, else a sample of rows)."""
+        embeddings = {}
+        for split, buffer in self.embeddings.items():  # outputs hold the sample ids, not the slots
+            slots, values = buffer.to_numpy()
+            embeddings[split] = (self.ids_of(split, slots), values)
+        limit = int(self.config.embeddings_upload_mb * 2**20)
+        for split, (ids, values) in embeddings.items():
+            save_embeddings(*upload_sample(ids, values, limit), sink.stage_path(embeddings_path(split)))
+            sink.add_artifact(embeddings_path(split))
+        return embeddings
+
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
         histories = {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
@@ -857,14 +871,7 @@ class DynamicsSession:
 
             bar.set_postfix_str("scores")
 
-            embeddings = {}
-            for split, buffer in self.embeddings.items():  # outputs hold the sample ids, not the slots
-                slots, values = buffer.to_numpy()
-                embeddings[split] = (self.ids_of(split, slots), values)
-            limit = int(self.config.embeddings_upload_mb * 2**20)
-            for split, (ids, values) in embeddings.items():
-                save_embeddings(*upload_sample(ids, values, limit), sink.stage_path(embeddings_path(split)))
-                sink.add_artifact(embeddings_path(split))
+            embeddings = self.stage_embeddings(sink)
             fingerprints = {}
             for split, buffer in self.fingerprints.items():
                 slots, *values = buffer.to_numpy()

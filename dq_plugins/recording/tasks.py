@@ -15,12 +15,16 @@ batch once) and their raw record through :meth:`DynamicsSession.save_raw`, the o
 its record. Under ``torch.distributed`` the ledgers are reduced over ranks at each epoch close (a
 collective, as for single-label) and rank 0 analyses. Metadata (``metadata_keys=`` from the batches,
 ``metadata_columns=`` / ``metadata=``) is merged into the per-sample table and sliced
-(:mod:`dq_plugins.analysis.task_metadata`). Not yet supported for these tasks: embeddings, rules
-(a warning) and latency.
+(:mod:`dq_plugins.analysis.task_metadata`). Embeddings are recorded by the session's embedding
+buffers as for single-label (one row per sample id; one per sequence for a token task), gathered over
+ranks in :meth:`TaskRouter.close_all` and analysed without the one-class-per-sample parts
+(:mod:`dq_plugins.analysis.task_embeddings`). Not yet supported for these tasks: rules (a warning) and
+latency.
 """
 
 from __future__ import annotations
 
+import os
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -228,9 +232,13 @@ class TaskRouter:
                           RuntimeWarning, stacklevel=3)
 
     def close_all(self, reduce: bool = True) -> None:
-        """Close every pending epoch (a collective under ``torch.distributed``, see :meth:`close_epoch`)."""
+        """Close every pending epoch and gather the session's embeddings over ranks (collectives under
+        ``torch.distributed``, see :meth:`close_epoch`; every rank calls it)."""
         for split in list(self.ledgers):
             self.close_epoch(split, reduce)
+        if reduce:
+            for buffer in self.session.embeddings.values():
+                buffer.gather()
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -290,6 +298,8 @@ class TaskRouter:
 
         histories = self.histories()
         self.session.save_raw(sink, histories)
+        for buffer in self.session.embeddings.values():
+            buffer.remove_mapped_file()  # the mapping stays readable
         result = None
         try:
             from dq_plugins.sinks.task_publish import publish_task_result
@@ -304,6 +314,7 @@ class TaskRouter:
 
                 result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=self.token_strings,
                                         class_names=self.class_names)
+            result = self._add_embeddings(result, histories, sink)
             from dq_plugins.analysis.task_metadata import add_metadata
 
             result = add_metadata(result, self.session.metadata_frame())
@@ -321,6 +332,23 @@ class TaskRouter:
             self.session.remove_history_files()
         self.result = self.session.result = result
         return result
+
+    def _add_embeddings(self, result: Any, histories: dict[str, Any], sink: Any) -> Any:
+        """``result`` with the embedding columns and metrics (:func:`~dq_plugins.analysis.task_embeddings.
+        add_task_embeddings`) when the session recorded embeddings; their ``dq/embeddings/<split>.npz`` staged.
+        A failure here is a warning: the task's own results are kept."""
+        if not self.session.embeddings:
+            return result
+        try:
+            from dq_plugins.analysis.task_embeddings import add_task_embeddings
+
+            embeddings = self.session.stage_embeddings(sink)
+            projection = self.session.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto")
+            return add_task_embeddings(result, histories, embeddings, projection=projection)
+        except Exception:  # noqa: BLE001 - the embedding columns are optional; the task's results are not
+            warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
+                          f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
+            return result
 
     def finish_run(self, sink: Any) -> Any:
         """:meth:`finish`, then end the run."""

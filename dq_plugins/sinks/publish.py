@@ -86,22 +86,22 @@ def publish_results(
     warn_if_untrusted(result)
     samples = result.samples
     meta = metadata_columns(samples)
-    slices = _guarded("the slice table", _slice_table, result, meta, sink)
+    slices = guarded("the slice table", _slice_table, result, meta, sink)
     if rules:
         _run_rules(result, samples, slices, embeddings, sink, rules, pools or {}, rule_history)
     train_rows = samples[samples["split"] == TRAIN]
     if len(train_rows):
-        _guarded("the data map", _data_map, train_rows, sink)
+        guarded("the data map", _data_map, train_rows, sink)
     if result.class_overlap is not None:
         sink.add_table(result.class_overlap, CLASS_OVERLAP_PATH)
     if getattr(result, "leakage", None) is not None:
         sink.add_table(result.leakage, LEAKAGE_PATH)
     if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
-        _guarded("the embedding map", _embedding_maps, train_rows, texts, write_html, sink)
+        guarded("the embedding map", _embedding_maps, train_rows, texts, write_html, sink)
     if slices is not None:
-        _guarded("the weak-slice analysis", _weak_slices, result, histories, slices, meta, sink)
+        guarded("the weak-slice analysis", _weak_slices, result, histories, slices, meta, sink)
     if LATENCY_COLUMN in samples.columns and samples[LATENCY_COLUMN].notna().any():
-        _guarded("the latency report", _latency_report, result, meta, sink)
+        guarded("the latency report", _latency_report, result, meta, sink)
 
 
 def warn_if_untrusted(result: AnalysisResult) -> None:
@@ -124,7 +124,7 @@ def metadata_columns(samples: Any) -> list[str]:
     return [c for c in samples.columns if c not in COMPUTED_COLUMNS]
 
 
-def _guarded(what: str, step: Any, *args: Any) -> Any:
+def guarded(what: str, step: Any, *args: Any) -> Any:
     """Run one optional step of :func:`publish_results`; an error becomes a warning and ``None``."""
     try:
         return step(*args)

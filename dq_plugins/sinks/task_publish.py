@@ -6,6 +6,8 @@ classification run writes.
 - ``dq/issues.json``: the issue table, an MLflow table the UI renders;
 - ``dq/slices.json``: one row per (split, class);
 - ``dq/token_issues.html`` (tokens): the most suspicious sequences;
+- ``dq/embedding_map.png`` when the train rows have embedding coordinates (coloured by ``cluster``:
+  a multi-label ``label`` is a set, a token task's a sequence of tags);
 - the ``dq.*`` metrics and the tag ``dq.task``.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dq_plugins.schema import ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH
-from dq_plugins.sinks.publish import add_metrics, warn_if_untrusted
+from dq_plugins.schema import (
+    EMBEDDING_MAP_PATH, ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH, TRAIN,
+)
+from dq_plugins.sinks.publish import add_metrics, guarded, warn_if_untrusted
 
 TABLE_PATHS = {"sample_labels": SAMPLE_LABELS_PATH, "tokens": TOKENS_PATH}
 """Parquet artifact of each extra table of a :class:`TaskResult`."""
@@ -39,3 +43,13 @@ def publish_task_result(result: Any, sink: Any) -> None:
     sink.add_tag(TASK_TAG, result.task)
     add_metrics(sink, result.metrics, result.epoch_metrics)
     warn_if_untrusted(result)
+    train_rows = result.samples[result.samples["split"] == TRAIN] if "split" in result.samples else result.samples
+    if len(train_rows) and "x2d" in train_rows and bool(train_rows["x2d"].notna().any()):
+        guarded("the embedding map", _embedding_map, train_rows, sink)
+
+
+def _embedding_map(train_rows: Any, sink: Any) -> None:
+    from dq_plugins.figures.embedding_map import embedding_map
+
+    sink.add_figure(embedding_map(train_rows, "Embedding map, train (colour = cluster)", colour_by="cluster"),
+                    EMBEDDING_MAP_PATH)
