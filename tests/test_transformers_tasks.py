@@ -205,3 +205,40 @@ def test_hf_token_metadata_columns_are_merged_and_sliced(tracking_uri, tmp_path)
     assert slices.loc["source=news", "mean_mislabel_score"] == pytest.approx(
         samples.loc[samples["source"] == "news", "mislabel_score"].mean())
     assert {f"label={k}" for k in range(NUM_TAGS)} <= set(slices.index)  # the per-tag slices stay
+
+
+def test_hf_token_classification_embeddings(tracking_uri, tmp_path):
+    from dq_plugins.raw_record import load_embeddings
+
+    rows = token_dataset(32, 0).to_dict()
+    for key in ("input_ids", "attention_mask", "labels"):
+        rows[key][5] = rows[key][2]  # sequence 5 copies sequence 2
+    train = datasets.Dataset.from_dict(rows)
+    model = BertForTokenClassification(bert_config(NUM_TAGS))
+    callback = DataQualityCallback()
+    Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=token_dataset(16, 1),
+            callbacks=[callback]).train()
+
+    samples = load_samples(callback.run_id)
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS]
+    assert samples[list(LABEL_FREE_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
+        "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
+        "near_duplicate_score": "float64", "cluster": "int64", "x2d": "float32", "y2d": "float32",
+    }
+    assert samples.groupby("split").size().to_dict() == {"train": 32, "validation": 16}  # one row per sequence
+    train_rows = samples[samples["split"] == "train"].set_index("sample_id")
+    assert train_rows.loc[5, "near_duplicate_of"] == 2 and train_rows.loc[2, "near_duplicate_of"] == 5
+    assert samples["x2d"].notna().all() and samples["outlier_score"].notna().all()
+
+    # one embedding per sequence: the head input (last hidden state) averaged under the attention mask
+    for split, ds in (("train", train), ("validation", token_dataset(16, 1))):
+        ids, values = load_embeddings(artifact(callback.run_id, f"dq/embeddings/{split}.npz", tmp_path))
+        assert ids.tolist() == list(range(len(ds))) and values.shape == (len(ds), 16)
+        order = np.argsort(np.asarray(ds["idx"]))
+        mask = torch.tensor(ds["attention_mask"])[order]
+        with torch.no_grad():
+            hidden = model.bert(input_ids=torch.tensor(ds["input_ids"])[order], attention_mask=mask)[0]
+        expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        np.testing.assert_allclose(values.astype(np.float32), expected.numpy(), rtol=1e-2, atol=2e-3)
+    run = mlflow.MlflowClient().get_run(callback.run_id)
+    assert "dq.num_near_duplicates" in run.data.metrics and "dq.num_clusters.validation" in run.data.metrics
