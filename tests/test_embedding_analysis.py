@@ -183,6 +183,16 @@ def test_png_map(planted: dict[str, np.ndarray], result: EmbeddingAnalysis, tmp_
     assert (tmp_path / "map.png").stat().st_size > 10_000
 
 
+def test_png_map_coloured_by_cluster_without_a_class_label(planted, result) -> None:
+    frame = _merged(planted, result).drop(columns="label").assign(label=[[0, 1]] * 600)  # a label set per row
+    figure = embedding_map(frame, colour_by="cluster")
+    legends = [c for c in figure.axes[0].get_children() if hasattr(c, "get_title") and hasattr(c, "get_texts")]
+    titles = {legend.get_title().get_text() for legend in legends}
+    assert "cluster" in titles and "given label" not in titles
+    with pytest.raises(ValueError, match=r"columns x2d, y2d and cluster but \['cluster'\] are missing"):
+        embedding_map(frame.drop(columns="cluster"), colour_by="cluster")
+
+
 def test_subsample_keeps_marked_rows() -> None:
     n = MAX_POINTS + 500
     frame = pd.DataFrame({"x2d": np.arange(n, dtype=float), "y2d": 0.0, "label": 0, "is_label_issue": False})
