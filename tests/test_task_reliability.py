@@ -233,6 +233,10 @@ def test_lightning_multilabel_resumed_mid_epoch_records_as_the_uninterrupted_fit
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"{split} {name}")
     np.testing.assert_allclose(second.result.samples["mislabel_score"], reference.result.samples["mislabel_score"],
                                rtol=1e-5, atol=1e-6)
+    # the embeddings of the samples seen before the checkpoint come from it: every row has its embedding columns
+    assert (second.result.samples["cluster"] >= 0).all()
+    for column in ("outlier_score", "neighbor_disagreement"):
+        np.testing.assert_allclose(second.result.samples[column], reference.result.samples[column], atol=1e-3)
 
 
 def test_a_failing_task_analysis_keeps_the_model_and_the_raw_record(tracking_uri, tmp_path, monkeypatch):
