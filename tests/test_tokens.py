@@ -11,6 +11,7 @@ from dq_plugins.figures.token_view import token_issue_html
 from dq_plugins.recording.session import DynamicsSession, SessionConfig
 from dq_plugins.recording.tasks import Task, TaskRouter, detect_task
 from dq_plugins.recording.tokens import TokenLedger, check_token_batch
+from dq_plugins.schema import LABEL_FREE_EMBEDDING_COLUMNS
 from dq_plugins.scores.tokens import token_label_issues, token_scores
 
 
@@ -157,6 +158,10 @@ def test_lightning_token_classification(tracking_uri):
     row = tokens[(tokens["sample_id"] == 3)].sort_values("token_index")
     assert row["token_index"].tolist() == torch.nonzero(tags[3] != -100).flatten().tolist()
     assert row["label"].tolist() == tags[3][tags[3] != -100].tolist()
+    # one embedding per sequence (the head's (B, T, 8) input, mean-pooled): the label-free columns on every row
+    samples = callback.result.samples
+    assert list(samples.columns)[-len(LABEL_FREE_EMBEDDING_COLUMNS):] == list(LABEL_FREE_EMBEDDING_COLUMNS)
+    assert (samples["cluster"] >= 0).all() and samples["x2d"].notna().all() and "neighbor_disagreement" not in samples
     # a tagger that learned its (clean) rule: the flags are trusted, and said so in the run
     assert callback.result.trust["train"].trusted
     assert mlflow.MlflowClient().get_run(callback.run_id).data.metrics["dq.flags_trusted"] == 1.0
