@@ -75,15 +75,15 @@ HF_SCORES = ("confidence", "variability", "aum", "el2n", "correctness", "forgett
              "outlier_score", "neighbor_disagreement", "x2d", "y2d")
 
 
-def run_hf(tmp_path: Path, processes: int) -> tuple[pd.DataFrame, list]:
+def run_hf(tmp_path: Path, processes: int, task: str = "single_label") -> tuple[pd.DataFrame, list]:
     """Run tests/ddp/hf_run.py on ``processes`` processes against its own sqlite store; (samples, runs)."""
-    out = tmp_path / f"hf_{processes}.parquet"
-    uri = f"sqlite:///{tmp_path}/hf_{processes}.db"
+    out = tmp_path / f"hf_{task}_{processes}.parquet"
+    uri = f"sqlite:///{tmp_path}/hf_{task}_{processes}.db"
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]), "OMP_NUM_THREADS": "1",
            "DQ_PLUGINS_PROJECTION": "pca"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, *launcher, str(HF_SCRIPT), str(out), uri], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, *launcher, str(HF_SCRIPT), str(out), uri, task], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow.MlflowClient(uri).search_runs(
@@ -116,8 +116,27 @@ def test_hf_trainer_under_torchrun_matches_one_process(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["dq_plugins"] == "true"
     assert run.data.metrics["dq.num_label_issues"] == single["is_label_issue"][single["split"] == "train"].sum()
     assert run.data.metrics["dq.num_samples.train"] == 64
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/hf_2.db")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/hf_single_label_2.db")
     assert {"dq/samples.parquet", "dq/issues.json", "dq/raw"} <= {a.path for a in client.list_artifacts(run.info.run_id, "dq")}
+
+
+def test_hf_token_classification_under_torchrun_matches_one_process(tmp_path):
+    """Issue 14 under torchrun: a token classification BERT on 2 gloo ranks and on one process (same global
+    batches, as above; learning rate 0, see tests/ddp/hf_run.py): the per-token record is reduced over ranks,
+    rank 0 analyses and publishes."""
+    read = lambda processes: pd.read_parquet(tmp_path / f"hf_tokens_{processes}.parquet.tokens").sort_values(
+        ["split", "sample_id", "token_index"]).reset_index(drop=True)
+    single, _ = run_hf(tmp_path, 1, "tokens")
+    ddp, runs = run_hf(tmp_path, 2, "tokens")
+    one, two = read(1), read(2)
+    assert len(two) == len(one) > 0 and not two.duplicated(["split", "sample_id", "token_index"]).any()
+    pd.testing.assert_frame_equal(two[["split", "sample_id", "token_index", "label", "pred"]],
+                                  one[["split", "sample_id", "token_index", "label", "pred"]])
+    np.testing.assert_allclose(two["mislabel_score"], one["mislabel_score"], rtol=1e-4, atol=1e-5)
+    assert len(ddp) == len(single) == 64 + 24
+    (run,) = runs
+    assert run.data.tags["dq.task"] == "token_classification" and run.info.status == "FINISHED"
+    assert run.data.metrics["dq.num_token_label_issues"] == one.loc[one["split"] == "train", "is_label_issue"].sum()
 
 
 def _ledger_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
