@@ -109,3 +109,26 @@ def test_a_row_with_a_non_finite_value_keeps_its_hash_and_a_zero_sketch():
     _, hashes, sketches = buffer.to_numpy()
     assert hashes.tolist() == fingerprint(rows)[0].tolist() and len(set(hashes.tolist())) == 3
     assert np.isfinite(sketches).all() and not sketches[1:].any() and sketches[0].any()
+
+
+def test_hash_matches_the_documented_formula_for_every_input_dtype():
+    """``sum_k v_k * m_k mod 2^64`` from the module doc, computed in numpy: the fast path changes no bits."""
+    from dq_plugins.recording.fingerprints import hash_multipliers
+
+    def reference(rows: torch.Tensor) -> np.ndarray:
+        rows = rows.reshape(rows.shape[0], -1)
+        if rows.is_floating_point():
+            rows = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+            values = rows.contiguous().view(torch.int32).numpy().astype(np.int64)
+        else:
+            values = rows.numpy().astype(np.int64)
+        multipliers = hash_multipliers(values.shape[1]).numpy().astype(np.uint64)
+        with np.errstate(over="ignore"):
+            return (values.astype(np.uint64) * multipliers).sum(axis=1, dtype=np.uint64).view(np.int64)
+
+    gen = torch.Generator().manual_seed(0)
+    for rows in (torch.randn(64, 784, generator=gen) * 1e6, torch.randn(5, 3, 8, 8, generator=gen).double(),
+                 torch.randn(7, 33, generator=gen).half(), torch.randint(-2**62, 2**62, (9, 40), generator=gen),
+                 torch.randint(0, 30000, (9, 40), generator=gen, dtype=torch.int32)):
+        hashes, _ = fingerprint(rows)
+        np.testing.assert_array_equal(hashes.numpy(), reference(rows), err_msg=str(rows.dtype))

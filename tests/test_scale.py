@@ -228,6 +228,8 @@ def test_lightning_fit_logs_its_memory_peaks_and_spills_its_epochs(tracking_uri,
 
     class CountEpochFiles(pl.Callback):  # runs after the recording callback's own epoch end
         def on_train_epoch_end(self, trainer, pl_module):
+            for ledger in callback.session.ledgers.values():
+                ledger.history.wait()  # the file is written in the background (a checkpoint waits the same way)
             spilled.append(len(list((tmp_path / "history").rglob("epoch_*.npz"))))
 
     callback = DataQualityCallback(embeddings=False, history_dir=str(tmp_path / "history"))
@@ -265,3 +267,25 @@ def test_epoch_files_go_once_the_raw_record_is_uploaded_and_stay_when_it_is_not(
         assert session.finish(sink) is not None
         # uploaded: a resume reads the epochs from the run's raw record; not uploaded: the files are all there is
         assert any(folder.rglob("epoch_*.npz")) is not uploaded
+
+
+def test_a_checkpoint_waits_for_the_background_epoch_write(tmp_path, monkeypatch):
+    import time
+
+    import dq_plugins.recording.history_store as store
+
+    write = store._write_row
+
+    def slow_write(target, row):
+        time.sleep(0.3)
+        write(target, row)
+
+    monkeypatch.setattr(store, "_write_row", slow_write)
+    ledger = SplitLedger(40, 3, history_folder=str(tmp_path / "train"))
+    _train(ledger, range(1))
+    assert not (tmp_path / "train" / "epoch_00000.npz").exists()  # still being written: the hook did not wait
+    np.testing.assert_array_equal(ledger.history[0]["loss"], ledger.to_history(reduce=False).fields["loss"][0])
+    state = ledger.state_dict()
+    assert state["history_store"]["epochs_on_disk"] == [0] and state["history_store"]["in_memory"] == {}
+    restored = SplitLedger.from_state_dict(state)  # the file the checkpoint points to is complete
+    np.testing.assert_array_equal(restored.history[0]["loss"], ledger.history[0]["loss"])

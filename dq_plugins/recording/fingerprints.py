@@ -151,8 +151,13 @@ def _values_per_input(rows: torch.Tensor) -> int:
 
 
 def _hash(values: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` int64 hash of ``(B, W)`` int64 values (wrapping)."""
-    return (values * _CONSTANTS.multipliers(values.shape[1], values.device)).sum(dim=1)
+    """``(B,)`` int64 hash of ``(B, W)`` int64 values (wrapping). On the CPU one integer matrix-vector
+    product (no ``(B, W)`` temporary of products); elsewhere (CUDA has no integer ``mv``) a product and a sum.
+    Integer arithmetic wraps, so both give the same bits."""
+    multipliers = _CONSTANTS.multipliers(values.shape[1], values.device)
+    if values.device.type == "cpu":
+        return torch.mv(values, multipliers)
+    return (values * multipliers).sum(dim=1)
 
 
 def _token_sketch(tokens: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,11 @@ history made checkpoints grow with the epochs; here each closed epoch is written
 epoch-end hook; written to a temporary name and renamed, so a kill mid-write never leaves a half
 file) and the checkpoint holds only the folder and the epochs written (:meth:`EpochStore.state_dict`): its size does not depend on the number of epochs.
 
+The write runs on a background thread (one at a time, in order), so the epoch-end hook does not wait
+for the disk: until it has finished the row is served from RAM, and every read of the folder's state
+(:meth:`EpochStore.state_dict`, :meth:`EpochStore.detach_to_memory`, the next write) waits for it
+first, so a checkpoint lists only epochs whose file is complete.
+
 Without a folder (``folder=None``, a bare :class:`~dq_plugins.recording.ledger.SplitLedger`) the
 rows stay in RAM and in the checkpoint, as before. When a write fails (full disk, a folder that is
 not writable) the store warns once, naming the folder and the fix, and keeps that epoch and the
@@ -19,6 +24,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +62,16 @@ class EpochStore(Mapping):
         self._on_disk: set[int] = set()
         self._in_memory: dict[int, Row] = {}
         self._cache: tuple[int, Row] | None = None  # the row written or read last
+        self._writing: dict[int, tuple[Row, Future]] = {}  # epoch -> (row, its write), in submission order
+        self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, epoch: int) -> Row:
         epoch = int(epoch)
         if epoch in self._in_memory:
             return self._in_memory[epoch]
+        if epoch in self._writing:
+            return self._writing[epoch][0]
         if epoch not in self._on_disk:
             raise KeyError(epoch)
         if self._cache is not None and self._cache[0] == epoch:
@@ -72,13 +82,13 @@ class EpochStore(Mapping):
         return row
 
     def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self._on_disk | set(self._in_memory)))
+        return iter(sorted(self._on_disk | set(self._in_memory) | set(self._writing)))
 
     def __len__(self) -> int:
-        return len(self._on_disk | set(self._in_memory))
+        return len(self._on_disk | set(self._in_memory) | set(self._writing))
 
     def __contains__(self, epoch: object) -> bool:
-        return epoch in self._on_disk or epoch in self._in_memory
+        return epoch in self._on_disk or epoch in self._in_memory or epoch in self._writing
 
     # ------------------------------------------------------------------ writes
     def path(self, epoch: int) -> Path:
@@ -87,50 +97,72 @@ class EpochStore(Mapping):
         return self.folder / f"epoch_{int(epoch):05d}.npz"
 
     def __setitem__(self, epoch: int, row: Row) -> None:
-        """Write (or replace) ``epoch``; on an OS error, warn once and keep it in RAM."""
+        """Write (or replace) ``epoch`` on the background thread (see the module doc); a write that fails
+        with an OS error warns once, at the next write or read of the folder's state, and the epoch
+        stays in RAM."""
         epoch = int(epoch)
-        if self.folder is not None:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                target = self.path(epoch)
-                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-                with open(partial, "wb") as handle:
-                    np.savez(handle, **row)
-                os.replace(partial, target)
-            except OSError as error:
-                warn(
-                    f"dq_plugins: could not write the recorded history of epoch {epoch} to {str(self.folder)!r} "
-                    f"({error}); it is kept in memory and in the checkpoints instead (they grow with the epochs). "
-                    f"HINT: free disk space there or pass `history_dir=` (or set ${HISTORY_DIR_ENV}) to a "
-                    "writable folder with room.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                for old in sorted(self._on_disk):  # everything from now on lives in RAM
-                    try:
-                        self._in_memory.setdefault(old, self[old])
-                    except OSError:
-                        pass  # unreadable too: only the checkpoint's pointer to it is lost
-                self._on_disk.clear()
-                self.folder = None
-            else:
+        self.wait()  # one write in flight: the previous epoch's outcome is known before this one starts
+        if self.folder is None:
+            self._in_memory[epoch] = row
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dq_plugins_history")
+        self._in_memory.pop(epoch, None)
+        self._cache = (epoch, row)
+        self._writing[epoch] = (row, self._executor.submit(_write_row, self.path(epoch), row))
+
+    def wait(self) -> None:
+        """Finish the background writes: their epochs are on disk, or (a write failed) every epoch is in RAM
+        from now on, with one warning that names the folder and the fix."""
+        while self._writing:
+            epoch = next(iter(self._writing))
+            row, future = self._writing[epoch]
+            error = future.exception()
+            del self._writing[epoch]
+            if self.folder is None:  # an earlier write failed: everything lives in RAM now
+                self._in_memory[epoch] = row
+            elif error is None:
                 self._on_disk.add(epoch)
-                self._in_memory.pop(epoch, None)
-                self._cache = (epoch, row)
-                return
-        self._in_memory[epoch] = row
+            elif isinstance(error, OSError):
+                self._fall_back_to_memory(epoch, error)
+                self._in_memory[epoch] = row
+            else:
+                self._in_memory[epoch] = row
+                raise error
+
+    def _fall_back_to_memory(self, epoch: int, error: OSError) -> None:
+        """Warn once, naming the folder and the fix, and keep every epoch in RAM from now on."""
+        assert self.folder is not None
+        warn(
+            f"dq_plugins: could not write the recorded history of epoch {epoch} to {str(self.folder)!r} "
+            f"({error}); it is kept in memory and in the checkpoints instead (they grow with the epochs). "
+            f"HINT: free disk space there or pass `history_dir=` (or set ${HISTORY_DIR_ENV}) to a "
+            "writable folder with room.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        for old in sorted(self._on_disk):  # everything from now on lives in RAM
+            try:
+                self._in_memory.setdefault(old, self[old])
+            except OSError:
+                pass  # unreadable too: only the checkpoint's pointer to it is lost
+        self._on_disk.clear()
+        self.folder = None
 
     def disk_bytes(self) -> int:
         """Bytes of the epoch files written."""
+        self.wait()
         return sum(self.path(e).stat().st_size for e in self._on_disk if self.path(e).exists())
 
     def memory_bytes(self) -> int:
         """Bytes of the rows held in RAM (the cache of one row included)."""
         rows = list(self._in_memory.values()) + ([self._cache[1]] if self._cache else [])
+        rows += [row for epoch, (row, _) in self._writing.items() if self._cache is None or self._cache[0] != epoch]
         return sum(a.nbytes for row in rows for a in row.values())
 
     def detach_to_memory(self) -> None:
         """Read every epoch file into RAM and forget the folder (before its files are deleted)."""
+        self.wait()
         if self.folder is None:
             return
         for epoch in sorted(self._on_disk):
@@ -141,7 +173,9 @@ class EpochStore(Mapping):
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
-        """The folder and the epochs on disk (constant size), plus the rows kept in RAM if any."""
+        """The folder and the epochs on disk (constant size), plus the rows kept in RAM if any. Waits for
+        the background writes: a checkpoint never points to an epoch file that is not complete."""
+        self.wait()
         return {
             "folder": str(self.folder) if self.folder is not None else None,
             "epochs_on_disk": sorted(self._on_disk),
@@ -166,6 +200,7 @@ class EpochStore(Mapping):
                 store._on_disk.discard(epoch)
                 store[epoch] = row  # back into the folder (or RAM if it cannot be written)
                 missing.remove(epoch)
+        store.wait()
         if missing:
             raise FileNotFoundError(
                 f"dq_plugins: the checkpoint's recorded history of epochs {missing} is not in {str(store.folder)!r} "
@@ -174,3 +209,13 @@ class EpochStore(Mapping):
                 "machines, or resume in the same MLflow run so the epoch files logged there can be fetched."
             )
         return store
+
+
+def _write_row(target: Path, row: Row) -> None:
+    """Write ``row`` to ``target`` (its folder created if needed) through a temporary name and a rename
+    (the background write)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, **row)
+    os.replace(partial, target)
