@@ -49,7 +49,17 @@ class RowStage:
         if not self._batches:
             return None
         batches, self._batches, self._count, self._bytes = self._batches, [], 0, 0
-        return tuple(torch.cat([t.to(device, dtype) for t in column]) for column, dtype in zip(zip(*batches), dtypes))
+        return tuple(_concatenate(column, device, dtype) for column, dtype in zip(zip(*batches), dtypes))
+
+
+def _concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.cat`` of ``tensors`` on ``device`` with ``dtype``: one concatenation and one conversion when they
+    share a device and a dtype (the usual case: one ``.to`` per batch costs more than the copy of a small
+    batch), else each converted first. Exact either way (``cat`` of one dtype does no arithmetic)."""
+    first = tensors[0]
+    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
+        return torch.cat(tensors).to(device, dtype)
+    return torch.cat([t.to(device, dtype) for t in tensors])
 
 
 class EpochStaging:
