@@ -346,7 +346,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _forward_started(self, module: Any, args: Any) -> None:
         if self._timing_split is not None:
-            self._forward_timer.start(_module_device(module))
+            timer = self._forward_timer  # a nested forward only counts depth: its device is not looked up
+            timer.start(_module_device(module) if not timer.open else None)
 
     def _forward_ended(self, module: Any, args: Any, output: Any) -> None:
         if self._timing_split is not None:
@@ -620,8 +621,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
-        if not self.fingerprints:
-            return
+        if not self.fingerprints or not self.session.fingerprinting(split):
+            return  # every id has its fingerprint: the input is not even looked up
         cfg = self.session.config
         found = find_input(batch, self.input_key, (cfg.id_key, cfg.label_key, *cfg.metadata_keys),
                            self.attention_mask_key)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dq_plugins.recording.stage import concatenate
+
 IGNORE_INDEX = -100
 """PyTorch's default ``ignore_index`` (``F.cross_entropy``): rows with this label are not recorded."""
 
@@ -58,16 +60,17 @@ class EpochCheck:
         self._labels: list[torch.Tensor] = []
 
     def add(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
-        """Keep ``(B,)`` ids and labels of one batch (references; no device work, no host sync)."""
-        self._ids.append(ids.detach())
-        self._labels.append(labels.detach())
+        """Keep ``(B,)`` integer ids and labels of one batch (references: integer tensors carry no autograd
+        graph; no device work, no host sync)."""
+        self._ids.append(ids)
+        self._labels.append(labels)
 
     def close(self) -> EpochIds | None:
         """Summarise the epoch and start a new one; ``None`` when nothing was added."""
         if not self._ids:
             return None
-        ids = torch.cat([i.reshape(-1).long() for i in self._ids])
-        labels = torch.cat([lab.reshape(-1).to(ids.device).long() for lab in self._labels])
+        ids = concatenate(tuple(i.reshape(-1) for i in self._ids), self._ids[0].device, torch.int64)
+        labels = concatenate(tuple(lab.reshape(-1) for lab in self._labels), ids.device, torch.int64)
         self._ids, self._labels = [], []
         ignored = labels == IGNORE_INDEX
         bad = ~ignored & ((labels < 0) | (labels >= self.num_classes))

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dq_plugins.recording.stage import concatenate
+
 
 
 def _cuda_event() -> Any:
@@ -116,6 +118,11 @@ class ForwardTimer:
         return spans
 
     @property
+    def open(self) -> bool:
+        """Whether a forward is open (a :meth:`start` without its :meth:`stop`): a nested start only counts depth."""
+        return self._depth > 0
+
+    @property
     def pending(self) -> bool:
         """Whether a span was closed (or opened) since the last :meth:`take`."""
         return bool(self._spans) or self._depth > 0
@@ -156,7 +163,7 @@ class LatencyRecorder:
             batches[-1][1][-1].wait()  # events complete in stream order: the last one ends the epoch
             ms = np.asarray([sum(span.elapsed_ms() for span in spans) for _, spans in batches], dtype=np.float64)
             sizes = np.asarray([ids.numel() for ids, _ in batches], dtype=np.int64)
-            ids = torch.cat([ids.to(device=batches[0][0].device, dtype=torch.int64) for ids, _ in batches])
+            ids = concatenate(tuple(ids.reshape(-1) for ids, _ in batches), batches[0][0].device, torch.int64)
             ids = ids.cpu().numpy()
             share = np.repeat(ms / sizes, sizes)
             ok = (ids >= 0) & (ids < self.capacity)

@@ -40,7 +40,8 @@ class RowStage:
         """Keep one batch by reference (the caller must not modify it in place); ``True`` when full."""
         self._batches.append(tensors)
         self._count += tensors[0].shape[0]
-        self._bytes += sum(t.numel() * t.element_size() for t in tensors)
+        for tensor in tensors:  # a loop, not a generator: this runs in every step
+            self._bytes += tensor.nbytes
         self.peak_bytes = max(self.peak_bytes, self._bytes)
         return self._count >= self.rows
 
@@ -49,10 +50,10 @@ class RowStage:
         if not self._batches:
             return None
         batches, self._batches, self._count, self._bytes = self._batches, [], 0, 0
-        return tuple(_concatenate(column, device, dtype) for column, dtype in zip(zip(*batches), dtypes))
+        return tuple(concatenate(column, device, dtype) for column, dtype in zip(zip(*batches), dtypes))
 
 
-def _concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``torch.cat`` of ``tensors`` on ``device`` with ``dtype``: one concatenation and one conversion when they
     share a device and a dtype (the usual case: one ``.to`` per batch costs more than the copy of a small
     batch), else each converted first. Exact either way (``cat`` of one dtype does no arithmetic)."""
