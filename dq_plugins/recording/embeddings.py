@@ -1,11 +1,10 @@
 """Embedding capture on the device: pooling, head discovery and an ``N x D`` fp16 buffer on the host.
 
-The buffer keeps the **latest** embedding of every sample id. Each batch is converted to fp16 on the
-device as it is written (with a per-row finiteness flag of its float32 sum) and staged; a flush picks
-each id's latest row, clamps it to fp16's range and hands the rows to a
+The buffer keeps the **latest** embedding of every sample id. Batches are staged on the device
+by reference; a flush picks each id's latest row, converts to fp16 and hands the rows to a
 :class:`~dq_plugins.recording.stage.HostFold` (non-blocking copies into pinned memory, written
 into the host buffer on a worker thread): no host sync in a step, and the device holds only the
-stage (at most ~8 MB, and as much again at a flush). Host memory: ``N * (2D + 1)`` bytes; above :data:`MEMMAP_BYTES` the
+stage (at most ~16 MB). Host memory: ``N * (2D + 1)`` bytes; above :data:`MEMMAP_BYTES` the
 buffer is a memory-mapped file in ``spill_folder`` (when given), so the page cache rather than the
 process holds it (10M x 768: 15 GB on disk).
 """
@@ -106,45 +105,38 @@ class EmbeddingBuffer:
             self._values = torch.zeros(shape, dtype=torch.float16)
         self._seen = torch.zeros(self.capacity + 1, dtype=torch.bool)
         self._fold_rows = HostFold(self.device)
-        # Writes are staged as fp16 rows and folded in once S rows are staged or the buffer is read: two small
-        # ops per batch, and no float32 copy of the whole stage at the flush. Stage memory: S * D * 2 bytes (~8 MB).
+        # Writes are staged by reference and folded in once S rows are staged or the buffer is read:
+        # about 10 small ops per batch become none. Stage memory: at most S * D floats (~16 MB).
         self.stage_rows = int(stage_rows or min(65536, max(256, 4_000_000 // self.dim)))
         self._stage = RowStage(self.stage_rows)
 
-    @torch.no_grad()
     def write(self, ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Overwrite the rows of ``ids`` (B,) with ``embeddings`` (B, D). No host sync.
 
-        The embeddings are copied (as fp16) now; ``ids`` is kept by reference until the stage is folded
-        in, so the caller must not modify it in place. A row whose float32 sum is not finite (a NaN or
-        inf value, or an overflowing sum) is not written. When an id occurs more than once before the
-        stage is folded in (a stage can span epochs), the last write wins.
+        The tensors are kept by reference until the stage is folded in: the caller must not modify
+        them in place (clone activations that a later in-place op may overwrite). When an id occurs
+        more than once before the stage is folded in (a stage can span epochs), the last write wins.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
-        values = embeddings.detach()
-        if values.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            values = values.float()  # float64: rounded to float32 first, as the sum sees it
-        finite = torch.isfinite(values.sum(dim=1, dtype=torch.float32))  # one reduction instead of an elementwise mask
-        # fp16 now (the stage holds half the bytes, no float32 copy of it at the flush); clamped at the flush:
-        # fp16(clamp(x)) == clamp(fp16(x)) for every float x
-        if self._stage.add(ids, values.to(torch.float16), finite):
+        if self._stage.add(ids, embeddings.detach()):
             self.flush()
 
     def flush(self) -> None:
         """Fold the staged rows into the buffer."""
-        staged = self._stage.take(self.device, (torch.int64, torch.float16, torch.bool))
+        staged = self._stage.take(self.device, (torch.int64, torch.float32))
         if staged is not None:
             self._fold(*staged)
 
     @torch.no_grad()
-    def _fold(self, ids: torch.Tensor, values: torch.Tensor, finite: torch.Tensor) -> None:
-        """Write (R,) int64 ids, (R, D) fp16 values and (R,) bool finiteness flags on the model's device (as
-        :meth:`flush` hands them over)."""
+    def _fold(self, ids: torch.Tensor, values: torch.Tensor) -> None:
+        """Write (R,) int64 ids and (R, D) float32 values on the model's device (as :meth:`flush` hands them over)."""
+        finite = torch.isfinite(values.sum(dim=1))  # one reduction instead of an elementwise mask
         in_range = (ids >= 0) & (ids < self.capacity) & finite
         slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)
-        # fp16 saturates at 65504: clamp so large activations stay finite (values is the stage's own copy)
-        self._fold_rows.submit(self._write_host, slots, values.clamp_(-65504, 65504))
+        # fp16 saturates at 65504: clamp so large activations stay finite. Converted first, then clamped in place:
+        # fp16(clamp(x)) == clamp(fp16(x)) for every float x, and the clamp runs over half the bytes
+        self._fold_rows.submit(self._write_host, slots, values.to(torch.float16).clamp_(-65504, 65504))
 
     def _write_host(self, slots: torch.Tensor, values: torch.Tensor) -> None:
         """Host side of a flush: (R,) slots, each at most once but the trash slot, and (R, D) fp16 rows."""
@@ -157,8 +149,8 @@ class EmbeddingBuffer:
             self.mapped_path.unlink(missing_ok=True)
 
     def device_bytes(self) -> int:
-        """The most bytes staged on the model's device at once (the fp16 stage and its concatenation)."""
-        return self._stage.peak_bytes * 2
+        """The most bytes staged on the model's device at once (the stage and its fp16 copy)."""
+        return self._stage.peak_bytes * 3 // 2
 
     def host_bytes(self) -> int:
         """Bytes held in host RAM: the buffer (0 when memory-mapped) and the pinned rows in flight."""
