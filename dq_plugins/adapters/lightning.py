@@ -621,8 +621,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
-        if not self.fingerprints or not self.session.fingerprinting(split):
-            return  # every id has its fingerprint: the input is not even looked up
+        buffer = self.session.fingerprints.get(split)
+        if not self.fingerprints or (buffer is not None and not buffer.active):
+            return  # every id has its fingerprint (FingerprintBuffer.active): the input is not even looked up
         cfg = self.session.config
         found = find_input(batch, self.input_key, (cfg.id_key, cfg.label_key, *cfg.metadata_keys),
                            self.attention_mask_key)

@@ -547,12 +547,6 @@ class DynamicsSession:
             buffer = self.fingerprints[split] = FingerprintBuffer(capacity, inputs.device)
         buffer.write(ids, inputs, attention_mask)
 
-    def fingerprinting(self, split: str) -> bool:
-        """Whether :meth:`record_inputs` would fingerprint a batch of ``split``: ``False`` once every id of the
-        split has its fingerprint (:attr:`FingerprintBuffer.active`), so an adapter can skip finding the input."""
-        buffer = self.fingerprints.get(split)
-        return buffer is None or buffer.active
-
     def close_epoch(self, split: str, reduce: bool = True) -> None:
         """Move the split's pending epoch to the host and warn about rows that were not recorded.
 
