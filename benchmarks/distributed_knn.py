@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.method == "ivf":
             rows.append(("1 thread: the quantizer (rank 0 alone, then broadcast)", quantizer_s, same))
         rows += [(f"1 thread: part {p} of {args.ranks} (rank {p}'s search)", sec, same) for p, sec in enumerate(part_s)]
-        rows.append((f"1 thread: all {args.ranks} parts in turn", quantizer_s + sum(part_s), same))
+        rows.append((f"1 thread: all {args.ranks} parts in turn (rows normalised beforehand)",
+                     quantizer_s + sum(part_s), same))
     load_after = os.getloadavg()[0]
     result = {"n": args.n, "dim": args.dim, "method": args.method, "load": [load_before, load_after],
               "runs": [{"run": name, "seconds": seconds, "same_neighbours": same} for name, seconds, same in rows]}

@@ -100,7 +100,9 @@ def test_metrics_names(result: EmbeddingAnalysis) -> None:
     assert result.summary.metrics()["dq.knn_ranks"] == 1.0  # searched here, by this process alone
 
 
-def test_a_graph_searched_beforehand_gives_the_same_analysis(planted: dict[str, np.ndarray], result: EmbeddingAnalysis) -> None:
+def test_a_graph_searched_beforehand_gives_the_same_analysis(
+    planted: dict[str, np.ndarray], result: EmbeddingAnalysis
+) -> None:
     from dq_plugins.analysis.embeddings import knn_settings
     from dq_plugins.scores.neighbors import KnnGraph, knn_cosine
 

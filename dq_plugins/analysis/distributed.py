@@ -162,7 +162,9 @@ def _shared_quantizer(unit: torch.Tensor, seed: int, device: torch.device) -> tu
     return centroids, assign
 
 
-def _reduce_to_rank0(indices: np.ndarray, similarities: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _reduce_to_rank0(
+    indices: np.ndarray, similarities: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Every rank's rows of ``(N, k)`` results on rank 0 (a collective): the maximum over ranks, where the rows a
     rank did not search are -1 / NaN (NaN travels as :data:`_MISSING_SIMILARITY`)."""
     import torch.distributed as dist

@@ -401,7 +401,7 @@ def _knn_ivf(
     unit: torch.Tensor, k: int, exclude_self: bool, seed: int, nprobe: int = IVF_NPROBE,
     part: tuple[int, int] = (0, 1), quantizer: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster-pruned exact search (module docstring, ``"ivf"``); ``part`` and ``quantizer`` as in :func:`knn_cosine`."""
+    """Cluster-pruned exact search (module docstring, ``"ivf"``); ``part``, ``quantizer`` as in :func:`knn_cosine`."""
     num_samples = unit.shape[0]
     if quantizer is None:
         quantizer = ivf_lists(unit, ivf_num_lists(num_samples), seed=seed)

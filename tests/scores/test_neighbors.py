@@ -304,7 +304,7 @@ def test_ivf_two_level_quantizer_keeps_recall_and_list_sizes(monkeypatch: pytest
 
 
 def _union_of_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(indices, similarities, searched (P, N) bool) of the parts of one search, each row from the part that searched it."""
+    """(indices, similarities, searched (P, N) bool) of the parts of one search, each row from its own part."""
     searched = np.stack([(found >= 0).any(axis=1) for found, _ in parts])
     owner = searched.argmax(axis=0)
     rows = np.arange(owner.size)
