@@ -281,3 +281,52 @@ class SoftDataset(MultiHotDataset):
 def test_soft_targets_are_an_error_at_the_first_batch(tracking_uri):
     with pytest.raises(ValueError, match=r"multi-hot targets.*got the value 0\.(05|95).*HINT: pass hard 0/1"):
         fit(DataQualityCallback(), SoftDataset(64), epochs=1)
+
+
+# ---------------------------------------------------------------------------------- rules
+def _flipped_set(seed: int = 1) -> MultiHotDataset:
+    rng = np.random.default_rng(seed)
+    return MultiHotDataset(160, flip=[(int(i), int(rng.integers(NUM_CLASSES))) for i in rng.choice(160, 16, replace=False)])
+
+
+def test_rules_run_on_a_multilabel_run(tracking_uri, tmp_path):
+    from dq_plugins.rules import Condition, ExportRows, FailRun, RelabelList, Rule, TagRun
+
+    rules = [Rule("flagged", Condition("is_label_issue", ">=", 1, aggregate="count"),
+                  then=[ExportRows("ml_issues"), RelabelList(), TagRun("dq.flagged", "yes")]),
+             Rule("gate", Condition("mislabel_score", ">", 2.0, aggregate="max"), then=[FailRun("mark_failed")])]
+    callback = DataQualityCallback(task="multilabel", rules=rules)
+    fit(callback, _flipped_set(), epochs=8)
+    run = mlflow.MlflowClient().get_run(callback.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags.get("dq.flagged") == "yes"
+    exported = pd.read_parquet(artifact(callback.run_id, "dq/rules/ml_issues.parquet", tmp_path))
+    flagged = callback.result.samples[callback.result.samples["is_label_issue"]]
+    assert len(exported) == len(flagged) > 0 and exported["is_label_issue"].all()
+    relabel = pd.read_csv(artifact(callback.run_id, "dq/rules/flagged_relabel.csv", tmp_path))
+    assert len(relabel) == len(flagged) and set(relabel["action"]) <= {"relabel", "drop"}
+    assert relabel["label"].str.startswith("[").all()  # the class lists, as dq/samples.parquet has them
+    rules_table = json.load(open(artifact(callback.run_id, "dq/rules.json", tmp_path)))
+    status = dict(zip((r[rules_table["columns"].index("rule")] for r in rules_table["data"]),
+                      (r[rules_table["columns"].index("status")] for r in rules_table["data"])))
+    assert status == {"flagged": "held", "gate": "not_held"}
+
+
+def test_a_fail_rule_fails_a_multilabel_run_after_its_results_are_saved(tracking_uri):
+    from dq_plugins.rules import Condition, DataQualityRuleFailed, FailRun, Rule
+
+    callback = DataQualityCallback(task="multilabel", rules=[
+        Rule("no_issues", Condition("is_label_issue", ">=", 1, aggregate="count"), then=[FailRun("raise")])])
+    with pytest.raises(DataQualityRuleFailed, match="no_issues"):
+        fit(callback, _flipped_set(), epochs=8)
+    client = mlflow.MlflowClient()
+    run_id = client.search_runs([e.experiment_id for e in client.search_experiments()])[0].info.run_id
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert "dq/samples.parquet" in {a.path for a in client.list_artifacts(run_id, "dq")}
+
+
+def test_a_rule_on_a_single_label_column_fails_at_the_first_multilabel_batch(tracking_uri):
+    from dq_plugins.rules import Condition, Rule, TagRun
+
+    callback = DataQualityCallback(rules=[Rule("margins", Condition("aum", "<", 0, aggregate="mean"), then=[TagRun("a", "b")])])
+    with pytest.raises(ValueError, match=r"(?s)multilabel run.*aum"):
+        fit(callback, MultiHotDataset(32), epochs=1)

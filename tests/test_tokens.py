@@ -117,7 +117,7 @@ def test_html_view_escapes_text():
     assert 'title="position 2: given B-&quot;X, suggested O"' in page
 
 
-def _fit_tagger(epochs: int):
+def _fit_tagger(epochs: int, **options):
     """A Lightning tagger on (B, T) tags (the word id mod 3, 20% ignored) with (B, T, C) logits: (callback, tags)."""
     import pytorch_lightning as pl
     import torch.nn.functional as F
@@ -142,7 +142,7 @@ def _fit_tagger(epochs: int):
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=0.05)
 
-    callback = DataQualityCallback()
+    callback = DataQualityCallback(**options)
     pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
                enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback]).fit(
         Tagger(), DataLoader(data, batch_size=8, shuffle=True))
@@ -165,6 +165,18 @@ def test_lightning_token_classification(tracking_uri):
     # a tagger that learned its (clean) rule: the flags are trusted, and said so in the run
     assert callback.result.trust["train"].trusted
     assert mlflow.MlflowClient().get_run(callback.run_id).data.metrics["dq.flags_trusted"] == 1.0
+
+
+def test_rules_run_on_a_token_run(tracking_uri, tmp_path):
+    import pandas as pd
+
+    from dq_plugins.rules import Condition, ExportRows, Rule
+
+    rules = [Rule("long", Condition("num_tokens", ">=", 5), then=[ExportRows()])]  # per row: sequences of 5+ tags
+    callback, tags = _fit_tagger(epochs=2, rules=rules)
+    path = mlflow.MlflowClient().download_artifacts(callback.run_id, "dq/rules/long.parquet", str(tmp_path))
+    exported = pd.read_parquet(path)
+    assert sorted(exported["sample_id"]) == [i for i in range(40) if int((tags[i] != -100).sum()) >= 5]
 
 
 def test_token_flags_of_one_epoch_are_not_trusted(tracking_uri):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -23,6 +24,7 @@ class TaskResult:
         tables: extra per-row tables by name ("sample_labels" or "tokens"), written as Parquet.
         html: artifact path -> HTML page (the token view).
         trust: split -> whether its flags can be trusted (:mod:`dq_plugins.analysis.trust`).
+        rules_report: what the rules did at the end (``None``: no rules, or not evaluated yet).
     """
 
     task: str
@@ -34,6 +36,7 @@ class TaskResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     html: dict[str, str] = field(default_factory=dict)
     trust: dict[str, FlagTrust] = field(default_factory=dict)
+    rules_report: Any = None
 
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""

@@ -176,11 +176,12 @@ class DynamicsSession:
         rules = config.rules
         if isinstance(rules, (str, os.PathLike)):
             rules = rules_from_yaml(rules)
-        columns = [*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, *config.metadata_keys, *config.metadata_columns, LATENCY_COLUMN]
-        if config.metadata is not None:
-            columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
+        # the task is known at the first batch (TaskRouter.resolve checks the rules against its columns then):
+        # here a column of no task's table is the error
+        columns = [*dict.fromkeys(c for task in ("single_label", "multilabel", "token_classification")
+                                  for c in rule_columns(config, task))]
         validate_rules(list(rules), columns, pools=list(config.pools or {}) or None)
-        metadata = [c for c in columns if c not in DYNAMICS_COLUMNS and c not in EMBEDDING_COLUMNS]
+        metadata = [c for c in rule_columns(config, "single_label") if c not in DYNAMICS_COLUMNS and c not in EMBEDDING_COLUMNS]
         for rule in rules:
             if rule.on_validation:
                 _check_validation_rule(rule, metadata)
@@ -917,6 +918,24 @@ class DynamicsSession:
         bar.close()
         self.result = result
         return result
+
+
+def rule_columns(config: SessionConfig, task: str) -> list[str]:
+    """The columns of the per-sample table a rule may read in a run of ``task`` ("single_label", "multilabel",
+    "token_classification"): the task's own, the embedding columns, the metadata (and the latency for single-label)."""
+    from dq_plugins.schema import LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_SAMPLE_COLUMNS
+
+    if task == "single_label":
+        columns = [*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, LATENCY_COLUMN]
+    else:
+        # the embedding columns whether or not the run records embeddings: a rule reading them without is
+        # skipped (warned) at the end, as for single-label runs
+        columns = [*(MULTILABEL_SAMPLE_COLUMNS if task == "multilabel" else TOKEN_SAMPLE_COLUMNS),
+                   *LABEL_FREE_EMBEDDING_COLUMNS, *(["neighbor_disagreement"] if task == "multilabel" else [])]
+    columns += [*config.metadata_keys, *config.metadata_columns]
+    if config.metadata is not None:
+        columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]
+    return [*dict.fromkeys(columns)]
 
 
 def _metadata_frame(batches: list[tuple[torch.Tensor, dict[str, Any]]]) -> Any:

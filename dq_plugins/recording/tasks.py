@@ -18,8 +18,9 @@ collective, as for single-label) and rank 0 analyses. Metadata (``metadata_keys=
 (:mod:`dq_plugins.analysis.task_metadata`). Embeddings are recorded by the session's embedding
 buffers as for single-label (one row per sample id; one per sequence for a token task), gathered over
 ranks in :meth:`TaskRouter.close_all` and analysed without the one-class-per-sample parts
-(:mod:`dq_plugins.analysis.task_embeddings`). Not yet supported for these tasks: rules (a warning) and
-latency.
+(:mod:`dq_plugins.analysis.task_embeddings`). Rules are checked at the first batch against the task's
+per-sample columns and evaluated at the end of the fit on its tables (``on_validation`` rules too, warned).
+Not yet supported for these tasks: latency.
 """
 
 from __future__ import annotations
@@ -135,11 +136,27 @@ class TaskRouter:
                 + f" Or pass task={detected.value!r} (or leave `task` unset to detect it)."
             )
         self.task = detected
-        if self.active and getattr(self.session, "rules", None):
-            warnings.warn(f"dq_plugins: rules are not evaluated for {detected.value} runs yet; the "
-                          f"{len(self.session.rules)} rule(s) given are skipped. HINT: remove `rules=` from the "
-                          "callback, or read dq/samples.parquet after the fit.", RuntimeWarning, stacklevel=3)
+        if getattr(self.session, "rules", None):
+            self._check_rules()
         return detected
+
+    def _check_rules(self) -> None:
+        """At the first batch, once the task is known: the rules against that task's per-sample columns (a rule
+        reading another task's column is an error now, not a skip after training); for a multi-label or token
+        run, rules with ``on_validation=True`` run at the end of the fit only (warned)."""
+        from dq_plugins.recording.session import rule_columns
+        from dq_plugins.rules import validate_rules
+
+        config = self.session.config
+        try:
+            validate_rules(self.session.rules, rule_columns(config, self.task.value), pools=list(config.pools or {}) or None)
+        except ValueError as error:
+            raise ValueError(f"This is a {self.task.value} run (detected at the first batch): its per-sample table "
+                             f"(dq/samples.parquet) has that task's columns. {error}") from None
+        early = [rule.name for rule in self.session.rules if rule.on_validation]
+        if self.active and early:
+            warnings.warn(f"dq_plugins: rules {early} have on_validation=True; for {self.task.value} runs rules are "
+                          "evaluated at the end of the fit only.", RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ hot path
     def route(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
@@ -319,6 +336,13 @@ class TaskRouter:
 
             result = add_metadata(result, self.session.metadata_frame())
             publish_task_result(result, sink)
+            if self.session.rules:
+                from dq_plugins.sinks.publish import run_rules
+
+                embeddings = {split: (self.session.ids_of(split, slots), values) for split, (slots, values)
+                              in ((split, buffer.to_numpy()) for split, buffer in self.session.embeddings.items())}
+                run_rules(result, result.samples, result.slices, embeddings, sink, self.session.rules,
+                          self.session.pools or {}, None)
         except Exception:  # noqa: BLE001 - analysis must never fail the training run
             trace = traceback.format_exc()
             sink.stage_path(ANALYSIS_ERROR_PATH).write_text(trace)
@@ -351,9 +375,15 @@ class TaskRouter:
             return result
 
     def finish_run(self, sink: Any) -> Any:
-        """:meth:`finish`, then end the run."""
+        """:meth:`finish`, then end the run: FAILED when a ``FailRun`` rule held (or the rules could not be
+        evaluated and one had a ``FailRun``), and :class:`~dq_plugins.rules.DataQualityRuleFailed` raised after
+        the run is closed when a ``FailRun("raise")`` rule held, as for single-label runs."""
         result = self.finish(sink)
-        sink.end("FINISHED")
+        report = getattr(result, "rules_report", None)
+        failed = report is not None and (report.mark_failed or report.error is not None)
+        sink.end("FAILED" if failed else "FINISHED", by_rule=failed)
+        if report is not None:
+            report.raise_if_failed()
         return result
 
 

@@ -88,7 +88,7 @@ def publish_results(
     meta = metadata_columns(samples)
     slices = guarded("the slice table", _slice_table, result, meta, sink)
     if rules:
-        _run_rules(result, samples, slices, embeddings, sink, rules, pools or {}, rule_history)
+        run_rules(result, samples, slices, embeddings, sink, rules, pools or {}, rule_history)
     train_rows = samples[samples["split"] == TRAIN]
     if len(train_rows):
         guarded("the data map", _data_map, train_rows, sink)
@@ -147,7 +147,7 @@ def _slice_table(result: Any, meta: list[str], sink: MlflowSink) -> Any:
     return slices
 
 
-def _run_rules(
+def run_rules(
     result: Any, samples: Any, slices: Any, embeddings: dict, sink: MlflowSink, rules: list, pools: dict,
     rule_history: Any,
 ) -> None:

@@ -31,3 +31,19 @@ def test_noise_changes_one_label_per_chosen_sample_in_three_kinds():
 def test_the_config_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "recipes/configs/multilabel_digits.yaml")
     assert cfg.dataset == "digits" and cfg.noise_rate == 0.15
+
+
+def test_question_attributes_answer_type_plus_mentions():
+    from recipes.common.multilabel import question_attributes
+
+    texts = ["Where is Paris ?", "How many people live in 12 cities ?", "Who wrote Hamlet ?"]
+    out = question_attributes(texts, np.array([4, 5, 3]), num_coarse=6)
+    assert out.shape == (3, 8) and out.dtype == np.float32
+    np.testing.assert_array_equal(out.argmax(axis=1), [4, 5, 3])  # the annotated answer type
+    np.testing.assert_array_equal(out[:, 6], [1, 0, 0])  # mentions a place
+    np.testing.assert_array_equal(out[:, 7], [0, 1, 0])  # mentions a number
+
+
+def test_the_text_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes/configs/multilabel_trec6.yaml")
+    assert cfg.dataset == "trec6" and cfg.recipe == "transformers"
