@@ -82,6 +82,31 @@ def test_neighbor_disagreement_joins_the_score_and_reorders_the_flags():
     assert part.samples["neighbor_disagreement"].isna().tolist() == [True] + [False] * (n - 1)
 
 
+def test_a_knn_graph_searched_beforehand_is_used_only_for_the_rows_it_was_searched_for():
+    """What a DDP job hands rank 0 (``neighbors=``): used when its rows are the analysed ones (unknown labels left
+    out), ignored (searched again) otherwise; the results are the same either way, ``dq.knn_ranks`` tells."""
+    from dq_plugins.analysis.embeddings import knn_settings
+    from dq_plugins.raw_record import FLOAT_FIELDS, SplitHistory
+    from dq_plugins.scores.neighbors import KnnGraph, knn_cosine
+
+    labels, early, _, _, truth = planted(n=120)
+    labels[5], early[5] = -1, np.nan  # never recorded, but embedded: not among the analysed rows
+    fields = {name: np.ones((2, 120), np.float32) for name in FLOAT_FIELDS}
+    history = SplitHistory(epochs=np.arange(2), fields=fields, pred=np.zeros((2, 120), np.int32), labels=labels,
+                           mean_probs=early.astype(np.float32), early_probs=early.astype(np.float32))
+    vectors = (4.0 * np.eye(3)[truth] + np.random.default_rng(1).normal(size=(120, 3))).astype(np.float32)
+    rows = np.flatnonzero(labels >= 0)
+    k, method = knn_settings(rows.size)
+    graph = KnnGraph(*knn_cosine(vectors[rows], k, method=method), method=method, ranks=2, seconds=1.0)
+    embeddings = (np.arange(120), vectors)
+    alone = analyze_split(history, "train", embeddings=embeddings, projection="pca")
+    given = analyze_split(history, "train", embeddings=embeddings, projection="pca", neighbors=(rows, graph))
+    other = analyze_split(history, "train", embeddings=embeddings, projection="pca", neighbors=(rows[1:], graph))
+    assert (alone.embedding_metrics["dq.knn_ranks"], given.embedding_metrics["dq.knn_ranks"],
+            other.embedding_metrics["dq.knn_ranks"]) == (1.0, 2.0, 1.0)
+    pd.testing.assert_frame_equal(given.samples, alone.samples)
+
+
 def test_an_early_window_still_learning_is_left_out_of_the_score():
     """Early EL2N votes only when the early window fits the labels halfway from chance (C = 4: 0.625)."""
     from dq_plugins.raw_record import FLOAT_FIELDS
