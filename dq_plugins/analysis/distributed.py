@@ -93,6 +93,7 @@ def search_on_all_ranks(
     try:  # local work: a failure here must still reach the collectives of distributed_knn
         ids, values = rows()
         k, method = settings(max(ids.size, 2))
+        values = unit_rows(values, device="cpu")  # what the search uses (as is); rows()'s copy is freed here
     except Exception:  # noqa: BLE001 - the other ranks learn it in distributed_knn's first agreement
         warnings.warn(f"dq_plugins: could not read {what} for the kNN search of all ranks:\n"
                       f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)
