@@ -330,3 +330,45 @@ def test_a_rule_on_a_single_label_column_fails_at_the_first_multilabel_batch(tra
     callback = DataQualityCallback(rules=[Rule("margins", Condition("aum", "<", 0, aggregate="mean"), then=[TagRun("a", "b")])])
     with pytest.raises(ValueError, match=r"(?s)multilabel run.*aum"):
         fit(callback, MultiHotDataset(32), epochs=1)
+
+
+# ---------------------------------------------------------------------------------- sparse ids
+SPARSE_BASE, SPARSE_STEP = 10**12, 7
+
+
+class SparseIds(MultiHotDataset):
+    """The same samples under ids ``SPARSE_BASE + SPARSE_STEP * i``; sample 9 copies sample 3's input and labels."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.x[9], self.labels[9] = self.x[3], self.labels[3]
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "idx": SPARSE_BASE + SPARSE_STEP * index}
+
+
+def test_sparse_ids_give_a_multilabel_run_the_dense_run_under_the_original_ids(tracking_uri, tmp_path):
+    from dq_plugins.raw_record import load_task_record
+
+    dense_data = SparseIds(64)
+    dense_data.__class__ = MultiHotDataset  # the same samples under ids 0..63
+    sparse_data = SparseIds(64)
+    ids = SPARSE_BASE + SPARSE_STEP * np.arange(64)
+    runs = {}
+    for name, data, extra in (("dense", dense_data, {}), ("sparse", sparse_data, {"sample_ids": {"train": ids}})):
+        torch.manual_seed(0)
+        callback = DataQualityCallback(task="multilabel", embedding_module="net.1", **extra)
+        fit(callback, data, epochs=3)
+        runs[name] = callback
+    assert runs["sparse"].session.capacities["train"] == 64  # memory follows the number of ids
+    dense, sparse = (runs[n].result.samples.sort_values("sample_id").reset_index(drop=True) for n in ("dense", "sparse"))
+    np.testing.assert_array_equal(sparse["sample_id"], ids)
+    np.testing.assert_allclose(sparse["mislabel_score"], dense["mislabel_score"], rtol=1e-5)
+    assert [list(v) for v in sparse["label"]] == [list(v) for v in dense["label"]]
+    assert sparse.loc[9, "near_duplicate_of"] == ids[3] and dense.loc[9, "near_duplicate_of"] == 3  # ids, not slots
+    per_class = runs["sparse"].result.tables["sample_labels"]
+    assert set(per_class["sample_id"]) == set(ids)
+    issues = runs["sparse"].result.issues
+    assert set(issues["sample_id"]) <= set(ids)
+    raw = mlflow.MlflowClient().download_artifacts(runs["sparse"].run_id, "dq/raw/train.npz", str(tmp_path))
+    np.testing.assert_array_equal(load_task_record(raw)[1]["sample_ids"], ids)  # the raw record keeps slot -> id

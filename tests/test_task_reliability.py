@@ -322,11 +322,14 @@ def test_lightning_multilabel_metadata_is_merged_and_sliced(tracking_uri, tmp_pa
     assert rows["source=noisy"]["label_issue_rate"] == pytest.approx(flagged["noisy"])
 
 
-def test_rules_on_a_task_run_are_skipped_with_a_warning_at_the_first_batch(tracking_uri):
+def test_rules_on_a_task_run_are_checked_against_its_columns_at_the_first_batch(tracking_uri):
     from dq_plugins.rules import Condition, Rule, TagRun
 
-    rule = Rule("r", Condition("mislabel_score", ">", 0.5, aggregate="mean"), then=[TagRun("a", "b")])
-    session = DynamicsSession(SessionConfig(num_samples=4, rules=[rule]))
-    router = TaskRouter(None, session)
-    with pytest.warns(RuntimeWarning, match=r"rules are not evaluated for multilabel runs yet.*1 rule\(s\).*HINT"):
+    def first_batch(rule):
+        router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4, rules=[rule])))
         router.route("train", 0, torch.tensor([0]), torch.tensor([[1.0, 0.0]]), torch.randn(1, 2))
+        return router
+
+    assert first_batch(Rule("ok", Condition("num_label_issues", ">", 0, aggregate="mean"), then=[TagRun("a", "b")])).active
+    with pytest.raises(ValueError, match=r"(?s)multilabel run.*unknown metric 'aum'"):
+        first_batch(Rule("margins", Condition("aum", "<", 0, aggregate="mean"), then=[TagRun("a", "b")]))

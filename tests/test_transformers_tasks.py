@@ -242,3 +242,21 @@ def test_hf_token_classification_embeddings(tracking_uri, tmp_path):
         np.testing.assert_allclose(values.astype(np.float32), expected.numpy(), rtol=1e-2, atol=2e-3)
     run = mlflow.MlflowClient().get_run(callback.run_id)
     assert "dq.num_near_duplicates" in run.data.metrics and "dq.num_clusters.validation" in run.data.metrics
+
+
+def test_hf_token_classification_with_sparse_ids(tracking_uri, tmp_path):
+    """Huge ids in the ``idx`` column: one slot each, and every table names the sequences by their ids."""
+    dense = token_dataset(24, 0)
+    sparse = dense.map(lambda row: {"idx": 10**12 + 7 * row["idx"]})
+    results = {}
+    for name, train in (("dense", dense), ("sparse", sparse)):
+        callback = DataQualityCallback(embeddings=False)
+        Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args(tmp_path, eval_strategy="no"),
+                train_dataset=train, callbacks=[callback]).train()
+        results[name] = callback.result
+    want, got = (results[n].tables["tokens"].sort_values(["sample_id", "token_index"]).reset_index(drop=True)
+                 for n in ("dense", "sparse"))
+    np.testing.assert_array_equal(got["sample_id"], 10**12 + 7 * want["sample_id"])
+    np.testing.assert_array_equal(got[["token_index", "label", "pred"]], want[["token_index", "label", "pred"]])
+    np.testing.assert_allclose(got["mislabel_score"], want["mislabel_score"], rtol=1e-5)
+    assert set(results["sparse"].samples["sample_id"]) == {10**12 + 7 * i for i in range(24)}

@@ -702,7 +702,7 @@ class DataQualityCallback(TrainerCallback):
             raise ValueError(f"The {TRAIN} dataset has no column `{self.id_key}` holding the sample ids. "
                              f"{_add_ids_hint(self.id_key, TRAIN)}")
         self.session = DynamicsSession(self.session.config)  # each train() records anew
-        self.session.set_capacity(TRAIN, len(dataset))
+        self._set_task_ids(TRAIN, dataset)
         self._tasks = TaskRouter(self._task_option, self.session, self.label_key or LABEL_COLUMNS[0])
         self._tasks.option = self._task_option
         self._task_datasets = {TRAIN: dataset}
@@ -715,6 +715,17 @@ class DataQualityCallback(TrainerCallback):
             tokenizer = kwargs.get("processing_class")
             convert = getattr(tokenizer, "convert_ids_to_tokens", None)
             self._tasks.token_strings = _token_strings(self._task_datasets, self.id_key, convert)
+
+    def _set_task_ids(self, split: str, dataset: Any) -> None:
+        """The id range of a task split from the dataset's id column (sparse ids get dense slots, as for
+        single-label); the dataset length when the column cannot be read in one go."""
+        from dq_plugins.recording.slots import dataset_ids
+
+        ids = dataset_ids(dataset, self.id_key)
+        if ids is None:
+            self.session.set_capacity(split, len(dataset))
+        else:
+            self.session.set_sample_ids(split, ids, f"column `{self.id_key}` of the {split} dataset")
 
     def _load_metadata(self, train_dataloader: Any) -> None:
         """Read ``metadata_keys`` by sample id from the Trainer's train (and first eval) dataset."""
@@ -866,6 +877,7 @@ class DataQualityCallback(TrainerCallback):
         mask = self._tap.attention_mask if self._tap is not None else None
         mask = mask.detach() if isinstance(mask, torch.Tensor) else None
         if training:
+            ids = self.session.to_slots(TRAIN, ids)  # the ids themselves unless they are sparse
             self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits, mask)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
@@ -885,14 +897,21 @@ class DataQualityCallback(TrainerCallback):
                               f"{_add_ids_hint(self.id_key, VALIDATION)}", UserWarning, stacklevel=2)
                 self._val_disabled = True
                 return
+            try:
+                self._set_task_ids(VALIDATION, dataset)
+            except ValueError as err:
+                warn(f"dq_plugins does not record the validation split: {err} Or pass `record_validation=False` to "
+                     "the callback.", UserWarning, stacklevel=2)
+                self._val_disabled = True
+                return
             self._val_key = key
-            self.session.set_capacity(VALIDATION, len(dataset))
             self._task_datasets[VALIDATION] = dataset
             if self._task_option is Task.TOKEN_CLASSIFICATION:
                 self._tasks.widths[VALIDATION] = _max_length(dataset)
         elif key != self._val_key:
             return
         for ids, logits, labels, mask, embeddings in stash:
+            ids = self.session.to_slots(VALIDATION, ids)
             self._tasks.route(VALIDATION, self._epoch, ids, labels, logits, mask)
             if embeddings is not None:
                 self.session.record_embeddings(VALIDATION, ids, embeddings)

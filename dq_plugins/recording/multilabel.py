@@ -60,6 +60,7 @@ class MultiLabelHistory:
             NaN rows for ids never seen.
         early_probs: (N, C) float32 mean sigmoid over the early window, NaN rows when not seen there;
             ``None`` when no window was kept.
+        sample_ids: (N,) int64 sample id of each slot when the split's ids are sparse; ``None``: slot = id.
     """
 
     epochs: np.ndarray
@@ -67,6 +68,7 @@ class MultiLabelHistory:
     labels: np.ndarray
     mean_probs: np.ndarray
     early_probs: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
 
     task = "multilabel"  # the raw record's `task` (a class attribute, not a field)
 

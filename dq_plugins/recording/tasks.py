@@ -193,12 +193,7 @@ class TaskRouter:
         return True
 
     def _new_ledger(self, split: str, labels: torch.Tensor, logits: torch.Tensor) -> MultiLabelLedger | TokenLedger:
-        if split in getattr(self.session, "slot_maps", {}):
-            raise ValueError(
-                f"The {split} split has sparse sample ids (not 0..N-1), which dq_plugins records for single-label "
-                f"classification only, not for {self.task.value}. HINT: number the samples 0..n-1 "
-                "(`dq_plugins.with_ids(dataset)`) and keep the original ids as a metadata column."
-            )
+        # sparse ids arrive as dense slots (the adapters call session.to_slots): the ledger is sized by their number
         capacity = self.session.capacities.get(split)
         if capacity is None:
             self.session.set_capacity(split, None)
@@ -305,8 +300,14 @@ class TaskRouter:
 
     # ------------------------------------------------------------------ end of fit
     def histories(self) -> dict[str, Any]:
-        """Host records of every split (no collective: close the epochs on every rank first, :meth:`close_all`)."""
-        return {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
+        """Host records of every split (no collective: close the epochs on every rank first, :meth:`close_all`).
+        A split with sparse ids (a slot map) gets ``sample_ids``: the id of each slot, saved in the raw record."""
+        histories = {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
+        for split, history in histories.items():
+            slot_map = self.session.slot_maps.get(split)
+            if slot_map is not None:
+                history.sample_ids = slot_map.table[: history.labels.shape[0]].copy()
+        return histories
 
     def finish(self, sink: Any) -> Any:
         """Save the raw record, analyse it and publish through ``sink``. Never raises: an analysis error
@@ -329,9 +330,13 @@ class TaskRouter:
             else:
                 from dq_plugins.analysis.tokens import analyze_tokens
 
-                result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=self.token_strings,
+                strings = self.token_strings
+                if strings is not None and self.session.slot_maps:  # the analysis runs by slot, the dataset has ids
+                    strings = lambda split, slot, read=strings: read(split, int(self.session.ids_of(split, [slot])[0]))
+                result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=strings,
                                         class_names=self.class_names)
             result = self._add_embeddings(result, histories, sink)
+            result = self._to_ids(result)
             from dq_plugins.analysis.task_metadata import add_metadata
 
             result = add_metadata(result, self.session.metadata_frame())
@@ -366,13 +371,42 @@ class TaskRouter:
         try:
             from dq_plugins.analysis.task_embeddings import add_task_embeddings
 
-            embeddings = self.session.stage_embeddings(sink)
+            embeddings = self.session.stage_embeddings(sink)  # staged with the sample ids; analysed by slot
+            embeddings = {split: (self._slots_of(split, ids), values) for split, (ids, values) in embeddings.items()}
             projection = self.session.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto")
             return add_task_embeddings(result, histories, embeddings, projection=projection)
         except Exception:  # noqa: BLE001 - the embedding columns are optional; the task's results are not
             warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
                           f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
             return result
+
+    def _slots_of(self, split: str, ids: np.ndarray) -> np.ndarray:
+        """The slots of host sample ``ids`` of ``split`` (the ids themselves without a slot map)."""
+        slot_map = self.session.slot_maps.get(split)
+        return ids if slot_map is None else np.searchsorted(slot_map.table, np.asarray(ids, dtype=np.int64))
+
+    def _to_ids(self, result: Any) -> Any:
+        """``result`` with the slot columns of its tables (``sample_id``, ``near_duplicate_of``) turned into the
+        sample ids of their split (``-1`` stays ``-1``); unchanged when no split has sparse ids."""
+        if not any(split in self.session.slot_maps for split in self.ledgers):
+            return result
+
+        def convert(frame: Any) -> Any:
+            if frame is None or frame.empty or "split" not in frame:
+                return frame
+            frame = frame.copy()
+            for split, slot_map in self.session.slot_maps.items():
+                rows = (frame["split"] == split).to_numpy()
+                for column in ("sample_id", "near_duplicate_of"):
+                    if column in frame and rows.any():
+                        slots = frame.loc[rows, column].to_numpy(dtype=np.int64)
+                        frame.loc[rows, column] = np.where(slots >= 0, slot_map.table[np.maximum(slots, 0)], -1)
+            return frame
+
+        result.samples = convert(result.samples)
+        result.issues = convert(result.issues)
+        result.tables = {name: convert(table) for name, table in result.tables.items()}
+        return result
 
     def finish_run(self, sink: Any) -> Any:
         """:meth:`finish`, then end the run: FAILED when a ``FailRun`` rule held (or the rules could not be

@@ -58,6 +58,7 @@ class TokenHistory:
             NaN where never labelled.
         early_probs: (N, W, C) float32 mean softmax over the early window, or ``None``.
         epochs: (E,) int64 recorded epochs; ``accuracy``: (E,) token accuracy of each.
+        sample_ids: (N,) int64 sample id of each slot when the split's ids are sparse; ``None``: slot = id.
     """
 
     width: int
@@ -67,6 +68,7 @@ class TokenHistory:
     early_probs: np.ndarray | None
     epochs: np.ndarray
     accuracy: np.ndarray
+    sample_ids: np.ndarray | None = None
 
     task = "token_classification"  # the raw record's `task` (a class attribute, not a field)
 
