@@ -8,7 +8,8 @@ without replacement, where each sample comes once) there are more rows than dist
 
 Cost: nothing on the device in the step (:meth:`EpochCheck.add` keeps references to the batch's ``(B,)``
 ids and labels, 16 bytes a row for the epoch); at the epoch's end one pass on the device (a bincount and
-two scatter reductions over ``N`` slots) and one host sync for five counters.
+two scatter reductions over ``N + 1`` slots, the last one a trash slot for the rows not counted) and one
+host sync for the counters.
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ class EpochCheck:
         bad = ~ignored & ((labels < 0) | (labels >= self.num_classes))
         bad_label = labels[torch.argmax(bad.to(torch.int8))]  # a bad label (any label when none)
         keep = (ids >= 0) & (ids < self.capacity) & ~ignored & ~bad
-        ids, labels = ids[keep], labels[keep]
-        counts = torch.bincount(ids, minlength=self.capacity)
-        low = torch.full((self.capacity,), self.num_classes, dtype=torch.long, device=ids.device)
-        low = low.scatter_reduce(0, ids, labels, "amin")
-        high = torch.full((self.capacity,), -1, dtype=torch.long, device=ids.device).scatter_reduce(0, ids, labels, "amax")
+        n = self.capacity
+        slots = torch.where(keep, ids, n)  # the rows not kept go to a trash slot n (no boolean indexing, no sync)
+        counts = torch.bincount(slots, minlength=n + 1)[:n]
+        low = torch.full((n + 1,), self.num_classes, dtype=torch.long, device=ids.device)
+        low = low.scatter_reduce(0, slots, labels, "amin")[:n]
+        high = torch.full((n + 1,), -1, dtype=torch.long, device=ids.device).scatter_reduce(0, slots, labels, "amax")[:n]
         conflict = (counts > 0) & (high > low)
         first = torch.argmax(conflict.to(torch.int8))  # an id with a conflict (0 when none)
         summary = torch.stack([
