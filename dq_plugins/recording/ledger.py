@@ -202,12 +202,14 @@ class SplitLedger(EpochStaging):
         safe_logits = torch.where(finite.unsqueeze(1), logits, 0.0)
 
         # log-softmax by hand: for narrow rows (C ~ 10) it is faster on CPU than F.log_softmax (benchmarks/RESULTS.md)
-        shifted = safe_logits - safe_logits.amax(dim=1, keepdim=True)
+        # one reduction gives the row maximum and its first index (as argmax, which costs as much on its own)
+        row_max, pred = safe_logits.max(dim=1, keepdim=True)
+        shifted = safe_logits - row_max
         log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
         probs = log_probs.exp()
         given_logit = safe_logits.gather(1, safe_labels).squeeze(1)
         other_logit = safe_logits.scatter(1, safe_labels, float("-inf")).amax(dim=1)
-        pred = safe_logits.argmax(dim=1)
+        pred = pred.squeeze(1)
         values = torch.stack(
             (
                 -log_probs.gather(1, safe_labels).squeeze(1),
