@@ -232,3 +232,14 @@ def test_hooks_are_removed_after_fit(tracking_uri):
     module = TinyClassifier()
     fit(DataQualityCallback(embeddings=False), module=module, max_epochs=1)
     assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_the_timed_module_device_follows_replaced_parameters():
+    from dq_plugins.adapters.lightning import _FirstParameters
+
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    devices = _FirstParameters()
+    assert devices.device(model) == torch.device("cpu")
+    model[1].weight = torch.nn.Parameter(torch.zeros(2, 3, device="meta"))  # the first parameter, replaced
+    assert devices.device(model) == torch.device("meta")
+    assert devices.device(torch.nn.ReLU()) is None  # no parameter, no `device` attribute

@@ -118,9 +118,30 @@ def _timed_modules(pl_module: Any) -> list[Any]:
     return [pl_module, *children]
 
 
-def _module_device(module: Any) -> torch.device | None:
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else getattr(module, "device", None)
+class _FirstParameters:
+    """The device of a timed module (that of its first parameter, else its ``device`` attribute) without
+    walking ``module.parameters()`` at every forward: the first parameter is found once and kept with the
+    submodule that registers it, and found again when that submodule no longer holds it under its name
+    (parameters replaced, e.g. by ``.to()`` with ``overwrite_module_params_on_conversion``)."""
+
+    def __init__(self) -> None:
+        self._found: dict[int, tuple[Any, str, Any]] = {}  # id(module) -> (owner, name, parameter)
+
+    def device(self, module: Any) -> torch.device | None:
+        found = self._found.get(id(module))
+        if found is not None:
+            owner, name, parameter = found
+            if owner._parameters.get(name) is parameter:
+                return parameter.device
+        for owner_name, parameter in module.named_parameters():
+            prefix, _, name = owner_name.rpartition(".")
+            self._found[id(module)] = (module.get_submodule(prefix), name, parameter)
+            return parameter.device
+        self._found.pop(id(module), None)
+        return getattr(module, "device", None)
+
+    def clear(self) -> None:
+        self._found.clear()
 
 
 class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
@@ -287,6 +308,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._batch_timer = ForwardTimer()  # validation fallback: batch start -> batch end
         self._timing_split: str | None = None  # the split whose step is running, while one is timed
         self._timing_handles: list[Any] = []
+        self._first_parameters = _FirstParameters()  # the device of each timed module, found once
         self._loaded_state: dict[str, Any] | None = None  # checkpoint state loaded for the coming fit
         self._fitting = False  # between on_fit_start and the end of that fit: validation is recorded then only
         self._warned_not_fitting = False
@@ -347,7 +369,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     def _forward_started(self, module: Any, args: Any) -> None:
         if self._timing_split is not None:
             timer = self._forward_timer  # a nested forward only counts depth: its device is not looked up
-            timer.start(_module_device(module) if not timer.open else None)
+            timer.start(self._first_parameters.device(module) if not timer.open else None)
 
     def _forward_ended(self, module: Any, args: Any, output: Any) -> None:
         if self._timing_split is not None:
@@ -424,6 +446,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         for handle in self._timing_handles:
             handle.remove()
         self._timing_handles = []
+        self._first_parameters.clear()
         self._timing_split = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

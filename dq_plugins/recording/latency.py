@@ -89,7 +89,7 @@ class ForwardTimer:
         self._depth += 1
         if self._depth > 1:
             return
-        if device is not None and torch.device(device).type == "cuda":
+        if device is not None and (device if isinstance(device, torch.device) else torch.device(device)).type == "cuda":
             event = self._event_factory()
             event.record()
             self._start = event
