@@ -336,5 +336,9 @@ def test_lightning_ddp_multilabel_matches_one_process(tmp_path, tracking_uri):
         assert [list(v) for v in ddp[column]] == [list(v) for v in single[column]], column
     for column in ("mislabel_score", "confidence"):
         np.testing.assert_allclose(ddp[column], single[column], rtol=1e-4, atol=1e-5, err_msg=column)
+    # the embeddings (on by default) are gathered over ranks in close_all: every row has them, as in one process
+    assert (ddp["cluster"] >= 0).all() and ddp["neighbor_disagreement"].notna().all()
+    np.testing.assert_allclose(ddp["outlier_score"], single["outlier_score"], atol=1e-2)
+    np.testing.assert_array_equal(ddp["near_duplicate_of"], single["near_duplicate_of"])
     run_id = Path(str(tmp_path / "samples_2.parquet.run_id")).read_text()
     assert mlflow.MlflowClient().get_run(run_id).data.tags["dq.task"] == "multilabel"
