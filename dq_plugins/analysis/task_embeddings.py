@@ -29,6 +29,7 @@ def add_task_embeddings(
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
     *,
     projection: str = "auto",
+    neighbors: dict[str, tuple[np.ndarray, Any]] | None = None,
 ) -> TaskResult:
     """``result`` with the embedding columns in its ``samples`` and the embedding metrics
     (``dq.num_near_duplicates``, ``dq.num_outliers``, ``dq.num_clusters``, ``dq.embedding_analysis_seconds``
@@ -41,6 +42,8 @@ def add_task_embeddings(
             label sets (indexed by sample id).
         embeddings: split -> ``(ids (M,) int64, embeddings (M, D))``; a split without one keeps its rows as they are.
         projection: the 2-D map's method (``scores.projection.project_2d``).
+        neighbors: split -> ``(ids, KnnGraph)``, a graph searched beforehand (by every rank of a job); used when
+            the analysed rows are exactly ``ids``, else the graph is searched here.
 
     Returns:
         ``result``, its ``samples`` replaced by a frame with the same rows in the same order; unchanged
@@ -68,7 +71,9 @@ def add_task_embeddings(
         label_sets = None
         if multilabel and labels is not None:
             label_sets = (np.asarray(labels)[ids] > 0).astype(np.int8)  # -1 rows (never seen) are not in `rows`
-        analysis = analyze_embeddings(values, ids, label_sets=label_sets, projection=projection)
+        found = (neighbors or {}).get(split)
+        graph = found[1] if found is not None and np.array_equal(found[0], ids) else None
+        analysis = analyze_embeddings(values, ids, label_sets=label_sets, projection=projection, neighbors=graph)
         parts.append(merge_embedding_columns(rows, analysis.samples))
         metrics.update(analysis.summary.metrics(split))
     merged = pd.concat(parts, ignore_index=True).sort_values("_position", kind="stable")

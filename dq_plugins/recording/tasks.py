@@ -111,6 +111,7 @@ class TaskRouter:
         self.token_strings: Callable[[str, int], Sequence[str] | None] | None = None
         self.result: Any = None
         self._restored: dict[str, Any] | None = None  # a checkpoint's state until resume()
+        self._neighbors: dict[str, tuple[np.ndarray, Any]] = {}  # split -> (ids, KnnGraph) searched by every rank
         if session is not None:
             session.task_router = self
 
@@ -251,6 +252,23 @@ class TaskRouter:
         if reduce:
             for buffer in self.session.embeddings.values():
                 buffer.gather()
+            self._search_neighbors()
+
+    def _search_neighbors(self) -> None:
+        """Under ``torch.distributed`` with several ranks: each split's embedding kNN graph, searched by every rank
+        (:func:`~dq_plugins.analysis.distributed.search_on_all_ranks`, collectives, after the gather) over every
+        embedded id; rank 0 keeps it for :meth:`finish`, which uses it when the analysed rows are those ids (else,
+        and when a rank failed, rank 0 searches alone). Without several ranks: nothing."""
+        if distributed_rank_and_world()[1] < 2:
+            return
+        from dq_plugins.analysis.distributed import search_on_all_ranks
+        from dq_plugins.analysis.embeddings import knn_settings
+
+        for split in sorted(self.session.embeddings):  # the same order on every rank
+            buffer = self.session.embeddings[split]
+            graph = search_on_all_ranks(f"the {split} embeddings", buffer.to_numpy, knn_settings, buffer.device)
+            if graph is not None:
+                self._neighbors[split] = graph
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -366,6 +384,7 @@ class TaskRouter:
         """``result`` with the embedding columns and metrics (:func:`~dq_plugins.analysis.task_embeddings.
         add_task_embeddings`) when the session recorded embeddings; their ``dq/embeddings/<split>.npz`` staged.
         A failure here is a warning: the task's own results are kept."""
+        neighbors, self._neighbors = self._neighbors, {}
         if not self.session.embeddings:
             return result
         try:
@@ -374,7 +393,7 @@ class TaskRouter:
             embeddings = self.session.stage_embeddings(sink)  # staged with the sample ids; analysed by slot
             embeddings = {split: (self._slots_of(split, ids), values) for split, (ids, values) in embeddings.items()}
             projection = self.session.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto")
-            return add_task_embeddings(result, histories, embeddings, projection=projection)
+            return add_task_embeddings(result, histories, embeddings, projection=projection, neighbors=neighbors)
         except Exception:  # noqa: BLE001 - the embedding columns are optional; the task's results are not
             warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
                           f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
