@@ -141,7 +141,8 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path,
     fit(callback, train, val, epochs=12)
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]  # embeddings on by default
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert (samples["latency_ms"] > 0).all()  # every sample's share of its timed forward, as for single-label
     train_rows = samples[samples["split"] == "train"].set_index("sample_id").sort_index()
     assert len(train_rows) == 160 and (samples["split"] == "validation").sum() == 48
     assert train_rows.loc[5, "label"].tolist() == np.flatnonzero(train.labels[5].numpy()).tolist()
@@ -200,7 +201,7 @@ def test_lightning_multilabel_embeddings(tracking_uri, tmp_path):
         fit(runs[embeddings], train, MultiHotDataset(32, seed=1), epochs=3)
 
     samples = load_samples(runs[True].run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]
     assert samples[list(MULTILABEL_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
         "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
         "near_duplicate_score": "float64", "neighbor_disagreement": "float64", "cluster": "int64",
@@ -225,7 +226,7 @@ def test_lightning_multilabel_embeddings(tracking_uri, tmp_path):
 
     # the task's own scores and flags are those of the same fit without embeddings
     plain = load_samples(runs[False].run_id)
-    assert list(plain.columns) == list(MULTILABEL_SAMPLE_COLUMNS)
+    assert list(plain.columns) == [*MULTILABEL_SAMPLE_COLUMNS, "latency_ms"]
     for column in ("sample_id", "split", "mislabel_score", "is_label_issue", "num_label_issues", "confidence"):
         np.testing.assert_array_equal(samples[column], plain[column])
     assert [list(v) for v in samples["suggested_label"]] == [list(v) for v in plain["suggested_label"]]

@@ -91,7 +91,8 @@ def test_hf_multilabel_from_the_model_config(tracking_uri, tmp_path):
     Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=val, callbacks=[callback]).train()
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS]  # embeddings on by default
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert samples["latency_ms"].notna().all() and (samples["latency_ms"] > 0).all()  # train and validation timed
     for split, ds in (("train", train), ("validation", val)):
         rows = samples[samples["split"] == split].sort_values("sample_id")
         assert rows["sample_id"].tolist() == list(range(len(ds)))
@@ -128,7 +129,8 @@ def test_hf_token_classification(tracking_uri, tmp_path):
         expected = 1 - adjusted_self_confidence(tags[sid, pos], probs[sid, pos])  # a model that never learns
         np.testing.assert_allclose(rows["mislabel_score"], expected, atol=1e-4)
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS]  # embeddings on by default
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert samples["latency_ms"].notna().all()
     top = tokens.groupby(["split", "sample_id"])["mislabel_score"].max()
     np.testing.assert_allclose(samples.set_index(["split", "sample_id"])["mislabel_score"], top.reindex(
         pd.MultiIndex.from_frame(samples[["split", "sample_id"]])))
@@ -220,7 +222,7 @@ def test_hf_token_classification_embeddings(tracking_uri, tmp_path):
             callbacks=[callback]).train()
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS]
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms"]
     assert samples[list(LABEL_FREE_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
         "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
         "near_duplicate_score": "float64", "cluster": "int64", "x2d": "float32", "y2d": "float32",

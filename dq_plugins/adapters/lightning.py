@@ -634,6 +634,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
         if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
             self.session.record_metadata(split, ids, batch)  # joined by sample id
+            self.session.record_latency(split, slots, spans)
             self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
             return
         self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))

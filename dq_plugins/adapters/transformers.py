@@ -838,7 +838,7 @@ class DataQualityCallback(TrainerCallback):
         if not isinstance(ids, torch.Tensor):
             ids = torch.as_tensor(ids, device=logits.device)
         if self._task_option in (Task.MULTILABEL, Task.TOKEN_CLASSIFICATION):
-            self._capture_task(ids, logits, training, self._pooled_embeddings(ids.shape[0]))
+            self._capture_task(ids, logits, training, self._pooled_embeddings(ids.shape[0]), spans)
             return
         embeddings = self._pooled_embeddings(ids.shape[0])
         tokens = self._model_input()
@@ -864,9 +864,9 @@ class DataQualityCallback(TrainerCallback):
         return tap.input_ids, mask
 
     def _capture_task(self, ids: torch.Tensor, logits: torch.Tensor, training: bool,
-                      embeddings: torch.Tensor | None) -> None:
+                      embeddings: torch.Tensor | None, spans: Any) -> None:
         """A multi-label / token batch: its targets are the ``labels`` the model received; ``embeddings``:
-        its (B, D) pooled head input, or ``None``. No host sync."""
+        its (B, D) pooled head input, or ``None``; ``spans``: its timed forward. No host sync."""
         labels = self._tap.labels if self._tap is not None else None
         if not isinstance(labels, torch.Tensor):
             raise ValueError(
@@ -879,10 +879,11 @@ class DataQualityCallback(TrainerCallback):
         if training:
             ids = self.session.to_slots(TRAIN, ids)  # the ids themselves unless they are sparse
             self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits, mask)
+            self.session.record_latency(TRAIN, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
         elif self._epoch is not None:
-            self._task_stash.append((ids, logits.detach(), labels.detach(), mask, embeddings))
+            self._task_stash.append((ids, logits.detach(), labels.detach(), mask, embeddings, spans))
 
     def _record_task_eval(self, dataloader: Any) -> None:
         """Record the held evaluation batches of a multi-label / token task (first eval dataset only)."""
@@ -910,9 +911,10 @@ class DataQualityCallback(TrainerCallback):
                 self._tasks.widths[VALIDATION] = _max_length(dataset)
         elif key != self._val_key:
             return
-        for ids, logits, labels, mask, embeddings in stash:
+        for ids, logits, labels, mask, embeddings, spans in stash:
             ids = self.session.to_slots(VALIDATION, ids)
             self._tasks.route(VALIDATION, self._epoch, ids, labels, logits, mask)
+            self.session.record_latency(VALIDATION, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(VALIDATION, ids, embeddings)
 

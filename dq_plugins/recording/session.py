@@ -564,11 +564,7 @@ class DynamicsSession:
         fingerprints = self.fingerprints.get(split)
         if fingerprints is not None:
             fingerprints.close_epoch()
-        latency = self.latency.get(split)
-        if latency is None and reduce and split in self.capacities:  # every rank takes part in the collective
-            latency = self.latency[split] = LatencyRecorder(self.capacities[split])
-        if latency is not None:
-            latency.close_epoch(reduce=reduce, device=ledger.device)
+        self.close_latency(split, reduce, ledger.device)
         check = self.checks.get(split)
         seen = check.close() if check is not None else None
         bad_ids = counters["out_of_range"] - (seen.ignored + seen.bad_labels if seen is not None else 0)
@@ -591,6 +587,15 @@ class DynamicsSession:
             )
         if seen is not None:
             self._check_epoch_ids(split, epoch, seen, reduce)
+
+    def close_latency(self, split: str, reduce: bool, device: torch.device) -> None:
+        """Turn the split's timed forwards of the epoch into per-sample milliseconds (a collective under
+        ``torch.distributed`` with ``reduce``: every rank calls it, also one that timed nothing)."""
+        latency = self.latency.get(split)
+        if latency is None and reduce and split in self.capacities:  # every rank takes part in the collective
+            latency = self.latency[split] = LatencyRecorder(self.capacities[split])
+        if latency is not None:
+            latency.close_epoch(reduce=reduce, device=device)
 
     def _check_epoch_ids(self, split: str, epoch: int | None, seen: EpochIds, reduce: bool) -> None:
         """Fail on colliding ids and out-of-range labels, warn once about ignored (-100) rows.
@@ -931,7 +936,8 @@ def rule_columns(config: SessionConfig, task: str) -> list[str]:
         # the embedding columns whether or not the run records embeddings: a rule reading them without is
         # skipped (warned) at the end, as for single-label runs
         columns = [*(MULTILABEL_SAMPLE_COLUMNS if task == "multilabel" else TOKEN_SAMPLE_COLUMNS),
-                   *LABEL_FREE_EMBEDDING_COLUMNS, *(["neighbor_disagreement"] if task == "multilabel" else [])]
+                   *LABEL_FREE_EMBEDDING_COLUMNS, *(["neighbor_disagreement"] if task == "multilabel" else []),
+                   LATENCY_COLUMN]
     columns += [*config.metadata_keys, *config.metadata_columns]
     if config.metadata is not None:
         columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]

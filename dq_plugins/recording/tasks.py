@@ -20,7 +20,7 @@ buffers as for single-label (one row per sample id; one per sequence for a token
 ranks in :meth:`TaskRouter.close_all` and analysed without the one-class-per-sample parts
 (:mod:`dq_plugins.analysis.task_embeddings`). Rules are checked at the first batch against the task's
 per-sample columns and evaluated at the end of the fit on its tables (``on_validation`` rules too, warned).
-Not yet supported for these tasks: latency.
+Latency is timed as for single-label runs (the ``latency_ms`` column and ``dq.mean_latency_ms.<split>``).
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ class TaskRouter:
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce)
         self.session.close_metadata(split, reduce)
+        self.session.close_latency(split, reduce, ledger.device)
         if distributed_rank_and_world()[0] != 0:
             return  # the counters are global after the reduction: rank 0 warns
         if isinstance(ledger, MultiLabelLedger):
@@ -354,6 +355,7 @@ class TaskRouter:
                 result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=strings,
                                         class_names=self.class_names)
             result = self._add_embeddings(result, histories, sink)
+            result = self._add_latency(result)
             result = self._to_ids(result)
             from dq_plugins.analysis.task_metadata import add_metadata
 
@@ -398,6 +400,29 @@ class TaskRouter:
             warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
                           f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
             return result
+
+    def _add_latency(self, result: Any) -> Any:
+        """``result`` with the ``latency_ms`` column (:mod:`dq_plugins.recording.latency`, the latest timed epoch of
+        each split, NaN where not timed) and ``dq.mean_latency_ms.<split>``, when a split was timed."""
+        from dq_plugins.schema import LATENCY_COLUMN, split_metric_key
+
+        timed = {split: recorder.latest for split, recorder in self.session.latency.items()
+                 if np.isfinite(recorder.latest).any()}
+        if not timed or result.samples.empty:
+            return result
+        samples = result.samples.copy()
+        latency = np.full(len(samples), np.nan)
+        for split, latest in timed.items():
+            rows = (samples["split"] == split).to_numpy()
+            slots = samples.loc[rows, "sample_id"].to_numpy(dtype=np.int64)
+            inside = slots < latest.size
+            latency[np.flatnonzero(rows)[inside]] = latest[slots[inside]]
+            mean = float(np.nanmean(latency[rows])) if np.isfinite(latency[rows]).any() else float("nan")
+            if np.isfinite(mean):
+                result.metrics = {**result.metrics, split_metric_key("mean_latency_ms", split): mean}
+        samples[LATENCY_COLUMN] = latency
+        result.samples = samples
+        return result
 
     def _slots_of(self, split: str, ids: np.ndarray) -> np.ndarray:
         """The slots of host sample ``ids`` of ``split`` (the ids themselves without a slot map)."""
