@@ -54,13 +54,14 @@ class RowStage:
 
 
 def concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.cat`` of ``tensors`` on ``device`` with ``dtype``: one concatenation and one conversion when they
-    share a device and a dtype (the usual case: one ``.to`` per batch costs more than the copy of a small
-    batch), else each converted first. Exact either way (``cat`` of one dtype does no arithmetic)."""
-    first = tensors[0]
-    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
+    """``torch.cat`` of ``tensors`` on ``device`` with ``dtype``: one concatenation (``cat`` promotes mixed dtypes,
+    exactly for the integer ids and labels and the float logits staged here) and one conversion, instead of a
+    ``.to`` per batch, which costs more than the copy of a small batch; tensors on several devices (which ``cat``
+    refuses) are converted one by one first."""
+    try:
         return torch.cat(tensors).to(device, dtype)
-    return torch.cat([t.to(device, dtype) for t in tensors])
+    except RuntimeError:  # not all on one device
+        return torch.cat([t.to(device, dtype) for t in tensors])
 
 
 class EpochStaging:
