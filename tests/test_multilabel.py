@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dq_plugins import load_samples
-from dq_plugins.schema import MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
+from dq_plugins.schema import COPY_COLUMNS, MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, SAMPLE_LABEL_COLUMNS
 from dq_plugins.lightning import DataQualityCallback
 from dq_plugins.recording.multilabel import MultiLabelLedger
 from dq_plugins.scores.multilabel import class_label_issues, multilabel_scores
@@ -133,6 +133,7 @@ def test_mislabel_score_is_the_most_doubtful_class():
 
 # ---------------------------------------------------------------------------------- Lightning end to end
 def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path, capsys):
+    torch.manual_seed(0)  # the model's initialisation and the shuffling: not the earlier tests' random state
     rng = np.random.default_rng(1)
     flips = [(int(i), int(rng.integers(NUM_CLASSES))) for i in rng.choice(160, 16, replace=False)]
     train = MultiHotDataset(160, flip=flips)
@@ -141,7 +142,7 @@ def test_lightning_multilabel_outputs_and_planted_errors(tracking_uri, tmp_path,
     fit(callback, train, val, epochs=12)
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms", *COPY_COLUMNS]  # embeddings on by default
     assert (samples["latency_ms"] > 0).all()  # every sample's share of its timed forward, as for single-label
     train_rows = samples[samples["split"] == "train"].set_index("sample_id").sort_index()
     assert len(train_rows) == 160 and (samples["split"] == "validation").sum() == 48
@@ -201,7 +202,7 @@ def test_lightning_multilabel_embeddings(tracking_uri, tmp_path):
         fit(runs[embeddings], train, MultiHotDataset(32, seed=1), epochs=3)
 
     samples = load_samples(runs[True].run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms", *COPY_COLUMNS]
     assert samples[list(MULTILABEL_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
         "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
         "near_duplicate_score": "float64", "neighbor_disagreement": "float64", "cluster": "int64",
@@ -226,7 +227,7 @@ def test_lightning_multilabel_embeddings(tracking_uri, tmp_path):
 
     # the task's own scores and flags are those of the same fit without embeddings
     plain = load_samples(runs[False].run_id)
-    assert list(plain.columns) == [*MULTILABEL_SAMPLE_COLUMNS, "latency_ms"]
+    assert list(plain.columns) == [*MULTILABEL_SAMPLE_COLUMNS, "latency_ms", "near_duplicate_of", "is_near_duplicate", "near_duplicate_score", *COPY_COLUMNS]
     for column in ("sample_id", "split", "mislabel_score", "is_label_issue", "num_label_issues", "confidence"):
         np.testing.assert_array_equal(samples[column], plain[column])
     assert [list(v) for v in samples["suggested_label"]] == [list(v) for v in plain["suggested_label"]]

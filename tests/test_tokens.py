@@ -160,6 +160,7 @@ def test_lightning_token_classification(tracking_uri):
     assert row["label"].tolist() == tags[3][tags[3] != -100].tolist()
     # one embedding per sequence (the head's (B, T, 8) input, mean-pooled): the label-free columns on every row
     samples = callback.result.samples
+    # (no copy columns: the tagger's input, integer ids under "x", is not found to fingerprint; warned)
     assert list(samples.columns)[-len(LABEL_FREE_EMBEDDING_COLUMNS) - 1:] == [*LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms"]
     assert (samples["cluster"] >= 0).all() and samples["x2d"].notna().all() and "neighbor_disagreement" not in samples
     # a tagger that learned its (clean) rule: the flags are trusted, and said so in the run

@@ -23,7 +23,7 @@ from transformers import (  # noqa: E402
 
 from dq_plugins import load_samples, with_ids  # noqa: E402
 from dq_plugins.schema import (  # noqa: E402
-    LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS,
+    COPY_COLUMNS, LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS,
 )
 from dq_plugins.scores.tokens import adjusted_self_confidence  # noqa: E402
 from dq_plugins.transformers import DataQualityCallback  # noqa: E402
@@ -91,7 +91,7 @@ def test_hf_multilabel_from_the_model_config(tracking_uri, tmp_path):
     Trainer(model=model, args=args(tmp_path), train_dataset=train, eval_dataset=val, callbacks=[callback]).train()
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert list(samples.columns) == [*MULTILABEL_SAMPLE_COLUMNS, *MULTILABEL_EMBEDDING_COLUMNS, "latency_ms", *COPY_COLUMNS]  # embeddings on by default
     assert samples["latency_ms"].notna().all() and (samples["latency_ms"] > 0).all()  # train and validation timed
     for split, ds in (("train", train), ("validation", val)):
         rows = samples[samples["split"] == split].sort_values("sample_id")
@@ -129,7 +129,7 @@ def test_hf_token_classification(tracking_uri, tmp_path):
         expected = 1 - adjusted_self_confidence(tags[sid, pos], probs[sid, pos])  # a model that never learns
         np.testing.assert_allclose(rows["mislabel_score"], expected, atol=1e-4)
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms"]  # embeddings on by default
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms", *COPY_COLUMNS]  # embeddings on by default
     assert samples["latency_ms"].notna().all()
     top = tokens.groupby(["split", "sample_id"])["mislabel_score"].max()
     np.testing.assert_allclose(samples.set_index(["split", "sample_id"])["mislabel_score"], top.reindex(
@@ -222,7 +222,7 @@ def test_hf_token_classification_embeddings(tracking_uri, tmp_path):
             callbacks=[callback]).train()
 
     samples = load_samples(callback.run_id)
-    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms"]
+    assert list(samples.columns) == [*TOKEN_SAMPLE_COLUMNS, *LABEL_FREE_EMBEDDING_COLUMNS, "latency_ms", *COPY_COLUMNS]
     assert samples[list(LABEL_FREE_EMBEDDING_COLUMNS)].dtypes.astype(str).to_dict() == {
         "outlier_score": "float64", "is_outlier": "bool", "near_duplicate_of": "int64", "is_near_duplicate": "bool",
         "near_duplicate_score": "float64", "cluster": "int64", "x2d": "float32", "y2d": "float32",
@@ -262,3 +262,25 @@ def test_hf_token_classification_with_sparse_ids(tracking_uri, tmp_path):
     np.testing.assert_array_equal(got[["token_index", "label", "pred"]], want[["token_index", "label", "pred"]])
     np.testing.assert_allclose(got["mislabel_score"], want["mislabel_score"], rtol=1e-5)
     assert set(results["sparse"].samples["sample_id"]) == {10**12 + 7 * i for i in range(24)}
+
+
+def test_hf_token_input_copies_and_leakage(tracking_uri, tmp_path):
+    """Input fingerprints in a token run: a train sequence copied within the split and into the validation split."""
+    rows = token_dataset(32, 0).to_dict()
+    for key in ("input_ids", "attention_mask", "labels"):
+        rows[key][9] = rows[key][4]  # train sequence 9 copies train sequence 4
+    train = datasets.Dataset.from_dict(rows)
+    val_rows = token_dataset(16, 1).to_dict()
+    for key in ("input_ids", "attention_mask", "labels"):
+        val_rows[key][3] = rows[key][7]  # validation sequence 3 is train sequence 7: leakage
+    callback = DataQualityCallback(embeddings=False)
+    Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args(tmp_path), train_dataset=train,
+            eval_dataset=datasets.Dataset.from_dict(val_rows), callbacks=[callback]).train()
+    samples = callback.result.samples.set_index(["split", "sample_id"])
+    assert {samples.loc[("train", 9), "near_duplicate_of"], samples.loc[("train", 4), "near_duplicate_of"]} == {4, 9}
+    assert samples.loc[("validation", 3), "train_duplicate_of"] == 7 and samples.loc[("validation", 3), "is_leaked"]
+    assert samples["is_leaked"].sum() == 1 and samples.loc[("validation", 3), "leaked_score"] == 1.0
+    metrics = mlflow.MlflowClient().get_run(callback.run_id).data.metrics
+    assert metrics["dq.num_leaked.validation"] == 1.0
+    leakage = json.load(open(artifact(callback.run_id, "dq/leakage.json", tmp_path)))
+    assert leakage["data"] == [["validation", 3, 7, "exact", 1.0]]

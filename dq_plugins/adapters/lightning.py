@@ -636,6 +636,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             self.session.record_metadata(split, ids, batch)  # joined by sample id
             self.session.record_latency(split, slots, spans)
             self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
+            self._record_inputs(split, batch, slots)
             return
         self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))
         self.session.record_metadata(split, ids, batch)  # joined by sample id

@@ -876,14 +876,17 @@ class DataQualityCallback(TrainerCallback):
             )
         mask = self._tap.attention_mask if self._tap is not None else None
         mask = mask.detach() if isinstance(mask, torch.Tensor) else None
+        tokens = self._model_input()
         if training:
             ids = self.session.to_slots(TRAIN, ids)  # the ids themselves unless they are sparse
             self._tasks.route(TRAIN, self._epoch or 0, ids, labels, logits, mask)
             self.session.record_latency(TRAIN, ids, spans)
             if embeddings is not None:
                 self.session.record_embeddings(TRAIN, ids, embeddings)
+            if tokens is not None:
+                self.session.record_inputs(TRAIN, ids, *tokens)
         elif self._epoch is not None:
-            self._task_stash.append((ids, logits.detach(), labels.detach(), mask, embeddings, spans))
+            self._task_stash.append((ids, logits.detach(), labels.detach(), mask, embeddings, spans, tokens))
 
     def _record_task_eval(self, dataloader: Any) -> None:
         """Record the held evaluation batches of a multi-label / token task (first eval dataset only)."""
@@ -911,10 +914,12 @@ class DataQualityCallback(TrainerCallback):
                 self._tasks.widths[VALIDATION] = _max_length(dataset)
         elif key != self._val_key:
             return
-        for ids, logits, labels, mask, embeddings, spans in stash:
+        for ids, logits, labels, mask, embeddings, spans, tokens in stash:
             ids = self.session.to_slots(VALIDATION, ids)
             self._tasks.route(VALIDATION, self._epoch, ids, labels, logits, mask)
             self.session.record_latency(VALIDATION, ids, spans)
+            if tokens is not None:
+                self.session.record_inputs(VALIDATION, ids, *tokens)
             if embeddings is not None:
                 self.session.record_embeddings(VALIDATION, ids, embeddings)
 

@@ -25,6 +25,8 @@ class TaskResult:
         html: artifact path -> HTML page (the token view).
         trust: split -> whether its flags can be trusted (:mod:`dq_plugins.analysis.trust`).
         rules_report: what the rules did at the end (``None``: no rules, or not evaluated yet).
+        leakage: held-out rows that copy a train row (``dq/leakage.json``), ``None`` without input fingerprints
+            of a held-out split (:mod:`dq_plugins.analysis.task_copies`).
     """
 
     task: str
@@ -37,6 +39,7 @@ class TaskResult:
     html: dict[str, str] = field(default_factory=dict)
     trust: dict[str, FlagTrust] = field(default_factory=dict)
     rules_report: Any = None
+    leakage: pd.DataFrame | None = None
 
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""

@@ -561,9 +561,7 @@ class DynamicsSession:
         if split == VALIDATION and epoch is not None:
             self._fresh_validation = epoch
         self._close_metadata(split, reduce)
-        fingerprints = self.fingerprints.get(split)
-        if fingerprints is not None:
-            fingerprints.close_epoch()
+        self.close_inputs(split)
         self.close_latency(split, reduce, ledger.device)
         check = self.checks.get(split)
         seen = check.close() if check is not None else None
@@ -587,6 +585,12 @@ class DynamicsSession:
             )
         if seen is not None:
             self._check_epoch_ids(split, epoch, seen, reduce)
+
+    def close_inputs(self, split: str) -> None:
+        """Fold the split's staged input fingerprints of the epoch into its host table (local, no collective)."""
+        fingerprints = self.fingerprints.get(split)
+        if fingerprints is not None:
+            fingerprints.close_epoch()
 
     def close_latency(self, split: str, reduce: bool, device: torch.device) -> None:
         """Turn the split's timed forwards of the epoch into per-sample milliseconds (a collective under
@@ -812,6 +816,18 @@ class DynamicsSession:
             sink.add_artifact(embeddings_path(split))
         return embeddings
 
+    def stage_fingerprints(self, sink: MlflowSink) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every split's input fingerprints as ``split -> (ids (M,), hashes (M,), sketches (M, D))`` (the sample ids,
+        not the slots; gathered over ranks first), each staged in ``sink`` as ``dq/fingerprints/<split>.npz``."""
+        fingerprints = {}
+        for split, buffer in self.fingerprints.items():
+            slots, *values = buffer.to_numpy()
+            fingerprints[split] = (self.ids_of(split, slots), *values)
+        for split, values in fingerprints.items():
+            save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
+            sink.add_artifact(fingerprints_path(split))
+        return fingerprints
+
     def histories(self) -> dict[str, SplitHistory]:
         """Host records of every split (pending epochs must be closed first on every rank, see :meth:`close_all`)."""
         histories = {split: ledger.to_history(reduce=False) for split, ledger in self.ledgers.items()}
@@ -878,13 +894,7 @@ class DynamicsSession:
             bar.set_postfix_str("scores")
 
             embeddings = self.stage_embeddings(sink)
-            fingerprints = {}
-            for split, buffer in self.fingerprints.items():
-                slots, *values = buffer.to_numpy()
-                fingerprints[split] = (self.ids_of(split, slots), *values)
-            for split, values in fingerprints.items():
-                save_fingerprints(*values, sink.stage_path(fingerprints_path(split)))
-                sink.add_artifact(fingerprints_path(split))
+            fingerprints = self.stage_fingerprints(sink)
             neighbors, self._neighbors = self._neighbors, {}
             copy_neighbors, self._copy_neighbors = self._copy_neighbors, None
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
@@ -928,7 +938,7 @@ class DynamicsSession:
 def rule_columns(config: SessionConfig, task: str) -> list[str]:
     """The columns of the per-sample table a rule may read in a run of ``task`` ("single_label", "multilabel",
     "token_classification"): the task's own, the embedding columns, the metadata (and the latency for single-label)."""
-    from dq_plugins.schema import LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_SAMPLE_COLUMNS
+    from dq_plugins.schema import COPY_COLUMNS, LABEL_FREE_EMBEDDING_COLUMNS, MULTILABEL_SAMPLE_COLUMNS, TOKEN_SAMPLE_COLUMNS
 
     if task == "single_label":
         columns = [*DYNAMICS_COLUMNS, *EMBEDDING_COLUMNS, LATENCY_COLUMN]
@@ -937,7 +947,7 @@ def rule_columns(config: SessionConfig, task: str) -> list[str]:
         # skipped (warned) at the end, as for single-label runs
         columns = [*(MULTILABEL_SAMPLE_COLUMNS if task == "multilabel" else TOKEN_SAMPLE_COLUMNS),
                    *LABEL_FREE_EMBEDDING_COLUMNS, *(["neighbor_disagreement"] if task == "multilabel" else []),
-                   LATENCY_COLUMN]
+                   *COPY_COLUMNS, LATENCY_COLUMN]
     columns += [*config.metadata_keys, *config.metadata_columns]
     if config.metadata is not None:
         columns += [c for c in config.metadata.columns if c not in ("sample_id", "split")]

@@ -20,7 +20,8 @@ buffers as for single-label (one row per sample id; one per sequence for a token
 ranks in :meth:`TaskRouter.close_all` and analysed without the one-class-per-sample parts
 (:mod:`dq_plugins.analysis.task_embeddings`). Rules are checked at the first batch against the task's
 per-sample columns and evaluated at the end of the fit on its tables (``on_validation`` rules too, warned).
-Latency is timed as for single-label runs (the ``latency_ms`` column and ``dq.mean_latency_ms.<split>``).
+Latency is timed as for single-label runs (the ``latency_ms`` column and ``dq.mean_latency_ms.<split>``), and the
+model inputs are fingerprinted for input copies and leakage (:mod:`dq_plugins.analysis.task_copies`).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ class TaskRouter:
         epoch = ledger.pending_epoch
         counters = ledger.close_epoch(reduce)
         self.session.close_metadata(split, reduce)
+        self.session.close_inputs(split)
         self.session.close_latency(split, reduce, ledger.device)
         if distributed_rank_and_world()[0] != 0:
             return  # the counters are global after the reduction: rank 0 warns
@@ -251,7 +253,7 @@ class TaskRouter:
         for split in list(self.ledgers):
             self.close_epoch(split, reduce)
         if reduce:
-            for buffer in self.session.embeddings.values():
+            for buffer in [*self.session.embeddings.values(), *self.session.fingerprints.values()]:
                 buffer.gather()
             self._search_neighbors()
 
@@ -357,6 +359,7 @@ class TaskRouter:
             result = self._add_embeddings(result, histories, sink)
             result = self._add_latency(result)
             result = self._to_ids(result)
+            result = self._add_copies(result, sink)
             from dq_plugins.analysis.task_metadata import add_metadata
 
             result = add_metadata(result, self.session.metadata_frame())
@@ -399,6 +402,20 @@ class TaskRouter:
         except Exception:  # noqa: BLE001 - the embedding columns are optional; the task's results are not
             warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
                           f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
+            return result
+
+    def _add_copies(self, result: Any, sink: Any) -> Any:
+        """``result`` with the input copies and leakage (:mod:`~dq_plugins.analysis.task_copies`) when the session
+        fingerprinted the inputs; their ``dq/fingerprints/<split>.npz`` staged. A failure here is a warning."""
+        if not self.session.fingerprints:
+            return result
+        try:
+            from dq_plugins.analysis.task_copies import add_task_copies
+
+            return add_task_copies(result, self.session.stage_fingerprints(sink))
+        except Exception:  # noqa: BLE001 - the copy columns are optional; the task's results are not
+            warnings.warn(f"dq_plugins: the input-copy analysis failed; the {self.task.value} results are kept without "
+                          f"the copy columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
             return result
 
     def _add_latency(self, result: Any) -> Any:

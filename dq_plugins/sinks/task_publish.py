@@ -5,6 +5,7 @@ classification run writes.
 - ``dq/sample_labels.parquet`` (multi-label) or ``dq/tokens.parquet`` (tokens): the finer rows;
 - ``dq/issues.json``: the issue table, an MLflow table the UI renders;
 - ``dq/slices.json``: one row per (split, class);
+- ``dq/leakage.json``: held-out rows that copy a train row (with input fingerprints);
 - ``dq/token_issues.html`` (tokens): the most suspicious sequences;
 - ``dq/embedding_map.png`` when the train rows have embedding coordinates (coloured by ``cluster``:
   a multi-label ``label`` is a set, a token task's a sequence of tags);
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from dq_plugins.schema import (
-    EMBEDDING_MAP_PATH, ISSUES_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH, TRAIN,
+    EMBEDDING_MAP_PATH, ISSUES_PATH, LEAKAGE_PATH, SAMPLE_LABELS_PATH, SAMPLES_PATH, SLICES_PATH, TOKENS_PATH, TRAIN,
 )
 from dq_plugins.sinks.publish import add_metrics, guarded, warn_if_untrusted
 
@@ -37,6 +38,8 @@ def publish_task_result(result: Any, sink: Any) -> None:
     sink.add_table(result.issues, ISSUES_PATH)
     if result.slices is not None:
         sink.add_table(result.slices, SLICES_PATH)
+    if getattr(result, "leakage", None) is not None:
+        sink.add_table(result.leakage, LEAKAGE_PATH)
     for path, page in result.html.items():
         sink.stage_path(path).write_text(page, encoding="utf-8")
         sink.add_artifact(path)
