@@ -289,3 +289,14 @@ def test_a_checkpoint_waits_for_the_background_epoch_write(tmp_path, monkeypatch
     assert state["history_store"]["epochs_on_disk"] == [0] and state["history_store"]["in_memory"] == {}
     restored = SplitLedger.from_state_dict(state)  # the file the checkpoint points to is complete
     np.testing.assert_array_equal(restored.history[0]["loss"], ledger.history[0]["loss"])
+
+
+def test_a_ledger_with_a_spilled_history_can_be_deep_copied(tmp_path):
+    import copy
+
+    ledger = SplitLedger(30, 3, history_folder=str(tmp_path / "train"))
+    _train(ledger, range(2))  # the writer thread exists now
+    copied = copy.deepcopy(ledger)
+    np.testing.assert_array_equal(copied.to_history().fields["loss"], ledger.to_history().fields["loss"])
+    _train(copied, range(2, 3))  # the copy writes with its own thread
+    assert copied.state_dict()["history_store"]["epochs_on_disk"] == [0, 1, 2]

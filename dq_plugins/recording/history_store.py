@@ -65,6 +65,12 @@ class EpochStore(Mapping):
         self._writing: dict[int, tuple[Row, Future]] = {}  # epoch -> (row, its write), in submission order
         self._executor: ThreadPoolExecutor | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickle / ``copy.deepcopy`` support: the writes finished first, without the writer thread (a copy
+        starts its own on its first write)."""
+        self.wait()
+        return {**self.__dict__, "_executor": None, "_writing": {}}
+
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, epoch: int) -> Row:
         epoch = int(epoch)
