@@ -64,6 +64,7 @@ class EpochStore(Mapping):
         self._cache: tuple[int, Row] | None = None  # the row written or read last
         self._writing: dict[int, tuple[Row, Future]] = {}  # epoch -> (row, its write), in submission order
         self._executor: ThreadPoolExecutor | None = None
+        self._made: Path | None = None  # the folder created (the first write to it creates it)
 
     def __getstate__(self) -> dict:
         """Pickle / ``copy.deepcopy`` support: the writes finished first, without the writer thread (a copy
@@ -108,6 +109,12 @@ class EpochStore(Mapping):
         stays in RAM."""
         epoch = int(epoch)
         self.wait()  # one write in flight: the previous epoch's outcome is known before this one starts
+        if self.folder is not None and self._made != self.folder:
+            try:  # once per folder, here: a background write never recreates a folder removed since
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._made = self.folder
+            except OSError as error:
+                self._fall_back_to_memory(epoch, error)
         if self.folder is None:
             self._in_memory[epoch] = row
             return
@@ -218,9 +225,8 @@ class EpochStore(Mapping):
 
 
 def _write_row(target: Path, row: Row) -> None:
-    """Write ``row`` to ``target`` (its folder created if needed) through a temporary name and a rename
-    (the background write)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``row`` to ``target`` (in a folder that exists) through a temporary name and a rename (the
+    background write)."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     with open(partial, "wb") as handle:
         np.savez(handle, **row)

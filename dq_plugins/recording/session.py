@@ -27,7 +27,7 @@ from dq_plugins.raw_record import (
     upload_sample,
 )
 from dq_plugins.recording.checks import check_shapes, check_transposed, check_values
-from dq_plugins.recording.history_store import EpochStore, new_history_folder
+from dq_plugins.recording.history_store import new_history_folder
 from dq_plugins.recording.ledger import SplitLedger, distributed_rank_and_world, planned_bytes
 from dq_plugins.recording.slots import SlotMap, integer_ids, is_dense
 from dq_plugins.schema import (
@@ -800,10 +800,6 @@ class DynamicsSession:
 
         for ledger in self.ledgers.values():
             ledger.history.detach_to_memory()
-        for ledger in (self.task_router.ledgers.values() if self.task_router is not None else ()):
-            history = getattr(ledger, "history", None)
-            if isinstance(history, EpochStore):
-                history.wait()  # no background write lands in the folder after it is removed
         shutil.rmtree(self._history_root, ignore_errors=True)
 
     def stage_embeddings(self, sink: MlflowSink) -> dict[str, tuple[np.ndarray, np.ndarray]]:
