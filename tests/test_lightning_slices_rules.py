@@ -76,6 +76,14 @@ def test_rules_on_unknown_columns_fail_at_construction():
         DataQualityCallback(rules=[Rule("r", Condition("nope", ">", 0, aggregate="mean"), then=[TagRun("a", "b")])])
 
 
+def test_a_rule_on_another_tasks_column_fails_at_the_first_single_label_batch(tracking_uri):
+    # `num_tokens` is a column of token runs: valid at construction (the task is not known yet), not once a
+    # single-label batch arrives
+    callback = DataQualityCallback(rules=[Rule("r", Condition("num_tokens", ">", 3), then=[TagRun("a", "b")])])
+    with pytest.raises(ValueError, match=r"(?s)single_label run.*unknown metric 'num_tokens'"):
+        fit(callback, train=WithSource(), max_epochs=1, batch_size=32)
+
+
 def test_yaml_rules_and_missing_metadata_keys(tracking_uri):
     text = "rules:\n  - name: noisy\n    when: {metric: mislabel_score, op: '>', threshold: 0.5, aggregate: mean}\n    then: [{tag_run: {key: k, value: v}}]\n"
     assert [rule.name for rule in DataQualityCallback(rules=text).session.rules] == ["noisy"]

@@ -90,3 +90,20 @@ def test_hf_a_failing_rule_stops_training_and_ends_the_run_failed(tmp_path, monk
     client = mlflow.MlflowClient(uri)
     assert client.get_run(callback.run_id).info.status == "FAILED"
     assert {"dq/rules.json", "dq/raw"} <= {a.path for a in client.list_artifacts(callback.run_id, "dq")}
+
+
+def test_hf_rule_on_another_tasks_column_fails_at_train_begin(tracking_uri, tmp_path):
+    """The Hugging Face model says the task at train begin: a rule on a token run's column fails there."""
+    pytest.importorskip("transformers")
+    from transformers import Trainer, TrainingArguments
+
+    from dq_plugins.rules import Condition, Rule, TagRun
+    from dq_plugins.transformers import DataQualityCallback as HFCallback
+    from test_transformers_callback import make_dataset, make_model
+
+    callback = HFCallback(rules=[Rule("r", Condition("num_tokens", ">", 3), then=[TagRun("a", "b")])])
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=1, use_cpu=True, report_to="none",
+                             save_strategy="no", disable_tqdm=True, logging_strategy="no")
+    with pytest.raises(ValueError, match=r"(?s)single_label run.*unknown metric 'num_tokens'"):
+        Trainer(model=make_model(), args=args, train_dataset=make_dataset(16, seed=0), callbacks=[callback]).train()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []  # no run left open or empty

@@ -682,6 +682,8 @@ class DataQualityCallback(TrainerCallback):
             self._train_labels = _LabelTable(ids, labels, self.session.capacities[TRAIN], self.id_key, TRAIN,
                                              slots=self.session.host_slots(TRAIN, ids))
             self._tasks = TaskRouter(self._task_option, self.session, found)
+            if self.session.rules:  # the task is known from the model: check the rules against its columns now
+                self._tasks.check_rules(Task.SINGLE_LABEL)
         self.session.set_max_epochs(math.ceil(args.num_train_epochs) if args.max_steps is None or args.max_steps <= 0 else None)
         self._val_labels, self._val_key, self._val_disabled, self._warned_other_eval = None, None, False, False
         self._eval_stash = []

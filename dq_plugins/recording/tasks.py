@@ -139,25 +139,25 @@ class TaskRouter:
             )
         self.task = detected
         if getattr(self.session, "rules", None):
-            self._check_rules()
+            self.check_rules(detected)
         return detected
 
-    def _check_rules(self) -> None:
-        """At the first batch, once the task is known: the rules against that task's per-sample columns (a rule
-        reading another task's column is an error now, not a skip after training); for a multi-label or token
-        run, rules with ``on_validation=True`` run at the end of the fit only (warned)."""
+    def check_rules(self, task: Task) -> None:
+        """Once the task is known (the first batch, or the model at train begin): the rules against that task's
+        per-sample columns (a rule reading another task's column is an error now, not a skip after training); for
+        a multi-label or token run, rules with ``on_validation=True`` run at the end of the fit only (warned)."""
         from dq_plugins.recording.session import rule_columns
         from dq_plugins.rules import validate_rules
 
         config = self.session.config
         try:
-            validate_rules(self.session.rules, rule_columns(config, self.task.value), pools=list(config.pools or {}) or None)
+            validate_rules(self.session.rules, rule_columns(config, task.value), pools=list(config.pools or {}) or None)
         except ValueError as error:
-            raise ValueError(f"This is a {self.task.value} run (detected at the first batch): its per-sample table "
+            raise ValueError(f"This is a {task.value} run: its per-sample table "
                              f"(dq/samples.parquet) has that task's columns. {error}") from None
         early = [rule.name for rule in self.session.rules if rule.on_validation]
-        if self.active and early:
-            warnings.warn(f"dq_plugins: rules {early} have on_validation=True; for {self.task.value} runs rules are "
+        if task is not Task.SINGLE_LABEL and early:
+            warnings.warn(f"dq_plugins: rules {early} have on_validation=True; for {task.value} runs rules are "
                           "evaluated at the end of the fit only.", RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ hot path
