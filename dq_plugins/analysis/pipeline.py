@@ -16,6 +16,7 @@ from dq_plugins.analysis.trust import FlagTrust, flag_trust
 from dq_plugins.logs import progress
 from dq_plugins.raw_record import SplitHistory
 from dq_plugins.schema import (
+    COPY_COLUMNS,
     DYNAMICS_COLUMNS,
     LATENCY_COLUMN,
     TRAIN,
@@ -445,6 +446,49 @@ def duplicate_label_issues(frame: pd.DataFrame, mean_probs: np.ndarray) -> pd.Se
     )
 
 
+_DUPLICATE_COLUMNS: tuple[str, ...] = ("near_duplicate_of", "is_near_duplicate", "near_duplicate_score",
+                                       "conflicting_duplicate", "conflicting_duplicate_score")
+"""The near-duplicate columns, in their order in ``dq/samples.parquet``."""
+
+
+def merge_input_copies(frame: pd.DataFrame, copies: SplitCopies | None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A copy of one split's ``frame`` (``sample_id`` and, from the embeddings, maybe ``near_duplicate_of`` /
+    ``near_duplicate_score``) with its input copies merged in, for every task.
+
+    ``near_duplicate_of`` takes the input copy where there is one, else keeps the embedding rule's near-duplicate,
+    unless that rule paired more than :data:`COLLAPSED_EMBEDDING_SHARE` of the split (a collapsed embedding space);
+    ``is_near_duplicate`` and ``near_duplicate_score`` (the larger of the embedding cosine and the input copy's) follow,
+    and the :data:`~dq_plugins.schema.COPY_COLUMNS` are set. Returns ``(frame, kind, similarity)``: per row the kind
+    (``"exact"``, ``"near"``, ``""``) and similarity of its train copy, for the leakage table.
+    """
+    frame = frame.copy()
+    ids = frame["sample_id"].to_numpy()
+    none, nan = np.full(len(frame), -1, dtype=np.int64), np.full(len(frame), np.nan)
+    input_copy, input_similarity, leaked, similarity = none, nan, none, nan
+    kind = np.full(len(frame), "", dtype=object)
+    if copies is not None:
+        at = pd.Series(np.arange(copies.ids.size), index=copies.ids).reindex(ids)
+        found = at.notna().to_numpy()
+        rows = at.fillna(0).to_numpy(dtype=np.int64)
+        input_copy = np.where(found, copies.copy_of[rows], -1)
+        input_similarity = np.where(found & (input_copy >= 0), copies.copy_similarity[rows], np.nan)
+        leaked = np.where(found, copies.train_copy_of[rows], -1)
+        kind = np.where(found & (leaked >= 0), copies.train_copy_kind[rows], "").astype(object)
+        similarity = np.where(found & (leaked >= 0), copies.train_copy_similarity[rows], np.nan)
+    previous = frame["near_duplicate_of"].to_numpy(np.int64) if "near_duplicate_of" in frame else none
+    if len(previous) and (previous >= 0).mean() > COLLAPSED_EMBEDDING_SHARE:  # the embedding space collapsed
+        previous = none
+    duplicate_of = np.where(input_copy >= 0, input_copy, previous).astype(np.int64)
+    embedding_score = frame["near_duplicate_score"].to_numpy(np.float64) if "near_duplicate_score" in frame else nan
+    frame["near_duplicate_of"] = duplicate_of
+    frame["is_near_duplicate"] = duplicate_of >= 0
+    frame["near_duplicate_score"] = np.where(input_copy >= 0, np.fmax(embedding_score, input_similarity), embedding_score)
+    frame["train_duplicate_of"] = leaked.astype(np.int64)
+    frame["is_leaked"] = leaked >= 0
+    frame["leaked_score"] = np.nan_to_num(similarity, nan=0.0)
+    return frame, kind, similarity
+
+
 def add_copy_columns(frame: pd.DataFrame, copies: SplitCopies | None, history: SplitHistory,
                      train_labels: pd.Series | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge the input copies of one split (:mod:`dq_plugins.scores.copies`) into its table.
@@ -467,35 +511,15 @@ def add_copy_columns(frame: pd.DataFrame, copies: SplitCopies | None, history: S
     """
     from dq_plugins.scores.duplicates import conflicting_duplicate_score, conflicting_duplicates
 
-    frame = frame.copy()
-    ids = frame["sample_id"].to_numpy()
-    none, nan = np.full(len(frame), -1, dtype=np.int64), np.full(len(frame), np.nan)
-    input_copy, input_similarity, leaked, similarity = none, nan, none, nan
-    kind = np.full(len(frame), "", dtype=object)
-    if copies is not None:
-        at = pd.Series(np.arange(copies.ids.size), index=copies.ids).reindex(ids)
-        found = at.notna().to_numpy()
-        rows = at.fillna(0).to_numpy(dtype=np.int64)
-        input_copy = np.where(found, copies.copy_of[rows], -1)
-        input_similarity = np.where(found & (input_copy >= 0), copies.copy_similarity[rows], np.nan)
-        leaked = np.where(found, copies.train_copy_of[rows], -1)
-        kind = np.where(found & (leaked >= 0), copies.train_copy_kind[rows], "").astype(object)
-        similarity = np.where(found & (leaked >= 0), copies.train_copy_similarity[rows], np.nan)
-    previous = frame["near_duplicate_of"].to_numpy(np.int64) if "near_duplicate_of" in frame else none
-    if (previous >= 0).mean() > COLLAPSED_EMBEDDING_SHARE:  # the embedding space collapsed, not the data
-        previous = none
-    duplicate_of = np.where(input_copy >= 0, input_copy, previous).astype(np.int64)
-    embedding_score = frame["near_duplicate_score"].to_numpy(np.float64) if "near_duplicate_score" in frame else nan
-    score = np.where(input_copy >= 0, np.fmax(embedding_score, input_similarity), embedding_score)
-    labels = frame["label"].to_numpy()
-    frame["near_duplicate_of"] = duplicate_of
-    frame["is_near_duplicate"] = duplicate_of >= 0
-    frame["near_duplicate_score"] = score
+    given = list(frame.columns)
+    frame, kind, similarity = merge_input_copies(frame, copies)
+    ids, labels = frame["sample_id"].to_numpy(), frame["label"].to_numpy()
+    duplicate_of, score, leaked = (frame[c].to_numpy() for c in ("near_duplicate_of", "near_duplicate_score",
+                                                                 "train_duplicate_of"))
     frame["conflicting_duplicate"] = conflicting_duplicates(duplicate_of, labels, ids)
     frame["conflicting_duplicate_score"] = conflicting_duplicate_score(duplicate_of, score, labels, ids)
-    frame["train_duplicate_of"] = leaked.astype(np.int64)
-    frame["is_leaked"] = leaked >= 0
-    frame["leaked_score"] = np.nan_to_num(similarity, nan=0.0)
+    added = [c for c in (*_DUPLICATE_COLUMNS, *COPY_COLUMNS) if c not in given]  # a run without embeddings
+    frame = frame[[*given, *added]].copy()
     if len(frame):
         frame["is_label_issue"] = frame["is_label_issue"] | duplicate_label_issues(frame, history.mean_probs)
     leak = frame.loc[leaked >= 0, ["split", "sample_id", "label", "train_duplicate_of"]].copy()
