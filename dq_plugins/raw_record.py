@@ -107,6 +107,30 @@ def load_task_record(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray
         return str(data["task"]), {name: data[name] for name in data.files if name != "task"}
 
 
+def load_task_history(path: str | os.PathLike) -> Any:
+    """The ``MultiLabelHistory`` / ``TokenHistory`` of a record written by :func:`save_task_history`."""
+    task, arrays = load_task_record(path)
+    optional = {name: arrays.get(name) for name in ("early_probs", "sample_ids")}
+    if task == "multilabel":
+        from dq_plugins.recording.multilabel import MultiLabelHistory
+
+        fields = {name[len("field_"):]: value for name, value in arrays.items() if name.startswith("field_")}
+        return MultiLabelHistory(arrays["epochs"], fields, arrays["labels"], arrays["mean_probs"], **optional)
+    if task == "token_classification":
+        from dq_plugins.recording.tokens import TokenHistory
+
+        return TokenHistory(int(arrays["labels"].shape[1]), arrays["labels"], arrays["pred"], arrays["mean_probs"],
+                            optional["early_probs"], arrays["epochs"], arrays["accuracy"], optional["sample_ids"])
+    raise ValueError(f"{path} holds a record of task {task!r}, which this version of dq_plugins does not read.")
+
+
+def is_task_record(path: str | os.PathLike) -> bool:
+    """Whether a raw record (``dq/raw/<split>.npz``) is a multi-label or token task's (:func:`save_task_history`)."""
+    check_npz(path)
+    with np.load(path, allow_pickle=False) as data:
+        return "task" in data.files
+
+
 WIDE_FLOAT32_MAX_ELEMENTS = 2**25
 """Softmax sums and means of at most this many elements are float32; larger ones float16 (the ledger's
 host sums, the raw record's ``mean_probs`` / ``early_probs``)."""

@@ -374,3 +374,24 @@ def test_sparse_ids_give_a_multilabel_run_the_dense_run_under_the_original_ids(t
     assert set(issues["sample_id"]) <= set(ids)
     raw = mlflow.MlflowClient().download_artifacts(runs["sparse"].run_id, "dq/raw/train.npz", str(tmp_path))
     np.testing.assert_array_equal(load_task_record(raw)[1]["sample_ids"], ids)  # the raw record keeps slot -> id
+
+
+def test_dq_analyze_reruns_a_multilabel_run_from_its_raw_record(tracking_uri, capsys):
+    """`dq analyze` on a task run (sparse ids, embeddings, metadata carried over): the fit's results again."""
+    from dq_plugins.cli import main
+    from dq_plugins.sinks.offline import reanalyze
+
+    torch.manual_seed(0)
+    ids = SPARSE_BASE + SPARSE_STEP * np.arange(64)
+    callback = DataQualityCallback(task="multilabel", embedding_module="net.1", sample_ids={"train": ids})
+    fit(callback, SparseIds(64), epochs=3)
+    again = reanalyze(callback.run_id, child_run=True)
+    key = ["split", "sample_id"]
+    fit_time = callback.result.samples.sort_values(key).reset_index(drop=True)
+    offline = again.result.samples.sort_values(key).reset_index(drop=True)
+    assert sorted(offline.columns) == sorted(fit_time.columns)  # latency_ms carried over from the fit's table
+    np.testing.assert_array_equal(offline["sample_id"], ids)
+    for column in ("mislabel_score", "near_duplicate_of", "outlier_score", "latency_ms"):
+        np.testing.assert_allclose(offline[column], fit_time[column], rtol=1e-6, err_msg=column)
+    assert [list(v) for v in offline["suggested_label"]] == [list(v) for v in fit_time["suggested_label"]]
+    assert main(["analyze", callback.run_id, "--child-run", "-q"]) == 0  # the CLI reads it as well

@@ -250,18 +250,26 @@ def test_hf_token_classification_with_sparse_ids(tracking_uri, tmp_path):
     """Huge ids in the ``idx`` column: one slot each, and every table names the sequences by their ids."""
     dense = token_dataset(24, 0)
     sparse = dense.map(lambda row: {"idx": 10**12 + 7 * row["idx"]})
-    results = {}
+    results, callbacks = {}, {}
     for name, train in (("dense", dense), ("sparse", sparse)):
         callback = DataQualityCallback(embeddings=False)
         Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args(tmp_path, eval_strategy="no"),
                 train_dataset=train, callbacks=[callback]).train()
-        results[name] = callback.result
+        results[name], callbacks[name] = callback.result, callback
     want, got = (results[n].tables["tokens"].sort_values(["sample_id", "token_index"]).reset_index(drop=True)
                  for n in ("dense", "sparse"))
     np.testing.assert_array_equal(got["sample_id"], 10**12 + 7 * want["sample_id"])
     np.testing.assert_array_equal(got[["token_index", "label", "pred"]], want[["token_index", "label", "pred"]])
     np.testing.assert_allclose(got["mislabel_score"], want["mislabel_score"], rtol=1e-5)
     assert set(results["sparse"].samples["sample_id"]) == {10**12 + 7 * i for i in range(24)}
+    # `dq analyze` rebuilds the token tables from the raw record, under the same ids
+    from dq_plugins.sinks.offline import reanalyze
+
+    again = reanalyze(callbacks["sparse"].run_id, child_run=True).result.tables["tokens"]
+    again = again.sort_values(["sample_id", "token_index"]).reset_index(drop=True)
+    np.testing.assert_array_equal(again["sample_id"], got["sample_id"])
+    np.testing.assert_allclose(again["mislabel_score"], got["mislabel_score"], rtol=1e-6)
+    np.testing.assert_array_equal(again["is_label_issue"], got["is_label_issue"])
 
 
 def test_hf_token_input_copies_and_leakage(tracking_uri, tmp_path):

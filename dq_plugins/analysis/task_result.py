@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.trust import FlagTrust
@@ -44,3 +45,27 @@ class TaskResult:
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""
         return [verdict.line(split) for split, verdict in self.trust.items()]
+
+
+def with_sample_ids(result: TaskResult, tables: dict[str, np.ndarray]) -> TaskResult:
+    """``result`` with the slot columns of its tables (``sample_id``, ``near_duplicate_of``) turned into sample ids,
+    ``tables``: split -> ``(K,)`` the sample id of each slot (splits with sparse ids; ``-1`` stays ``-1``)."""
+    if not tables:
+        return result
+
+    def convert(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        if frame is None or frame.empty or "split" not in frame:
+            return frame
+        frame = frame.copy()
+        for split, table in tables.items():
+            rows = (frame["split"] == split).to_numpy()
+            for column in ("sample_id", "near_duplicate_of"):
+                if column in frame and rows.any():
+                    slots = frame.loc[rows, column].to_numpy(dtype=np.int64)
+                    frame.loc[rows, column] = np.where(slots >= 0, table[np.maximum(slots, 0)], -1)
+        return frame
+
+    result.samples = convert(result.samples)
+    result.issues = convert(result.issues)
+    result.tables = {name: convert(table) for name, table in result.tables.items()}
+    return result

@@ -376,7 +376,8 @@ class TaskRouter:
             sink.stage_path(ANALYSIS_ERROR_PATH).write_text(trace)
             sink.add_artifact(ANALYSIS_ERROR_PATH)
             warnings.warn(f"dq_plugins: the end-of-fit analysis failed; the trained model is untouched and the raw "
-                          f"record was saved as `{raw_path('<split>')}` in the run.\n{trace}", RuntimeWarning, stacklevel=2)
+                          f"record was saved as `{raw_path('<split>')}` in the run: `dq analyze {sink.run_id}` reruns the "
+                          f"analysis from it.\n{trace}", RuntimeWarning, stacklevel=2)
         if sink.flush():  # the raw record is in the run: a resume reads the epochs from there, as for single-label
             for ledger in self.ledgers.values():
                 if isinstance(ledger, MultiLabelLedger):
@@ -447,27 +448,12 @@ class TaskRouter:
         return ids if slot_map is None else np.searchsorted(slot_map.table, np.asarray(ids, dtype=np.int64))
 
     def _to_ids(self, result: Any) -> Any:
-        """``result`` with the slot columns of its tables (``sample_id``, ``near_duplicate_of``) turned into the
-        sample ids of their split (``-1`` stays ``-1``); unchanged when no split has sparse ids."""
-        if not any(split in self.session.slot_maps for split in self.ledgers):
-            return result
+        """``result`` with the slot columns of its tables turned into the sample ids of their split
+        (:func:`~dq_plugins.analysis.task_result.with_sample_ids`); unchanged when no split has sparse ids."""
+        from dq_plugins.analysis.task_result import with_sample_ids
 
-        def convert(frame: Any) -> Any:
-            if frame is None or frame.empty or "split" not in frame:
-                return frame
-            frame = frame.copy()
-            for split, slot_map in self.session.slot_maps.items():
-                rows = (frame["split"] == split).to_numpy()
-                for column in ("sample_id", "near_duplicate_of"):
-                    if column in frame and rows.any():
-                        slots = frame.loc[rows, column].to_numpy(dtype=np.int64)
-                        frame.loc[rows, column] = np.where(slots >= 0, slot_map.table[np.maximum(slots, 0)], -1)
-            return frame
-
-        result.samples = convert(result.samples)
-        result.issues = convert(result.issues)
-        result.tables = {name: convert(table) for name, table in result.tables.items()}
-        return result
+        return with_sample_ids(result, {split: slot_map.table for split, slot_map in self.session.slot_maps.items()
+                                        if split in self.ledgers})
 
     def finish_run(self, sink: Any) -> Any:
         """:meth:`finish`, then end the run: FAILED when a ``FailRun`` rule held (or the rules could not be

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from dq_plugins.schema import (
@@ -123,7 +124,8 @@ def load_histories(client: Any, run_id: str, dst: str | os.PathLike, progress: P
     read from that source run.
 
     Returns:
-        ``(run id holding the record, {split: SplitHistory})``.
+        ``(run id holding the record, {split: history})``: a ``SplitHistory`` per split, or a multi-label /
+        token task's ``MultiLabelHistory`` / ``TokenHistory`` (:func:`~dq_plugins.raw_record.load_task_history`).
 
     Raises:
         FileNotFoundError: neither the run nor its source holds ``dq/raw/*.npz``.
@@ -143,11 +145,14 @@ def load_histories(client: Any, run_id: str, dst: str | os.PathLike, progress: P
             "HINT: the callbacks save it at the end of fit, or when fit stops on an error; rerun training with "
             "a dq_plugins callback to get one."
         )
+    from dq_plugins.raw_record import is_task_record, load_task_history
+
     histories = {}
     for path in sorted(files):
         split = Path(path).stem
         progress(f"downloading the raw record of split {split!r} ({path})")
-        histories[split] = load_history(download(client, holder, path, dst))
+        local = download(client, holder, path, dst)
+        histories[split] = load_task_history(local) if is_task_record(local) else load_history(local)
     return holder, histories
 
 
@@ -291,6 +296,11 @@ def reanalyze(
         source_id, histories = load_histories(client, run_id, staging / "download", progress)
         embeddings = load_embeddings(client, source_id, staging / "embeddings", progress)
         fingerprints = load_fingerprints(client, source_id, staging / "fingerprints", progress)
+        task = next((getattr(h, "task", None) for h in histories.values() if hasattr(h, "task")), None)
+        if task is not None:
+            return _reanalyze_task(client, run, source_id, histories, embeddings, fingerprints, staging,
+                                   child_run=child_run, max_issue_rows=max_issue_rows or MAX_ISSUE_ROWS, rules=rules,
+                                   progress=progress)
         for split, history in histories.items():
             progress(f"analysing split {split!r}: {int(history.seen.sum())} samples, {len(history.epochs)} epochs"
                      + (", with embeddings" if split in embeddings else ""))
@@ -332,6 +342,70 @@ def reanalyze(
         report = result.rules_report
         if child_run:
             client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
+    return OfflineAnalysis(target, source_id, result, kept, previous)
+
+
+def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embeddings: dict, fingerprints: dict,
+                    staging: Path, *, child_run: bool, max_issue_rows: int, rules: Any, progress: Progress
+                    ) -> OfflineAnalysis:
+    """:func:`reanalyze` of a multi-label or token run: the task's analysis from its raw record, the run's
+    embeddings and fingerprints, the columns of the old ``dq/samples.parquet`` it does not compute (metadata,
+    latency) carried over, published by the end-of-fit code (:func:`~dq_plugins.sinks.task_publish.publish_task_result`)."""
+    from dq_plugins.analysis.task_result import with_sample_ids
+    from dq_plugins.sinks.publish import run_rules
+    from dq_plugins.sinks.task_publish import publish_task_result
+
+    run_id = run.info.run_id
+    task = next(iter(histories.values())).task
+    for split, history in histories.items():
+        progress(f"analysing split {split!r} of the {task} run: {len(history.epochs)} epochs")
+    tables = {split: h.sample_ids for split, h in histories.items() if getattr(h, "sample_ids", None) is not None}
+    if task == "multilabel":
+        from dq_plugins.analysis.multilabel import analyze_multilabel
+
+        result = analyze_multilabel(histories, max_issue_rows=max_issue_rows)
+    else:
+        from dq_plugins.analysis.tokens import analyze_tokens
+
+        result = analyze_tokens(histories, max_issue_rows=max_issue_rows)
+    if embeddings:
+        from dq_plugins.analysis.task_embeddings import add_task_embeddings
+
+        by_slot = {split: (np.searchsorted(tables[split], ids) if split in tables else ids, values)
+                   for split, (ids, values) in embeddings.items()}  # the analysis indexes by slot
+        result = add_task_embeddings(result, histories, by_slot, projection=os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
+    result = with_sample_ids(result, tables)
+    if fingerprints:
+        from dq_plugins.analysis.task_copies import add_task_copies
+
+        result = add_task_copies(result, fingerprints)
+    result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
+    parsed_rules = _parse_rules(rules, result.samples)
+    target, previous = run_id, {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
+    if child_run:
+        created = client.create_run(run.info.experiment_id, run_name=f"dq-analyze-{run.info.run_name or run_id[:8]}",
+                                    tags={PARENT_RUN_TAG: run_id, SOURCE_RUN_TAG: source_id, "dq_plugins": "true"})
+        target, previous = created.info.run_id, {}
+    progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+    sink = MlflowSink(client=client, run_id=target, replace=not child_run)
+    try:
+        publish_task_result(result, sink)
+        if parsed_rules:
+            run_rules(result, result.samples, result.slices, embeddings, sink, parsed_rules, {}, None)
+        sink.add_tag("dq.analysis", json.dumps({"source": "offline", "raw_record_run": source_id, "task": task,
+                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                "max_issue_rows": max_issue_rows,
+                                                "rules": [rule.name for rule in parsed_rules]}))
+        sink.flush(strict=True)
+    except BaseException:
+        if child_run:
+            client.set_terminated(target, status="FAILED")
+        raise
+    finally:
+        sink.end()
+    report = result.rules_report
+    if child_run:
+        client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
     return OfflineAnalysis(target, source_id, result, kept, previous)
 
 
