@@ -292,3 +292,14 @@ def test_hf_token_input_copies_and_leakage(tracking_uri, tmp_path):
     assert metrics["dq.num_leaked.validation"] == 1.0
     leakage = json.load(open(artifact(callback.run_id, "dq/leakage.json", tmp_path)))
     assert leakage["data"] == [["validation", 3, 7, "exact", 1.0]]
+
+
+def test_hf_rule_on_a_single_label_column_fails_at_train_begin_of_a_token_run(tracking_uri, tmp_path):
+    from dq_plugins.rules import Condition, Rule, TagRun
+
+    callback = DataQualityCallback(rules=[Rule("margins", Condition("aum", "<", 0, aggregate="mean"), then=[TagRun("a", "b")])])
+    trainer = Trainer(model=BertForTokenClassification(bert_config(NUM_TAGS)), args=args(tmp_path, eval_strategy="no"),
+                      train_dataset=token_dataset(16, 0), callbacks=[callback])
+    with pytest.raises(ValueError, match=r"(?s)token_classification run.*unknown metric 'aum'"):
+        trainer.train()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []  # nothing opened

@@ -707,6 +707,8 @@ class DataQualityCallback(TrainerCallback):
         self._set_task_ids(TRAIN, dataset)
         self._tasks = TaskRouter(self._task_option, self.session, self.label_key or LABEL_COLUMNS[0])
         self._tasks.option = self._task_option
+        if self.session.rules:  # the task is known from the model: check the rules against its columns now
+            self._tasks.check_rules(self._task_option)
         self._task_datasets = {TRAIN: dataset}
         self._task_stash = []
         if self._task_option is Task.TOKEN_CLASSIFICATION:
