@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from recipes.common import add_common_arguments, config_from_args, config_to_dict, load_dataset, save_config
-from recipes.common.data import stratified_split, subsample
 from recipes.common.multilabel import QUESTION_ATTRIBUTES_EXTRA, inject_multilabel_noise, question_attributes
-from recipes.common.text import encode_texts, resolve_model, training_arguments
+from recipes.common.text import capped_splits, encode_texts, resolve_model, training_arguments
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -41,11 +40,7 @@ def main(argv: list[str] | None = None) -> str:
     data = load_dataset(cfg.dataset)
     if data.texts is None or data.name != "trec6":
         parser.error(f"--dataset {cfg.dataset!r}: this recipe builds its multi-label target from TREC-6 ('trec6').")
-    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
-    train_data, val_data = data.take(train_idx), data.take(val_idx)
-    if cfg.max_samples:
-        train_data = subsample(train_data, cfg.max_samples, cfg.seed)
-        val_data = subsample(val_data, max(1, round(cfg.max_samples * cfg.val_fraction / (1 - cfg.val_fraction))), cfg.seed)
+    train_data, val_data = capped_splits(data, cfg)
     classes = [*data.class_names, *QUESTION_ATTRIBUTES_EXTRA]
     clean = question_attributes(list(train_data.texts), train_data.labels, data.num_classes)
     noisy, changed = inject_multilabel_noise(clean, cfg.noise_rate, cfg.seed)

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recipes.common import add_common_arguments, config_from_args, config_to_dict, load_dataset, save_config
-from recipes.common.data import stratified_split, subsample
-from recipes.common.text import resolve_model, training_arguments
+from recipes.common.text import capped_splits, resolve_model, training_arguments
 from recipes.common.tokens import TAGS, encode_tagged, inject_tag_noise, split_words, word_tags
 
 
@@ -48,11 +47,7 @@ def main(argv: list[str] | None = None) -> str:
     data = load_dataset(cfg.dataset)
     if data.texts is None:
         parser.error(f"--dataset {cfg.dataset!r} is not a text data set.")
-    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
-    train_data, val_data = data.take(train_idx), data.take(val_idx)
-    if cfg.max_samples:
-        train_data = subsample(train_data, cfg.max_samples, cfg.seed)
-        val_data = subsample(val_data, max(1, round(cfg.max_samples * cfg.val_fraction / (1 - cfg.val_fraction))), cfg.seed)
+    train_data, val_data = capped_splits(data, cfg)
     train_words = [split_words(t) for t in train_data.texts]
     val_words = [split_words(t) for t in val_data.texts]
     clean = [word_tags(w) for w in train_words]

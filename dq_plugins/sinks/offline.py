@@ -311,16 +311,7 @@ def reanalyze(
             progress(f"keeping columns computed by other features: {kept}")
 
         parsed_rules = _parse_rules(rules, result.samples)
-        target = run_id
-        previous = {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
-        if child_run:
-            created = client.create_run(
-                run.info.experiment_id,
-                run_name=f"dq-analyze-{run.info.run_name or run_id[:8]}",
-                tags={PARENT_RUN_TAG: run_id, SOURCE_RUN_TAG: source_id, "dq_plugins": "true"},
-            )
-            target, previous = created.info.run_id, {}
-        progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+        target, previous = _target_run(client, run, source_id, child_run, progress)
         # The texts shown on hover are not stored in the run: an existing interactive map (made at fit
         # time, with texts) is kept rather than replaced by one without them.
         keep_html = not child_run and EMBEDDING_HTML_PATH in set(artifact_paths(client, target))
@@ -381,12 +372,7 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
         result = add_task_copies(result, fingerprints)
     result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
     parsed_rules = _parse_rules(rules, result.samples)
-    target, previous = run_id, {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
-    if child_run:
-        created = client.create_run(run.info.experiment_id, run_name=f"dq-analyze-{run.info.run_name or run_id[:8]}",
-                                    tags={PARENT_RUN_TAG: run_id, SOURCE_RUN_TAG: source_id, "dq_plugins": "true"})
-        target, previous = created.info.run_id, {}
-    progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+    target, previous = _target_run(client, run, source_id, child_run, progress)
     sink = MlflowSink(client=client, run_id=target, replace=not child_run)
     try:
         publish_task_result(result, sink)
@@ -407,6 +393,18 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
     if child_run:
         client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
     return OfflineAnalysis(target, source_id, result, kept, previous)
+
+
+def _target_run(client: Any, run: Any, source_id: str, child_run: bool, progress: Progress) -> tuple[str, dict]:
+    """``(run id to log into, its dq.* metrics before)``: ``run`` itself, or a new run nested under it."""
+    run_id = run.info.run_id
+    target, previous = run_id, {k: v for k, v in run.data.metrics.items() if k.startswith("dq.")}
+    if child_run:
+        created = client.create_run(run.info.experiment_id, run_name=f"dq-analyze-{run.info.run_name or run_id[:8]}",
+                                    tags={PARENT_RUN_TAG: run_id, SOURCE_RUN_TAG: source_id, "dq_plugins": "true"})
+        target, previous = created.info.run_id, {}
+    progress(f"logging into run {target}" + (" (child run)" if child_run else " (replacing its dq/ results)"))
+    return target, previous
 
 
 def _parse_rules(rules: Any, samples: pd.DataFrame) -> list:

@@ -49,14 +49,21 @@ def noisy_text_splits(data: Dataset, cfg: RecipeConfig) -> tuple[Dataset, Datase
         ``(train, val, noisy, flipped)``: the clean train and validation rows, the ``(N_train,)``
         int64 noisy train labels and the ``(N_train,)`` bool mask of the flipped ones.
     """
+    train_data, val_data = capped_splits(data, cfg)
+    noisy, flipped = inject_noise(train_data.labels, cfg.noise_rate, cfg.noise_kind, data.num_classes, cfg.seed)
+    return train_data, val_data, noisy, flipped
+
+
+def capped_splits(data: Dataset, cfg: RecipeConfig) -> tuple[Dataset, Dataset]:
+    """The stratified train / validation split of ``data``, the train rows capped at ``cfg.max_samples`` (validation
+    keeps the configured proportion), from ``cfg.seed``: the clean rows every text recipe starts from."""
     train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
     train_data, val_data = data.take(train_idx), data.take(val_idx)
-    if cfg.max_samples:  # caps the train rows; validation keeps the configured proportion
+    if cfg.max_samples:
         train_data = subsample(train_data, cfg.max_samples, cfg.seed)
         val_rows = max(1, round(cfg.max_samples * cfg.val_fraction / (1 - cfg.val_fraction)))
         val_data = subsample(val_data, val_rows, cfg.seed)
-    noisy, flipped = inject_noise(train_data.labels, cfg.noise_rate, cfg.noise_kind, data.num_classes, cfg.seed)
-    return train_data, val_data, noisy, flipped
+    return train_data, val_data
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], labels: np.ndarray, max_length: int | None) -> Any:
