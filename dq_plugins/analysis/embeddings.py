@@ -36,8 +36,8 @@ from dq_plugins.scores.duplicates import (
     near_duplicate_score,
 )
 from dq_plugins.scores.neighbors import (
-    KnnGraph, KnnMethod, knn_cosine, neighbor_label_disagreement, neighbor_label_set_disagreement, resolve_method,
-    unit_rows,
+    KnnGraph, KnnMethod, knn_cosine, needs_reduction, neighbor_label_disagreement, neighbor_label_set_disagreement,
+    reduced_rows, resolve_method, unit_rows,
 )
 from dq_plugins.scores.outliers import is_outlier, outlier_score
 from dq_plugins.scores.projection import DEFAULT_MAX_FIT, ProjectionMethod, project_2d, resolve_projection
@@ -285,6 +285,9 @@ def analyze_embeddings(
             timings,
         )
         return EmbeddingAnalysis(_empty_frame(ids, columns), summary)
+    if needs_reduction(num_samples, embeddings.shape[1]):  # a huge N x D: the analysis works on a projection
+        with _timed(timings, "reduce"):
+            embeddings = reduced_rows(embeddings, seed=seed)
     with _timed(timings, "normalise"):
         if isinstance(embeddings, torch.Tensor):
             tensor = embeddings

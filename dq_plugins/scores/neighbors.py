@@ -180,6 +180,40 @@ def unit_rows(
     return out
 
 
+REDUCE_ABOVE_ELEMENTS = 2**31
+"""``N x D`` above which the embedding analysis works on :func:`reduced_rows` (10M x 768 is 3.6 times this; 1M x 768 is
+below it). The search's cost and its float32 copy grow with ``D``: at 10M x 768 the copy alone is 31 GB and the
+``"ivf"`` search about six times the 128-d one's 418 s (``benchmarks/RESULTS.md``)."""
+
+REDUCED_DIM = 128
+"""Columns of :func:`reduced_rows`."""
+
+
+def needs_reduction(num_samples: int, dim: int) -> bool:
+    """Whether ``(num_samples, dim)`` embeddings are analysed through :func:`reduced_rows`."""
+    return dim > REDUCED_DIM and num_samples * dim > REDUCE_ABOVE_ELEMENTS
+
+
+def reduced_rows(
+    embeddings: torch.Tensor | np.ndarray, dim: int = REDUCED_DIM, *, seed: int = 0, chunk_size: int = 65_536
+) -> torch.Tensor:
+    """``(N, dim)`` float32 CPU tensor: a Gaussian random projection of the ``(N, D)`` rows, chunk by chunk.
+
+    Johnson-Lindenstrauss (Achlioptas 2003, "Database-friendly random projections"): with a ``D x dim`` matrix of
+    independent ``N(0, 1/dim)`` entries, distances and inner products are kept up to a relative error of order
+    ``sqrt(2 / dim)`` (about 12% at 128 columns for a pair's distance), so nearest neighbours, near-duplicates (a
+    small distance stays small: identical rows stay identical) and clusters survive while the search works on
+    ``dim`` columns instead of ``D``. The matrix comes from ``seed`` (every rank of a job draws the same one). A
+    memory-mapped or GPU input is read one chunk of rows at a time, never copied whole.
+    """
+    tensor = _as_tensor(embeddings)
+    matrix = torch.randn(tensor.shape[1], dim, generator=torch.Generator().manual_seed(seed)) / dim**0.5
+    out = torch.empty((tensor.shape[0], dim), dtype=torch.float32)
+    for start in range(0, tensor.shape[0], chunk_size):
+        out[start : start + chunk_size] = tensor[start : start + chunk_size].to("cpu", torch.float32) @ matrix
+    return out
+
+
 def _has_unit_rows(tensor: torch.Tensor, chunk_size: int) -> bool:
     for start in range(0, tensor.shape[0], chunk_size):
         norms = torch.linalg.vector_norm(tensor[start : start + chunk_size], dim=1)

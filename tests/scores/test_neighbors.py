@@ -351,3 +351,37 @@ def test_bad_part_and_quantizer_are_refused() -> None:
         knn_cosine(_data(20), 3, method="ann", part=(0, 2))
     with pytest.raises(ValueError, match=r"`quantizer` to be \(centroids \(L, 16\), assignment \(20,\)\).*HINT"):
         knn_cosine(_data(20), 3, method="ivf", quantizer=(torch.zeros(2, 16), torch.zeros(19, dtype=torch.int64)))
+
+
+def test_reduced_rows_is_one_projection_read_in_chunks_and_keeps_neighbours():
+    from dq_plugins.scores.neighbors import needs_reduction, reduced_rows
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 512))
+    cluster = rng.integers(0, 20, 600)
+    rows = (centres[cluster] + 0.3 * rng.normal(size=(600, 512))).astype(np.float16)
+    rows[7] = rows[3]  # an exact copy stays an exact copy
+    whole = reduced_rows(rows, chunk_size=10_000)
+    chunked = reduced_rows(rows, chunk_size=37)
+    assert whole.shape == (600, 128) and whole.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(whole[7], whole[3])
+    projected, _ = knn_cosine(whole, 10, method="exact")
+    assert (cluster[projected] == cluster[:, None]).mean() > 0.99  # the neighbours stay in the sample's own cluster
+    assert not needs_reduction(1_000_000, 768) and needs_reduction(10_000_000, 768) and not needs_reduction(10**9, 128)
+
+
+def test_the_analysis_of_a_huge_table_searches_the_projection(monkeypatch):
+    import dq_plugins.analysis.embeddings as analysis
+    import dq_plugins.scores.neighbors as neighbors
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 400)
+    rows = (np.eye(4)[labels] @ rng.normal(size=(4, 256)) * 3 + rng.normal(size=(400, 256))).astype(np.float32)
+    rows[11] = rows[5]
+    monkeypatch.setattr(neighbors, "REDUCE_ABOVE_ELEMENTS", 400 * 256 - 1)  # this table counts as huge
+    result = analysis.analyze_embeddings(rows, np.arange(400), labels, projection="pca")
+    assert "reduce" in result.summary.timings
+    samples = result.samples.set_index("sample_id")
+    assert samples.loc[11, "near_duplicate_of"] == 5  # the copy is still found
+    assert samples["neighbor_disagreement"].mean() < 0.2  # neighbours still share their class
