@@ -405,7 +405,9 @@ def _embedding_analysis(
     from dq_plugins.analysis.embeddings import analyze_embeddings
 
     known = labelled_rows(ids, history.labels)
-    ids, embeddings, labels = ids[known], embeddings[known], history.labels[ids[known]]
+    if not known.all():  # a selection copies the rows: none when every row counts (the memory-mapped rows stay so)
+        ids, embeddings = ids[known], embeddings[known]
+    labels = history.labels[ids]
     probs = history.mean_probs[ids]
     issues = pd.Series(is_label_issue, index=seen).reindex(ids, fill_value=False).to_numpy(bool)
     graph = neighbors[1] if neighbors is not None and np.array_equal(neighbors[0], ids) else None
