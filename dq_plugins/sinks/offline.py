@@ -315,24 +315,10 @@ def reanalyze(
         # The texts shown on hover are not stored in the run: an existing interactive map (made at fit
         # time, with texts) is kept rather than replaced by one without them.
         keep_html = not child_run and EMBEDDING_HTML_PATH in set(artifact_paths(client, target))
-        sink = MlflowSink(client=client, run_id=target, replace=not child_run)
-        try:
-            publish_results(result, histories, embeddings, sink, write_html=not keep_html, rules=parsed_rules)
-            sink.add_tag("dq.analysis", json.dumps({
-                "source": "offline", "raw_record_run": source_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "early_epochs": early_epochs, "max_issue_rows": max_issue_rows or MAX_ISSUE_ROWS,
-                "rules": [rule.name for rule in parsed_rules],
-            }))
-            sink.flush(strict=True)
-        except BaseException:
-            if child_run:
-                client.set_terminated(target, status="FAILED")
-            raise
-        finally:
-            sink.end()
-        report = result.rules_report
-        if child_run:
-            client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
+        _publish_into(client, target, child_run, result, lambda sink: publish_results(
+            result, histories, embeddings, sink, write_html=not keep_html, rules=parsed_rules), {
+            "source": "offline", "raw_record_run": source_id, "early_epochs": early_epochs,
+            "max_issue_rows": max_issue_rows or MAX_ISSUE_ROWS, "rules": [rule.name for rule in parsed_rules]})
     return OfflineAnalysis(target, source_id, result, kept, previous)
 
 
@@ -373,15 +359,25 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
     result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
     parsed_rules = _parse_rules(rules, result.samples)
     target, previous = _target_run(client, run, source_id, child_run, progress)
-    sink = MlflowSink(client=client, run_id=target, replace=not child_run)
-    try:
+    def publish(sink: MlflowSink) -> None:
         publish_task_result(result, sink)
         if parsed_rules:
             run_rules(result, result.samples, result.slices, embeddings, sink, parsed_rules, {}, None)
-        sink.add_tag("dq.analysis", json.dumps({"source": "offline", "raw_record_run": source_id, "task": task,
-                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                "max_issue_rows": max_issue_rows,
-                                                "rules": [rule.name for rule in parsed_rules]}))
+
+    _publish_into(client, target, child_run, result, publish, {
+        "source": "offline", "raw_record_run": source_id, "task": task, "max_issue_rows": max_issue_rows,
+        "rules": [rule.name for rule in parsed_rules]})
+    return OfflineAnalysis(target, source_id, result, kept, previous)
+
+
+def _publish_into(client: Any, target: str, child_run: bool, result: Any, publish: Callable[[MlflowSink], None],
+                  analysis: dict) -> None:
+    """Write the results into run ``target`` through ``publish(sink)``, tag it ``dq.analysis`` (``analysis`` and the
+    time) and flush; a child run ends FAILED when that fails or a rule marked it, else FINISHED."""
+    sink = MlflowSink(client=client, run_id=target, replace=not child_run)
+    try:
+        publish(sink)
+        sink.add_tag("dq.analysis", json.dumps({**analysis, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
         sink.flush(strict=True)
     except BaseException:
         if child_run:
@@ -392,7 +388,6 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
     report = result.rules_report
     if child_run:
         client.set_terminated(target, status="FAILED" if report is not None and report.mark_failed else "FINISHED")
-    return OfflineAnalysis(target, source_id, result, kept, previous)
 
 
 def _target_run(client: Any, run: Any, source_id: str, child_run: bool, progress: Progress) -> tuple[str, dict]:
