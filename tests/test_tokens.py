@@ -45,7 +45,7 @@ def test_early_window_moves_on_until_it_fits_the_tags():
     tags = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 1], [2, 0, 0, -100]])
     ids = torch.tensor([0, 1, 2])
     ledger = TokenLedger(capacity=3, width=4, num_classes=3)
-    ledger.early_epochs = 2
+    ledger.early_epochs, ledger.planned_epochs = 2, 8
     for epoch in range(6):
         if epoch == 3:  # a checkpoint in the middle of the moved window
             ledger = TokenLedger.from_state_dict(ledger.state_dict())
@@ -61,10 +61,25 @@ def test_early_window_moves_on_until_it_fits_the_tags():
     assert early_window_trusted(history.labels[labelled].astype(np.int64), history.early_probs[labelled])
 
 
+def test_early_window_stays_in_the_first_half_of_the_planned_epochs():
+    """Planned 6 epochs, window of 2: a window from epoch 2 would end after epoch 3 (beyond the first half),
+    so the unfit window 0-1 stays (the analysis then falls back to the all-epoch mean); unknown plan: same."""
+    tags = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 1]])
+    for planned in (6, None):
+        ledger = TokenLedger(capacity=2, width=4, num_classes=3)
+        ledger.early_epochs, ledger.planned_epochs = 2, planned
+        for epoch in range(4):
+            ledger.record(torch.tensor([0, 1]), tags, _tagger_logits(tags, fits=epoch >= 2), epoch)
+            ledger.close_epoch()
+        assert ledger.early_start == 0
+        labelled = (tags >= 0).numpy()
+        assert (ledger.to_history().early_probs[labelled].argmax(axis=1) == 0).all()  # epochs 0-1: tag 0 only
+
+
 def test_early_window_that_fits_from_the_start_stays():
     tags = torch.tensor([[0, 1, 2, 1], [2, 0, 1, -100]])
     ledger = TokenLedger(capacity=2, width=4, num_classes=3)
-    ledger.early_epochs = 1
+    ledger.early_epochs, ledger.planned_epochs = 1, 8
     for epoch in range(3):
         ledger.record(torch.tensor([0, 1]), tags, _tagger_logits(tags, fits=True) * (epoch + 1), epoch)
         ledger.close_epoch()

@@ -11,8 +11,10 @@ of occurrences, the given tag and the latest predicted tag; once per epoch it mo
 The early window is ``early_epochs`` epochs long and starts at epoch 0; when its last epoch closes and
 its mean softmax does not fit the given tags halfway from the majority tag's share to perfect
 (:func:`~dq_plugins.scores.tokens.window_fits`, the analysis's guard), its sums are dropped and it
-starts again at the next epoch. So the window is the first ``early_epochs`` epochs after the model has
-learnt the tags, not a still-learning start that the analysis would discard for the all-epoch mean
+starts again at the next epoch, as long as the moved window still lies in the first half of the planned
+epochs (``planned_epochs``; unknown: it does not move). So the window is the first ``early_epochs``
+epochs after the model has learnt the tags and before the second half, where memorisation sets in
+(Arpit et al. 2017), not a still-learning start that the analysis would discard for the all-epoch mean
 (whose in-sample probabilities under-count the mislabeled tokens). One check per window: a few device
 reductions and one host sync, at an epoch's close.
 
@@ -116,6 +118,7 @@ class TokenLedger(EpochStaging):
                             if distributed_rank_and_world()[1] > 1 else None)
         self.early_epochs = 0
         self.early_start = 0  # first epoch of the early window (moved on while the window does not fit)
+        self.planned_epochs: int | None = None  # the run's planned epochs: the window stays in their first half
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
         self.accuracy: dict[int, float] = {}
@@ -191,7 +194,8 @@ class TokenLedger(EpochStaging):
                 reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
             self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
             self._epoch_pred.fill_(-1)
-        if self.early_epochs > 0 and self.pending_epoch == self.early_start + self.early_epochs - 1:
+        if self.early_epochs > 0 and self.pending_epoch == self.early_start + self.early_epochs - 1 and \
+                self.planned_epochs is not None and 2 * (self.pending_epoch + 1 + self.early_epochs) <= self.planned_epochs:
             self._move_unfit_window(reduce or self._epoch_pred is None)
         labelled, correct = self._epoch_counts.cpu().tolist()
         dropped = self._dropped.cpu().tolist()
@@ -202,7 +206,8 @@ class TokenLedger(EpochStaging):
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
 
     def _move_unfit_window(self, global_sums: bool) -> None:
-        """At the close of the early window's last epoch: when its mean softmax does not fit the given tags
+        """At the close of the early window's last epoch (when a window from the next epoch on still ends in the
+        first half of ``planned_epochs``): when its mean softmax does not fit the given tags
         (:func:`~dq_plugins.scores.tokens.window_fits`), drop its sums and start it at the next epoch.
 
         Under ``torch.distributed`` rank 0 holds the reduced sums: it decides and broadcasts (a collective);
@@ -249,6 +254,7 @@ class TokenLedger(EpochStaging):
             "accuracy": [float(v) for v in self.accuracy.values()],
             "early_epochs": self.early_epochs,
             "early_start": self.early_start,
+            "planned_epochs": self.planned_epochs,
             "latest_probs_only": self.latest_probs_only,
             **buffers,
         }
@@ -265,6 +271,7 @@ class TokenLedger(EpochStaging):
         ledger.accuracy = {int(e): float(v) for e, v in zip(state["accuracy_epochs"], state["accuracy"])}
         ledger.early_epochs = int(state.get("early_epochs", 0))
         ledger.early_start = int(state.get("early_start", 0))
+        ledger.planned_epochs = state.get("planned_epochs")
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
         for name in _STATE_BUFFERS:
             getattr(ledger, f"_{name}").copy_(state[name])
