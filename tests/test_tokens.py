@@ -33,62 +33,6 @@ def test_ledger_keeps_labelled_tokens_only_and_averages_occurrences():
     assert history.epochs.tolist() == [0, 1]
 
 
-def _tagger_logits(tags: torch.Tensor, fits: bool, num_classes: int = 3) -> torch.Tensor:
-    """(B, T, C) logits that predict the given tags (``fits``) or always tag 0 (the majority tag)."""
-    predicted = tags.clamp(min=0) if fits else torch.zeros_like(tags)
-    return 5.0 * torch.nn.functional.one_hot(predicted, num_classes).float()
-
-
-def test_early_window_moves_on_until_it_fits_the_tags():
-    """Window of 2 epochs: epochs 0-1 predict only the majority tag (not halfway from its share to perfect),
-    so the window moves to epochs 2-3, which fit; it stays there (epochs 4-5 are left out) and resumes there."""
-    tags = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 1], [2, 0, 0, -100]])
-    ids = torch.tensor([0, 1, 2])
-    ledger = TokenLedger(capacity=3, width=4, num_classes=3)
-    ledger.early_epochs, ledger.planned_epochs = 2, 8
-    for epoch in range(6):
-        if epoch == 3:  # a checkpoint in the middle of the moved window
-            ledger = TokenLedger.from_state_dict(ledger.state_dict())
-        ledger.record(ids, tags, _tagger_logits(tags, fits=epoch >= 2) * (1 + 0.2 * epoch), epoch)
-        ledger.close_epoch()
-        assert ledger.early_start == (0 if epoch < 1 else 2)
-    history = ledger.to_history()
-    expected = np.mean([torch.softmax(_tagger_logits(tags, True) * (1 + 0.2 * e), -1).numpy() for e in (2, 3)], axis=0)
-    labelled = history.labels >= 0
-    np.testing.assert_allclose(history.early_probs[labelled], expected[labelled.nonzero()], rtol=1e-5)
-    from dq_plugins.scores.tokens import early_window_trusted
-
-    assert early_window_trusted(history.labels[labelled].astype(np.int64), history.early_probs[labelled])
-
-
-def test_early_window_stays_in_the_first_half_of_the_planned_epochs():
-    """Planned 6 epochs, window of 2: a window from epoch 2 would end after epoch 3 (beyond the first half),
-    so the unfit window 0-1 stays (the analysis then falls back to the all-epoch mean); unknown plan: same."""
-    tags = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 1]])
-    for planned in (6, None):
-        ledger = TokenLedger(capacity=2, width=4, num_classes=3)
-        ledger.early_epochs, ledger.planned_epochs = 2, planned
-        for epoch in range(4):
-            ledger.record(torch.tensor([0, 1]), tags, _tagger_logits(tags, fits=epoch >= 2), epoch)
-            ledger.close_epoch()
-        assert ledger.early_start == 0
-        labelled = (tags >= 0).numpy()
-        assert (ledger.to_history().early_probs[labelled].argmax(axis=1) == 0).all()  # epochs 0-1: tag 0 only
-
-
-def test_early_window_that_fits_from_the_start_stays():
-    tags = torch.tensor([[0, 1, 2, 1], [2, 0, 1, -100]])
-    ledger = TokenLedger(capacity=2, width=4, num_classes=3)
-    ledger.early_epochs, ledger.planned_epochs = 1, 8
-    for epoch in range(3):
-        ledger.record(torch.tensor([0, 1]), tags, _tagger_logits(tags, fits=True) * (epoch + 1), epoch)
-        ledger.close_epoch()
-    assert ledger.early_start == 0
-    labelled = tags >= 0
-    expected = torch.softmax(_tagger_logits(tags, True), -1)[labelled].numpy()
-    np.testing.assert_allclose(ledger.to_history().early_probs[labelled.numpy()], expected, rtol=1e-5)
-
-
 def test_too_long_and_bad_tags_are_counted_and_warned():
     router = TaskRouter(None, DynamicsSession(SessionConfig(num_samples=4)))
     router.widths["train"] = 3

@@ -122,7 +122,6 @@ class DynamicsSession:
         self._copy_neighbors: tuple[np.ndarray, Any] | None = None
         self._warned: set[str] = set()  # keys of the warnings given in this fit (each once)
         self.early_epochs = config.early_epochs or 2  # refined by set_max_epochs once the trainer is known
-        self.max_epochs: int | None = None  # planned epochs (set_max_epochs); None: not known
         self._history_root = new_history_folder(config.history_dir)  # this fit's epoch files: <root>/<split>/
         self._planned: dict[str, int] = {}  # buffer -> bytes promised by the budget checks
         # the TaskRouter of a multi-label / token task (it registers itself): its ledgers go into the checkpoint
@@ -449,9 +448,8 @@ class DynamicsSession:
         """Size the early window (EL2N and the early softmax) from the planned number of epochs."""
         from dq_plugins.scores import default_early_epochs
 
-        self.max_epochs = int(max_epochs) if max_epochs and max_epochs > 0 else None
-        if self.config.early_epochs is None and self.max_epochs:
-            self.early_epochs = default_early_epochs(self.max_epochs)
+        if self.config.early_epochs is None and max_epochs and max_epochs > 0:
+            self.early_epochs = default_early_epochs(int(max_epochs))
 
     def resume(self, device: torch.device, current_epoch: int, raw_record: Any = None) -> None:
         """Rebuild ledgers restored from a checkpoint on ``device``.

@@ -208,8 +208,6 @@ class TaskRouter:
             ledger = TokenLedger(capacity, width, logits.shape[2], logits.device)
         if split == "train":
             ledger.early_epochs = self.session.early_epochs
-            if isinstance(ledger, TokenLedger):
-                ledger.planned_epochs = self.session.max_epochs
         else:
             ledger.latest_probs_only = True
         return ledger

@@ -8,16 +8,6 @@ keeps the sum of the softmax vectors over every occurrence and over the early wi
 of occurrences, the given tag and the latest predicted tag; once per epoch it moves two scalars
 (labelled tokens and correct predictions) to the host for the accuracy curve.
 
-The early window is ``early_epochs`` epochs long and starts at epoch 0; when its last epoch closes and
-its mean softmax does not fit the given tags halfway from the majority tag's share to perfect
-(:func:`~dq_plugins.scores.tokens.window_fits`, the analysis's guard), its sums are dropped and it
-starts again at the next epoch, as long as the moved window still lies in the first half of the planned
-epochs (``planned_epochs``; unknown: it does not move). So the window is the first ``early_epochs``
-epochs after the model has learnt the tags and before the second half, where memorisation sets in
-(Arpit et al. 2017), not a still-learning start that the analysis would discard for the all-epoch mean
-(whose in-sample probabilities under-count the mislabeled tokens). One check per window: a few device
-reductions and one host sync, at an epoch's close.
-
 Ignored positions, ids out of range, tags outside ``0..C-1``, non-finite logits and positions at or
 beyond the recorded width are routed to one trash slot on the device (no host sync, no boolean
 indexing); the labelled ones among them are counted and the caller warns at the end of the epoch.
@@ -117,8 +107,6 @@ class TokenLedger(EpochStaging):
         self._epoch_pred = (torch.full((slots,), -1, dtype=torch.int16, device=self.device)
                             if distributed_rank_and_world()[1] > 1 else None)
         self.early_epochs = 0
-        self.early_start = 0  # first epoch of the early window (moved on while the window does not fit)
-        self.planned_epochs: int | None = None  # the run's planned epochs: the window stays in their first half
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
         self.accuracy: dict[int, float] = {}
@@ -164,7 +152,7 @@ class TokenLedger(EpochStaging):
         ones = torch.ones_like(slots, dtype=torch.int32)
         self._prob_sum.index_add_(0, slots, probs)
         self._count.index_add_(0, slots, ones)
-        if self.pending_epoch is not None and self.early_start <= self.pending_epoch < self.early_start + self.early_epochs:
+        if self.pending_epoch is not None and self.pending_epoch < self.early_epochs:
             self._early_sum.index_add_(0, slots, probs)
             self._early_count.index_add_(0, slots, ones)
         self._labels.index_copy_(0, slots, tags.to(torch.int16))
@@ -194,9 +182,6 @@ class TokenLedger(EpochStaging):
                 reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
             self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
             self._epoch_pred.fill_(-1)
-        if self.early_epochs > 0 and self.pending_epoch == self.early_start + self.early_epochs - 1 and \
-                self.planned_epochs is not None and 2 * (self.pending_epoch + 1 + self.early_epochs) <= self.planned_epochs:
-            self._move_unfit_window(reduce or self._epoch_pred is None)
         labelled, correct = self._epoch_counts.cpu().tolist()
         dropped = self._dropped.cpu().tolist()
         self.accuracy[self.pending_epoch] = correct / labelled if labelled else float("nan")
@@ -204,34 +189,6 @@ class TokenLedger(EpochStaging):
         self._dropped.zero_()
         self.pending_epoch = None
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
-
-    def _move_unfit_window(self, global_sums: bool) -> None:
-        """At the close of the early window's last epoch (when a window from the next epoch on still ends in the
-        first half of ``planned_epochs``): when its mean softmax does not fit the given tags
-        (:func:`~dq_plugins.scores.tokens.window_fits`), drop its sums and start it at the next epoch.
-
-        Under ``torch.distributed`` rank 0 holds the reduced sums: it decides and broadcasts (a collective);
-        ``global_sums`` False (no reduction this close, after an exception) keeps the window."""
-        from dq_plugins.scores.tokens import window_fits
-
-        rank, world = distributed_rank_and_world()
-        if world > 1 and not global_sums:
-            return
-        n = self.trash
-        seen = self._early_count[:n] > 0
-        tags = self._labels[:n].to(torch.int64)
-        correct = ((self._early_sum[:n].argmax(dim=1) == tags) & seen).sum()
-        per_tag = torch.bincount(torch.where(seen, tags, self.num_classes), minlength=self.num_classes + 1)
-        correct, majority, tokens = torch.stack((correct, per_tag[: self.num_classes].max(), seen.sum())).tolist()
-        fits = torch.tensor([int(window_fits(correct, majority, tokens))], device=self.device)
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.broadcast(fits, src=0)
-        if not int(fits[0]):
-            self._early_sum.zero_()
-            self._early_count.zero_()
-            self.early_start = self.pending_epoch + 1
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -253,8 +210,6 @@ class TokenLedger(EpochStaging):
             "accuracy_epochs": list(self.accuracy),
             "accuracy": [float(v) for v in self.accuracy.values()],
             "early_epochs": self.early_epochs,
-            "early_start": self.early_start,
-            "planned_epochs": self.planned_epochs,
             "latest_probs_only": self.latest_probs_only,
             **buffers,
         }
@@ -270,8 +225,6 @@ class TokenLedger(EpochStaging):
         ledger.pending_epoch = state.get("pending_epoch")
         ledger.accuracy = {int(e): float(v) for e, v in zip(state["accuracy_epochs"], state["accuracy"])}
         ledger.early_epochs = int(state.get("early_epochs", 0))
-        ledger.early_start = int(state.get("early_start", 0))
-        ledger.planned_epochs = state.get("planned_epochs")
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
         for name in _STATE_BUFFERS:
             getattr(ledger, f"_{name}").copy_(state[name])

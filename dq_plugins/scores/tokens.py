@@ -10,10 +10,7 @@ Definitions, for a token with given tag ``y`` and mean softmax ``p`` over traini
   by tag far more than out-of-sample ones), averaged with the same over the early window when that
   window is trusted: it fits the given tags at
   least halfway from the majority tag's share to perfect (tags are imbalanced: "O" alone is often
-  70-85% of the tokens, so "halfway from chance" would trust a model that only predicts "O"). The
-  window is the first ``early_epochs`` epochs that fit so (the recording moves a window that does not
-  to the next ``early_epochs`` epochs, see :class:`~dq_plugins.recording.tokens.TokenLedger`): before
-  memorisation (Arpit et al. 2017), but after the tags are learnt.
+  70-85% of the tokens, so "halfway from chance" would trust a model that only predicts "O").
 - Flags: cleanlab's token classification method (Wang and Mueller 2022,
   ``cleanlab.token_classification.filter.find_label_issues``: confident learning over the pooled
   labelled tokens) on the early-window mean softmax when trusted, else the all-epoch mean (a
@@ -53,22 +50,15 @@ class TokenScores:
 
 def early_window_trusted(labels: np.ndarray, early_probs: np.ndarray | None) -> bool:
     """Whether the (M, C) early-window softmax predicts the (M,) given tags at least halfway from the
-    majority tag's share to perfect (:func:`window_fits` over the tokens it saw)."""
+    majority tag's share to perfect (accuracy >= (1 + majority share) / 2 over the tokens it saw)."""
     if early_probs is None or not len(labels):
         return False
     seen = ~np.isnan(early_probs).any(axis=1)
     if not seen.any():
         return False
-    correct = int((early_probs[seen].argmax(axis=1) == labels[seen]).sum())
-    return window_fits(correct, int(np.bincount(labels[seen]).max()), int(seen.sum()))
-
-
-def window_fits(correct: int, majority: int, tokens: int) -> bool:
-    """The guard of the early window: ``correct`` of ``tokens`` tokens predicted as tagged is at least
-    halfway from the majority tag's count ``majority`` to all of them (accuracy >= (1 + majority share) / 2).
-    No token: ``False``. Shared by the analysis (:func:`early_window_trusted`) and the recording, which moves
-    a window that does not fit to the next epochs (:class:`~dq_plugins.recording.tokens.TokenLedger`)."""
-    return tokens > 0 and 2 * correct >= tokens + majority
+    accuracy = float((early_probs[seen].argmax(axis=1) == labels[seen]).mean())
+    majority = float(np.bincount(labels[seen]).max() / seen.sum())
+    return accuracy >= 0.5 * (1.0 + majority)
 
 
 def token_label_issues(labels: np.ndarray, probs: np.ndarray, sequence: np.ndarray) -> np.ndarray:
