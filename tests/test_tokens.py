@@ -90,25 +90,6 @@ def test_token_flags_are_cleanlabs():
     assert scores.mislabel_score[wrong].min() > np.delete(scores.mislabel_score, wrong).max()
 
 
-def test_flags_need_the_whole_runs_model_to_disagree():
-    """A trusted early window that still confuses tags sets the count (40 tokens vote for another tag early),
-    but only the 20 tokens the whole run's mean softmax also puts on another tag can be flagged."""
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 3, 300)
-    mean = np.full((300, 3), 0.05)
-    mean[np.arange(300), labels] = 0.9
-    early = mean.copy()
-    confused = rng.choice(300, 40, replace=False)
-    early[confused] = early[confused][:, [1, 2, 0]]  # the early window votes for another tag on 40 tokens
-    wrong = confused[:20]
-    mean[wrong] = mean[wrong][:, [1, 2, 0]]  # the whole run on 20 of them
-    sequence = np.repeat(np.arange(30), 10)
-    assert token_label_issues(labels, early, sequence).sum() == 40  # the count the early window gives
-    scores = token_scores(labels, sequence, mean, early, early)
-    assert set(np.flatnonzero(scores.is_label_issue)) == set(wrong)
-    np.testing.assert_array_equal(scores.suggested_label[wrong], mean[wrong].argmax(1))
-
-
 def test_adjusted_self_confidence_by_hand_and_with_absent_tags():
     from dq_plugins.scores.tokens import adjusted_self_confidence
 

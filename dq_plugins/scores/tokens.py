@@ -16,10 +16,8 @@ Definitions, for a token with given tag ``y`` and mean softmax ``p`` over traini
   labelled tokens) on the early-window mean softmax when trusted, else the all-epoch mean (a
   held-out split: its latest pass) estimates *how many* tokens are mislabeled; as in the
   single-label path the flags go to that many tokens in ``mislabel_score`` order among those whose
-  predicted tag under the all-epoch mean differs from the given one (a trusted early window can be a
-  model still learning the tags: a 20-epoch run of ``benchmarks/label_noise.py``'s synthetic case
-  counted twice the errors there, and its own disagreements were 8x the errors). The suggested tag of
-  a flagged token is the most probable other tag under the all-epoch mean.
+  predicted tag (under the same probabilities) differs from the given one. The suggested tag of a
+  flagged token is the most probable other tag.
 - A sequence's ``mislabel_score`` is its most suspicious token's; it is a label issue when any of
   its tokens is flagged.
 
@@ -134,9 +132,7 @@ def token_scores(labels: np.ndarray, sequence: np.ndarray, mean_probs: np.ndarra
     order = np.argsort(-score, kind="stable")
     flags = np.zeros(len(labels), dtype=bool)
     flags[order[:count]] = True
-    # the model over the whole run must disagree with the given tag: a trusted early window can still be a
-    # model learning the tags, whose disagreements (and count) run far above the errors (benchmarks/RESULTS.md)
-    flags &= mean_probs.argmax(axis=1) != labels
-    others = np.where(np.arange(mean_probs.shape[1])[None, :] == labels[:, None], -np.inf, mean_probs)
+    flags &= flag_probs.argmax(axis=1) != labels  # the model itself must disagree with the given tag
+    others = np.where(np.arange(flag_probs.shape[1])[None, :] == labels[:, None], -np.inf, flag_probs)
     suggested = np.where(flags, others.argmax(axis=1), labels).astype(np.int64)
     return TokenScores(score, flags, suggested)
