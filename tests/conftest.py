@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch):
-    """A fresh sqlite MLflow store in tmp_path, also set as MLflow's current tracking URI."""
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory):
+    """An initialised, empty MLflow sqlite store: creating one (the schema migrations) takes about a second,
+    copying it a few milliseconds."""
     import mlflow
 
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    path = folder / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the Default experiment's artifact root (./mlruns) resolves here, not in the repository
+        mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch, empty_mlflow_store):
+    """A fresh sqlite MLflow store in tmp_path (a copy of the empty one), also MLflow's current tracking URI.
+
+    Runs are isolated per test; the Default experiment keeps the template's artifact root, where each
+    run writes under its own id (experiments created by a test put theirs under its tmp_path).
+    """
+    import mlflow
+
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

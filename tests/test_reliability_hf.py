@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from dq_plugins import with_ids  # noqa: E402
 from dq_plugins.transformers import DataQualityCallback  # noqa: E402
-from test_transformers_callback import make_dataset, tracking_uri, empty_mlflow_store, train  # noqa: E402,F401
+from test_transformers_callback import make_dataset, train  # noqa: E402
 
 
 def test_concatenated_datasets_with_colliding_ids_fail_at_train_start(tracking_uri, tmp_path):

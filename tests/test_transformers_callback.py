@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 
 import mlflow
 import numpy as np
@@ -31,33 +30,6 @@ from dq_plugins.transformers import STATE_FILE, DataQualityCallback  # noqa: E40
 
 NUM_CLASSES = 3
 SEQ_LEN = 12
-
-
-@pytest.fixture(scope="session")
-def empty_mlflow_store(tmp_path_factory):
-    """An initialised, empty MLflow sqlite store: creating one takes seconds, copying it does not."""
-    folder = tmp_path_factory.mktemp("mlflow_template")
-    path = folder / "mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # the Default experiment's artifact root (./mlruns) resolves here, not in the repository
-        mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch, empty_mlflow_store):
-    """A fresh sqlite MLflow store in tmp_path (a copy of the empty one), also MLflow's current tracking URI.
-
-    Runs are isolated per test; the Default experiment keeps the template's artifact root, where each
-    run writes under its own id.
-    """
-    shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
 
 
 def make_dataset(n: int, seed: int, ids: bool = True, label_name: str = "labels") -> datasets.Dataset:

@@ -62,11 +62,9 @@ def make_trainer(tmp_path, callback, train, val, **overrides):
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+def store(tracking_uri):
+    """The test's own MLflow store (conftest's ``tracking_uri``: a copy of an empty one, the working directory)."""
+    return tracking_uri
 
 
 def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, store):

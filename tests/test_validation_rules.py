@@ -71,15 +71,13 @@ def test_validation_rules_that_need_end_of_fit_scores_fail_at_construction(rule,
         DataQualityCallback(rules=[rule])
 
 
-def test_hf_a_failing_rule_stops_training_and_ends_the_run_failed(tmp_path, monkeypatch):
+def test_hf_a_failing_rule_stops_training_and_ends_the_run_failed(tmp_path, tracking_uri):
     pytest.importorskip("transformers")
     from test_transformers_metadata_latency import make_dataset, make_trainer
 
     from dq_plugins.transformers import DataQualityCallback as HFCallback
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    uri = tracking_uri
     rules = [Rule("stop", ALWAYS, then=[FailRun("raise")], split="validation", on_validation=True)]
     callback = HFCallback(rules=rules, embeddings=False)
     trainer = make_trainer(tmp_path, callback, make_dataset(16, 0, seed=0), make_dataset(8, 0, seed=1),
