@@ -61,17 +61,11 @@ def make_trainer(tmp_path, callback, train, val, **overrides):
                    data_collator=strict_collator, callbacks=[callback])
 
 
-@pytest.fixture
-def store(tracking_uri):
-    """The test's own MLflow store (conftest's ``tracking_uri``: a copy of an empty one, the working directory)."""
-    return tracking_uri
-
-
-def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, store):
+def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, tracking_uri):
     train, val = make_dataset(40, 20, seed=0), make_dataset(24, 8, seed=1)  # slices of >= 20 (min_size)
     callback = DataQualityCallback(metadata_keys=["source", "length"], embeddings=False)
     make_trainer(tmp_path, callback, train, val).train()  # default TrainingArguments: remove_unused_columns=True
-    samples = load_samples(callback.run_id, tracking_uri=store)
+    samples = load_samples(callback.run_id, tracking_uri=tracking_uri)
     for split, num_slow in (("train", 20), ("validation", 8)):
         rows = samples[samples["split"] == split].set_index("sample_id").sort_index()
         assert list(rows["source"]) == ["scan"] * num_slow + ["web"] * (len(rows) - num_slow)
@@ -90,7 +84,7 @@ def test_metadata_keys_are_read_by_id_and_latency_is_recorded(tmp_path, store):
     assert "confounded with batch composition: 3 of 3 batches hold a single value of source" in source["summary"]
 
 
-def test_a_missing_metadata_column_fails_at_train_begin_naming_it(tmp_path, store):
+def test_a_missing_metadata_column_fails_at_train_begin_naming_it(tmp_path, tracking_uri):
     callback = DataQualityCallback(metadata_keys=["source", "day"], embeddings=False)
     trainer = make_trainer(tmp_path, callback, make_dataset(16, 4, seed=0), None, eval_strategy="no")
     with pytest.raises(ValueError, match=r"names \['day'\].*train dataset has no such column.*'length', 'source'"):

@@ -77,7 +77,6 @@ def test_hf_a_failing_rule_stops_training_and_ends_the_run_failed(tmp_path, trac
 
     from dq_plugins.transformers import DataQualityCallback as HFCallback
 
-    uri = tracking_uri
     rules = [Rule("stop", ALWAYS, then=[FailRun("raise")], split="validation", on_validation=True)]
     callback = HFCallback(rules=rules, embeddings=False)
     trainer = make_trainer(tmp_path, callback, make_dataset(16, 0, seed=0), make_dataset(8, 0, seed=1),
@@ -85,7 +84,7 @@ def test_hf_a_failing_rule_stops_training_and_ends_the_run_failed(tmp_path, trac
     with pytest.raises(DataQualityRuleFailed, match="rule 'stop' held"):
         trainer.train()
     assert trainer.state.epoch == pytest.approx(1.0)  # stopped at the first evaluation
-    client = mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(tracking_uri)
     assert client.get_run(callback.run_id).info.status == "FAILED"
     assert {"dq/rules.json", "dq/raw"} <= {a.path for a in client.list_artifacts(callback.run_id, "dq")}
 

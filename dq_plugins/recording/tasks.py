@@ -435,8 +435,8 @@ class TaskRouter:
             slots = samples.loc[rows, "sample_id"].to_numpy(dtype=np.int64)
             inside = slots < latest.size
             latency[np.flatnonzero(rows)[inside]] = latest[slots[inside]]
-            mean = float(np.nanmean(latency[rows])) if np.isfinite(latency[rows]).any() else float("nan")
-            if np.isfinite(mean):
+            if np.isfinite(latency[rows]).any():
+                mean = float(np.nanmean(latency[rows]))
                 result.metrics = {**result.metrics, split_metric_key("mean_latency_ms", split): mean}
         samples[LATENCY_COLUMN] = latency
         result.samples = samples
