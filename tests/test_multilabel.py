@@ -395,3 +395,13 @@ def test_dq_analyze_reruns_a_multilabel_run_from_its_raw_record(tracking_uri, ca
         np.testing.assert_allclose(offline[column], fit_time[column], rtol=1e-6, err_msg=column)
     assert [list(v) for v in offline["suggested_label"]] == [list(v) for v in fit_time["suggested_label"]]
     assert main(["analyze", callback.run_id, "--child-run", "-q"]) == 0  # the CLI reads it as well
+
+
+def test_a_raw_record_of_an_unknown_task_is_refused_by_name(tmp_path):
+    from dq_plugins.raw_record import is_task_record, load_task_history
+
+    path = tmp_path / "train.npz"
+    np.savez_compressed(path, task=np.asarray("regression"), labels=np.zeros((2, 3)))
+    assert is_task_record(path)
+    with pytest.raises(ValueError, match=r"holds a record of task 'regression', which this version of dq_plugins"):
+        load_task_history(path)

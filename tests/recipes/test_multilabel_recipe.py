@@ -101,6 +101,8 @@ def test_load_reuters_says_how_to_fetch_a_missing_tarball(tmp_path, monkeypatch)
                                                                                        "topics": ["acq"]}]})
     with pytest.raises(ValueError, match=r"No Reuters-21578 document has the topic\(s\) \['earn'\]"):
         load_reuters(["acq", "earn"], path=right)
+    with pytest.raises(ValueError, match=r"`topics` is empty\. HINT: pass the topic names"):
+        load_reuters([], path=right)
 
 
 def test_multilabel_splits_are_disjoint_capped_and_seeded():
