@@ -192,3 +192,26 @@ def test_session_state_of_a_newer_version_is_refused_and_an_old_one_loads():
     restored = DynamicsSession(SessionConfig())
     restored.load_state_dict({k: v for k, v in state.items() if k != "version"})  # written before the version key
     assert set(restored._restored) == {"train"}
+
+
+def test_concatenate_converts_batches_of_several_devices_one_by_one():
+    """Batches on two devices (``cat`` refuses them together): each is moved first; the meta device stands in
+    for a GPU, so this runs on CPU."""
+    from dq_plugins.recording.stage import concatenate
+
+    with pytest.raises(RuntimeError, match="not on the expected device"):
+        torch.cat((torch.arange(3), torch.zeros(2, dtype=torch.int64, device="meta")))
+    out = concatenate((torch.arange(3), torch.zeros(2, dtype=torch.int32, device="meta")), torch.device("meta"),
+                      torch.float32)
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (5,)
+    same = concatenate((torch.arange(3), torch.tensor([1.5])), torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(same, torch.tensor([0.0, 1.0, 2.0, 1.5]))
+
+
+def test_concatenate_raises_cats_own_error_without_retrying():
+    """A batch of another width is ``cat``'s error, raised as it is (not caught and retried as a device mismatch)."""
+    from dq_plugins.recording.stage import concatenate
+
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match") as raised:
+        concatenate((torch.zeros(2, 3), torch.zeros(2, 4)), torch.device("cpu"), torch.float32)
+    assert raised.value.__context__ is None  # raised once, not during the handling of an earlier error

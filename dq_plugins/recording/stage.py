@@ -57,11 +57,12 @@ def concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: 
     """``torch.cat`` of ``tensors`` on ``device`` with ``dtype``: one concatenation (``cat`` promotes mixed dtypes,
     exactly for the integer ids and labels and the float logits staged here) and one conversion, instead of a
     ``.to`` per batch, which costs more than the copy of a small batch; tensors on several devices (which ``cat``
-    refuses) are converted one by one first."""
-    try:
-        return torch.cat(tensors).to(device, dtype)
-    except RuntimeError:  # not all on one device
-        return torch.cat([t.to(device, dtype) for t in tensors])
+    refuses) are converted one by one first. Any error of ``cat`` itself (tensors of mismatched shapes) is raised."""
+    first = tensors[0].device
+    for tensor in tensors:  # a loop over the staged batches (device metadata, no sync), not over samples
+        if tensor.device != first:
+            return torch.cat([t.to(device, dtype) for t in tensors])
+    return torch.cat(tensors).to(device, dtype)
 
 
 class EpochStaging:
