@@ -31,7 +31,7 @@ from recipes.common.multilabel import (
     load_reuters,
     question_attributes,
 )
-from recipes.common.text import capped_splits, encode_texts, resolve_model, training_arguments
+from recipes.common.text import capped_splits, encode_texts, resolve_model, training_arguments, validation_rows
 
 DATASETS: tuple[str, ...] = ("reuters", "trec6")
 """The values of ``--dataset`` this recipe takes."""
@@ -45,7 +45,7 @@ def multilabel_splits(data: MultiLabelTexts, cfg: RecipeConfig) -> tuple[MultiLa
     n_train = len(data) - n_val
     if cfg.max_samples:
         n_train = min(cfg.max_samples, n_train)
-        n_val = min(n_val, max(1, round(n_train * cfg.val_fraction / (1 - cfg.val_fraction))))
+        n_val = min(n_val, validation_rows(n_train, cfg.val_fraction))
     return data.take(order[:n_train]), data.take(order[n_train:n_train + n_val])
 
 

@@ -61,9 +61,14 @@ def capped_splits(data: Dataset, cfg: RecipeConfig) -> tuple[Dataset, Dataset]:
     train_data, val_data = data.take(train_idx), data.take(val_idx)
     if cfg.max_samples:
         train_data = subsample(train_data, cfg.max_samples, cfg.seed)
-        val_rows = max(1, round(cfg.max_samples * cfg.val_fraction / (1 - cfg.val_fraction)))
-        val_data = subsample(val_data, val_rows, cfg.seed)
+        val_data = subsample(val_data, validation_rows(cfg.max_samples, cfg.val_fraction), cfg.seed)
     return train_data, val_data
+
+
+def validation_rows(train_rows: int, val_fraction: float) -> int:
+    """Validation rows that keep ``val_fraction`` of the whole beside ``train_rows`` train rows (at least 1): the
+    size of a validation part once the train part is capped (``val_fraction`` in ``(0, 1)``)."""
+    return max(1, round(train_rows * val_fraction / (1 - val_fraction)))
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], labels: np.ndarray, max_length: int | None) -> Any:
