@@ -23,12 +23,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dq_plugins.analysis.embeddings import searched_rows
 from dq_plugins.logs import warn
 from dq_plugins.recording.embeddings import all_reduce_min
 from dq_plugins.recording.ledger import distributed_rank_and_world
-from dq_plugins.scores.neighbors import (
-    KnnGraph, ivf_lists, ivf_num_lists, knn_cosine, needs_reduction, reduced_rows, unit_rows,
-)
+from dq_plugins.scores.neighbors import KnnGraph, ivf_lists, ivf_num_lists, knn_cosine, unit_rows
 
 REDUCE_CHUNK_ELEMENTS = 1 << 22
 """Elements of the ``(N, k)`` results sent per ``reduce`` call (32 MB of int64)."""
@@ -63,7 +62,7 @@ def distributed_knn(
     device = torch.device(device)
     start = time.perf_counter()
     ready = embeddings is not None and embeddings.shape[0] >= 2 and method in ("exact", "ivf")
-    unit = _locally(lambda: unit_rows(_searched_rows(embeddings, seed), device="cpu"), "normalise the embeddings", ready)
+    unit = _locally(lambda: unit_rows(searched_rows(embeddings, seed), device="cpu"), "normalise the embeddings", ready)
     if not _everyone_ok(unit is not None, device, "prepare the embeddings"):
         return None
     quantizer = _shared_quantizer(unit, seed, device) if method == "ivf" else None
@@ -78,14 +77,6 @@ def distributed_knn(
     if rank != 0:
         return None
     return KnnGraph(indices, similarities, method, world, time.perf_counter() - start)
-
-
-def _searched_rows(embeddings: np.ndarray | torch.Tensor, seed: int) -> np.ndarray | torch.Tensor:
-    """The rows the analysis searches: ``embeddings``, or their random projection for a huge ``N x D``
-    (:func:`~dq_plugins.scores.neighbors.needs_reduction`, the same matrix as the analysis's, from ``seed``)."""
-    if needs_reduction(*embeddings.shape):
-        return reduced_rows(embeddings, seed=seed)
-    return embeddings
 
 
 def search_on_all_ranks(
@@ -103,7 +94,7 @@ def search_on_all_ranks(
     try:  # local work: a failure here must still reach the collectives of distributed_knn
         ids, values = rows()
         k, method = settings(max(ids.size, 2))
-        values = unit_rows(_searched_rows(values, 0), device="cpu")  # what the search uses; rows()'s copy is freed
+        values = unit_rows(searched_rows(values, 0), device="cpu")  # what the search uses; rows()'s copy is freed
     except Exception:  # noqa: BLE001 - the other ranks learn it in distributed_knn's first agreement
         warnings.warn(f"dq_plugins: could not read {what} for the kNN search of all ranks:\n"
                       f"{traceback.format_exc()}", RuntimeWarning, stacklevel=2)

@@ -114,6 +114,19 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+def searched_rows(
+    embeddings: np.ndarray | torch.Tensor, seed: int = 0, timings: dict[str, float] | None = None
+) -> np.ndarray | torch.Tensor:
+    """The ``(N, D')`` rows the kNN search works on: ``embeddings`` as given, or for a huge ``N x D``
+    (:func:`~dq_plugins.scores.neighbors.needs_reduction`) their random projection
+    (:func:`~dq_plugins.scores.neighbors.reduced_rows` from ``seed``: every rank of a job and the analysis draw the
+    same matrix), its seconds added to ``timings["reduce"]`` when ``timings`` is given."""
+    if not needs_reduction(*embeddings.shape):
+        return embeddings
+    with _timed({} if timings is None else timings, "reduce"):
+        return reduced_rows(embeddings, seed=seed)
+
+
 def embedding_columns(labelled: bool = True, label_sets: bool = False) -> tuple[str, ...]:
     """The columns :func:`analyze_embeddings` computes: every one of :data:`EMBEDDING_COLUMNS` with
     ``labels``; else the label-free ones, with ``neighbor_disagreement`` when ``label_sets`` are given."""
@@ -285,9 +298,7 @@ def analyze_embeddings(
             timings,
         )
         return EmbeddingAnalysis(_empty_frame(ids, columns), summary)
-    if needs_reduction(num_samples, embeddings.shape[1]):  # a huge N x D: the analysis works on a projection
-        with _timed(timings, "reduce"):
-            embeddings = reduced_rows(embeddings, seed=seed)
+    embeddings = searched_rows(embeddings, seed, timings)  # a huge N x D: the analysis works on a projection
     with _timed(timings, "normalise"):
         if isinstance(embeddings, torch.Tensor):
             tensor = embeddings
