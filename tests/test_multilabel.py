@@ -376,6 +376,45 @@ def test_sparse_ids_give_a_multilabel_run_the_dense_run_under_the_original_ids(t
     np.testing.assert_array_equal(load_task_record(raw)[1]["sample_ids"], ids)  # the raw record keeps slot -> id
 
 
+def _small_history(sample_ids=None):
+    """A two-epoch multi-label record of 6 samples (slots 0..5), ``sample_ids`` the id of each slot when given."""
+    ledger = MultiLabelLedger(capacity=6, num_classes=2)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    for epoch in range(2):
+        ledger.record(torch.arange(6), labels, torch.randn(6, 2, generator=torch.Generator().manual_seed(epoch)), epoch)
+    history = ledger.to_history()
+    history.sample_ids = sample_ids
+    return history
+
+
+def test_analyze_task_latency_ids_and_optional_steps():
+    """The task analysis of fit and `dq analyze`: latency by slot, tables by sample id, and an optional step that
+    fails is warned about (end of fit) or raised (`dq analyze`)."""
+    from dq_plugins.analysis.task_pipeline import analyze_task
+
+    ids = SPARSE_BASE + SPARSE_STEP * np.arange(6)
+    latency = np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0])
+    result = analyze_task("multilabel", {"train": _small_history(ids)}, latency={"train": latency})
+    samples = result.samples.sort_values("sample_id")
+    np.testing.assert_array_equal(samples["sample_id"], ids)
+    np.testing.assert_array_equal(samples["latency_ms"], latency)
+    assert result.metrics["dq.mean_latency_ms.train"] == pytest.approx(18.0 / 5)
+
+    def unreadable():
+        raise OSError("disk full")
+
+    with pytest.warns(RuntimeWarning, match="the embedding analysis failed; the multilabel results are kept without "
+                                            "the embedding columns"):
+        kept = analyze_task("multilabel", {"train": _small_history()}, embeddings=unreadable,
+                            warn_optional_failures=True)
+    assert "outlier_score" not in kept.samples and len(kept.samples) == 6
+    with pytest.raises(OSError, match="disk full"):
+        analyze_task("multilabel", {"train": _small_history()}, fingerprints=unreadable)
+    with pytest.raises(ValueError, match="Expected `task` to be 'multilabel' or 'token_classification' but got "
+                                         "'single_label'. HINT: single-label runs are analysed by"):
+        analyze_task("single_label", {"train": _small_history()})
+
+
 def test_dq_analyze_reruns_a_multilabel_run_from_its_raw_record(tracking_uri, capsys):
     """`dq analyze` on a task run (sparse ids, embeddings, metadata carried over): the fit's results again."""
     from dq_plugins.cli import main

@@ -26,7 +26,6 @@ model inputs are fingerprinted for input copies and leakage (:mod:`dq_plugins.an
 
 from __future__ import annotations
 
-import os
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -331,8 +330,9 @@ class TaskRouter:
         return histories
 
     def finish(self, sink: Any) -> Any:
-        """Save the raw record, analyse it and publish through ``sink``. Never raises: an analysis error
-        becomes a warning and ``dq/raw/analysis_error.txt``; the raw record is staged first."""
+        """Save the raw record, analyse it (:func:`~dq_plugins.analysis.task_pipeline.analyze_task`, as ``dq analyze``
+        does; the embeddings and fingerprints staged by their steps) and publish through ``sink``. Never raises: an
+        analysis error becomes a warning and ``dq/raw/analysis_error.txt``; the raw record is staged first."""
         from dq_plugins.schema import ANALYSIS_ERROR_PATH, raw_path
 
         histories = self.histories()
@@ -340,26 +340,19 @@ class TaskRouter:
         for buffer in self.session.embeddings.values():
             buffer.remove_mapped_file()  # the mapping stays readable
         result = None
+        neighbors, self._neighbors = self._neighbors, {}
         try:
+            from dq_plugins.analysis.task_pipeline import analyze_task
             from dq_plugins.sinks.task_publish import publish_task_result
 
-            max_rows = self.session.config.max_issue_rows
-            if self.task is Task.MULTILABEL:
-                from dq_plugins.analysis.multilabel import analyze_multilabel
-
-                result = analyze_multilabel(histories, max_issue_rows=max_rows)
-            else:
-                from dq_plugins.analysis.tokens import analyze_tokens
-
-                strings = self.token_strings
-                if strings is not None and self.session.slot_maps:  # the analysis runs by slot, the dataset has ids
-                    strings = lambda split, slot, read=strings: read(split, int(self.session.ids_of(split, [slot])[0]))
-                result = analyze_tokens(histories, max_issue_rows=max_rows, token_strings=strings,
-                                        class_names=self.class_names)
-            result = self._add_embeddings(result, histories, sink)
-            result = self._add_latency(result)
-            result = self._to_ids(result)
-            result = self._add_copies(result, sink)
+            session = self.session
+            result = analyze_task(
+                self.task.value, histories, max_issue_rows=session.config.max_issue_rows,
+                embeddings=(lambda: session.stage_embeddings(sink)) if session.embeddings else None,
+                fingerprints=(lambda: session.stage_fingerprints(sink)) if session.fingerprints else None,
+                projection=session.config.projection, neighbors=neighbors,
+                latency={split: recorder.latest for split, recorder in session.latency.items()},
+                token_strings=self.token_strings, class_names=self.class_names, warn_optional_failures=True)
             from dq_plugins.analysis.task_metadata import add_metadata
 
             result = add_metadata(result, self.session.metadata_frame())
@@ -385,75 +378,6 @@ class TaskRouter:
             self.session.remove_history_files()
         self.result = self.session.result = result
         return result
-
-    def _add_embeddings(self, result: Any, histories: dict[str, Any], sink: Any) -> Any:
-        """``result`` with the embedding columns and metrics (:func:`~dq_plugins.analysis.task_embeddings.
-        add_task_embeddings`) when the session recorded embeddings; their ``dq/embeddings/<split>.npz`` staged.
-        A failure here is a warning: the task's own results are kept."""
-        neighbors, self._neighbors = self._neighbors, {}
-        if not self.session.embeddings:
-            return result
-        try:
-            from dq_plugins.analysis.task_embeddings import add_task_embeddings
-
-            embeddings = self.session.stage_embeddings(sink)  # staged with the sample ids; analysed by slot
-            embeddings = {split: (self._slots_of(split, ids), values) for split, (ids, values) in embeddings.items()}
-            projection = self.session.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto")
-            return add_task_embeddings(result, histories, embeddings, projection=projection, neighbors=neighbors)
-        except Exception:  # noqa: BLE001 - the embedding columns are optional; the task's results are not
-            warnings.warn(f"dq_plugins: the embedding analysis failed; the {self.task.value} results are kept without "
-                          f"the embedding columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
-            return result
-
-    def _add_copies(self, result: Any, sink: Any) -> Any:
-        """``result`` with the input copies and leakage (:mod:`~dq_plugins.analysis.task_copies`) when the session
-        fingerprinted the inputs; their ``dq/fingerprints/<split>.npz`` staged. A failure here is a warning."""
-        if not self.session.fingerprints:
-            return result
-        try:
-            from dq_plugins.analysis.task_copies import add_task_copies
-
-            return add_task_copies(result, self.session.stage_fingerprints(sink))
-        except Exception:  # noqa: BLE001 - the copy columns are optional; the task's results are not
-            warnings.warn(f"dq_plugins: the input-copy analysis failed; the {self.task.value} results are kept without "
-                          f"the copy columns.\n{traceback.format_exc()}", RuntimeWarning, stacklevel=3)
-            return result
-
-    def _add_latency(self, result: Any) -> Any:
-        """``result`` with the ``latency_ms`` column (:mod:`dq_plugins.recording.latency`, the latest timed epoch of
-        each split, NaN where not timed) and ``dq.mean_latency_ms.<split>``, when a split was timed."""
-        from dq_plugins.schema import LATENCY_COLUMN, split_metric_key
-
-        timed = {split: recorder.latest for split, recorder in self.session.latency.items()
-                 if np.isfinite(recorder.latest).any()}
-        if not timed or result.samples.empty:
-            return result
-        samples = result.samples.copy()
-        latency = np.full(len(samples), np.nan)
-        for split, latest in timed.items():
-            rows = (samples["split"] == split).to_numpy()
-            slots = samples.loc[rows, "sample_id"].to_numpy(dtype=np.int64)
-            inside = slots < latest.size
-            latency[np.flatnonzero(rows)[inside]] = latest[slots[inside]]
-            if np.isfinite(latency[rows]).any():
-                mean = float(np.nanmean(latency[rows]))
-                result.metrics = {**result.metrics, split_metric_key("mean_latency_ms", split): mean}
-        samples[LATENCY_COLUMN] = latency
-        result.samples = samples
-        return result
-
-    def _slots_of(self, split: str, ids: np.ndarray) -> np.ndarray:
-        """The slots of host sample ``ids`` of ``split`` (the ids themselves without a slot map)."""
-        slot_map = self.session.slot_maps.get(split)
-        return ids if slot_map is None else np.searchsorted(slot_map.table, np.asarray(ids, dtype=np.int64))
-
-    def _to_ids(self, result: Any) -> Any:
-        """``result`` with the slot columns of its tables turned into the sample ids of their split
-        (:func:`~dq_plugins.analysis.task_result.with_sample_ids`); unchanged when no split has sparse ids."""
-        from dq_plugins.analysis.task_result import with_sample_ids
-
-        return with_sample_ids(result, {split: slot_map.table for split, slot_map in self.session.slot_maps.items()
-                                        if split in self.ledgers})
 
     def finish_run(self, sink: Any) -> Any:
         """:meth:`finish`, then end the run: FAILED when a ``FailRun`` rule held (or the rules could not be

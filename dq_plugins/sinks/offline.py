@@ -1,7 +1,8 @@
 """Work on finished runs: read their artifacts back, rerun the analysis from the raw record.
 
 Used by the ``dq`` command line (:mod:`dq_plugins.cli`), :func:`dq_plugins.fix` and
-:func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins.analysis.pipeline.analyze`, the raw
+:func:`dq_plugins.select_subset`. The analysis itself is :func:`dq_plugins.analysis.pipeline.analyze` (a multi-label
+or token run's: :func:`dq_plugins.analysis.task_pipeline.analyze_task`), the raw
 record is read with :func:`dq_plugins.raw_record.load_history` and the artifact paths are those of
 :mod:`dq_plugins.schema`: nothing here recomputes a score.
 
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from dq_plugins.schema import (
@@ -325,10 +325,11 @@ def reanalyze(
 def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embeddings: dict, fingerprints: dict,
                     staging: Path, *, child_run: bool, max_issue_rows: int, rules: Any, progress: Progress
                     ) -> OfflineAnalysis:
-    """:func:`reanalyze` of a multi-label or token run: the task's analysis from its raw record, the run's
-    embeddings and fingerprints, the columns of the old ``dq/samples.parquet`` it does not compute (metadata,
-    latency) carried over, published by the end-of-fit code (:func:`~dq_plugins.sinks.task_publish.publish_task_result`)."""
-    from dq_plugins.analysis.task_result import with_sample_ids
+    """:func:`reanalyze` of a multi-label or token run: the end of fit's analysis
+    (:func:`~dq_plugins.analysis.task_pipeline.analyze_task`) of its raw record, the run's embeddings and fingerprints,
+    the columns of the old ``dq/samples.parquet`` it does not compute (metadata, latency) carried over, published by
+    the end-of-fit code (:func:`~dq_plugins.sinks.task_publish.publish_task_result`)."""
+    from dq_plugins.analysis.task_pipeline import analyze_task
     from dq_plugins.sinks.publish import run_rules
     from dq_plugins.sinks.task_publish import publish_task_result
 
@@ -336,26 +337,8 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
     task = next(iter(histories.values())).task
     for split, history in histories.items():
         progress(f"analysing split {split!r} of the {task} run: {len(history.epochs)} epochs")
-    tables = {split: h.sample_ids for split, h in histories.items() if getattr(h, "sample_ids", None) is not None}
-    if task == "multilabel":
-        from dq_plugins.analysis.multilabel import analyze_multilabel
-
-        result = analyze_multilabel(histories, max_issue_rows=max_issue_rows)
-    else:
-        from dq_plugins.analysis.tokens import analyze_tokens
-
-        result = analyze_tokens(histories, max_issue_rows=max_issue_rows)
-    if embeddings:
-        from dq_plugins.analysis.task_embeddings import add_task_embeddings
-
-        by_slot = {split: (np.searchsorted(tables[split], ids) if split in tables else ids, values)
-                   for split, (ids, values) in embeddings.items()}  # the analysis indexes by slot
-        result = add_task_embeddings(result, histories, by_slot, projection=os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
-    result = with_sample_ids(result, tables)
-    if fingerprints:
-        from dq_plugins.analysis.task_copies import add_task_copies
-
-        result = add_task_copies(result, fingerprints)
+    result = analyze_task(task, histories, max_issue_rows=max_issue_rows, embeddings=embeddings or None,
+                          fingerprints=fingerprints or None)
     result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
     parsed_rules = _parse_rules(rules, result.samples)
     target, previous = _target_run(client, run, source_id, child_run, progress)
