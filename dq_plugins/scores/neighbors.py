@@ -551,13 +551,8 @@ def neighbor_label_disagreement(
     Raises:
         ValueError: on mismatched shapes or non-integer labels.
     """
-    neighbors = np.asarray(neighbor_indices)
+    neighbors = _neighbor_array(neighbor_indices)
     labels = np.asarray(labels)
-    if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
-        raise ValueError(
-            "Expected argument `neighbor_indices` to be a 2-D integer array (N, k) but got shape"
-            f" {neighbors.shape} and dtype {neighbors.dtype}."
-        )
     if labels.shape != (neighbors.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"Expected argument `labels` to be a 1-D integer array of length N = {neighbors.shape[0]}"
@@ -566,6 +561,17 @@ def neighbor_label_disagreement(
     present = neighbors >= 0
     differs = (labels[np.where(present, neighbors, 0)] != labels[:, None]) & present
     return _weighted_mean(differs, _neighbor_weights(neighbors, similarities))
+
+
+def _neighbor_array(neighbor_indices: np.ndarray) -> np.ndarray:
+    """``neighbor_indices`` as an ``(N, k)`` integer array (-1 = missing); a ValueError naming it otherwise."""
+    neighbors = np.asarray(neighbor_indices)
+    if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
+        raise ValueError(
+            "Expected argument `neighbor_indices` to be a 2-D integer array (N, k) but got shape"
+            f" {neighbors.shape} and dtype {neighbors.dtype}."
+        )
+    return neighbors
 
 
 def _neighbor_weights(neighbors: np.ndarray, similarities: np.ndarray | None) -> np.ndarray:
@@ -623,13 +629,8 @@ def neighbor_label_set_disagreement(
     Raises:
         ValueError: on mismatched shapes, or ``label_sets`` with values other than 0 and 1.
     """
-    neighbors = np.asarray(neighbor_indices)
+    neighbors = _neighbor_array(neighbor_indices)
     sets = np.asarray(label_sets)
-    if neighbors.ndim != 2 or not np.issubdtype(neighbors.dtype, np.integer):
-        raise ValueError(
-            "Expected argument `neighbor_indices` to be a 2-D integer array (N, k) but got shape"
-            f" {neighbors.shape} and dtype {neighbors.dtype}."
-        )
     if sets.ndim != 2 or sets.shape[0] != neighbors.shape[0] or not np.isin(sets, (0, 1)).all():
         raise ValueError(
             f"Expected argument `label_sets` to be a multi-hot (N, C) array of 0 and 1 with N = {neighbors.shape[0]}"
