@@ -207,6 +207,8 @@ class TaskRouter:
             ledger = TokenLedger(capacity, width, logits.shape[2], logits.device)
         if split == "train":
             ledger.early_epochs = self.session.early_epochs
+            if isinstance(ledger, TokenLedger) and self.session.config.early_epochs is None:
+                ledger.enable_wave()  # the window ends where the tags stop being learnt (Label Wave)
         else:
             ledger.latest_probs_only = True
         return ledger

@@ -12,9 +12,9 @@ Ignored positions, ids out of range, tags outside ``0..C-1``, non-finite logits 
 beyond the recorded width are routed to one trash slot on the device (no host sync, no boolean
 indexing); the labelled ones among them are counted and the caller warns at the end of the epoch.
 
-Memory per token position, ``C`` classes: ``8 C + 12`` bytes on the device (two ``C``-float sums, two
-int32 counts, int16 tag and prediction): 84 bytes for ``C = 9`` (CoNLL tags), so 1M tokens of
-CoNLL-2003 size cost 84 MB. Positions are allocated for ``N * W`` slots, padding included; no
+Memory per token position, ``C`` classes: ``8 C + 14`` bytes on the device (two ``C``-float sums, two
+int32 counts, int16 tag, prediction and previous epoch's prediction): 86 bytes for ``C = 9`` (CoNLL tags), so 1M tokens of
+CoNLL-2003 size cost 86 MB. Positions are allocated for ``N * W`` slots, padding included; no
 per-epoch per-token history is kept on the host.
 """
 
@@ -28,6 +28,7 @@ import torch
 from dq_plugins.recording.ledger import distributed_rank_and_world
 from dq_plugins.recording.stage import EpochStaging, RowStage, stageable
 from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
+from dq_plugins.recording.wave import wave_epoch
 
 _STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
                                    "dropped")
@@ -42,8 +43,12 @@ _CROSS_EPOCH: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count"
 IGNORE_INDEX = -100
 """Tag of a position that is not labelled (the Hugging Face / PyTorch cross-entropy convention)."""
 
-BYTES_PER_TOKEN = "8 C + 12"
+BYTES_PER_TOKEN = "8 C + 14"
 """Device bytes per recorded token position, ``C`` the number of tags (stated in the README)."""
+
+WAVE_SNAPSHOT_MAX_BYTES = 256 * 2**20
+"""Largest ``N x W x C`` float32 sum whose per-epoch copies the Label Wave window keeps on the host (at most
+three at a time, see :class:`TokenLedger`); above it the early window stays the fixed one."""
 
 
 @dataclass
@@ -59,6 +64,8 @@ class TokenHistory:
         early_probs: (N, W, C) float32 mean softmax over the early window, or ``None``.
         epochs: (E,) int64 recorded epochs; ``accuracy``: (E,) token accuracy of each.
         sample_ids: (N,) int64 sample id of each slot when the split's ids are sparse; ``None``: slot = id.
+        early_window_end: the last epoch of the early window when the Label Wave chose it
+            (:mod:`dq_plugins.recording.wave`); ``None``: the fixed window of ``early_epochs`` epochs.
     """
 
     width: int
@@ -69,6 +76,7 @@ class TokenHistory:
     epochs: np.ndarray
     accuracy: np.ndarray
     sample_ids: np.ndarray | None = None
+    early_window_end: int | None = None
 
     task = "token_classification"  # the raw record's `task` (a class attribute, not a field)
 
@@ -82,6 +90,16 @@ class TokenLedger(EpochStaging):
         num_classes: C, the number of tags.
         device: where the buffers live.
         stage_rows: token rows staged before they are folded into the sums.
+
+    The early window: the first ``early_epochs`` epochs, or, with ``wave`` set (the train split when the
+    user did not fix ``early_epochs``), the epochs up to the Label Wave minimum of the prediction changes
+    (:func:`~dq_plugins.recording.wave.wave_epoch`). A token tagger learns its majority tag first and its
+    entity tags for several epochs more, so a fixed window either falls while the tags are still being
+    learnt (confident learning then counts twice the errors) or is not trusted and the count falls back to
+    the memorising all-epoch mean. To take the window up to an epoch found two epochs later, each close copies
+    the all-epoch sums to the host while the minimum is not settled, keeping the last three (the window
+    starts at the first epoch, so the all-epoch sum at an epoch's close *is* that window's sum); once it is
+    settled one copy stays and nothing more is copied. No minimum: the fixed window.
     """
 
     def __init__(self, capacity: int, width: int, num_classes: int, device: torch.device | str = "cpu",
@@ -110,6 +128,11 @@ class TokenLedger(EpochStaging):
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
         self.accuracy: dict[int, float] = {}
+        self.wave = False
+        self.changes: list[int] = []  # prediction changes between consecutive closed epochs (Label Wave)
+        self.wave_settled: int | None = None  # index (into the closed epochs) of the settled minimum
+        self._snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # closed-epoch index -> host sums
+        self._prev_pred: torch.Tensor | None = None
         self._stage = RowStage(int(stage_rows or min(262144, max(4096, 8_000_000 // self.num_classes))))
 
     # ------------------------------------------------------------------ hot path
@@ -182,13 +205,45 @@ class TokenLedger(EpochStaging):
                 reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
             self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
             self._epoch_pred.fill_(-1)
-        labelled, correct = self._epoch_counts.cpu().tolist()
-        dropped = self._dropped.cpu().tolist()
+        changed = self._count_changes() if self.wave and self.wave_settled is None else None
+        moved = torch.cat((self._epoch_counts, self._dropped) + (() if changed is None else (changed.reshape(1),)))
+        labelled, correct, *dropped = moved.cpu().tolist()  # the one host sync of the close
         self.accuracy[self.pending_epoch] = correct / labelled if labelled else float("nan")
         self._epoch_counts.zero_()
         self._dropped.zero_()
         self.pending_epoch = None
+        if changed is not None:
+            changed_count = dropped.pop()
+            self._follow_wave(changed_count if len(self.accuracy) > 1 else None)
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
+
+    def enable_wave(self) -> bool:
+        """Choose the early window by the Label Wave (see the class doc) when the sums are small enough
+        to copy (:data:`WAVE_SNAPSHOT_MAX_BYTES`); returns whether it is on. Call before the first epoch."""
+        self.wave = self.capacity * self.width * self.num_classes * 4 <= WAVE_SNAPSHOT_MAX_BYTES
+        return self.wave
+
+    def _count_changes(self) -> torch.Tensor:
+        """Tokens whose prediction differs from the previous closed epoch's (a device scalar, int64); the
+        current predictions become the previous ones."""
+        if self._prev_pred is None:
+            self._prev_pred = torch.full_like(self._pred, -1)
+        pred, prev = self._pred[: self.trash], self._prev_pred[: self.trash]  # the trash slot is not a token
+        changed = ((pred != prev) & (prev >= 0) & (pred >= 0)).sum()
+        self._prev_pred.copy_(self._pred)
+        return changed.to(torch.int64)
+
+    def _follow_wave(self, changed: int | None) -> None:
+        """After a close: record its prediction changes, copy the sums while the minimum is not settled,
+        keep only the copies that can still end the window (the settled one, or the last three)."""
+        if changed is not None:
+            self.changes.append(int(changed))
+        closed = len(self.accuracy) - 1
+        self._snapshots[closed] = (self._prob_sum[: self.trash].to("cpu", copy=True),
+                                   self._count[: self.trash].to("cpu", copy=True))
+        self.wave_settled = wave_epoch(self.changes, settled=True)
+        keep = {self.wave_settled} if self.wave_settled is not None else set(range(closed - 2, closed + 1))
+        self._snapshots = {k: v for k, v in self._snapshots.items() if k in keep}
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -211,6 +266,11 @@ class TokenLedger(EpochStaging):
             "accuracy": [float(v) for v in self.accuracy.values()],
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
+            "wave": self.wave,
+            "changes": list(self.changes),
+            "wave_settled": self.wave_settled,
+            "prev_pred": None if self._prev_pred is None else self._prev_pred.to("cpu", copy=True),
+            "wave_snapshots": {str(k): v for k, v in self._snapshots.items()},
             **buffers,
         }
 
@@ -226,6 +286,12 @@ class TokenLedger(EpochStaging):
         ledger.accuracy = {int(e): float(v) for e, v in zip(state["accuracy_epochs"], state["accuracy"])}
         ledger.early_epochs = int(state.get("early_epochs", 0))
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
+        ledger.wave = bool(state.get("wave", False))
+        ledger.changes = [int(v) for v in state.get("changes", [])]
+        ledger.wave_settled = state.get("wave_settled")
+        if state.get("prev_pred") is not None:
+            ledger._prev_pred = state["prev_pred"].to(ledger.device)
+        ledger._snapshots = {int(k): (v[0].clone(), v[1].clone()) for k, v in state.get("wave_snapshots", {}).items()}
         for name in _STATE_BUFFERS:
             getattr(ledger, f"_{name}").copy_(state[name])
         return ledger
@@ -242,14 +308,21 @@ class TokenLedger(EpochStaging):
         labels = self._labels[: self.trash].cpu().numpy().reshape(self.capacity, self.width)
         pred = self._pred[: self.trash].cpu().numpy().reshape(self.capacity, self.width)
         epochs = sorted(self.accuracy)
+        early_probs = self._mean(self._early_sum, self._early_count) if self.early_epochs > 0 else None
+        end = wave_epoch(self.changes) if self.wave else None
+        if end is not None and end in self._snapshots:
+            early_probs = self._mean(*self._snapshots[end])
+        else:
+            end = None
         return TokenHistory(
             width=self.width,
             labels=np.where(seen, labels, -1).astype(np.int16),
             pred=np.where(seen, pred, -1).astype(np.int16),
             mean_probs=self._mean(self._prob_sum, self._count),
-            early_probs=self._mean(self._early_sum, self._early_count) if self.early_epochs > 0 else None,
+            early_probs=early_probs,
             epochs=np.asarray(epochs, dtype=np.int64),
             accuracy=np.asarray([self.accuracy[e] for e in epochs], dtype=np.float64),
+            early_window_end=None if end is None else int(epochs[end]),
         )
 
 

@@ -1,0 +1,114 @@
+"""Label Wave: the first local minimum of the smoothed prediction changes ends the token early window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dq_plugins.recording import tokens as token_module
+from dq_plugins.recording.tokens import TokenLedger
+from dq_plugins.recording.wave import smoothed_changes, wave_epoch
+
+
+def test_smoothing_is_a_centred_three_value_mean():
+    np.testing.assert_allclose(smoothed_changes([9, 3, 6, 0]), [6.0, 6.0, 3.0, 3.0])
+
+
+def test_first_local_minimum_of_the_smoothed_changes():
+    # falls while learning, rises while memorising, falls again once everything is fitted
+    changes = [900, 400, 200, 100, 90, 150, 200, 120, 20, 5]
+    assert wave_epoch(changes) == 4  # smoothed: 650, 500, 233, 130, 113, 147, ...
+    assert wave_epoch([900, 400, 200, 100, 60, 30, 10, 5, 2]) is None  # no rise: no wave
+    assert wave_epoch([5, 100]) is None  # one comparison of two equal end values
+    assert wave_epoch([]) is None and wave_epoch([3]) is None
+
+
+def test_settled_minimum_does_not_rest_on_an_end_value():
+    # the last value lifts the end average: a minimum by the full rule, not yet a settled one
+    changes = [900, 800, 500, 50, 200, 300]  # smoothed: 850, 733, 450, 250, 183, 250 (the end mean of 2)
+    assert wave_epoch(changes) == 4
+    assert wave_epoch(changes, settled=True) is None
+    assert wave_epoch(changes + [400], settled=True) == 4
+
+
+def test_token_ledger_takes_the_window_up_to_the_wave():
+    rng = np.random.default_rng(0)
+    # prediction changes between epochs: 120, 60, 20, 80, 100, 100 -> smoothed minimum at index 2 (epoch 2)
+    flips = [0, 120, 60, 20, 80, 100, 100]
+    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
+    ledger.enable_wave()
+    ledger.early_epochs = 1
+    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
+    base = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    seen = []
+    current = base.clone()
+    for epoch, n in enumerate(flips):
+        current = current.clone()
+        current[:n] = current[:n].roll(1, dims=1)  # n tokens change their arg-max (a cyclic shift of 3 distinct logits)
+        seen.append(torch.softmax(current, dim=1))
+        ledger.record(torch.arange(40), tags, current.reshape(40, 5, 3), epoch=epoch)
+        ledger.close_epoch()
+    assert ledger.changes == flips[1:6]  # settled at the close of epoch 5: nothing more is counted
+    assert len(ledger._snapshots) == 1  # settled: one copy kept
+    history = ledger.to_history()
+    assert history.early_window_end == 2
+    expected = torch.stack(seen[:3]).mean(0).reshape(40, 5, 3).numpy()
+    np.testing.assert_allclose(history.early_probs, expected, rtol=1e-5)
+    fixed = torch.stack(seen[:1]).mean(0).reshape(40, 5, 3).numpy()  # early_epochs = 1: what it replaced
+    assert not np.allclose(history.early_probs, fixed)
+
+
+def test_no_wave_keeps_the_fixed_window():
+    ledger = TokenLedger(capacity=4, width=2, num_classes=3)
+    ledger.enable_wave()
+    ledger.early_epochs = 2
+    tags = torch.zeros(4, 2, dtype=torch.long)
+    voting_one = [8, 0, 6, 2, 5, 4, 4]  # tokens predicting tag 1: changes 8, 6, 4, 3, 1, 0 fall and never rise
+    first_two = []
+    for epoch, k in enumerate(voting_one):
+        logits = torch.zeros(8, 3)
+        logits[:, 0] = 1.0
+        logits[:k, 1] = 2.0
+        if epoch < 2:
+            first_two.append(torch.softmax(logits, dim=1))
+        ledger.record(torch.arange(4), tags, logits.reshape(4, 2, 3), epoch=epoch)
+        ledger.close_epoch()
+    assert ledger.changes == [8, 6, 4, 3, 1, 0]
+    history = ledger.to_history()
+    assert history.early_window_end is None
+    np.testing.assert_allclose(history.early_probs, torch.stack(first_two).mean(0).reshape(4, 2, 3).numpy(), rtol=1e-6)
+
+
+def test_wave_survives_a_checkpoint_and_stays_off_above_its_budget(monkeypatch):
+    rng = np.random.default_rng(1)
+    flips = [0, 120, 60, 20, 80, 100, 100]
+    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
+    base = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    per_epoch, current = [], base.clone()
+    for n in flips:
+        current = current.clone()
+        current[:n] = current[:n].roll(1, dims=1)
+        per_epoch.append(current.reshape(40, 5, 3))
+
+    def run(ledger: TokenLedger, epochs: range) -> TokenLedger:
+        for epoch in epochs:
+            ledger.record(torch.arange(40), tags, per_epoch[epoch], epoch=epoch)
+            ledger.close_epoch()
+        return ledger
+
+    straight = TokenLedger(capacity=40, width=5, num_classes=3)
+    straight.enable_wave()
+    straight = run(straight, range(7)).to_history()
+    first = TokenLedger(capacity=40, width=5, num_classes=3)
+    first.enable_wave()
+    state = run(first, range(4)).state_dict()  # saved before the minimum is settled: three copies in it
+    assert len(state["wave_snapshots"]) == 3
+    resumed = run(TokenLedger.from_state_dict(state), range(4, 7)).to_history()
+    assert resumed.early_window_end == straight.early_window_end == 2
+    np.testing.assert_array_equal(resumed.early_probs, straight.early_probs)
+
+    monkeypatch.setattr(token_module, "WAVE_SNAPSHOT_MAX_BYTES", 40 * 5 * 3 * 4 - 1)
+    small = TokenLedger(capacity=40, width=5, num_classes=3)
+    assert not small.enable_wave()
+    assert run(small, range(7)).to_history().early_window_end is None
