@@ -112,3 +112,52 @@ def test_wave_survives_a_checkpoint_and_stays_off_above_its_budget(monkeypatch):
     small = TokenLedger(capacity=40, width=5, num_classes=3)
     assert not small.enable_wave()
     assert run(small, range(7)).to_history().early_window_end is None
+
+
+def _flipping_epochs(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Tags (40, 5) and per-epoch logits (40, 5, 3) whose arg-max changes for 0, 120, 60, 20, 80, 100, 100 tokens."""
+    rng = np.random.default_rng(seed)
+    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
+    current = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    per_epoch = []
+    for n in [0, 120, 60, 20, 80, 100, 100]:
+        current = current.clone()
+        current[:n] = current[:n].roll(1, dims=1)
+        per_epoch.append(current.reshape(40, 5, 3))
+    return tags, per_epoch
+
+
+def _ddp_wave_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    tags, per_epoch = _flipping_epochs(2)
+    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
+    ledger.enable_wave()
+    rows = torch.arange(rank, 40, world)  # each rank sees half of the sequences every epoch
+    for epoch, logits in enumerate(per_epoch):
+        ledger.record(rows, tags[rows], logits[rows], epoch=epoch)
+        ledger.close_epoch()
+    history = ledger.to_history()
+    if rank == 0:
+        np.savez(out_file, early=history.early_probs, end=-1 if history.early_window_end is None
+                 else history.early_window_end, changes=np.asarray(ledger.changes))
+    dist.destroy_process_group()
+
+
+def test_wave_under_torch_distributed_matches_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "wave.npz")
+    mp.spawn(_ddp_wave_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    tags, per_epoch = _flipping_epochs(2)
+    single = TokenLedger(capacity=40, width=5, num_classes=3)
+    single.enable_wave()
+    for epoch, logits in enumerate(per_epoch):
+        single.record(torch.arange(40), tags, logits, epoch=epoch)
+        single.close_epoch()
+    expected = single.to_history()
+    result = np.load(out)
+    assert int(result["end"]) == expected.early_window_end == 2
+    assert result["changes"].tolist() == single.changes
+    np.testing.assert_allclose(result["early"], expected.early_probs, rtol=1e-6)
