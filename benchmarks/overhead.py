@@ -86,8 +86,8 @@ TARGET = 0.03
 """The callback's hooks should cost under 3% of training time on the light model on CPU."""
 
 TRAINING_HOOKS = (
-    "setup", "on_train_start", "on_train_batch_end", "on_train_epoch_end",
-    "on_validation_batch_end", "on_validation_epoch_end", "teardown",
+    "setup", "on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end",
+    "on_train_epoch_end", "on_validation_batch_start", "on_validation_batch_end", "on_validation_epoch_end", "teardown",
 )
 """Hooks that run while training; their summed time is the callback's training overhead."""
 FIT_START, FIT_END = "on_fit_start", "on_fit_end"

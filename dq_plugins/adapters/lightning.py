@@ -420,8 +420,11 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             embeddings = captured
         if embeddings is None:
             return
-        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
-        embeddings = pool(embeddings.detach(), mask if isinstance(mask, torch.Tensor) else None, self.embedding_pooling)
+        if embeddings.requires_grad:  # the captured input of the head is detached already
+            embeddings = embeddings.detach()
+        if embeddings.ndim != 2:  # (B, T, D): pooled per sequence
+            mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+            embeddings = pool(embeddings, mask if isinstance(mask, torch.Tensor) else None, self.embedding_pooling)
         if embeddings.shape[0] != ids.shape[0]:
             self._disable_embeddings(f"the captured embeddings have {embeddings.shape[0]} rows for {ids.shape[0]} ids")
             return
@@ -527,9 +530,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                     "no tensor. HINT: name the module that produces the logits."
                 )
             return logits
-        if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
-            return outputs["logits"]
-        return None
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        return logits if isinstance(logits, torch.Tensor) else None
 
     def _ids_and_labels(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.session.config
@@ -629,20 +631,25 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                       spans: Any) -> None:
         """Hand one batch of ``split`` to the recording: a multi-label or token task's recorder, else the
         session (dynamics, metadata, latency, embeddings, input fingerprints). No host sync."""
+        session = self.session
         ids, labels = self._ids_and_labels(batch)
-        slots = self.session.to_slots(split, ids)  # the ids themselves unless they are sparse
-        mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
-        if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
-            self.session.record_metadata(split, ids, batch)  # joined by sample id
-            self.session.record_latency(split, slots, spans)
-            self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
-            self._record_inputs(split, batch, slots)
-            return
-        self.session.record(split, epoch, slots, labels, logits, _step_loss(outputs))
-        self.session.record_metadata(split, ids, batch)  # joined by sample id
-        self.session.record_latency(split, slots, spans)
+        slots = session.to_slots(split, ids)  # the ids themselves unless they are sparse
+        if not self._tasks.single_label:  # decided at the first batch: no mask lookup per step after that
+            mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
+            if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
+                session.record_metadata(split, ids, batch)  # joined by sample id
+                session.record_latency(split, slots, spans)
+                self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
+                self._record_inputs(split, batch, slots)
+                return
+        # the step's loss tells transposed square logits apart, checked on a split's first batch only
+        session.record(split, epoch, slots, labels, logits, _step_loss(outputs) if session.first_batch(split) else None)
+        if session.config.metadata_keys:
+            session.record_metadata(split, ids, batch)  # joined by sample id
+        session.record_latency(split, slots, spans)
         self._record_embeddings(split, outputs, batch, slots, logits.shape[1])
-        self._record_inputs(split, batch, slots)
+        if self.fingerprints:
+            self._record_inputs(split, batch, slots)
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""

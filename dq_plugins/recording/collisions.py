@@ -70,8 +70,8 @@ class EpochCheck:
         """Summarise the epoch and start a new one; ``None`` when nothing was added."""
         if not self._ids:
             return None
-        ids = concatenate(tuple(i.reshape(-1) for i in self._ids), self._ids[0].device, torch.int64)
-        labels = concatenate(tuple(lab.reshape(-1) for lab in self._labels), ids.device, torch.int64)
+        ids = concatenate(tuple(_flat(i) for i in self._ids), self._ids[0].device, torch.int64)
+        labels = concatenate(tuple(_flat(lab) for lab in self._labels), ids.device, torch.int64)
         self._ids, self._labels = [], []
         ignored = labels == IGNORE_INDEX
         bad = ~ignored & ((labels < 0) | (labels >= self.num_classes))
@@ -95,3 +95,8 @@ class EpochCheck:
             example=(where, lo, hi) if conflicting else None, ignored=n_ignored, bad_labels=n_bad,
             bad_label=example_label if n_bad else None,
         )
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as 1-D (a 1-D batch, the usual case, as it is: no view made per batch)."""
+    return tensor if tensor.ndim == 1 else tensor.reshape(-1)

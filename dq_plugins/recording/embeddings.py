@@ -119,7 +119,7 @@ class EmbeddingBuffer:
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"Expected embeddings of shape (batch, {self.dim}), but got {tuple(embeddings.shape)}.")
-        if self._stage.add(ids, embeddings.detach()):
+        if self._stage.add(ids, embeddings.detach() if embeddings.requires_grad else embeddings):
             self.flush()
 
     def flush(self) -> None:

@@ -486,6 +486,11 @@ class DynamicsSession:
             self.task_router.resume(device, current_epoch, raw_record)
 
     # ------------------------------------------------------------------ hot path
+    def first_batch(self, split: str) -> bool:
+        """Whether :meth:`record` has not checked a batch of ``split`` yet (its next batch gets the value checks,
+        which read the step's ``loss``)."""
+        return split not in self._checked
+
     def record(self, split: str, epoch: int, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                loss: torch.Tensor | None = None) -> None:
         """Record one batch. Metadata checks every batch; value checks (one sync) on the first, where the step's

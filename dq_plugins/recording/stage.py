@@ -32,24 +32,29 @@ class RowStage:
         self.rows = int(rows)
         self._batches: list[tuple[torch.Tensor, ...]] = []
         self._count = 0
-        self._bytes = 0
-        self.peak_bytes = 0
-        """The most bytes held by staged tensors at once (shapes only, no sync)."""
+        self._peak_bytes = 0
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most bytes held by staged tensors at once (shapes only, no sync). Staged bytes only grow until
+        :meth:`take`, so they are summed there (and here for what is staged now), not in every :meth:`add`."""
+        return max(self._peak_bytes, self._staged_bytes())
+
+    def _staged_bytes(self) -> int:
+        return sum(tensor.nbytes for batch in self._batches for tensor in batch)
 
     def add(self, *tensors: torch.Tensor) -> bool:
         """Keep one batch by reference (the caller must not modify it in place); ``True`` when full."""
         self._batches.append(tensors)
         self._count += tensors[0].shape[0]
-        for tensor in tensors:  # a loop, not a generator: this runs in every step
-            self._bytes += tensor.nbytes
-        self.peak_bytes = max(self.peak_bytes, self._bytes)
         return self._count >= self.rows
 
     def take(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> tuple[torch.Tensor, ...] | None:
         """Empty the stage: one concatenated tensor per position, on ``device`` with ``dtypes``; ``None`` when empty."""
         if not self._batches:
             return None
-        batches, self._batches, self._count, self._bytes = self._batches, [], 0, 0
+        self._peak_bytes = max(self._peak_bytes, self._staged_bytes())
+        batches, self._batches, self._count = self._batches, [], 0
         return tuple(concatenate(column, device, dtype) for column, dtype in zip(zip(*batches), dtypes))
 
 

@@ -116,6 +116,11 @@ class TaskRouter:
             session.task_router = self
 
     @property
+    def single_label(self) -> bool:
+        """True once the first batch decided a single-label task (no batch needs routing after that)."""
+        return self.task is Task.SINGLE_LABEL
+
+    @property
     def active(self) -> bool:
         """True once the first batch decided a task other than single-label."""
         return self.task is not None and self.task is not Task.SINGLE_LABEL
