@@ -34,6 +34,10 @@ class SplitHistory:
             the out-of-sample prediction of the final model, as cleanlab expects.
         early_probs: (N, C) mean softmax over the occurrences of the early window (dtype as ``mean_probs``; epochs
             below ``SplitLedger.early_epochs``), NaN rows when not seen there; ``None`` when not kept.
+        wave_probs: (N, C) mean softmax over the epochs up to the Label Wave minimum (``early_window_end``, see
+            :mod:`dq_plugins.recording.wave`), the window of the label flags; ``None``: no minimum was seen (or
+            ``early_epochs`` was fixed), the flags use ``early_probs``.
+        early_window_end: the last epoch of ``wave_probs``' window, ``None`` without it.
         latency_ms: (N,) float32 forward milliseconds per sample of the latest timed epoch
             (:mod:`dq_plugins.recording.latency`), NaN where not timed; ``None`` when nothing was timed.
         sample_ids: (N,) int64 increasing, the sample id of each slot (:mod:`dq_plugins.recording.slots`)
@@ -49,6 +53,8 @@ class SplitHistory:
     early_probs: np.ndarray | None = None
     latency_ms: np.ndarray | None = None
     sample_ids: np.ndarray | None = None
+    wave_probs: np.ndarray | None = None
+    early_window_end: int | None = None
 
     def ids_of(self, slots: np.ndarray) -> np.ndarray:
         """int64 sample ids of ``slots`` (any shape); negative values (``-1``: none) stay as they are."""
@@ -86,6 +92,8 @@ def save_history(history: SplitHistory, path: str | os.PathLike) -> None:
             **({"early_probs": _narrow(history.early_probs)} if history.early_probs is not None else {}),
             **({"latency_ms": history.latency_ms} if history.latency_ms is not None else {}),
             **({"sample_ids": history.sample_ids} if history.sample_ids is not None else {}),
+            **({"wave_probs": _narrow(history.wave_probs), "early_window_end": np.int64(history.early_window_end)}
+               if history.wave_probs is not None else {}),
             **{f"field_{name}": values for name, values in history.fields.items()},
         )
 
@@ -198,4 +206,6 @@ def load_history(path: str | os.PathLike) -> SplitHistory:
             early_probs=_widen(data["early_probs"]) if "early_probs" in data.files else None,
             latency_ms=data["latency_ms"] if "latency_ms" in data.files else None,
             sample_ids=data["sample_ids"] if "sample_ids" in data.files else None,
+            wave_probs=_widen(data["wave_probs"]) if "wave_probs" in data.files else None,
+            early_window_end=int(data["early_window_end"]) if "early_window_end" in data.files else None,
         )

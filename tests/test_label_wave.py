@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dq_plugins.recording import tokens as token_module
+from dq_plugins.recording import wave as wave_module
 from dq_plugins.recording.tokens import TokenLedger
 from dq_plugins.recording.wave import smoothed_changes, wave_epoch
 
@@ -49,8 +49,8 @@ def test_token_ledger_takes_the_window_up_to_the_wave():
         seen.append(torch.softmax(current, dim=1))
         ledger.record(torch.arange(40), tags, current.reshape(40, 5, 3), epoch=epoch)
         ledger.close_epoch()
-    assert ledger.changes == flips[1:6]  # settled at the close of epoch 5: nothing more is counted
-    assert len(ledger._snapshots) == 1  # settled: one copy kept
+    assert ledger.wave.changes == flips[1:6]  # settled at the close of epoch 5: nothing more is counted
+    assert len(ledger.wave.snapshots) == 1  # settled: one copy kept
     history = ledger.to_history()
     assert history.early_window_end == 2
     expected = torch.stack(seen[:3]).mean(0).reshape(40, 5, 3).numpy()
@@ -74,7 +74,7 @@ def test_no_wave_keeps_the_fixed_window():
             first_two.append(torch.softmax(logits, dim=1))
         ledger.record(torch.arange(4), tags, logits.reshape(4, 2, 3), epoch=epoch)
         ledger.close_epoch()
-    assert ledger.changes == [8, 6, 4, 3, 1, 0]
+    assert ledger.wave.changes == [8, 6, 4, 3, 1, 0]
     history = ledger.to_history()
     assert history.early_window_end is None
     np.testing.assert_allclose(history.early_probs, torch.stack(first_two).mean(0).reshape(4, 2, 3).numpy(), rtol=1e-6)
@@ -103,12 +103,12 @@ def test_wave_survives_a_checkpoint_and_stays_off_above_its_budget(monkeypatch):
     first = TokenLedger(capacity=40, width=5, num_classes=3)
     first.enable_wave()
     state = run(first, range(4)).state_dict()  # saved before the minimum is settled: three copies in it
-    assert len(state["wave_snapshots"]) == 3
+    assert len(state["wave"]["snapshots"]) == 3
     resumed = run(TokenLedger.from_state_dict(state), range(4, 7)).to_history()
     assert resumed.early_window_end == straight.early_window_end == 2
     np.testing.assert_array_equal(resumed.early_probs, straight.early_probs)
 
-    monkeypatch.setattr(token_module, "WAVE_SNAPSHOT_MAX_BYTES", 40 * 5 * 3 * 4 - 1)
+    monkeypatch.setattr(wave_module, "WAVE_SNAPSHOT_MAX_BYTES", 40 * 5 * 3 * 4 - 1)
     small = TokenLedger(capacity=40, width=5, num_classes=3)
     assert not small.enable_wave()
     assert run(small, range(7)).to_history().early_window_end is None
@@ -141,7 +141,7 @@ def _ddp_wave_worker(rank: int, world: int, init_file: str, out_file: str) -> No
     history = ledger.to_history()
     if rank == 0:
         np.savez(out_file, early=history.early_probs, end=-1 if history.early_window_end is None
-                 else history.early_window_end, changes=np.asarray(ledger.changes))
+                 else history.early_window_end, changes=np.asarray(ledger.wave.changes))
     dist.destroy_process_group()
 
 
@@ -159,5 +159,81 @@ def test_wave_under_torch_distributed_matches_one_process(tmp_path):
     expected = single.to_history()
     result = np.load(out)
     assert int(result["end"]) == expected.early_window_end == 2
-    assert result["changes"].tolist() == single.changes
+    assert result["changes"].tolist() == single.wave.changes
     np.testing.assert_allclose(result["early"], expected.early_probs, rtol=1e-6)
+
+
+def _single_label_epochs(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Labels (200,) and per-epoch logits (200, 3) whose arg-max changes for 0, 120, 60, 20, 80, 100, 100 samples."""
+    tags, per_epoch = _flipping_epochs(seed)
+    return tags.reshape(-1), [logits.reshape(-1, 3) for logits in per_epoch]
+
+
+def _run_single(ledger, labels, per_epoch, epochs):
+    for epoch in epochs:
+        for rows in torch.arange(200).split(64):
+            ledger.record(rows, labels[rows], per_epoch[epoch][rows], epoch=epoch)
+        ledger.close_epoch()
+    return ledger
+
+
+def test_single_label_flags_window_ends_at_the_wave_and_survives_checkpoint_and_raw_record(tmp_path):
+    from dq_plugins.raw_record import load_history, save_history
+    from dq_plugins.recording.ledger import SplitLedger
+
+    labels, per_epoch = _single_label_epochs(3)
+    ledger = SplitLedger(capacity=200, num_classes=3)
+    ledger.early_epochs = 1
+    assert ledger.enable_wave()
+    history = _run_single(ledger, labels, per_epoch, range(7)).to_history()
+    assert history.early_window_end == 2 and ledger.wave.changes == [120, 60, 20, 80, 100]
+    expected = torch.stack([torch.softmax(per_epoch[e], dim=1) for e in range(3)]).mean(0).numpy()
+    np.testing.assert_allclose(history.wave_probs, expected, rtol=1e-5)
+    np.testing.assert_allclose(history.early_probs, torch.softmax(per_epoch[0], dim=1).numpy(), rtol=1e-5)
+
+    save_history(history, tmp_path / "train.npz")
+    loaded = load_history(tmp_path / "train.npz")
+    assert loaded.early_window_end == 2
+    np.testing.assert_array_equal(loaded.wave_probs, history.wave_probs)
+
+    first = SplitLedger(capacity=200, num_classes=3)
+    first.early_epochs = 1
+    first.enable_wave()
+    state = _run_single(first, labels, per_epoch, range(4)).state_dict()
+    resumed = _run_single(SplitLedger.from_state_dict(state), labels, per_epoch, range(4, 7)).to_history()
+    assert resumed.early_window_end == 2
+    np.testing.assert_array_equal(resumed.wave_probs, history.wave_probs)
+
+    fixed = _run_single(SplitLedger(capacity=200, num_classes=3), labels, per_epoch, range(7)).to_history()
+    assert fixed.wave_probs is None and fixed.early_window_end is None  # not enabled: as before
+
+
+def test_single_label_analysis_takes_its_flags_from_the_wave_window():
+    from dataclasses import replace
+
+    from dq_plugins.analysis.pipeline import analyze_split, early_window_flags
+    from dq_plugins.recording.ledger import SplitLedger
+
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, 3, 300))
+    ledger = SplitLedger(capacity=300, num_classes=3)
+    ledger.early_epochs = 2
+    for epoch in range(6):
+        logits = torch.nn.functional.one_hot(labels, 3).float() * (1 + epoch) + torch.tensor(rng.normal(size=(300, 3)),
+                                                                                                dtype=torch.float32)
+        ledger.record(torch.arange(300), labels, logits, epoch=epoch)
+        ledger.close_epoch()
+    history = ledger.to_history()
+    votes = history.labels.copy()
+    disputed = rng.choice(300, 30, replace=False)
+    votes[disputed] = (votes[disputed] + 1) % 3  # the window votes for another class on 30 samples
+    wave = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), 3).float() * 3, dim=1).numpy()
+    with_wave = analyze_split(replace(history, wave_probs=wave, early_window_end=3), "train")
+    without = analyze_split(history, "train")
+    np.testing.assert_array_equal(with_wave.samples["mislabel_score"], without.samples["mislabel_score"])  # the score keeps its window
+    expected = early_window_flags(history.labels, wave, with_wave.samples["mislabel_score"].to_numpy())
+    assert expected is not None and expected.is_label_issue.any()
+    flagged = with_wave.samples["is_label_issue"].to_numpy()
+    np.testing.assert_array_equal(flagged, expected.is_label_issue)
+    assert set(np.flatnonzero(flagged)) <= set(disputed)  # only where the wave window disagrees
+    assert not np.array_equal(flagged, without.samples["is_label_issue"].to_numpy())

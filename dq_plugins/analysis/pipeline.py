@@ -159,7 +159,8 @@ def analyze_split(
     Order: the dynamics signals and confident learning; the embedding analysis (when ``embeddings``
     = ``(ids (M,), embeddings (M, D))`` is given), whose ``neighbor_disagreement`` is the fourth
     signal of ``mislabel_score``; confident learning on the early window (:func:`early_window_cl`), whose
-    flags weigh the signals; then ``mislabel_score`` and the label flags (:func:`label_flags`);
+    flags weigh the signals; then ``mislabel_score`` and the label flags (:func:`label_flags`, on the
+    history's ``wave_probs`` when the Label Wave ended the flags' window, else on ``early_probs``);
     last, near-duplicate pairs whose labels conflict add label issues (:func:`duplicate_label_issues`).
 
     ``neighbors``: ``(rows (R,), graph)``, the kNN graph of the embeddings of ``rows`` searched beforehand (see
@@ -192,7 +193,11 @@ def analyze_split(
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                            el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
                            pseudo_labels=None if early_cl is None else early_cl.is_label_issue)
-    flags = label_flags(labels, cl, score, early_probs if num_epochs else None, early_cl)
+    flag_probs, flag_cl = early_probs, early_cl
+    if history.wave_probs is not None:  # the flags' window ends at the Label Wave (dq_plugins.recording.wave)
+        flag_probs = history.wave_probs if everyone else history.wave_probs[seen]
+        flag_cl = None
+    flags = label_flags(labels, cl, score, flag_probs if num_epochs else None, flag_cl)
     if early_probs is not None and not num_epochs:
         flags = replace(flags, early_window_fitted=False)
     pred = last_observed(history.pred[:, seen], history.pred[:, seen] < 0)

@@ -55,8 +55,10 @@ import numpy as np
 import torch
 
 from dq_plugins.raw_record import FLOAT_FIELDS, WIDE_FLOAT32_MAX_ELEMENTS, SplitHistory
+from dq_plugins.recording import wave as wave_module
 from dq_plugins.recording.history_store import EpochStore, Fetch
 from dq_plugins.recording.stage import EpochStaging, HostFold, RowStage, last_occurrence, stageable
+from dq_plugins.recording.wave import WaveTracker
 
 _STATE_BUFFERS: tuple[str, ...] = ("sums", "count", "pred", "labels", "prob_sum", "prob_count", "early_sum",
                                    "early_count")
@@ -167,6 +169,8 @@ class SplitLedger(EpochStaging):
         self._stage = RowStage(self.stage_rows)  # batches not yet in the sums
         self._fold = HostFold(self.device)  # softmax rows on their way to the host sums
         self._workspace_peak = 0  # device bytes of the largest fold (float32 logits and temporaries)
+        self.wave: WaveTracker | None = None  # the Label Wave window of the flags, see enable_wave
+        self._last_pred: np.ndarray | None = None  # the previous close's predictions, while the wave is open
 
     # ------------------------------------------------------------------ hot path
     def record(self, ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, epoch: int) -> None:
@@ -274,6 +278,8 @@ class SplitLedger(EpochStaging):
         row = {name: host_means[i] for i, name in enumerate(FLOAT_FIELDS)}
         row["pred"] = pred.cpu().numpy()
         self.history[self.pending_epoch] = row
+        if self.wave is not None and self.wave.open:
+            self._follow_wave(row["pred"])
         counters = {"out_of_range": int(self._out_of_range), "non_finite": int(self._non_finite)}
         self._sums.zero_()
         self._count.zero_()
@@ -282,6 +288,27 @@ class SplitLedger(EpochStaging):
         self._non_finite.zero_()
         self.pending_epoch = None
         return counters
+
+    def enable_wave(self) -> bool:
+        """End the flags' early window at the Label Wave (:mod:`dq_plugins.recording.wave`) when the softmax sums
+        are small enough to copy (:data:`~dq_plugins.recording.wave.WAVE_SNAPSHOT_MAX_BYTES`); returns whether it
+        is on. The fixed window (``early_epochs``) is kept as well: it still weighs the signals of
+        ``mislabel_score``, and it is the window when the prediction changes never rise again."""
+        on = self.capacity * self.num_classes * self._prob_sum.element_size() <= wave_module.WAVE_SNAPSHOT_MAX_BYTES
+        self.wave = WaveTracker() if on else None
+        return on
+
+    def _follow_wave(self, pred: np.ndarray) -> None:
+        """At a close (after the reduction: rank 0 holds the global sums): count the samples whose prediction
+        changed since the previous close and hand the wave a copy of the all-epoch softmax sums."""
+        last = self._last_pred
+        if last is None and self.wave.epochs and self.wave.epochs[-1] in self.history:  # resumed from a checkpoint
+            last = self.history[self.wave.epochs[-1]]["pred"]
+        changed = None if last is None else int(((pred != last) & (last >= 0) & (pred >= 0)).sum())
+        self._last_pred = pred
+        self._fold.wait()
+        n = self.capacity
+        self.wave.close(self.pending_epoch, changed, lambda: (self._prob_sum[:n].clone(), _host_copy(self._prob_count[:n])))
 
     def _all_reduce(self) -> None:
         """Sum this epoch's buffers over ranks; fold the rank-local softmax sums into rank 0.
@@ -358,6 +385,7 @@ class SplitLedger(EpochStaging):
         else:
             fields = {f: np.zeros((0, n), np.float32) for f in FLOAT_FIELDS}
             pred = np.zeros((0, n), np.int32)
+        window = self.wave.window() if self.wave is not None else None
         return SplitHistory(
             epochs=np.asarray(epochs, dtype=np.int64),
             fields=fields,
@@ -365,6 +393,8 @@ class SplitLedger(EpochStaging):
             labels=self._labels[:n].cpu().numpy(),
             mean_probs=self.mean_probs(),
             early_probs=self.early_probs(),
+            wave_probs=None if window is None else _means(*window[1], n),
+            early_window_end=None if window is None else window[0],
         )
 
     # ------------------------------------------------------------------ checkpoint
@@ -397,6 +427,7 @@ class SplitLedger(EpochStaging):
             **{name: _host_copy(tensor) for name, tensor in buffers.items()},
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
+            "wave": None if self.wave is None else self.wave.state_dict(),
         }
 
     @classmethod
@@ -417,6 +448,7 @@ class SplitLedger(EpochStaging):
                 ledger.history[int(e)] = {k: v.numpy() for k, v in row.items()}
         ledger.early_epochs = int(state.get("early_epochs", 0))
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
+        ledger.wave = WaveTracker.from_state_dict(state["wave"]) if state.get("wave") else None
         for name in _STATE_BUFFERS:
             if name in state:
                 # a checkpoint of an older version holds fewer float fields: they fill the first rows

@@ -511,6 +511,8 @@ class DynamicsSession:
                                                        history_folder=str(self._history_root / split))
             if split == TRAIN:
                 ledger.early_epochs = self.early_epochs
+                if self.config.early_epochs is None:
+                    ledger.enable_wave()  # the flags' window ends where the labels stop being learnt
             else:  # held out: nothing is memorised, the final model's softmax is the out-of-sample estimate
                 ledger.latest_probs_only = True
         elif logits.shape[1] != ledger.num_classes:

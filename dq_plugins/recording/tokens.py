@@ -28,7 +28,8 @@ import torch
 from dq_plugins.recording.ledger import distributed_rank_and_world
 from dq_plugins.recording.stage import EpochStaging, RowStage, stageable
 from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
-from dq_plugins.recording.wave import wave_epoch
+from dq_plugins.recording import wave as wave_module
+from dq_plugins.recording.wave import WaveTracker
 
 _STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
                                    "dropped")
@@ -46,9 +47,6 @@ IGNORE_INDEX = -100
 BYTES_PER_TOKEN = "8 C + 14"
 """Device bytes per recorded token position, ``C`` the number of tags (stated in the README)."""
 
-WAVE_SNAPSHOT_MAX_BYTES = 256 * 2**20
-"""Largest ``N x W x C`` float32 sum whose per-epoch copies the Label Wave window keeps on the host (at most
-three at a time, see :class:`TokenLedger`); above it the early window stays the fixed one."""
 
 
 @dataclass
@@ -128,10 +126,7 @@ class TokenLedger(EpochStaging):
         self.latest_probs_only = False
         self.pending_epoch: int | None = None
         self.accuracy: dict[int, float] = {}
-        self.wave = False
-        self.changes: list[int] = []  # prediction changes between consecutive closed epochs (Label Wave)
-        self.wave_settled: int | None = None  # index (into the closed epochs) of the settled minimum
-        self._snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # closed-epoch index -> host sums
+        self.wave: WaveTracker | None = None  # the Label Wave window, see enable_wave
         self._prev_pred: torch.Tensor | None = None
         self._stage = RowStage(int(stage_rows or min(262144, max(4096, 8_000_000 // self.num_classes))))
 
@@ -205,23 +200,27 @@ class TokenLedger(EpochStaging):
                 reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
             self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
             self._epoch_pred.fill_(-1)
-        changed = self._count_changes() if self.wave and self.wave_settled is None else None
+        first = self._prev_pred is None
+        changed = self._count_changes() if self.wave is not None and self.wave.open else None
         moved = torch.cat((self._epoch_counts, self._dropped) + (() if changed is None else (changed.reshape(1),)))
         labelled, correct, *dropped = moved.cpu().tolist()  # the one host sync of the close
         self.accuracy[self.pending_epoch] = correct / labelled if labelled else float("nan")
+        if changed is not None:
+            changed_count = dropped.pop()
+            self.wave.close(self.pending_epoch, None if first else changed_count,
+                            lambda: (self._prob_sum[: self.trash].to("cpu", copy=True),
+                                     self._count[: self.trash].to("cpu", copy=True)))
         self._epoch_counts.zero_()
         self._dropped.zero_()
         self.pending_epoch = None
-        if changed is not None:
-            changed_count = dropped.pop()
-            self._follow_wave(changed_count if len(self.accuracy) > 1 else None)
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
 
     def enable_wave(self) -> bool:
         """Choose the early window by the Label Wave (see the class doc) when the sums are small enough
-        to copy (:data:`WAVE_SNAPSHOT_MAX_BYTES`); returns whether it is on. Call before the first epoch."""
-        self.wave = self.capacity * self.width * self.num_classes * 4 <= WAVE_SNAPSHOT_MAX_BYTES
-        return self.wave
+        to copy (:data:`~dq_plugins.recording.wave.WAVE_SNAPSHOT_MAX_BYTES`); returns whether it is on. Call before the first epoch."""
+        on = self.capacity * self.width * self.num_classes * 4 <= wave_module.WAVE_SNAPSHOT_MAX_BYTES
+        self.wave = WaveTracker() if on else None
+        return on
 
     def _count_changes(self) -> torch.Tensor:
         """Tokens whose prediction differs from the previous closed epoch's (a device scalar, int64); the
@@ -232,18 +231,6 @@ class TokenLedger(EpochStaging):
         changed = ((pred != prev) & (prev >= 0) & (pred >= 0)).sum()
         self._prev_pred.copy_(self._pred)
         return changed.to(torch.int64)
-
-    def _follow_wave(self, changed: int | None) -> None:
-        """After a close: record its prediction changes, copy the sums while the minimum is not settled,
-        keep only the copies that can still end the window (the settled one, or the last three)."""
-        if changed is not None:
-            self.changes.append(int(changed))
-        closed = len(self.accuracy) - 1
-        self._snapshots[closed] = (self._prob_sum[: self.trash].to("cpu", copy=True),
-                                   self._count[: self.trash].to("cpu", copy=True))
-        self.wave_settled = wave_epoch(self.changes, settled=True)
-        keep = {self.wave_settled} if self.wave_settled is not None else set(range(closed - 2, closed + 1))
-        self._snapshots = {k: v for k, v in self._snapshots.items() if k in keep}
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -266,11 +253,8 @@ class TokenLedger(EpochStaging):
             "accuracy": [float(v) for v in self.accuracy.values()],
             "early_epochs": self.early_epochs,
             "latest_probs_only": self.latest_probs_only,
-            "wave": self.wave,
-            "changes": list(self.changes),
-            "wave_settled": self.wave_settled,
+            "wave": None if self.wave is None else self.wave.state_dict(),
             "prev_pred": None if self._prev_pred is None else self._prev_pred.to("cpu", copy=True),
-            "wave_snapshots": {str(k): v for k, v in self._snapshots.items()},
             **buffers,
         }
 
@@ -286,12 +270,9 @@ class TokenLedger(EpochStaging):
         ledger.accuracy = {int(e): float(v) for e, v in zip(state["accuracy_epochs"], state["accuracy"])}
         ledger.early_epochs = int(state.get("early_epochs", 0))
         ledger.latest_probs_only = bool(state.get("latest_probs_only", False))
-        ledger.wave = bool(state.get("wave", False))
-        ledger.changes = [int(v) for v in state.get("changes", [])]
-        ledger.wave_settled = state.get("wave_settled")
+        ledger.wave = WaveTracker.from_state_dict(state["wave"]) if state.get("wave") else None
         if state.get("prev_pred") is not None:
             ledger._prev_pred = state["prev_pred"].to(ledger.device)
-        ledger._snapshots = {int(k): (v[0].clone(), v[1].clone()) for k, v in state.get("wave_snapshots", {}).items()}
         for name in _STATE_BUFFERS:
             getattr(ledger, f"_{name}").copy_(state[name])
         return ledger
@@ -309,11 +290,9 @@ class TokenLedger(EpochStaging):
         pred = self._pred[: self.trash].cpu().numpy().reshape(self.capacity, self.width)
         epochs = sorted(self.accuracy)
         early_probs = self._mean(self._early_sum, self._early_count) if self.early_epochs > 0 else None
-        end = wave_epoch(self.changes) if self.wave else None
-        if end is not None and end in self._snapshots:
-            early_probs = self._mean(*self._snapshots[end])
-        else:
-            end = None
+        window = self.wave.window() if self.wave is not None else None
+        if window is not None:
+            early_probs = self._mean(*window[1])
         return TokenHistory(
             width=self.width,
             labels=np.where(seen, labels, -1).astype(np.int16),
@@ -322,7 +301,7 @@ class TokenLedger(EpochStaging):
             early_probs=early_probs,
             epochs=np.asarray(epochs, dtype=np.int64),
             accuracy=np.asarray([self.accuracy[e] for e in epochs], dtype=np.float64),
-            early_window_end=None if end is None else int(epochs[end]),
+            early_window_end=None if window is None else window[0],
         )
 
 

@@ -14,9 +14,15 @@ centred over 3 values (2 at either end), and the answer is an index into the clo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+
+
+WAVE_SNAPSHOT_MAX_BYTES = 256 * 2**20
+"""Largest all-epoch softmax sum whose per-epoch copies a ledger keeps on the host to follow the Label Wave
+(at most three at a time, see :class:`WaveTracker`); above it the early window stays the fixed one."""
 
 
 def smoothed_changes(changes: Sequence[int]) -> np.ndarray:
@@ -40,3 +46,67 @@ def wave_epoch(changes: Sequence[int], settled: bool = False) -> int | None:
         if smooth[i + 1] > smooth[i]:
             return i
     return None
+
+
+class WaveTracker:
+    """Follows one split's prediction changes epoch by epoch and keeps the host copies of its all-epoch
+    sums that can still end the early window.
+
+    The window starts at the first epoch, so the all-epoch sums at an epoch's close are that window's
+    sums; the minimum of epoch ``i`` is settled only at the close of epoch ``i + 3`` (the moving
+    average needs the next change, and the comparison the one after), so the copies of the last three
+    closes are kept until then and the settled one after. Nothing is copied once it is settled.
+
+    Attributes:
+        epochs: the closed epochs followed, in order.
+        changes: ``changes[i]`` = predictions that changed between ``epochs[i]`` and ``epochs[i + 1]``.
+        settled: index into ``epochs`` of the settled minimum, ``None`` while the window is open.
+        snapshots: index into ``epochs`` -> the copies ``(sums, counts)`` taken at its close.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.changes: list[int] = []
+        self.settled: int | None = None
+        self.snapshots: dict[int, tuple[Any, Any]] = {}
+
+    @property
+    def open(self) -> bool:
+        """Whether the minimum is not settled yet (the ledger must count changes and copy its sums)."""
+        return self.settled is None
+
+    def close(self, epoch: int, changed: int | None, copy: Callable[[], tuple[Any, Any]]) -> None:
+        """Record the close of ``epoch``: ``changed`` predictions since the previous close (``None`` at the
+        first), ``copy()`` the current all-epoch ``(sums, counts)``. An epoch closed again is ignored."""
+        if not self.open or epoch in self.epochs:
+            return
+        if self.epochs and changed is not None:
+            self.changes.append(int(changed))
+        self.epochs.append(int(epoch))
+        index = len(self.epochs) - 1
+        self.snapshots[index] = copy()
+        self.settled = wave_epoch(self.changes, settled=True)
+        keep = {self.settled} if self.settled is not None else set(range(index - 2, index + 1))
+        self.snapshots = {k: v for k, v in self.snapshots.items() if k in keep}
+
+    def window(self) -> tuple[int, tuple[Any, Any]] | None:
+        """``(last epoch of the early window, its copy of the sums)`` when the changes have a minimum
+        (settled, or at the end of the run the one the last changes show), else ``None``."""
+        end = wave_epoch(self.changes)
+        if end is None or end not in self.snapshots:
+            return None
+        return self.epochs[end], self.snapshots[end]
+
+    def state_dict(self) -> dict:
+        """Plain dict (tensors and Python scalars) for a checkpoint: at most three copies, one once settled."""
+        return {"epochs": list(self.epochs), "changes": list(self.changes), "settled": self.settled,
+                "snapshots": {str(k): v for k, v in self.snapshots.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> WaveTracker:
+        tracker = cls()
+        tracker.epochs = [int(e) for e in state.get("epochs", [])]
+        tracker.changes = [int(v) for v in state.get("changes", [])]
+        tracker.settled = state.get("settled")
+        tracker.snapshots = {int(k): tuple(v) for k, v in state.get("snapshots", {}).items()}
+        return tracker
