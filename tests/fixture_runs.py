@@ -110,7 +110,8 @@ def use_store(store: Store) -> Iterator[Store]:
 
 
 def copy_run(store: Store, run_id: str, paths: tuple[str, ...]) -> str:
-    """A new run in the store holding copies of the artifact files ``paths`` of ``run_id``."""
+    """A new run in the store holding copies of the artifact files ``paths`` of ``run_id`` and of its
+    ``dq.projection`` tag (which ``dq analyze`` reads)."""
     import tempfile
 
     import mlflow
@@ -122,5 +123,7 @@ def copy_run(store: Store, run_id: str, paths: tuple[str, ...]) -> str:
         for path in paths:
             local = client.download_artifacts(run_id, path, tmp)
             client.log_artifact(copy, local, artifact_path=str(Path(path).parent))
+    if "dq.projection" in source.data.tags:
+        client.set_tag(copy, "dq.projection", source.data.tags["dq.projection"])
     client.set_terminated(copy)
     return copy

@@ -450,3 +450,27 @@ def test_format_numbers_counts_rates_and_signed_differences():
     assert [c.strip() for c in shown.columns] == ["measure", "A", "B-A"]
     assert [v.strip() for v in shown.iloc[:, 1]] == ["3", "0.2500"]
     assert [v.strip() for v in shown.iloc[:, 2]] == ["-1", "-"]
+
+
+def test_analyze_draws_the_map_the_run_was_fitted_with(store, monkeypatch):
+    """The fit tags the run with its map's method; `dq analyze` reuses it (an unchanged record gives unchanged
+    results), and falls back on $DQ_PLUGINS_PROJECTION, as the fit does, for a run without the tag."""
+    import dq_plugins.analysis.pipeline as pipeline
+
+    client = mlflow.MlflowClient(store.uri)
+    assert client.get_run(store.run_a).data.tags["dq.projection"] == "auto"  # fitted with neither option nor variable
+    seen: list[str] = []
+    real = pipeline.analyze
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["projection"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "analyze", spy)
+    monkeypatch.setenv("DQ_PLUGINS_PROJECTION", "pca")
+    tagged = copy_run(store, store.run_a, ("dq/raw/train.npz", "dq/embeddings/train.npz"))
+    untagged = copy_run(store, store.run_a, ("dq/raw/train.npz", "dq/embeddings/train.npz"))
+    client.delete_tag(untagged, "dq.projection")
+    assert main(["-q", "analyze", tagged]) == ExitCode.OK
+    assert main(["-q", "analyze", untagged]) == ExitCode.OK
+    assert seen == ["auto", "pca"]

@@ -14,6 +14,7 @@ without ``labels`` (multi-label and token tasks) only the label-free columns are
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +113,17 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+PROJECTION_ENV = "DQ_PLUGINS_PROJECTION"
+"""Environment variable naming the 2D map's method when the callback option (or, for ``dq analyze``, the fitted
+run's ``dq.projection`` tag) does not."""
+
+
+def map_projection(chosen: str | None) -> str:
+    """The 2D map's method: ``chosen`` (the callback's ``projection=``, or the method a run was fitted with), else
+    ``$DQ_PLUGINS_PROJECTION``, else ``"auto"``. One rule for the end of fit and ``dq analyze``."""
+    return chosen or os.environ.get(PROJECTION_ENV) or "auto"
 
 
 def searched_rows(

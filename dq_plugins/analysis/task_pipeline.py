@@ -20,7 +20,6 @@ over from the run's previous ``dq/samples.parquet``.
 
 from __future__ import annotations
 
-import os
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any, TypeVar, Union
 
 import numpy as np
 
+from dq_plugins.analysis.embeddings import map_projection
 from dq_plugins.analysis.pipeline import MAX_ISSUE_ROWS
 from dq_plugins.analysis.task_result import TaskResult, with_sample_ids
 from dq_plugins.recording.multilabel import MultiLabelHistory
@@ -110,7 +110,7 @@ def analyze_task(
             by_slot = {split: (np.searchsorted(tables[split], ids) if split in tables else ids, values)
                        for split, (ids, values) in _read(embeddings).items()}  # the analysis indexes by slot
             return add_task_embeddings(result, histories, by_slot, neighbors=neighbors,
-                                       projection=projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
+                                       projection=map_projection(projection))
 
         result = _optional_step(result, add_embeddings, "embedding", "embedding", warn_optional_failures)
     result = add_task_latency(result, latency or {})

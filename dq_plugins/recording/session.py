@@ -37,6 +37,7 @@ from dq_plugins.schema import (
     DYNAMICS_COLUMNS,
     EMBEDDING_COLUMNS,
     LATENCY_COLUMN,
+    PROJECTION_TAG,
     RAW_DIR,
     TRAIN,
     VALIDATION,
@@ -896,6 +897,7 @@ class DynamicsSession:
         result = None
         bar = progress(total=3, desc="end-of-fit analysis")
         try:
+            from dq_plugins.analysis.embeddings import map_projection
             from dq_plugins.analysis.pipeline import analyze
 
             bar.set_postfix_str("scores")
@@ -904,10 +906,11 @@ class DynamicsSession:
             fingerprints = self.stage_fingerprints(sink)
             neighbors, self._neighbors = self._neighbors, {}
             copy_neighbors, self._copy_neighbors = self._copy_neighbors, None
+            projection = map_projection(self.config.projection)
+            sink.add_tag(PROJECTION_TAG, projection)
             result = analyze(histories, early_epochs=self.config.early_epochs, max_issue_rows=self.config.max_issue_rows,
                              embeddings=embeddings, fingerprints=fingerprints, neighbors=neighbors,
-                             copy_neighbors=copy_neighbors,
-                             projection=self.config.projection or os.environ.get("DQ_PLUGINS_PROJECTION", "auto"))
+                             copy_neighbors=copy_neighbors, projection=projection)
             del neighbors, copy_neighbors
             metadata = self.metadata_frame()
             if metadata is not None:

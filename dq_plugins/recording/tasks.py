@@ -340,7 +340,7 @@ class TaskRouter:
         """Save the raw record, analyse it (:func:`~dq_plugins.analysis.task_pipeline.analyze_task`, as ``dq analyze``
         does; the embeddings and fingerprints staged by their steps) and publish through ``sink``. Never raises: an
         analysis error becomes a warning and ``dq/raw/analysis_error.txt``; the raw record is staged first."""
-        from dq_plugins.schema import ANALYSIS_ERROR_PATH, raw_path
+        from dq_plugins.schema import ANALYSIS_ERROR_PATH, PROJECTION_TAG, raw_path
 
         histories = self.histories()
         self.session.save_raw(sink, histories)
@@ -349,15 +349,18 @@ class TaskRouter:
         result = None
         neighbors, self._neighbors = self._neighbors, {}
         try:
+            from dq_plugins.analysis.embeddings import map_projection
             from dq_plugins.analysis.task_pipeline import analyze_task
             from dq_plugins.sinks.task_publish import publish_task_result
 
             session = self.session
+            projection = map_projection(session.config.projection)
+            sink.add_tag(PROJECTION_TAG, projection)
             result = analyze_task(
                 self.task.value, histories, max_issue_rows=session.config.max_issue_rows,
                 embeddings=(lambda: session.stage_embeddings(sink)) if session.embeddings else None,
                 fingerprints=(lambda: session.stage_fingerprints(sink)) if session.fingerprints else None,
-                projection=session.config.projection, neighbors=neighbors,
+                projection=projection, neighbors=neighbors,
                 latency={split: recorder.latest for split, recorder in session.latency.items()},
                 token_strings=self.token_strings, class_names=self.class_names, warn_optional_failures=True)
             from dq_plugins.analysis.task_metadata import add_metadata

@@ -29,6 +29,7 @@ from dq_plugins.schema import (
     EMBEDDING_HTML_PATH,
     EMBEDDINGS_DIR,
     FINGERPRINTS_DIR,
+    PROJECTION_TAG,
     RAW_DIR,
     SAMPLES_PATH,
 )
@@ -283,6 +284,7 @@ def reanalyze(
     Raises:
         RunNotFoundError, FileNotFoundError: unknown run, or no raw record.
     """
+    from dq_plugins.analysis.embeddings import map_projection
     from dq_plugins.analysis.pipeline import MAX_ISSUE_ROWS, analyze
 
     client = make_client(tracking_uri)
@@ -297,15 +299,17 @@ def reanalyze(
         embeddings = load_embeddings(client, source_id, staging / "embeddings", progress)
         fingerprints = load_fingerprints(client, source_id, staging / "fingerprints", progress)
         task = next((getattr(h, "task", None) for h in histories.values() if hasattr(h, "task")), None)
+        # the map the run was fitted with, so that an unchanged record gives unchanged results
+        projection = map_projection(get_run(client, source_id).data.tags.get(PROJECTION_TAG))
         if task is not None:
-            return _reanalyze_task(client, run, source_id, histories, embeddings, fingerprints, staging,
+            return _reanalyze_task(client, run, source_id, histories, embeddings, fingerprints, staging, projection,
                                    child_run=child_run, max_issue_rows=max_issue_rows or MAX_ISSUE_ROWS, rules=rules,
                                    progress=progress)
         for split, history in histories.items():
             progress(f"analysing split {split!r}: {int(history.seen.sum())} samples, {len(history.epochs)} epochs"
                      + (", with embeddings" if split in embeddings else ""))
         result = analyze(histories, early_epochs=early_epochs, max_issue_rows=max_issue_rows or MAX_ISSUE_ROWS,
-                         embeddings=embeddings or None, fingerprints=fingerprints or None)
+                         embeddings=embeddings or None, fingerprints=fingerprints or None, projection=projection)
         result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
         if kept:
             progress(f"keeping columns computed by other features: {kept}")
@@ -323,7 +327,7 @@ def reanalyze(
 
 
 def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embeddings: dict, fingerprints: dict,
-                    staging: Path, *, child_run: bool, max_issue_rows: int, rules: Any, progress: Progress
+                    staging: Path, projection: str, *, child_run: bool, max_issue_rows: int, rules: Any, progress: Progress
                     ) -> OfflineAnalysis:
     """:func:`reanalyze` of a multi-label or token run: the end of fit's analysis
     (:func:`~dq_plugins.analysis.task_pipeline.analyze_task`) of its raw record, the run's embeddings and fingerprints,
@@ -338,7 +342,7 @@ def _reanalyze_task(client: Any, run: Any, source_id: str, histories: dict, embe
     for split, history in histories.items():
         progress(f"analysing split {split!r} of the {task} run: {len(history.epochs)} epochs")
     result = analyze_task(task, histories, max_issue_rows=max_issue_rows, embeddings=embeddings or None,
-                          fingerprints=fingerprints or None)
+                          fingerprints=fingerprints or None, projection=projection)
     result.samples, kept = carry_columns(result.samples, _previous_samples(client, run_id, staging / "old"))
     parsed_rules = _parse_rules(rules, result.samples)
     target, previous = _target_run(client, run, source_id, child_run, progress)
