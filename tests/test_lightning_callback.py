@@ -251,6 +251,38 @@ def test_two_callbacks_keep_their_records_apart_in_one_checkpoint(tracking_uri, 
         assert callback.session.ledgers["train"].to_history().epochs.tolist() == [0, 1, 2]
 
 
+def test_a_later_batch_with_other_classes_fails_the_fit_with_its_message(tracking_uri):
+    # batches after a split's first are recorded in groups (DEFERRED_BATCHES): a bad one still fails the fit, by name
+    class WiderFromBatchThree(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            out = self._step(batch)
+            logits = out["logits"]
+            if batch_idx >= 3:
+                logits = torch.cat([logits, logits[:, :1]], dim=1)
+            return {"loss": out["loss"], "logits": logits}
+
+    with pytest.raises(ValueError, match="Expected logits with 3 classes as in earlier batches of the train split, but got 4"):
+        fit(module=WiderFromBatchThree(), max_epochs=1)
+
+
+def test_a_checkpoint_inside_an_epoch_holds_every_batch_before_it(tracking_uri):
+    from dq_plugins.adapters.lightning import DEFERRED_BATCHES
+
+    states = []
+
+    class SaveAtBatch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 4:
+                states.append(dq.state_dict())
+
+    dq = DataQualityCallback()
+    assert 5 < DEFERRED_BATCHES  # the five batches are not recorded yet when the checkpoint is taken
+    trainer = make_trainer(dq, max_epochs=1, callbacks=[dq, SaveAtBatch()])
+    trainer.fit(TinyClassifier(), DataLoader(BlobsDataset(160), batch_size=16, shuffle=False))
+    counts = states[0]["ledgers"]["train"]["count"]
+    assert counts[:80].tolist() == [1] * 80 and int(counts[80:].sum()) == 0
+
+
 def test_nan_logits_are_recorded_as_missing_without_crashing(tracking_uri):
     class NanForSampleZero(TinyClassifier):
         def training_step(self, batch, batch_idx):

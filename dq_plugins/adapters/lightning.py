@@ -39,6 +39,14 @@ _PACKAGES = lightning_packages()
 _CALLBACK_BASES = tuple(package.Callback for package in _PACKAGES)
 
 
+DEFERRED_BATCHES = 32
+"""On the CPU, the record of a batch after a split's first (the ledger's stage, the epoch's id checks, the latency
+and the embeddings) is kept in a list and made for this many batches in one go: the bookkeeping of one batch
+between two training steps runs with cold caches and costs several times what it costs in a loop. The first batch of
+a split is checked and recorded at once; a later batch that fails a check raises when its group is recorded (at the
+latest at the epoch's end). Fingerprints are taken in the step, on the input while it is in cache."""
+
+
 def _mlflow_logger(trainer: Any) -> Any:
     """The trainer's ``MLFlowLogger``, whichever Lightning flavour it comes from, or ``None``."""
     classes = []
@@ -313,6 +321,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._fitting = False  # between on_fit_start and the end of that fit: validation is recorded then only
         self._warned_not_fitting = False
         self._train_length: int | None = None  # the train dataset's length at the last epoch start
+        # (split, epoch, slots, labels, logits, spans, embeddings) of batches recorded in one go (_record_deferred)
+        self._deferred: list[tuple[Any, ...]] = []
 
     @property
     def result(self):
@@ -406,9 +416,16 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._captured_embeddings = tensor.detach() if tensor is not None else None
 
     def _record_embeddings(self, split: str, outputs: Any, batch: Any, ids: torch.Tensor, num_classes: int) -> None:
+        embeddings = self._batch_embeddings(outputs, batch, ids, num_classes)
+        if embeddings is not None:
+            self.session.record_embeddings(split, ids, embeddings)
+
+    def _batch_embeddings(self, outputs: Any, batch: Any, ids: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """The batch's ``(B, D)`` embeddings (detached, pooled), or ``None`` (off, or none captured); switches
+        embeddings off, with a warning, when what was captured cannot be the head's input."""
         captured, self._captured_embeddings = self._captured_embeddings, None
         if not self.embeddings:
-            return
+            return None
         embeddings = outputs.get("embeddings") if isinstance(outputs, Mapping) else None
         if not isinstance(embeddings, torch.Tensor):
             if self._auto_head_width is not None and self._auto_head_width != num_classes:
@@ -416,10 +433,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                     f"the last nn.Linear has {self._auto_head_width} outputs, not the {num_classes} classes, "
                     "so it is not the classifier head"
                 )
-                return
+                return None
             embeddings = captured
         if embeddings is None:
-            return
+            return None
         if embeddings.requires_grad:  # the captured input of the head is detached already
             embeddings = embeddings.detach()
         if embeddings.ndim != 2:  # (B, T, D): pooled per sequence
@@ -427,8 +444,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             embeddings = pool(embeddings, mask if isinstance(mask, torch.Tensor) else None, self.embedding_pooling)
         if embeddings.shape[0] != ids.shape[0]:
             self._disable_embeddings(f"the captured embeddings have {embeddings.shape[0]} rows for {ids.shape[0]} ids")
-            return
-        self.session.record_embeddings(split, ids, embeddings)
+            return None
+        return embeddings
 
     def _disable_embeddings(self, why: str) -> None:
         warn(
@@ -456,6 +473,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         # Each fit records anew: a callback reused in a second fit forgets the first one's record and
         # results, keeping only the checkpoint state Lightning loaded for this fit (before this hook).
         self.session = DynamicsSession(self.session.config)
+        self._deferred = []
         router = self._tasks
         self._tasks = TaskRouter(router.option, self.session, router.label_key)
         self._tasks.class_names, self._tasks.token_strings = router.class_names, router.token_strings
@@ -579,6 +597,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._record_batch(TRAIN, trainer.current_epoch, outputs, batch, logits, spans)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._record_deferred()
         self.session.close_epoch(TRAIN)
         self._tasks.close_epoch(TRAIN)
 
@@ -642,6 +661,16 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
                 self._record_inputs(split, batch, slots)
                 return
+        if self._deferrable(split, logits):
+            if session.config.metadata_keys:
+                session.record_metadata(split, ids, batch)  # joined by sample id
+            embeddings = self._batch_embeddings(outputs, batch, slots, logits.shape[-1])
+            self._deferred.append((split, epoch, slots, labels, logits.detach(), spans, embeddings))
+            if self.fingerprints:  # on the input while it is in cache (see _record_deferred)
+                self._record_inputs(split, batch, slots)
+            if len(self._deferred) >= DEFERRED_BATCHES:
+                self._record_deferred()
+            return
         # the step's loss tells transposed square logits apart, checked on a split's first batch only
         session.record(split, epoch, slots, labels, logits, _step_loss(outputs) if session.first_batch(split) else None)
         if session.config.metadata_keys:
@@ -650,6 +679,21 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._record_embeddings(split, outputs, batch, slots, logits.shape[1])
         if self.fingerprints:
             self._record_inputs(split, batch, slots)
+
+    def _deferrable(self, split: str, logits: torch.Tensor) -> bool:
+        """Whether this batch's record can wait for :meth:`_record_deferred`: a single-label batch on the CPU after
+        the split's first one (which is checked and recorded at once, see :meth:`DynamicsSession.record`)."""
+        return self._tasks.single_label and logits.device.type == "cpu" and not self.session.first_batch(split)
+
+    def _record_deferred(self) -> None:
+        """Record the deferred batches, in their order (see :data:`DEFERRED_BATCHES`)."""
+        deferred, self._deferred = self._deferred, []
+        session = self.session
+        for split, epoch, slots, labels, logits, spans, embeddings in deferred:
+            session.record(split, epoch, slots, labels, logits)
+            session.record_latency(split, slots, spans)
+            if embeddings is not None and self.embeddings:
+                session.record_embeddings(split, slots, embeddings)
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
@@ -675,6 +719,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._fitting and not trainer.sanity_checking:
+            self._record_deferred()
             self.session.close_epoch(VALIDATION)
             self._tasks.close_epoch(VALIDATION)
             self.session.check_validation_rules(self._sink)  # a FailRun("raise") rule stops fit (on_exception)
@@ -682,6 +727,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
     # ------------------------------------------------------------------ end of fit
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._fitting = False
+        self._record_deferred()
         if self._tasks.active:  # multi-label / token classification: their own analysis and outputs
             if self.embeddings and self.forward_fn is not None:
                 self._inference_pass(trainer, pl_module)
@@ -772,6 +818,10 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         staging folder, whatever stopped the fit (this callback's own error at the first batch included)."""
         self._fitting = False
         sink, self._sink = self._sink, None
+        try:
+            self._record_deferred()  # the batches before the failure belong to the kept record
+        except Exception:  # noqa: BLE001 - a deferred batch that fails its checks is not kept; the fit's error is reported
+            self._deferred = []
         if not trainer.is_global_zero or sink is None:
             return
         try:
@@ -805,6 +855,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, Any]:
         """The session's record plus ``run_id``: a resumed fit logs into the same MLflow run."""
+        self._record_deferred()
         return {**self.session.state_dict(), "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
