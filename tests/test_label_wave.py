@@ -237,3 +237,16 @@ def test_single_label_analysis_takes_its_flags_from_the_wave_window():
     np.testing.assert_array_equal(flagged, expected.is_label_issue)
     assert set(np.flatnonzero(flagged)) <= set(disputed)  # only where the wave window disagrees
     assert not np.array_equal(flagged, without.samples["is_label_issue"].to_numpy())
+
+
+def test_the_window_the_wave_chose_is_a_metric():
+    from dataclasses import dataclass
+
+    from dq_plugins.analysis.trust import early_window_metrics
+
+    @dataclass
+    class Record:
+        early_window_end: int | None
+
+    assert early_window_metrics(Record(7), "train") == {"dq.early_window_end": 7.0}
+    assert early_window_metrics(Record(None), "train") == {}

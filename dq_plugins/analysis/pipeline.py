@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dq_plugins.analysis.trust import FlagTrust, flag_trust
+from dq_plugins.analysis.trust import FlagTrust, early_window_metrics, flag_trust
 from dq_plugins.logs import progress
 from dq_plugins.raw_record import SplitHistory
 from dq_plugins.schema import (
@@ -644,6 +644,7 @@ def analyze(
         trust[split] = flag_trust(frame["label"].to_numpy(), frame["pred"].to_numpy(), epochs,
                                   early_window_fitted=part.flags.early_window_fitted)
         metrics.update(label_issue_metrics(frame, part.flags, split, trust[split]))
+        metrics.update(early_window_metrics(history, split))
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_COLUMNS))
     class_overlap = pd.concat(overlaps, ignore_index=True) if overlaps else None
     leakage = None

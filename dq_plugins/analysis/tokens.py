@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from dq_plugins.analysis.task_result import TaskResult
-from dq_plugins.analysis.trust import flag_trust, trust_metrics
+from dq_plugins.analysis.trust import early_window_metrics, flag_trust, trust_metrics
 from dq_plugins.recording.tokens import TokenHistory
 from dq_plugins.schema import TOKEN_COLUMNS, TOKEN_SAMPLE_COLUMNS, TOKEN_VIEW_PATH, TRAIN, summary_metric_key
 from dq_plugins.scores.tokens import early_window_trusted, token_scores
@@ -107,6 +107,7 @@ def analyze_tokens(
         trust[split] = flag_trust(tokens["label"].to_numpy(), tokens["pred"].to_numpy(), int((train or history).epochs.size),
                                   early_window_fitted=fitted)
         metrics.update(trust_metrics(trust[split], split))
+        metrics.update(early_window_metrics(history, split))
         token_frames.append(tokens)
         sample_frames.append(samples)
         metrics[summary_metric_key("num_label_issues", split)] = float(samples["is_label_issue"].sum())

@@ -32,6 +32,7 @@ noise rate is not logged as ``dq.estimated_noise_rate*`` (the reports say "untru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -143,3 +144,12 @@ def trust_metrics(trust: FlagTrust, split: str) -> dict[str, float]:
 
     return {summary_metric_key("flags_trusted", split): float(trust.trusted),
             summary_metric_key("flags_confidence", split): float(trust.confidence)}
+
+
+def early_window_metrics(history: Any, split: str) -> dict[str, float]:
+    """``dq.early_window_end``: the last epoch of the flags' early window when the Label Wave chose it
+    (``history.early_window_end``, :mod:`dq_plugins.recording.wave`); nothing for the fixed window."""
+    from dq_plugins.schema import summary_metric_key
+
+    end = getattr(history, "early_window_end", None)
+    return {} if end is None else {summary_metric_key("early_window_end", split): float(end)}
