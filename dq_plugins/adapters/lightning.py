@@ -323,6 +323,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._train_length: int | None = None  # the train dataset's length at the last epoch start
         # (split, epoch, slots, labels, logits, spans, embeddings) of batches recorded in one go (_record_deferred)
         self._deferred: list[tuple[Any, ...]] = []
+        self._deferring: set[str] = set()  # single-label splits on the CPU whose first batch was recorded
 
     @property
     def result(self):
@@ -473,7 +474,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         # Each fit records anew: a callback reused in a second fit forgets the first one's record and
         # results, keeping only the checkpoint state Lightning loaded for this fit (before this hook).
         self.session = DynamicsSession(self.session.config)
-        self._deferred = []
+        self._deferred, self._deferring = [], set()
         router = self._tasks
         self._tasks = TaskRouter(router.option, self.session, router.label_key)
         self._tasks.class_names, self._tasks.token_strings = router.class_names, router.token_strings
@@ -586,7 +587,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         spans = self._stop_timing()
-        logits = self._logits(outputs)
+        logits = outputs.get("logits") if self.logits_module is None and type(outputs) is dict else None
+        if type(logits) is not torch.Tensor:  # the general lookup (a Mapping, a logits_module, a tensor subclass)
+            logits = self._logits(outputs)
         if logits is None:
             keys = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
             raise ValueError(
@@ -651,8 +654,24 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         """Hand one batch of ``split`` to the recording: a multi-label or token task's recorder, else the
         session (dynamics, metadata, latency, embeddings, input fingerprints). No host sync."""
         session = self.session
-        ids, labels = self._ids_and_labels(batch)
-        slots = session.to_slots(split, ids)  # the ids themselves unless they are sparse
+        cfg = session.config
+        ids = batch.get(cfg.id_key) if type(batch) is dict else None
+        labels = batch.get(cfg.label_key) if ids is not None else None
+        if type(ids) is not torch.Tensor or type(labels) is not torch.Tensor:  # the general lookup, with its errors
+            ids, labels = self._ids_and_labels(batch)
+        slots = session.to_slots(split, ids) if session.slot_maps else ids  # the ids themselves unless they are sparse
+        if split in self._deferring:
+            if cfg.metadata_keys:
+                session.record_metadata(split, ids, batch)  # joined by sample id
+            embeddings = self._batch_embeddings(outputs, batch, slots, logits.shape[-1]) if self.embeddings else None
+            self._deferred.append((split, epoch, slots, labels, logits.detach(), spans, embeddings))
+            if self.fingerprints:  # in the step, on the input while it is in cache
+                buffer = session.fingerprints.get(split)
+                if buffer is None or buffer.active:
+                    self._record_inputs(split, batch, slots)
+            if len(self._deferred) >= DEFERRED_BATCHES:
+                self._record_deferred()
+            return
         if not self._tasks.single_label:  # decided at the first batch: no mask lookup per step after that
             mask = batch.get(self.attention_mask_key) if isinstance(batch, Mapping) else None
             if self._tasks.route(split, epoch, slots, labels, logits, mask if isinstance(mask, torch.Tensor) else None):
@@ -661,16 +680,6 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                 self._record_embeddings(split, outputs, batch, slots, logits.shape[-1])  # one per sample (or sequence)
                 self._record_inputs(split, batch, slots)
                 return
-        if self._deferrable(split, logits):
-            if session.config.metadata_keys:
-                session.record_metadata(split, ids, batch)  # joined by sample id
-            embeddings = self._batch_embeddings(outputs, batch, slots, logits.shape[-1])
-            self._deferred.append((split, epoch, slots, labels, logits.detach(), spans, embeddings))
-            if self.fingerprints:  # on the input while it is in cache (see _record_deferred)
-                self._record_inputs(split, batch, slots)
-            if len(self._deferred) >= DEFERRED_BATCHES:
-                self._record_deferred()
-            return
         # the step's loss tells transposed square logits apart, checked on a split's first batch only
         session.record(split, epoch, slots, labels, logits, _step_loss(outputs) if session.first_batch(split) else None)
         if session.config.metadata_keys:
@@ -679,11 +688,8 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         self._record_embeddings(split, outputs, batch, slots, logits.shape[1])
         if self.fingerprints:
             self._record_inputs(split, batch, slots)
-
-    def _deferrable(self, split: str, logits: torch.Tensor) -> bool:
-        """Whether this batch's record can wait for :meth:`_record_deferred`: a single-label batch on the CPU after
-        the split's first one (which is checked and recorded at once, see :meth:`DynamicsSession.record`)."""
-        return self._tasks.single_label and logits.device.type == "cpu" and not self.session.first_batch(split)
+        if logits.device.type == "cpu":  # checked and recorded: the split's next batches can wait (DEFERRED_BATCHES)
+            self._deferring.add(split)
 
     def _record_deferred(self) -> None:
         """Record the deferred batches, in their order (see :data:`DEFERRED_BATCHES`)."""
