@@ -230,7 +230,8 @@ def test_single_label_analysis_takes_its_flags_from_the_wave_window():
     wave = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), 3).float() * 3, dim=1).numpy()
     with_wave = analyze_split(replace(history, wave_probs=wave, early_window_end=3), "train")
     without = analyze_split(history, "train")
-    np.testing.assert_array_equal(with_wave.samples["mislabel_score"], without.samples["mislabel_score"])  # the score keeps its window
+    # the score keeps its fixed window: only the flags move
+    np.testing.assert_array_equal(with_wave.samples["mislabel_score"], without.samples["mislabel_score"])
     expected = early_window_flags(history.labels, wave, with_wave.samples["mislabel_score"].to_numpy())
     assert expected is not None and expected.is_label_issue.any()
     flagged = with_wave.samples["is_label_issue"].to_numpy()

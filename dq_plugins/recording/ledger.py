@@ -308,7 +308,8 @@ class SplitLedger(EpochStaging):
         self._last_pred = pred
         self._fold.wait()
         n = self.capacity
-        self.wave.close(self.pending_epoch, changed, lambda: (self._prob_sum[:n].clone(), _host_copy(self._prob_count[:n])))
+        self.wave.close(self.pending_epoch, changed,
+                        lambda: (self._prob_sum[:n].clone(), _host_copy(self._prob_count[:n])))
 
     def _all_reduce(self) -> None:
         """Sum this epoch's buffers over ranks; fold the rank-local softmax sums into rank 0.

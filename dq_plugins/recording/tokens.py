@@ -13,9 +13,10 @@ beyond the recorded width are routed to one trash slot on the device (no host sy
 indexing); the labelled ones among them are counted and the caller warns at the end of the epoch.
 
 Memory per token position, ``C`` classes: ``8 C + 14`` bytes on the device (two ``C``-float sums, two
-int32 counts, int16 tag, prediction and previous epoch's prediction): 86 bytes for ``C = 9`` (CoNLL tags), so 1M tokens of
-CoNLL-2003 size cost 86 MB. Positions are allocated for ``N * W`` slots, padding included; no
-per-epoch per-token history is kept on the host.
+int32 counts, int16 tag, prediction and previous epoch's prediction): 86 bytes for ``C = 9`` (CoNLL
+tags), so 1M tokens of CoNLL-2003 size cost 86 MB. Positions are allocated for ``N * W`` slots, padding
+included; no per-epoch per-token history is kept on the host (the Label Wave keeps at most three host
+copies of the sums while its window is open, see :class:`TokenLedger`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dq_plugins.recording import wave as wave_module
 from dq_plugins.recording.ledger import distributed_rank_and_world
 from dq_plugins.recording.stage import EpochStaging, RowStage, stageable
 from dq_plugins.recording.task_ranks import localize_for_rank, reduce_buffers, reduced_copies
-from dq_plugins.recording import wave as wave_module
 from dq_plugins.recording.wave import WaveTracker
 
 _STATE_BUFFERS: tuple[str, ...] = ("prob_sum", "count", "early_sum", "early_count", "labels", "pred", "epoch_counts",
@@ -46,7 +47,6 @@ IGNORE_INDEX = -100
 
 BYTES_PER_TOKEN = "8 C + 14"
 """Device bytes per recorded token position, ``C`` the number of tags (stated in the README)."""
-
 
 
 @dataclass
@@ -94,8 +94,8 @@ class TokenLedger(EpochStaging):
     (:func:`~dq_plugins.recording.wave.wave_epoch`). A token tagger learns its majority tag first and its
     entity tags for several epochs more, so a fixed window either falls while the tags are still being
     learnt (confident learning then counts twice the errors) or is not trusted and the count falls back to
-    the memorising all-epoch mean. To take the window up to an epoch found two epochs later, each close copies
-    the all-epoch sums to the host while the minimum is not settled, keeping the last three (the window
+    the memorising all-epoch mean. To take the window up to an epoch found three closes later, each close
+    copies the all-epoch sums to the host while the minimum is not settled, keeping the last three (the window
     starts at the first epoch, so the all-epoch sum at an epoch's close *is* that window's sum); once it is
     settled one copy stays and nothing more is copied. No minimum: the fixed window.
     """
@@ -216,8 +216,9 @@ class TokenLedger(EpochStaging):
         return {"non_finite": dropped[0], "bad_tag": dropped[1], "too_long": dropped[2], "labelled": labelled}
 
     def enable_wave(self) -> bool:
-        """Choose the early window by the Label Wave (see the class doc) when the sums are small enough
-        to copy (:data:`~dq_plugins.recording.wave.WAVE_SNAPSHOT_MAX_BYTES`); returns whether it is on. Call before the first epoch."""
+        """Choose the early window by the Label Wave (see the class doc) when the sums are small enough to
+        copy (:data:`~dq_plugins.recording.wave.WAVE_SNAPSHOT_MAX_BYTES`); returns whether it is on. Call
+        before the first epoch."""
         on = self.capacity * self.width * self.num_classes * 4 <= wave_module.WAVE_SNAPSHOT_MAX_BYTES
         self.wave = WaveTracker() if on else None
         return on
