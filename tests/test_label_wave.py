@@ -251,3 +251,16 @@ def test_the_window_the_wave_chose_is_a_metric():
 
     assert early_window_metrics(Record(7), "train") == {"dq.early_window_end": 7.0}
     assert early_window_metrics(Record(None), "train") == {}
+
+
+def test_the_copies_count_in_the_host_memory_of_the_ledger():
+    from dq_plugins.recording.ledger import SplitLedger
+
+    labels, per_epoch = _single_label_epochs(4)
+    plain = _run_single(SplitLedger(capacity=200, num_classes=3), labels, per_epoch, range(4))
+    waved = SplitLedger(capacity=200, num_classes=3)
+    waved.enable_wave()
+    _run_single(waved, labels, per_epoch, range(4))
+    copy = 200 * 3 * 4 + 200 * 4  # float32 sums and int32 counts of one close
+    assert waved.wave.peak_bytes == 3 * copy  # three closes open at once before the minimum settles
+    assert waved.host_bytes() - plain.host_bytes() == 3 * copy

@@ -464,9 +464,11 @@ class SplitLedger(EpochStaging):
         return buffers + self._stage.peak_bytes + self._workspace_peak
 
     def host_bytes(self) -> int:
-        """The most bytes this ledger held at once on the host: softmax sums, pinned stages, history in RAM."""
+        """The most bytes this ledger held at once on the host: softmax sums, the Label Wave's copies of them,
+        pinned stages, history in RAM."""
         wide = sum(t.numel() * t.element_size() for t in self._buffers(_HOST_BUFFERS))
-        return wide + self._fold.peak_pinned_bytes + self.history.memory_bytes()
+        copies = self.wave.peak_bytes if self.wave is not None else 0  # the Label Wave's copies of the sums
+        return wide + copies + self._fold.peak_pinned_bytes + self.history.memory_bytes()
 
 
 def _means(sums: torch.Tensor, counts: torch.Tensor, n: int, chunk: int = 65536) -> np.ndarray:

@@ -69,6 +69,7 @@ class WaveTracker:
         self.changes: list[int] = []
         self.settled: int | None = None
         self.snapshots: dict[int, tuple[Any, Any]] = {}
+        self.peak_bytes = 0  # the most bytes the copies held at once (tensors and arrays count their nbytes)
 
     @property
     def open(self) -> bool:
@@ -84,10 +85,12 @@ class WaveTracker:
             self.changes.append(int(changed))
         self.epochs.append(int(epoch))
         index = len(self.epochs) - 1
-        self.snapshots[index] = copy()
-        self.settled = wave_epoch(self.changes, settled=True)
-        keep = {self.settled} if self.settled is not None else set(range(index - 2, index + 1))
-        self.snapshots = {k: v for k, v in self.snapshots.items() if k in keep}
+        self.settled = wave_epoch(self.changes, settled=True)  # never this close: it needs three more changes
+        keep = {self.settled} if self.settled is not None else {index - 2, index - 1}
+        self.snapshots = {k: v for k, v in self.snapshots.items() if k in keep}  # dropped before the new copy
+        if self.settled is None:
+            self.snapshots[index] = copy()
+        self.peak_bytes = max(self.peak_bytes, sum(_nbytes(part) for pair in self.snapshots.values() for part in pair))
 
     def window(self) -> tuple[int, tuple[Any, Any]] | None:
         """``(last epoch of the early window, its copy of the sums)`` when the changes have a minimum
@@ -110,3 +113,8 @@ class WaveTracker:
         tracker.settled = state.get("settled")
         tracker.snapshots = {int(k): tuple(v) for k, v in state.get("snapshots", {}).items()}
         return tracker
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of a tensor (``numel * element_size``) or an array (``nbytes``)."""
+    return int(value.numel() * value.element_size()) if hasattr(value, "element_size") else int(value.nbytes)
