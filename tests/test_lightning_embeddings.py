@@ -104,6 +104,28 @@ def test_a_stage_spanning_epochs_keeps_each_samples_latest_embedding():
     np.testing.assert_allclose(values, expected.numpy(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_fold_batch_by_batch_writes_what_the_concatenated_fold_writes(dtype):
+    # duplicates across batches (the latest wins), NaN and inf rows, ids out of range, values beyond fp16's range
+    generator = torch.Generator().manual_seed(0)
+    writes = []
+    for _ in range(6):
+        ids = torch.randint(-2, 42, (16,), generator=generator)
+        values = torch.randn(16, 5, generator=generator) * 3e4
+        values[ids % 7 == 0, 1] = float("nan")
+        values[ids % 11 == 0, 2] = float("inf")
+        writes.append((ids, values.to(dtype)))
+    by_batch, concatenated = (EmbeddingBuffer(capacity=40, dim=5, device="cpu") for _ in range(2))
+    for buffer in (by_batch, concatenated):
+        for ids, values in writes:
+            buffer.write(ids, values)
+    by_batch.flush()  # the CPU path: batch by batch
+    concatenated._fold(*concatenated._stage.take(torch.device("cpu"), (torch.int64, torch.float32)))
+    assert torch.equal(by_batch._seen, concatenated._seen) and by_batch._seen[:40].any()
+    assert by_batch._values[:40].numpy().tobytes() == concatenated._values[:40].numpy().tobytes()
+    assert by_batch._values[:40].abs().max() == 65504  # clamped, not inf
+
+
 def test_last_occurrence_routes_earlier_duplicates_to_the_trash_slot():
     from dq_plugins.recording.stage import last_occurrence
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dq_plugins.recording.stage import HostFold, RowStage, last_occurrence
+from dq_plugins.recording.stage import HostFold, RowStage, concatenate, last_occurrence
 
 MEMMAP_BYTES = 2**30
 """Host buffers above this many bytes are memory-mapped files when a spill folder is given."""
@@ -124,9 +124,27 @@ class EmbeddingBuffer:
 
     def flush(self) -> None:
         """Fold the staged rows into the buffer."""
+        if self.device.type == "cpu":
+            batches = self._stage.take_batches()
+            if batches:
+                self._fold_batches(batches)
+            return
         staged = self._stage.take(self.device, (torch.int64, torch.float32))
         if staged is not None:
             self._fold(*staged)
+
+    @torch.no_grad()
+    def _fold_batches(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """:meth:`_fold` on the CPU, batch by batch: the rows go straight from each staged ``(B, D)`` batch into
+        the host buffer, without the concatenated ``(R, D)`` float32 copy of the stage (the same values; only the
+        slots, one ``(R,)`` tensor, are computed over the whole stage, so the latest write of an id still wins)."""
+        values = [v if v.dtype == torch.float32 else v.to(torch.float32) for _, v in batches]
+        ids = concatenate(tuple(i for i, _ in batches), self.device, torch.int64)
+        finite = torch.cat([torch.isfinite(v.sum(dim=1)) for v in values])
+        in_range = (ids >= 0) & (ids < self.capacity) & finite
+        slots = last_occurrence(torch.where(in_range, ids, self.capacity), self.capacity)
+        for rows, batch in zip(slots.split([v.shape[0] for v in values]), values):
+            self._write_host(rows, batch.to(torch.float16).clamp_(-65504, 65504))  # as in _fold
 
     @torch.no_grad()
     def _fold(self, ids: torch.Tensor, values: torch.Tensor) -> None:

@@ -51,11 +51,17 @@ class RowStage:
 
     def take(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> tuple[torch.Tensor, ...] | None:
         """Empty the stage: one concatenated tensor per position, on ``device`` with ``dtypes``; ``None`` when empty."""
-        if not self._batches:
+        batches = self.take_batches()
+        if not batches:
             return None
-        self._peak_bytes = max(self._peak_bytes, self._staged_bytes())
-        batches, self._batches, self._count = self._batches, [], 0
         return tuple(concatenate(column, device, dtype) for column, dtype in zip(zip(*batches), dtypes))
+
+    def take_batches(self) -> list[tuple[torch.Tensor, ...]]:
+        """Empty the stage: the staged batches as they were added (for an owner that folds them one by one)."""
+        if self._batches:
+            self._peak_bytes = max(self._peak_bytes, self._staged_bytes())
+        batches, self._batches, self._count = self._batches, [], 0
+        return batches
 
 
 def concatenate(tensors: tuple[torch.Tensor, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
