@@ -104,6 +104,8 @@ def save_task_history(history: Any, path: str | os.PathLike) -> None:
     array attribute under its name and each entry of ``fields`` as ``field_<name>`` (see :func:`load_task_record`)."""
     arrays = {name: value for name, value in vars(history).items() if isinstance(value, np.ndarray)}
     arrays.update({f"field_{name}": value for name, value in (getattr(history, "fields", None) or {}).items()})
+    if getattr(history, "early_window_end", None) is not None:  # the Label Wave's choice (see recording/wave.py)
+        arrays["early_window_end"] = np.int64(history.early_window_end)
     with open(path, "wb") as handle:  # straight to the file, as save_history
         np.savez_compressed(handle, task=np.asarray(history.task), **arrays)
 
@@ -127,8 +129,10 @@ def load_task_history(path: str | os.PathLike) -> Any:
     if task == "token_classification":
         from dq_plugins.recording.tokens import TokenHistory
 
+        end = arrays.get("early_window_end")
         return TokenHistory(int(arrays["labels"].shape[1]), arrays["labels"], arrays["pred"], arrays["mean_probs"],
-                            optional["early_probs"], arrays["epochs"], arrays["accuracy"], optional["sample_ids"])
+                            optional["early_probs"], arrays["epochs"], arrays["accuracy"], optional["sample_ids"],
+                            None if end is None else int(end))
     raise ValueError(f"{path} holds a record of task {task!r}, which this version of dq_plugins does not read.")
 
 

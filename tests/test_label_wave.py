@@ -264,3 +264,19 @@ def test_the_copies_count_in_the_host_memory_of_the_ledger():
     copy = 200 * 3 * 4 + 200 * 4  # float32 sums and int32 counts of one close
     assert waved.wave.peak_bytes == 3 * copy  # three closes open at once before the minimum settles
     assert waved.host_bytes() - plain.host_bytes() == 3 * copy
+
+
+def test_token_raw_record_keeps_the_window_end(tmp_path):
+    from dq_plugins.raw_record import load_task_history, save_task_history
+
+    tags, per_epoch = _flipping_epochs(5)
+    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
+    ledger.enable_wave()
+    for epoch, logits in enumerate(per_epoch):
+        ledger.record(torch.arange(40), tags, logits, epoch=epoch)
+        ledger.close_epoch()
+    history = ledger.to_history()
+    save_task_history(history, tmp_path / "train.npz")
+    loaded = load_task_history(tmp_path / "train.npz")
+    assert loaded.early_window_end == history.early_window_end == 2
+    np.testing.assert_array_equal(loaded.early_probs, history.early_probs)
