@@ -283,26 +283,6 @@ def test_a_checkpoint_inside_an_epoch_holds_every_batch_before_it(tracking_uri):
     assert counts[:80].tolist() == [1] * 80 and int(counts[80:].sum()) == 0
 
 
-def test_deferred_batches_hold_model_inputs_up_to_a_byte_limit(tracking_uri, monkeypatch):
-    import dq_plugins.adapters.lightning as adapter
-
-    held = []
-
-    class Watch(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            held.append(len(dq._deferred))
-
-    # a batch's inputs are 16 x 8 float32 = 512 bytes: with a 1,000-byte limit at most two batches wait
-    monkeypatch.setattr(adapter, "DEFERRED_INPUT_BYTES", 1000)
-    dq = DataQualityCallback()
-    make_trainer(dq, max_epochs=2, callbacks=[dq, Watch()]).fit(
-        TinyClassifier(), DataLoader(BlobsDataset(160), batch_size=16, shuffle=False))
-    assert held[:10] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]  # the first batch at once, then groups of two
-    assert held[10:] == list(range(1, 11))  # every id has its fingerprint: no input is held, the epoch waits whole
-    ids, _, _ = dq.session.fingerprints["train"].to_numpy()
-    assert ids.tolist() == list(range(160))
-
-
 def test_nan_logits_are_recorded_as_missing_without_crashing(tracking_uri):
     class NanForSampleZero(TinyClassifier):
         def training_step(self, batch, batch_idx):

@@ -40,15 +40,11 @@ _CALLBACK_BASES = tuple(package.Callback for package in _PACKAGES)
 
 
 DEFERRED_BATCHES = 32
-"""On the CPU, the record of a batch after a split's first (the ledger's stage, the epoch's id checks, the latency,
-the embeddings and the input fingerprints) is kept in a list and made for this many batches in one go: the
-bookkeeping of one batch between two training steps runs with cold caches and costs several times what it costs in
-a loop. The first batch of a split is checked and recorded at once; a later batch that fails a check raises when its
-group is recorded (at the latest at the epoch's end). The list holds references only (the tensors the stages keep
-anyway, and the model inputs until they are fingerprinted, at most :data:`DEFERRED_INPUT_BYTES`)."""
-
-DEFERRED_INPUT_BYTES = 64 * 2**20
-"""The deferred batches are recorded before their model inputs (kept for the fingerprints) pass this many bytes."""
+"""On the CPU, the record of a batch after a split's first (the ledger's stage, the epoch's id checks, the latency
+and the embeddings) is kept in a list and made for this many batches in one go: the bookkeeping of one batch
+between two training steps runs with cold caches and costs several times what it costs in a loop. The first batch of
+a split is checked and recorded at once; a later batch that fails a check raises when its group is recorded (at the
+latest at the epoch's end). Fingerprints are taken in the step, on the input while it is in cache."""
 
 
 def _mlflow_logger(trainer: Any) -> Any:
@@ -328,7 +324,6 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         # (split, epoch, slots, labels, logits, spans, embeddings) of batches recorded in one go (_record_deferred)
         self._deferred: list[tuple[Any, ...]] = []
         self._deferring: set[str] = set()  # single-label splits on the CPU whose first batch was recorded
-        self._deferred_bytes = 0  # bytes of the model inputs held by the deferred batches (DEFERRED_INPUT_BYTES)
 
     @property
     def result(self):
@@ -479,7 +474,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         # Each fit records anew: a callback reused in a second fit forgets the first one's record and
         # results, keeping only the checkpoint state Lightning loaded for this fit (before this hook).
         self.session = DynamicsSession(self.session.config)
-        self._deferred, self._deferring, self._deferred_bytes = [], set(), 0
+        self._deferred, self._deferring = [], set()
         router = self._tasks
         self._tasks = TaskRouter(router.option, self.session, router.label_key)
         self._tasks.class_names, self._tasks.token_strings = router.class_names, router.token_strings
@@ -669,14 +664,12 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
             if cfg.metadata_keys:
                 session.record_metadata(split, ids, batch)  # joined by sample id
             embeddings = self._batch_embeddings(outputs, batch, slots, logits.shape[-1]) if self.embeddings else None
-            found = None
-            if self.fingerprints:
+            self._deferred.append((split, epoch, slots, labels, logits.detach(), spans, embeddings))
+            if self.fingerprints:  # in the step, on the input while it is in cache
                 buffer = session.fingerprints.get(split)
-                if buffer is None or buffer.active:  # else every id has its fingerprint: the input is not looked up
-                    found = self._model_input(batch)
-                    self._deferred_bytes += found[1].nbytes if found is not None else 0
-            self._deferred.append((split, epoch, slots, labels, logits.detach(), spans, embeddings, found))
-            if len(self._deferred) >= DEFERRED_BATCHES or self._deferred_bytes > DEFERRED_INPUT_BYTES:
+                if buffer is None or buffer.active:
+                    self._record_inputs(split, batch, slots)
+            if len(self._deferred) >= DEFERRED_BATCHES:
                 self._record_deferred()
             return
         if not self._tasks.single_label:  # decided at the first batch: no mask lookup per step after that
@@ -700,28 +693,19 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
 
     def _record_deferred(self) -> None:
         """Record the deferred batches, in their order (see :data:`DEFERRED_BATCHES`)."""
-        deferred, self._deferred, self._deferred_bytes = self._deferred, [], 0
+        deferred, self._deferred = self._deferred, []
         session = self.session
-        for split, epoch, slots, labels, logits, spans, embeddings, found in deferred:
+        for split, epoch, slots, labels, logits, spans, embeddings in deferred:
             session.record(split, epoch, slots, labels, logits)
             session.record_latency(split, slots, spans)
             if embeddings is not None and self.embeddings:
                 session.record_embeddings(split, slots, embeddings)
-            if found is not None:
-                session.record_inputs(split, slots, found[1], found[2])
 
     def _record_inputs(self, split: str, batch: Any, ids: torch.Tensor) -> None:
         """Fingerprint the batch's model input (see ``input_key``); warn once when none is found."""
         buffer = self.session.fingerprints.get(split)
         if not self.fingerprints or (buffer is not None and not buffer.active):
             return  # every id has its fingerprint (FingerprintBuffer.active): the input is not even looked up
-        found = self._model_input(batch)
-        if found is not None:
-            self.session.record_inputs(split, ids, found[1], found[2])
-
-    def _model_input(self, batch: Any) -> tuple[str, torch.Tensor, torch.Tensor | None] | None:
-        """The batch's model input for the fingerprints, ``(key, inputs, attention mask or None)``
-        (:func:`~dq_plugins.adapters.batch.find_input`); ``None``, with one warning per fit, when there is none."""
         cfg = self.session.config
         found = find_input(batch, self.input_key, (cfg.id_key, cfg.label_key, *cfg.metadata_keys),
                            self.attention_mask_key)
@@ -735,7 +719,9 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
                     stacklevel=2,
                 )
                 self._warned_no_input = True
-        return found
+            return
+        _, inputs, mask = found
+        self.session.record_inputs(split, ids, inputs, mask)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self._fitting and not trainer.sanity_checking:
@@ -841,7 +827,7 @@ class DataQualityCallback(*_CALLBACK_BASES):  # type: ignore[misc]
         try:
             self._record_deferred()  # the batches before the failure belong to the kept record
         except Exception:  # noqa: BLE001 - a deferred batch that fails its checks is not kept; the fit's error is reported
-            self._deferred, self._deferred_bytes = [], 0
+            self._deferred = []
         if not trainer.is_global_zero or sink is None:
             return
         try:
