@@ -159,3 +159,35 @@ def test_hugging_face_finds_planted_copies_with_default_options(tracking_uri, tm
     Trainer(model=model, args=args, train_dataset=dataset(t_train, m_train, y_train),
             eval_dataset=dataset(t_val, m_val, y_val), callbacks=[callback]).train()
     check_copies(load_samples(callback.run_id), callback.run_id)
+
+
+class RefilledBuffer:
+    """A loader that refills one preallocated input buffer in place for every batch (as ring-buffer loaders do)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = torch.as_tensor(x), torch.as_tensor(y), batch_size
+        self.buffer = torch.empty(batch_size, x.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.y) // self.batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            rows = torch.arange(start, start + self.batch_size)
+            self.buffer.copy_(self.x[rows])
+            yield {"idx": rows, "labels": self.y[rows], "inputs": self.buffer}
+
+
+def test_lightning_fingerprints_an_input_buffer_refilled_in_place_in_its_own_step(tracking_uri):
+    """The fingerprint is taken in the training step: a batch buffer that the loader refills afterwards must not
+    make the batches recorded later look like copies of each other."""
+    x_train, y_train, _, _ = planted_arrays()
+    callback = DataQualityCallback(num_samples=N_TRAIN)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1, callbacks=[callback])
+    trainer.fit(Linear(), RefilledBuffer(x_train, y_train, 16))
+    train = load_samples(callback.run_id).set_index("sample_id")
+    planted = {i for pair in WITHIN for i in pair}
+    found = [train.at[copy, "near_duplicate_of"] == source for source, copy in WITHIN]
+    assert np.mean(found) >= 0.95
+    assert (train.drop(index=list(planted))["near_duplicate_of"] >= 0).mean() <= 0.01
