@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from dq_plugins.recording import wave as wave_module
 from dq_plugins.recording.tokens import TokenLedger
 from dq_plugins.recording.wave import smoothed_changes, wave_epoch
+
+
+FLIPS = [0, 120, 60, 20, 80, 100, 100]
+"""Tokens whose arg-max changes in each epoch: changes 120, 60, 20, 80, 100, 100 -> smoothed minimum at epoch 2."""
+
+
+def _flipping_epochs(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Tags (40, 5) and per-epoch logits (40, 5, 3) whose arg-max changes for ``FLIPS[e]`` tokens in epoch e."""
+    rng = np.random.default_rng(seed)
+    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
+    current = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    per_epoch = []
+    for n in FLIPS:
+        current = current.clone()
+        current[:n] = current[:n].roll(1, dims=1)
+        per_epoch.append(current.reshape(40, 5, 3))
+    return tags, per_epoch
+
+
+def _run_tokens(ledger: TokenLedger, tags: torch.Tensor, per_epoch: list[torch.Tensor],
+                epochs: range | None = None) -> TokenLedger:
+    """Record ``per_epoch[e]`` for every sequence in each epoch of ``epochs`` (all by default), closing each."""
+    for epoch in epochs if epochs is not None else range(len(per_epoch)):
+        ledger.record(torch.arange(len(tags)), tags, per_epoch[epoch], epoch=epoch)
+        ledger.close_epoch()
+    return ledger
+
+
+def _wave_tokens() -> TokenLedger:
+    """A 40 x 5 x 3 token ledger following the Label Wave."""
+    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
+    assert ledger.enable_wave()
+    return ledger
 
 
 def test_smoothing_is_a_centred_three_value_mean():
@@ -33,30 +65,17 @@ def test_settled_minimum_does_not_rest_on_an_end_value():
 
 
 def test_token_ledger_takes_the_window_up_to_the_wave():
-    rng = np.random.default_rng(0)
-    # prediction changes between epochs: 120, 60, 20, 80, 100, 100 -> smoothed minimum at index 2 (epoch 2)
-    flips = [0, 120, 60, 20, 80, 100, 100]
-    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
-    ledger.enable_wave()
+    tags, per_epoch = _flipping_epochs(0)
+    ledger = _wave_tokens()
     ledger.early_epochs = 1
-    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
-    base = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
-    seen = []
-    current = base.clone()
-    for epoch, n in enumerate(flips):
-        current = current.clone()
-        current[:n] = current[:n].roll(1, dims=1)  # n tokens change their arg-max (a cyclic shift of 3 distinct logits)
-        seen.append(torch.softmax(current, dim=1))
-        ledger.record(torch.arange(40), tags, current.reshape(40, 5, 3), epoch=epoch)
-        ledger.close_epoch()
-    assert ledger.wave.changes == flips[1:6]  # settled at the close of epoch 5: nothing more is counted
+    _run_tokens(ledger, tags, per_epoch)
+    assert ledger.wave.changes == FLIPS[1:6]  # settled at the close of epoch 5: nothing more is counted
     assert len(ledger.wave.snapshots) == 1  # settled: one copy kept
     history = ledger.to_history()
     assert history.early_window_end == 2
-    expected = torch.stack(seen[:3]).mean(0).reshape(40, 5, 3).numpy()
-    np.testing.assert_allclose(history.early_probs, expected, rtol=1e-5)
-    fixed = torch.stack(seen[:1]).mean(0).reshape(40, 5, 3).numpy()  # early_epochs = 1: what it replaced
-    assert not np.allclose(history.early_probs, fixed)
+    seen = [torch.softmax(logits, dim=-1) for logits in per_epoch]
+    np.testing.assert_allclose(history.early_probs, torch.stack(seen[:3]).mean(0).numpy(), rtol=1e-5)
+    assert not np.allclose(history.early_probs, seen[0].numpy())  # early_epochs = 1: what it replaced
 
 
 def test_no_wave_keeps_the_fixed_window():
@@ -81,50 +100,18 @@ def test_no_wave_keeps_the_fixed_window():
 
 
 def test_wave_survives_a_checkpoint_and_stays_off_above_its_budget(monkeypatch):
-    rng = np.random.default_rng(1)
-    flips = [0, 120, 60, 20, 80, 100, 100]
-    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
-    base = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
-    per_epoch, current = [], base.clone()
-    for n in flips:
-        current = current.clone()
-        current[:n] = current[:n].roll(1, dims=1)
-        per_epoch.append(current.reshape(40, 5, 3))
-
-    def run(ledger: TokenLedger, epochs: range) -> TokenLedger:
-        for epoch in epochs:
-            ledger.record(torch.arange(40), tags, per_epoch[epoch], epoch=epoch)
-            ledger.close_epoch()
-        return ledger
-
-    straight = TokenLedger(capacity=40, width=5, num_classes=3)
-    straight.enable_wave()
-    straight = run(straight, range(7)).to_history()
-    first = TokenLedger(capacity=40, width=5, num_classes=3)
-    first.enable_wave()
-    state = run(first, range(4)).state_dict()  # saved before the minimum is settled: three copies in it
-    assert len(state["wave"]["snapshots"]) == 3
-    resumed = run(TokenLedger.from_state_dict(state), range(4, 7)).to_history()
+    tags, per_epoch = _flipping_epochs(1)
+    straight = _run_tokens(_wave_tokens(), tags, per_epoch).to_history()
+    state = _run_tokens(_wave_tokens(), tags, per_epoch, range(4)).state_dict()  # before the minimum settles
+    assert len(state["wave"]["snapshots"]) == 3  # three copies in it
+    resumed = _run_tokens(TokenLedger.from_state_dict(state), tags, per_epoch, range(4, 7)).to_history()
     assert resumed.early_window_end == straight.early_window_end == 2
     np.testing.assert_array_equal(resumed.early_probs, straight.early_probs)
 
     monkeypatch.setattr(wave_module, "WAVE_SNAPSHOT_MAX_BYTES", 40 * 5 * 3 * 4 - 1)
     small = TokenLedger(capacity=40, width=5, num_classes=3)
     assert not small.enable_wave()
-    assert run(small, range(7)).to_history().early_window_end is None
-
-
-def _flipping_epochs(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Tags (40, 5) and per-epoch logits (40, 5, 3) whose arg-max changes for 0, 120, 60, 20, 80, 100, 100 tokens."""
-    rng = np.random.default_rng(seed)
-    tags = torch.tensor(rng.integers(0, 3, (40, 5)))
-    current = torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
-    per_epoch = []
-    for n in [0, 120, 60, 20, 80, 100, 100]:
-        current = current.clone()
-        current[:n] = current[:n].roll(1, dims=1)
-        per_epoch.append(current.reshape(40, 5, 3))
-    return tags, per_epoch
+    assert _run_tokens(small, tags, per_epoch).to_history().early_window_end is None
 
 
 def _ddp_wave_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -150,12 +137,7 @@ def test_wave_under_torch_distributed_matches_one_process(tmp_path):
 
     out = str(tmp_path / "wave.npz")
     mp.spawn(_ddp_wave_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
-    tags, per_epoch = _flipping_epochs(2)
-    single = TokenLedger(capacity=40, width=5, num_classes=3)
-    single.enable_wave()
-    for epoch, logits in enumerate(per_epoch):
-        single.record(torch.arange(40), tags, logits, epoch=epoch)
-        single.close_epoch()
+    single = _run_tokens(_wave_tokens(), *_flipping_epochs(2))
     expected = single.to_history()
     result = np.load(out)
     assert int(result["end"]) == expected.early_window_end == 2
@@ -269,13 +251,7 @@ def test_the_copies_count_in_the_host_memory_of_the_ledger():
 def test_token_raw_record_keeps_the_window_end(tmp_path):
     from dq_plugins.raw_record import load_task_history, save_task_history
 
-    tags, per_epoch = _flipping_epochs(5)
-    ledger = TokenLedger(capacity=40, width=5, num_classes=3)
-    ledger.enable_wave()
-    for epoch, logits in enumerate(per_epoch):
-        ledger.record(torch.arange(40), tags, logits, epoch=epoch)
-        ledger.close_epoch()
-    history = ledger.to_history()
+    history = _run_tokens(_wave_tokens(), *_flipping_epochs(5)).to_history()
     save_task_history(history, tmp_path / "train.npz")
     loaded = load_task_history(tmp_path / "train.npz")
     assert loaded.early_window_end == history.early_window_end == 2

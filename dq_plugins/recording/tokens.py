@@ -200,14 +200,12 @@ class TokenLedger(EpochStaging):
                 reduce_buffers(self, _SUMMED, ("labels", "epoch_pred"), _CROSS_EPOCH)
             self._pred = torch.where(self._epoch_pred >= 0, self._epoch_pred, self._pred)
             self._epoch_pred.fill_(-1)
-        first = self._prev_pred is None
         changed = self._count_changes() if self.wave is not None and self.wave.open else None
         moved = torch.cat((self._epoch_counts, self._dropped) + (() if changed is None else (changed.reshape(1),)))
         labelled, correct, *dropped = moved.cpu().tolist()  # the one host sync of the close
         self.accuracy[self.pending_epoch] = correct / labelled if labelled else float("nan")
         if changed is not None:
-            changed_count = dropped.pop()
-            self.wave.close(self.pending_epoch, None if first else changed_count,
+            self.wave.close(self.pending_epoch, dropped.pop(),  # the tracker ignores a first close's count
                             lambda: (self._prob_sum[: self.trash].to("cpu", copy=True),
                                      self._count[: self.trash].to("cpu", copy=True)))
         self._epoch_counts.zero_()
