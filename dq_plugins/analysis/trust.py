@@ -151,5 +151,5 @@ def early_window_metrics(history: Any, split: str) -> dict[str, float]:
     (``history.early_window_end``, :mod:`dq_plugins.recording.wave`); nothing for the fixed window."""
     from dq_plugins.schema import summary_metric_key
 
-    end = getattr(history, "early_window_end", None)
+    end = history.early_window_end
     return {} if end is None else {summary_metric_key("early_window_end", split): float(end)}
