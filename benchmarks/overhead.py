@@ -47,6 +47,7 @@ import cProfile
 import datetime as dt
 import functools
 import io
+import json
 import math
 import os
 import pstats
@@ -314,8 +315,9 @@ def report(results: list[dict[str, Any]], pairs: int, command: str, wall: float,
         "training hooks (`on_train_batch_end`, `on_train_epoch_end`, `on_train_start`, `setup`, ...).",
         "",
         "| model | steps per fit | step without callback (ms) | hooks per step (ms) | training with / without | "
-        f"hooks / training time | target < {TARGET:.0%} | on_fit_start (s) | end-of-fit analysis (s) |",
-        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|",
+        f"hooks / training time | target < {TARGET:.0%} | hooks per step, main-thread CPU (ms) | "
+        "hooks / training, main-thread CPU | on_fit_start (s) | end-of-fit analysis (s) |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|",
     ]
     for r in results:
         work = r["work"]
@@ -644,7 +646,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS_PATH.name}")
     parser.add_argument("--reading", type=Path, help="markdown file holding the 'Reading' paragraph to include")
     parser.add_argument("--reading-hf", type=Path, help="the same for the Hugging Face section")
+    parser.add_argument("--json", type=Path,
+                        help="also write each model's medians (hook shares, step times) to this file, as a list")
     return parser.parse_args(argv)
+
+
+def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The numbers of each measured model that ``--json`` writes (and ``benchmarks.overhead_against`` reads)."""
+    keys = ("steps", "step_ms_without", "hook_ms_per_step", "fraction", "fraction_range", "cpu_fraction",
+            "cpu_fraction_range", "hook_cpu_ms_per_step", "per_hook", "per_hook_cpu")
+    return [{"model": r["work"].name, **{k: r[k] for k in keys if k in r}} for r in results]
 
 
 MODEL_CHOICES = ("light", "heavy", "hf-light", "hf-heavy")
@@ -664,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     lightning_works = [work for work in workloads(args.quick) if work.name in args.models]
     hf_works = [work for work in hf_workloads(args.quick) if work.name in args.models]
     sections: list[tuple[str, str]] = []
+    measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dq_overhead_") as tmp, working_directory(tmp):
         tracking_uri = f"sqlite:///{tmp}/mlflow.db"
         if lightning_works:
@@ -671,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
             data = load_dataset("mnist5k")
             dataset = TensorDictDataset(data.features, data.labels)
             results = [measure(work, dataset, pairs, tracking_uri) for work in lightning_works]
+            measured += results
             if args.profile and any(work.name == "light" for work in lightning_works):
                 print(profile_light(workloads(args.quick)[0], dataset, tracking_uri))
             reading = args.reading.read_text() if args.reading else ""
@@ -682,11 +695,14 @@ def main(argv: list[str] | None = None) -> int:
             transformers.logging.set_verbosity_error()  # the classifier's "newly initialized" notice, per fit
             started = time.perf_counter()
             hf_results = [measure_hf(work, pairs, tracking_uri) for work in hf_works]
+            measured += hf_results
             if args.profile and hf_works[0].name == "hf-light":
                 print(profile_hf(hf_works[0], tracking_uri))
             reading = args.reading_hf.read_text() if args.reading_hf else ""
             sections.append((HF_SECTION, hf_report(hf_results, pairs, command, time.perf_counter() - started,
                                                    reading)))
+    if args.json:
+        args.json.write_text(json.dumps(summary_rows(measured), indent=1))
     for name, text in sections:
         print(text, end="\n\n")
         if not (args.quick or args.no_write):
