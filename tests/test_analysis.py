@@ -211,3 +211,21 @@ def test_chunked_confident_learning_equals_cleanlab_find_label_issues(dtype, mon
             confident_joint=cleanlab.count.compute_confident_joint(compact_labels, compact, calibrate=False))
         np.testing.assert_allclose(result.joint[np.ix_(present, present)], joint, atol=1e-12)
         assert result.joint[0].sum() == 0 and result.joint[:, 0].sum() == 0
+
+
+def test_mislabel_signals_measure_how_each_all_epoch_signal_resorts_between_the_halves():
+    """AUM's order flips between the two halves of training while EL2N's holds: AUM is the unsteady one."""
+    from dq_plugins.raw_record import FLOAT_FIELDS
+    from dq_plugins.scores.mislabel import half_instability
+
+    rng = np.random.default_rng(1)
+    fields = {name: rng.uniform(0.2, 0.9, (4, 40)).astype(np.float32) for name in FLOAT_FIELDS}
+    order = np.linspace(-1.0, 1.0, 40, dtype=np.float32)
+    fields["margin"][:2], fields["margin"][2:] = order, -order  # late epochs reverse the margin order
+    fields["prob_given"][:] = 0.5 + 0.4 * order  # EL2N keeps one order throughout
+    fields["prob_sq_sum"][:] = fields["prob_given"] ** 2 + (1 - fields["prob_given"]) ** 2
+    signals = mislabel_signals(fields, 1, num_classes=2)
+    assert signals.instability[0] == pytest.approx(2.0) and signals.instability[1] == pytest.approx(0.0)
+    assert signals.instability[1] == pytest.approx(half_instability(-order, -order))
+    one_epoch = {name: values[:1] for name, values in fields.items()}
+    assert np.isnan(mislabel_signals(one_epoch, 1, num_classes=2).instability).all()  # no second half

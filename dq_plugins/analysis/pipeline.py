@@ -34,7 +34,7 @@ from dq_plugins.scores import (
 )
 from dq_plugins.scores.confident_learning import ConfidentLearningScores, nan_rows, row_chunks
 from dq_plugins.scores.copies import SplitCopies, find_copies
-from dq_plugins.scores.mislabel import mislabel_score
+from dq_plugins.scores.mislabel import half_instability, mislabel_score
 
 if TYPE_CHECKING:
     from dq_plugins.scores.neighbors import KnnGraph
@@ -105,6 +105,8 @@ class MislabelSignals:
     el2n_all_epochs: np.ndarray
     el2n_early: np.ndarray
     el2n_early_scored: np.ndarray
+    instability: tuple[float, float] = (float("nan"), float("nan"))
+    """:func:`~dq_plugins.scores.mislabel.half_instability` of ``(aum, el2n_all_epochs)``; NaN below 2 epochs."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ def analyze_split(
     early_cl = early_window_cl(labels, early_probs) if early_probs is not None and num_epochs else None
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                            el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
-                           pseudo_labels=None if early_cl is None else early_cl.is_label_issue)
+                           pseudo_labels=None if early_cl is None else early_cl.is_label_issue,
+                           instability=signals.instability)
     flag_probs, flag_cl = early_probs, early_cl
     if history.wave_probs is not None:  # the flags' window ends at the Label Wave (dq_plugins.recording.wave)
         flag_probs = history.wave_probs if everyone else history.wave_probs[seen]
@@ -246,15 +249,30 @@ def mislabel_signals(fields: dict[str, np.ndarray], early: int, num_classes: int
     to perfect (mean correctness below ``(1 + 1/C) / 2``, the guard of :func:`early_window_flags`).
     Such a window is a model still learning the clean patterns (a short fine-tuning whose first
     epoch is the whole window), and its errors rank hard and mislabeled samples alike.
+    ``instability``: how much AUM and all-epoch EL2N each re-sort the samples between the first
+    ``E // 2`` and the last ``E - E // 2`` epochs (``mislabel_score`` keeps the steadier one).
     """
     aum = area_under_margin(fields["margin"])
     full_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], max(fields["prob_given"].shape[0], 1))
+    instability = (float("nan"), float("nan"))
+    half = fields["margin"].shape[0] // 2
+    if half:
+        first, second = slice(0, half), slice(half, None)
+        instability = (half_instability(area_under_margin(fields["margin"][first]),
+                                        area_under_margin(fields["margin"][second])),
+                       half_instability(_window_el2n(fields, first), _window_el2n(fields, second)))
     early_norm = el2n(fields["prob_given"], fields["prob_sq_sum"], early)
     window = fields["correct"][:early]
     with np.errstate(invalid="ignore"):
         fit = float(np.nanmean(window)) if np.isfinite(window).any() else 0.0
     scored = early_norm if fit >= 0.5 * (1.0 + 1.0 / num_classes) else np.full_like(early_norm, np.nan)
-    return MislabelSignals(aum, full_norm, early_norm, scored)
+    return MislabelSignals(aum, full_norm, early_norm, scored, instability)
+
+
+def _window_el2n(fields: dict[str, np.ndarray], rows: slice) -> np.ndarray:
+    """(N,) EL2N averaged over the epochs ``rows`` of the ``(E, N)`` fields."""
+    given = fields["prob_given"][rows]
+    return el2n(given, fields["prob_sq_sum"][rows], given.shape[0])
 
 
 def label_flags(labels: np.ndarray, cl: Any, score: np.ndarray, early_probs: np.ndarray | None,

@@ -58,6 +58,22 @@ random) the weights are equal: the mean of ranks above. Measured, before and aft
 and the held-out cases of ``benchmarks/label_noise.py`` in ``benchmarks/RESULTS.md`` (where the
 exponent was chosen among 1, 2, 4 and 8).
 
+One all-epoch signal, the steadier (issue 17). AUM and all-epoch EL2N read one window in two spaces
+and agree on most of the order (Spearman 0.94-0.99 on the benchmark), so the pseudo-labels, which
+only inform the top of the order, cannot tell them apart, yet they are not equally good: under pair
+noise AUM, dominated by the large late logits, trails EL2N by 0.02-0.06 AUPRC, and on FashionMNIST
+with symmetric noise it leads by 0.015. Label-free, the better of the two is the one whose order
+moves less between the first and the second half of the epochs (:func:`half_instability`,
+``1 - Spearman rho`` of the signal over each half): a signal that re-sorts the samples late in
+training is being rewritten by the labels the model fits then. So only the steadier of the two
+enters the mean (both when their instabilities tie or cannot be measured: fewer than 2 epochs).
+Measured over 24 records (12 cases of ``benchmarks/label_noise.py`` x seeds 0, 1; AUPRC of the
+score minus the best of its parts and the anchors AUM, cartography confidence and final loss):
+mean -0.0046 -> +0.0005, worst -0.030 -> -0.014; on 12 new records (6 cases x seeds 2, 3) that no
+rule was chosen on: mean -0.0100 -> -0.0006, worst -0.027 -> -0.011 (``benchmarks/RESULTS.md``).
+The pick is wrong where the model memorises (MNIST-5k memorise, SMS spam: EL2N saturates late, so
+AUM looks steadier while EL2N ranks better); there the early window carries the score anyway.
+
 The score is a mean of ranks, not a probability: its distribution depends on how much the
 signals agree (uniform on [0, 1] when they agree perfectly). Use ``is_label_issue`` for a yes/no
 decision and ``mislabel_score`` to order samples for review.
@@ -117,6 +133,27 @@ def signal_weights(ranks: np.ndarray, pseudo_labels: np.ndarray | None) -> np.nd
     return lifts / lifts.sum() if lifts.sum() > 0 else equal
 
 
+def half_instability(first: np.ndarray, second: np.ndarray) -> float:
+    """How much a signal re-sorts the samples between the two halves of training, in ``[0, 2]``.
+
+    ``1 - Spearman rho`` between the ``(N,)`` values of one signal over the first and over the
+    second half of the epochs, over the rows where both are finite (0: same order, 1: unrelated).
+    NaN with fewer than 3 such rows or when either half is constant (no order to compare).
+    """
+    first = np.asarray(first, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"Expected two 1-D arrays of one length (one value per sample) but got shapes {first.shape} "
+                         f"and {second.shape}.")
+    both = np.isfinite(first) & np.isfinite(second)
+    if both.sum() < 3:
+        return float("nan")
+    a, b = rankdata(first[both]), rankdata(second[both])
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(1.0 - np.corrcoef(a, b)[0, 1])
+
+
 def percentile_rank(values: np.ndarray) -> np.ndarray:
     """Map ``(N,)`` values to ``[0, 1]`` by average rank; NaN stays NaN.
 
@@ -147,13 +184,15 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
 def mislabel_score(
     *, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: np.ndarray,
     neighbor_disagreement: np.ndarray | None = None, pseudo_labels: np.ndarray | None = None,
+    instability: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Combine the signals into one ``(N,)`` float64 score in ``[0, 1]``, higher = more likely mislabeled.
 
     The weighted mean of ``percentile_rank(-aum), percentile_rank(el2n_all_epochs),
     percentile_rank(el2n_early) [, percentile_rank(neighbor_disagreement)]`` per sample, over the
     signals that are not NaN for it, with weights from :func:`signal_weights` (equal without
-    ``pseudo_labels``; see the module docstring).
+    ``pseudo_labels``; see the module docstring). With ``instability``, only the steadier of
+    ``-aum`` and ``el2n_all_epochs`` takes part (both on a tie or a NaN).
 
     Args:
         aum: ``(N,)`` area under the margin over all epochs (higher = cleaner), from
@@ -167,13 +206,15 @@ def mislabel_score(
             :func:`~dq_plugins.scores.neighbor_label_disagreement`; ``None`` (no embeddings): three signals.
         pseudo_labels: optional ``(N,)`` bool, the rows the early-window confident learning flags;
             ``None``: equal weights.
+        instability: optional ``(aum, el2n_all_epochs)`` :func:`half_instability` of the two
+            all-epoch signals; the one with the larger value is left out. ``None``: both take part.
 
     Returns:
         ``(N,)`` float64 in ``[0, 1]``. NaN in one signal drops it from that sample's mean (the
         other samples' ranks are computed without it); a sample with every signal NaN gets NaN.
 
     Raises:
-        ValueError: if the three inputs are not 1-D arrays of one length.
+        ValueError: if the three inputs are not 1-D arrays of one length, or ``instability`` is not two values.
     """
     signals = {
         "aum": np.asarray(aum, dtype=np.float64),
@@ -188,6 +229,12 @@ def mislabel_score(
             f"Expected `aum`, `el2n_all_epochs`, `el2n_early` (and `neighbor_disagreement`) to be 1-D arrays of one length (one value "
             f"per sample) but got shapes {shapes}."
         )
+    if instability is not None:
+        unsteady = np.asarray(instability, dtype=np.float64)
+        if unsteady.shape != (2,):
+            raise ValueError(f"Expected `instability` = (aum, el2n_all_epochs), two floats, but got {instability!r}.")
+        if np.isfinite(unsteady).all() and unsteady[0] != unsteady[1]:
+            del signals["aum" if unsteady[0] > unsteady[1] else "el2n_all_epochs"]  # the steadier one stays
     ranks = np.stack([percentile_rank(-values if name == "aum" else values) for name, values in signals.items()])
     weights = signal_weights(ranks, pseudo_labels)[:, None]
     valid = ~np.isnan(ranks)

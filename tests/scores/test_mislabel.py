@@ -141,3 +141,36 @@ def test_pseudo_labels_weigh_the_mean_of_ranks() -> None:
     np.testing.assert_allclose(score, percentile_rank(good))  # the zero-weight signal has no say
     equal = mislabel_score(aum=-good, el2n_all_epochs=good, el2n_early=bad)
     np.testing.assert_allclose(equal, (2 * percentile_rank(good) + percentile_rank(bad)) / 3)
+
+
+# ------------------------------------------------------------------ the steadier all-epoch signal
+def test_half_instability_hand_computed() -> None:
+    from dq_plugins.scores.mislabel import half_instability
+
+    first = np.array([1.0, 2.0, 3.0, 4.0])
+    assert half_instability(first, 10.0 * first) == pytest.approx(0.0)  # same order: 0
+    assert half_instability(first, -first) == pytest.approx(2.0)  # reversed: 2
+    # ranks [1, 2, 3, 4] vs [2, 1, 3, 4]: Spearman rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert half_instability(first, np.array([2.0, 1.0, 3.0, 4.0])) == pytest.approx(0.2)
+    # a row missing in one half is left out: the other three keep one order
+    assert half_instability(np.array([1.0, 2.0, 3.0, NAN]), np.array([5.0, 6.0, 7.0, 0.0])) == pytest.approx(0.0)
+    assert np.isnan(half_instability(np.array([1.0, 2.0, NAN]), np.array([1.0, 2.0, 3.0])))  # 2 rows: no order
+    assert np.isnan(half_instability(np.ones(4), first))  # a constant half has no order
+    with pytest.raises(ValueError, match=r"two 1-D arrays of one length .* \(4,\) and \(3,\)"):
+        half_instability(first, first[:3])
+
+
+def test_instability_keeps_only_the_steadier_all_epoch_signal() -> None:
+    aum = np.array([3.0, 1.0, 2.0])  # -aum ranks: 0, 1, 0.5
+    el2n_all = np.array([0.3, 0.1, 0.2])  # ranks 1, 0, 0.5 (the opposite order)
+    el2n_early = np.array([0.2, 0.1, 0.3])  # ranks 0.5, 0, 1
+    kwargs = dict(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early)
+    steady_aum = mislabel_score(**kwargs, instability=(0.05, 0.10))
+    np.testing.assert_allclose(steady_aum, [(0 + 0.5) / 2, (1 + 0) / 2, (0.5 + 1) / 2])  # EL2N left out
+    steady_el2n = mislabel_score(**kwargs, instability=(0.10, 0.05))
+    np.testing.assert_allclose(steady_el2n, [(1 + 0.5) / 2, (0 + 0) / 2, (0.5 + 1) / 2])  # AUM left out
+    both = mislabel_score(**kwargs)
+    for tie_or_unknown in [(0.1, 0.1), (NAN, 0.05), (0.05, NAN)]:
+        np.testing.assert_allclose(mislabel_score(**kwargs, instability=tie_or_unknown), both)
+    with pytest.raises(ValueError, match=r"`instability` = \(aum, el2n_all_epochs\), two floats"):
+        mislabel_score(**kwargs, instability=(0.1, 0.2, 0.3))  # type: ignore[arg-type]
