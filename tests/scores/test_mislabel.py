@@ -161,16 +161,23 @@ def test_half_instability_hand_computed() -> None:
 
 
 def test_instability_keeps_only_the_steadier_all_epoch_signal() -> None:
-    aum = np.array([3.0, 1.0, 2.0])  # -aum ranks: 0, 1, 0.5
-    el2n_all = np.array([0.3, 0.1, 0.2])  # ranks 1, 0, 0.5 (the opposite order)
-    el2n_early = np.array([0.2, 0.1, 0.3])  # ranks 0.5, 0, 1
+    rng = np.random.default_rng(0)
+    aum, el2n_all, el2n_early = rng.normal(size=40), rng.random(40), rng.random(40)
+    pseudo = np.arange(40) < 10  # the pseudo-labels come first in every signal: equal lifts, equal weights
+    aum[pseudo], el2n_all[pseudo], el2n_early[pseudo] = -10.0 - rng.random(10), 2.0 + rng.random(10), 2.0 + rng.random(10)
+    ranks = {"aum": percentile_rank(-aum), "all": percentile_rank(el2n_all), "early": percentile_rank(el2n_early)}
     kwargs = dict(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early)
-    steady_aum = mislabel_score(**kwargs, instability=(0.05, 0.10))
-    np.testing.assert_allclose(steady_aum, [(0 + 0.5) / 2, (1 + 0) / 2, (0.5 + 1) / 2])  # EL2N left out
-    steady_el2n = mislabel_score(**kwargs, instability=(0.10, 0.05))
-    np.testing.assert_allclose(steady_el2n, [(1 + 0.5) / 2, (0 + 0) / 2, (0.5 + 1) / 2])  # AUM left out
-    both = mislabel_score(**kwargs)
+    both = (ranks["aum"] + ranks["all"] + ranks["early"]) / 3
+    np.testing.assert_allclose(mislabel_score(**kwargs, pseudo_labels=pseudo), both)
+    steady_aum = mislabel_score(**kwargs, pseudo_labels=pseudo, instability=(0.05, 0.10))
+    np.testing.assert_allclose(steady_aum, (ranks["aum"] + ranks["early"]) / 2)  # EL2N left out
+    steady_el2n = mislabel_score(**kwargs, pseudo_labels=pseudo, instability=(0.10, 0.05))
+    np.testing.assert_allclose(steady_el2n, (ranks["all"] + ranks["early"]) / 2)  # AUM left out
     for tie_or_unknown in [(0.1, 0.1), (NAN, 0.05), (0.05, NAN)]:
-        np.testing.assert_allclose(mislabel_score(**kwargs, instability=tie_or_unknown), both)
+        np.testing.assert_allclose(mislabel_score(**kwargs, pseudo_labels=pseudo, instability=tie_or_unknown), both)
+    # no pseudo-labels, or too few (the early window not trusted): both take part, equal weights
+    np.testing.assert_allclose(mislabel_score(**kwargs, instability=(0.05, 0.10)), both)
+    few = pseudo & (np.arange(40) < 9)
+    np.testing.assert_allclose(mislabel_score(**kwargs, pseudo_labels=few, instability=(0.05, 0.10)), both)
     with pytest.raises(ValueError, match=r"`instability` = \(aum, el2n_all_epochs\), two floats"):
         mislabel_score(**kwargs, instability=(0.1, 0.2, 0.3))  # type: ignore[arg-type]
