@@ -229,3 +229,57 @@ def test_mislabel_signals_measure_how_each_all_epoch_signal_resorts_between_the_
     assert signals.instability[1] == pytest.approx(half_instability(-order, -order))
     one_epoch = {name: values[:1] for name, values in fields.items()}
     assert np.isnan(mislabel_signals(one_epoch, 1, num_classes=2).instability).all()  # no second half
+
+
+def minority_overrun(n=1000, seed=0):
+    """Binary labels, 13% of them class 1, 20% of each class flipped: most given 1s are flipped 0s. The early
+    window predicts every true class, leaning towards the given label (the flips are less sure)."""
+    rng = np.random.default_rng(seed)
+    truth = (np.arange(n) < 0.13 * n).astype(np.int64)
+    flipped = rng.uniform(size=n) < 0.2
+    labels = np.where(flipped, 1 - truth, truth)
+    sure = np.where(flipped, rng.uniform(0.55, 0.8, n), rng.uniform(0.75, 0.95, n))
+    early = np.empty((n, 2))
+    early[np.arange(n), truth] = sure
+    early[np.arange(n), 1 - truth] = 1 - sure
+    score = np.where(flipped, 0.9, 0.1) + rng.uniform(0, 0.05, n)
+    return labels, early, score, flipped
+
+
+def test_the_count_is_at_least_the_class_shift_when_a_minority_is_mostly_flips():
+    from dq_plugins.analysis.pipeline import class_shift_count
+
+    labels, early, score, flipped = minority_overrun()
+    shift, (low, high) = class_shift_count(labels, early.argmax(axis=1), 2)
+    assert shift == abs(int((labels == 1).sum()) - 130)  # the predictions hold the true histogram: 870 / 130
+    cl = confident_learning(labels, early)
+    assert cl.is_label_issue.sum() < 0.8 * shift  # confident learning alone under-counts the flips
+    flags = early_window_flags(labels, early, score)
+    assert flags.is_label_issue.sum() == shift and flipped[flags.is_label_issue].all()
+    assert flags.noise_rate == pytest.approx(max(cl.noise_rate, shift / len(labels)))
+    assert low <= flags.noise_rate_interval[0] <= flags.noise_rate <= flags.noise_rate_interval[1]
+    assert flags.noise_rate_interval[1] >= high
+
+
+def test_class_shift_count_and_its_interval():
+    from dq_plugins.analysis.pipeline import class_shift_count
+
+    labels = np.array([0, 0, 0, 1] * 50)
+    predicted = np.array([0, 1, 1, 1] * 50)
+    count, (low, high) = class_shift_count(labels, predicted, 3)  # 150 / 50 given, 50 / 150 predicted
+    assert count == 100 and low < 0.5 < high
+    assert class_shift_count(labels, predicted, 3) == (count, (low, high))  # seeded
+    swapped = class_shift_count(np.array([0, 1] * 50), np.array([1, 0] * 50), 2)  # every label wrong, no shift
+    assert swapped[0] == 0
+    assert class_shift_count(labels[:0], predicted[:0], 3) == (0, (0.0, 0.0))
+    with pytest.raises(ValueError, match="same shape"):
+        class_shift_count(labels, predicted[:-1], 3)
+
+
+def test_rows_outside_the_early_window_do_not_count_as_predictions_of_class_zero():
+    labels, early, score, flipped, _ = planted()
+    unseen = np.arange(0, 300, 2)
+    early[unseen] = np.nan
+    flags = early_window_flags(labels, early, score)
+    assert not flags.is_label_issue[unseen].any()
+    assert flags.noise_rate < 0.2  # 150 NaN rows read as class 0 would shift the histogram by a third
