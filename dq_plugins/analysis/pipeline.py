@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from dq_plugins.analysis.trust import FlagTrust, early_window_metrics, flag_trust
 from dq_plugins.logs import progress
@@ -33,7 +32,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
-from dq_plugins.scores.confident_learning import BOOTSTRAP_DRAWS, ConfidentLearningScores, nan_rows, row_chunks
+from dq_plugins.scores.confident_learning import ConfidentLearningScores, nan_rows, row_chunks
 from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import half_instability, mislabel_score
 
@@ -337,15 +336,6 @@ def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.nd
     keeping only those whose early-window prediction disagrees with the given label (two pieces of
     evidence); the suggested label is the early-window arg-max among the other classes.
 
-    The count is at least :func:`class_shift_count`, the labels that must change to turn the given
-    labels' class histogram into the early window's predicted one. Confident learning's per-class
-    thresholds (the mean probability of each given label) assume every given label is mostly right; a
-    minority class whose given labels are mostly flips (20% symmetric noise on an 87 / 13 spam set:
-    62% of the given spam is ham) drags its threshold down and hides the flips of its row (216 flags for
-    400 flips there; the bound gives 280). The reported noise rate is the larger of confident learning's
-    and the bound's share of the rows, its interval the larger of their two bootstrap intervals at
-    either end.
-
     Measured on ``benchmarks/label_noise.py`` and on the fix-gain cases (8 seeds, MNIST-5k, 20%
     noise): precision / recall 0.945 / 0.819 -> 0.925 / 0.935 (symmetric), 0.937 / 0.802 ->
     0.836 / 0.918 (pair), and dropping the flags before retraining recovers 29% of the accuracy
@@ -364,69 +354,13 @@ def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.nd
     early = early if early is not None else early_window_cl(labels, early_probs)
     if early is None:
         return None
-    predicted = row_argmax(early_probs)
-    valid = ~nan_rows(early_probs)
-    shift, (shift_low, shift_high) = class_shift_count(labels[valid], predicted[valid], early_probs.shape[1])
-    count = max(int(early.is_label_issue.sum()), shift)
+    count = int(early.is_label_issue.sum())
     order = np.argsort(-np.nan_to_num(np.asarray(score), nan=-1.0), kind="stable")
     flags = np.zeros(len(labels), dtype=bool)
     flags[order[:count]] = True
-    flags &= valid & (predicted != labels)  # the early model itself must disagree with the label
+    flags &= row_argmax(early_probs) != labels  # the early model itself must disagree with the label
     suggested = np.where(flags, row_argmax(early_probs, exclude=labels), labels).astype(np.int64)
-    rows = max(int(valid.sum()), 1)
-    low, high = early.noise_rate_interval
-    noise_rate = max(float(early.noise_rate), shift / rows)
-    interval = (max(float(low), shift_low), max(float(high), shift_high))
-    return LabelFlags(flags, suggested, noise_rate, interval, True)
-
-
-def class_shift_count(labels: np.ndarray, predicted: np.ndarray, num_classes: int, *, level: float = 0.95,
-                      draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[int, tuple[float, float]]:
-    """The fewest label changes that turn the class histogram of ``labels`` into that of ``predicted``,
-    ``sum_c |n_given(c) - n_pred(c)| / 2``, and the 95% bootstrap interval of its share of the rows.
-
-    Where the predictions' histogram estimates the true labels' one, this is a lower bound on the number
-    of wrong labels: for any joint law of (given, true) label, ``P(given != true)`` is at least the total
-    variation distance between the two marginals (coupling inequality; Levin, Peres and Wilmer, *Markov
-    Chains and Mixing Times*, Prop. 4.7). In-sample predictions lean towards the given labels, which
-    shrinks the bound rather than inflating it. The interval resamples the rows (a multinomial draw over
-    the occupied (given, predicted) cells, ``O(cells)`` per draw, no model refitted).
-
-    Args:
-        labels: ``(M,)`` integer given labels in ``0 .. num_classes - 1``.
-        predicted: ``(M,)`` integer predicted classes (the early window's arg-max) of the same rows.
-        num_classes: ``C``.
-        level: coverage of the central interval.
-        draws: bootstrap resamples.
-        seed: seed of the resampling (the interval is deterministic for given inputs).
-
-    Returns:
-        ``(count, (low, high))``; ``(0, (0.0, 0.0))`` for no rows.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64)
-    if labels.shape != predicted.shape or labels.ndim != 1:
-        raise ValueError(f"Expected `labels` and `predicted` of the same shape (M,) but got {labels.shape} and "
-                         f"{predicted.shape}.")
-    if not labels.size:
-        return 0, (0.0, 0.0)
-    given = np.bincount(labels, minlength=num_classes)
-    count = int(np.abs(given - np.bincount(predicted, minlength=num_classes)).sum() // 2)
-    cells, sizes = np.unique(labels * num_classes + predicted, return_counts=True)
-    rows = np.arange(cells.size)
-    moves = sparse.csr_matrix((np.r_[np.ones(cells.size), -np.ones(cells.size)],
-                               (np.r_[rows, rows], np.r_[cells // num_classes, cells % num_classes])),
-                              shape=(cells.size, num_classes))  # a (c, c) cell adds and removes the same class
-    rng = np.random.default_rng(seed)
-    rates = np.empty(draws)
-    chunk = max(1, 4_000_000 // max(cells.size, num_classes))
-    for start in range(0, draws, chunk):
-        drawn = rng.multinomial(labels.size, sizes / labels.size, size=min(chunk, draws - start))
-        shift = np.asarray(drawn @ moves)  # (draws, C): given minus predicted rows of each class
-        rates[start:start + drawn.shape[0]] = np.abs(shift).sum(axis=1) / 2 / labels.size
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(rates, [tail, 1.0 - tail])
-    return count, (float(low), float(high))
+    return LabelFlags(flags, suggested, float(early.noise_rate), early.noise_rate_interval, True)
 
 
 def label_issue_metrics(frame: pd.DataFrame, flags: LabelFlags, split: str, trust: FlagTrust) -> dict[str, float]:
