@@ -19,9 +19,11 @@ embeddings). The input does not move, so each batch's input rows are fingerprint
   ``flat @ R`` with ``R`` a fixed Gaussian ``(F, D)`` matrix (Johnson-Lindenstrauss: cosines of
   sketches follow cosines of inputs); a row with a NaN or infinite value gets a non-finite sketch
   from :func:`fingerprint`, which :class:`FingerprintBuffer` stores as zeros (that row's exact
-  copies are still found, its near copies are not). Token ids: a bag-of-tokens sign sketch, each
-  token adding a pseudo-random +-1 vector derived from its id (cosines follow the token-count
-  vectors).
+  copies are still found, its near copies are not). Token ids: a bag-of-tokens sketch, each
+  token adding a fixed pseudo-random +-1 vector, row ``id mod P`` of a ``(P, D)`` table with
+  ``P`` = :data:`TOKEN_SLOTS` (the hashing trick, Weinberger et al. 2009, "Feature Hashing for Large
+  Scale Multitask Learning": two tokens share a vector when their ids are congruent mod ``P``), so
+  cosines follow the token-count vectors. One ``embedding_bag`` per batch.
 
 :class:`FingerprintBuffer` keeps the latest fingerprint of every sample id (last write wins, as
 the embedding buffer does) in a table on the **host**: each step fingerprints its batch on the
@@ -32,7 +34,8 @@ written into the table on a worker thread). Memory, ``N`` sample ids, ``S`` stag
 
 - device: ``2 * S * (16 + 4D)`` bytes of stage (2.4 MB), the per-step workspace (at most
   :data:`CHUNK_WORDS` hashed values at a time) and the constants (``4 * F * D`` bytes of
-  projection for inputs of ``F`` values); nothing per sample;
+  projection for inputs of ``F`` values, ``4 * (P + 1) * D`` bytes of token table, 2.1 MB);
+  nothing per sample;
 - host: ``N * (9 + 4D)`` bytes (137 per sample, 175 MB for 1.28M samples) and two pinned stages.
 """
 
@@ -60,6 +63,9 @@ products (16), and a float32 copy of a float input of another dtype (4)."""
 HOST_BYTES_PER_SAMPLE = 8 + 4 * SKETCH_DIM + 1
 """Host bytes per sample id of :class:`FingerprintBuffer`: int64 hash, float32 sketch, seen flag."""
 
+TOKEN_SLOTS = 16381
+"""Rows ``P`` of the token sketch's table (a prime, so that ids ``mod P`` spread evenly)."""
+
 _SEED = 0x5EED
 
 
@@ -79,14 +85,14 @@ def hash_multipliers(width: int) -> torch.Tensor:
 
 
 class _Constants:
-    """Per device: the hash multipliers (the widest width seen, and a view per width) and, per width,
-    the projection matrix, built once and looked up by ``(width, device)`` (no per-step host work)."""
+    """Per device: the hash multipliers (the widest width seen, and a view per width), per width the
+    projection matrix, and the token table, built once and looked up by ``(width, device)`` (no per-step host work)."""
 
     def __init__(self) -> None:
         self._widest: dict[torch.device, torch.Tensor] = {}
         self._views: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
-        self._token_mix: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._token_tables: dict[torch.device, torch.Tensor] = {}
 
     def multipliers(self, width: int, device: torch.device) -> torch.Tensor:
         """``(width,)`` int64 on ``device`` (a view of the widest built so far)."""
@@ -111,26 +117,22 @@ class _Constants:
             matrix = self._projections[key] = matrix.to(device)
         return matrix
 
-    def token_mix(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D,) int32 odd multipliers and (D,) offsets: the sign of token t is - where ``t * a + b``
-        (wrapping 32-bit) is >= 0, + where it is negative."""
-        if device not in self._token_mix:
+    def token_table(self, device: torch.device) -> torch.Tensor:
+        """``(P + 1, D)`` float32 on ``device``: rows ``0 .. P-1`` random +-1 (the vector of the tokens whose
+        id is that row mod ``P``), row ``P`` zeros (where padding goes)."""
+        table = self._token_tables.get(device)
+        if table is None:
             generator = torch.Generator().manual_seed(_SEED)
-            a = torch.randint(1, 2**31 - 1, (SKETCH_DIM,), generator=generator, dtype=torch.int64) * 2 + 1
-            b = torch.randint(0, 2**31 - 1, (SKETCH_DIM,), generator=generator, dtype=torch.int64)
-            self._token_mix[device] = (_wrap32(a).to(device), _wrap32(b).to(device))
-        return self._token_mix[device]
+            signs = torch.randint(0, 2, (TOKEN_SLOTS, SKETCH_DIM), generator=generator).float() * 2 - 1
+            table = self._token_tables[device] = torch.cat([signs, torch.zeros(1, SKETCH_DIM)]).to(device)
+        return table
 
     def device_bytes(self, device: torch.device) -> int:
         """Bytes of the constants held on ``device``."""
         tensors = [t for (_, d), t in self._projections.items() if d == device]
         tensors += [self._widest[device]] if device in self._widest else []
+        tensors += [self._token_tables[device]] if device in self._token_tables else []
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _wrap32(values: torch.Tensor) -> torch.Tensor:
-    """int64 values reduced mod 2^32 to int32 (two's complement)."""
-    return torch.from_numpy(values.numpy().astype(np.uint64).astype(np.uint32).view(np.int32))
 
 
 _CONSTANTS = _Constants()
@@ -161,13 +163,14 @@ def _hash(values: torch.Tensor) -> torch.Tensor:
 
 
 def _token_sketch(tokens: torch.Tensor) -> torch.Tensor:
-    """``(B, D)`` float32 bag-of-tokens sign sketch of ``(B, T)`` token ids (0 = padding, left out)."""
-    a, b = _CONSTANTS.token_mix(tokens.device)
-    ids = tokens.to(torch.int32)  # the sign depends on the low 32 bits only
-    present = ids != 0
-    negative = ((ids.unsqueeze(-1) * a + b) < 0) & present.unsqueeze(-1)
-    count = present.sum(dim=1, keepdim=True)
-    return (2 * negative.sum(dim=1) - count).to(torch.float32)
+    """``(B, D)`` float32 bag-of-tokens sketch of ``(B, T)`` token ids (0 = padding, left out): the sum of the
+    table rows ``id mod P`` (see the module doc). The entries are +-1, so every sum is an exact integer: the
+    same bag gives the same bits in any order, padded or not."""
+    table = _CONSTANTS.token_table(tokens.device)
+    slots = torch.where(tokens != 0, tokens.remainder(TOKEN_SLOTS), TOKEN_SLOTS)
+    if tokens.device.type in ("cpu", "cuda"):
+        return torch.nn.functional.embedding_bag(slots, table, mode="sum")
+    return table[slots].sum(dim=1)  # devices without embedding_bag
 
 
 def _fingerprint_rows(rows: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
