@@ -44,6 +44,7 @@ PRE_SCALE = "4f2091c"
 """The main of the fourth session's start, before the scale work (issue 13): its overhead is "today" in the issue."""
 
 SECTION = "overhead_against"
+"""The RESULTS.md section of the Lightning models; the Hugging Face models' (when only they run) is ``SECTION + "_hf"``."""
 VARIANTS = ("against", "current", "current, fingerprints=False")
 
 
@@ -82,8 +83,9 @@ def share(row: dict[str, Any]) -> float:
 
 def report(runs: dict[str, list[list[dict[str, Any]]]], models: list[str], against: str, command: str,
            wall: float, reading: str) -> str:
+    family = "Hugging Face" if all(m.startswith("hf-") for m in models) else "Lightning"
     lines = [
-        "## Overhead against the code before the scale work (`benchmarks/overhead_against.py`)",
+        f"## Overhead against the code before the scale work, {family} (`benchmarks/overhead_against.py`)",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; revision {git_revision()} against {against}; wall time "
         f"{wall / 60:.1f} min.",
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                   args.reading.read_text() if args.reading else "")
     print(text)
     if not args.no_write:
-        write_section(SECTION, text)
+        write_section(SECTION + ("_hf" if all(m.startswith("hf-") for m in args.models) else ""), text)
     return 0
 
 
