@@ -256,3 +256,41 @@ def test_token_raw_record_keeps_the_window_end(tmp_path):
     loaded = load_task_history(tmp_path / "train.npz")
     assert loaded.early_window_end == history.early_window_end == 2
     np.testing.assert_array_equal(loaded.early_probs, history.early_probs)
+
+
+def test_a_settled_wave_window_is_trusted_without_the_fit_test():
+    """Two classes, 30% of the given labels disputed by the window: it fits the labels 0.70 < 0.75 (halfway from
+    chance), so only a window that ends at a settled minimum (3 epochs recorded after it) sets the flags."""
+    from dataclasses import replace
+
+    from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, early_window_flags, wave_settled
+    from dq_plugins.recording.ledger import SplitLedger
+
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, 2, 400))
+    ledger = SplitLedger(capacity=400, num_classes=2)
+    ledger.early_epochs = 2
+    for epoch in range(7):
+        logits = torch.nn.functional.one_hot(labels, 2).float() * (1 + epoch) + torch.tensor(rng.normal(size=(400, 2)),
+                                                                                                dtype=torch.float32)
+        ledger.record(torch.arange(400), labels, logits, epoch=epoch)
+        ledger.close_epoch()
+    history = ledger.to_history()
+    votes = history.labels.copy()
+    disputed = rng.choice(400, 120, replace=False)
+    votes[disputed] = 1 - votes[disputed]
+    window = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), 2).float() * 3, dim=1).numpy()
+    assert early_window_cl(history.labels, window) is None  # the fit test refuses it
+    assert early_window_cl(history.labels, window, require_fit=False) is not None
+
+    settled = replace(history, wave_probs=window, early_window_end=3)  # epochs 4, 5, 6 after it
+    unsettled = replace(history, wave_probs=window, early_window_end=4)  # two epochs after: could still move
+    assert wave_settled(settled) and not wave_settled(unsettled) and not wave_settled(history)
+    flagged = analyze_split(settled, "train").samples["is_label_issue"].to_numpy()
+    score = analyze_split(settled, "train").samples["mislabel_score"].to_numpy()
+    expected = early_window_flags(history.labels, window, score, early_window_cl(history.labels, window,
+                                                                                require_fit=False))
+    np.testing.assert_array_equal(flagged, expected.is_label_issue)
+    assert flagged.any() and set(np.flatnonzero(flagged)) <= set(disputed)
+    fallback = analyze_split(unsettled, "train").samples["is_label_issue"].to_numpy()
+    assert not np.array_equal(fallback, flagged)  # the all-epoch flags, as before

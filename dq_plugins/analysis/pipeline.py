@@ -15,6 +15,7 @@ import pandas as pd
 from dq_plugins.analysis.trust import FlagTrust, early_window_metrics, flag_trust
 from dq_plugins.logs import progress
 from dq_plugins.raw_record import SplitHistory
+from dq_plugins.recording.wave import SETTLED_EPOCHS_AFTER
 from dq_plugins.schema import (
     COPY_COLUMNS,
     DYNAMICS_COLUMNS,
@@ -199,7 +200,7 @@ def analyze_split(
     flag_probs, flag_cl = early_probs, early_cl
     if history.wave_probs is not None:  # the flags' window ends at the Label Wave (dq_plugins.recording.wave)
         flag_probs = history.wave_probs if everyone else history.wave_probs[seen]
-        flag_cl = None
+        flag_cl = early_window_cl(labels, flag_probs, require_fit=not wave_settled(history)) if num_epochs else None
     flags = label_flags(labels, cl, score, flag_probs if num_epochs else None, flag_cl)
     if early_probs is not None and not num_epochs:
         flags = replace(flags, early_window_fitted=False)
@@ -304,23 +305,37 @@ def row_argmax(probs: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarr
     return out
 
 
-def early_window_cl(labels: np.ndarray, early_probs: np.ndarray) -> ConfidentLearningScores | None:
+def early_window_cl(labels: np.ndarray, early_probs: np.ndarray, *, require_fit: bool = True
+                    ) -> ConfidentLearningScores | None:
     """Confident learning on the early-window softmax ``(N, C)``, or ``None`` when that window is not trusted.
 
-    Trusted: at least 2 samples with an early softmax and an early-window accuracy on the given labels
-    at least halfway from chance to perfect (a short fine-tuning whose whole window is a first,
-    still-learning epoch ranks hard and mislabeled samples alike and over-counts). Its flags set the
-    count of :func:`early_window_flags` and are the pseudo-labels that weigh the signals of
-    ``mislabel_score`` (:func:`~dq_plugins.scores.mislabel.signal_weights`).
+    Trusted: at least 2 samples with an early softmax and, with ``require_fit``, an early-window
+    accuracy on the given labels at least halfway from chance to perfect (a short fine-tuning whose
+    whole window is a first, still-learning epoch ranks hard and mislabeled samples alike and
+    over-counts). ``require_fit=False`` for a window that ends at a settled Label Wave
+    (:func:`wave_settled`): there the model has stopped learning the shared patterns, and the fit
+    test would refuse every window of a two-class task with 25% noise or more (a perfect model fits
+    only ``1 - noise`` of the given labels). Its flags set the count of :func:`early_window_flags`
+    and are the pseudo-labels that weigh the signals of ``mislabel_score``
+    (:func:`~dq_plugins.scores.mislabel.signal_weights`).
     """
     valid = ~nan_rows(early_probs)
     num_classes = early_probs.shape[1]
     if valid.sum() < 2:
         return None
     accuracy = float((row_argmax(early_probs)[valid] == labels[valid]).mean())
-    if accuracy < 0.5 * (1.0 + 1.0 / num_classes):
+    if require_fit and accuracy < 0.5 * (1.0 + 1.0 / num_classes):
         return None
     return confident_learning(labels, early_probs)
+
+
+def wave_settled(history: SplitHistory) -> bool:
+    """Whether the Label Wave window of ``history`` ended at a settled minimum: at least
+    :data:`~dq_plugins.recording.wave.SETTLED_EPOCHS_AFTER` epochs were recorded after it (the
+    smoothed changes rose after the minimum and no later epoch can move it; a minimum seen only in
+    the last epochs of a run is not)."""
+    end = history.early_window_end
+    return end is not None and int((np.asarray(history.epochs) > end).sum()) >= SETTLED_EPOCHS_AFTER
 
 
 def early_window_flags(labels: np.ndarray, early_probs: np.ndarray, score: np.ndarray,

@@ -24,6 +24,10 @@ WAVE_SNAPSHOT_MAX_BYTES = 256 * 2**20
 """Largest all-epoch softmax sum whose per-epoch copies a ledger keeps on the host to follow the Label Wave
 (at most three at a time, see :class:`WaveTracker`); above it the early window stays the fixed one."""
 
+SETTLED_EPOCHS_AFTER = 3
+"""Epochs recorded after a minimum of the smoothed changes before it is settled (:func:`wave_epoch` with
+``settled``): the next change completes its average and the one after shows the rise."""
+
 
 def smoothed_changes(changes: Sequence[int]) -> np.ndarray:
     """(len(changes),) float64 centred 3-value moving average of ``changes`` (2 values at either end)."""
