@@ -190,26 +190,35 @@ def test_single_label_flags_window_ends_at_the_wave_and_survives_checkpoint_and_
     assert fixed.wave_probs is None and fixed.early_window_end is None  # not enabled: as before
 
 
+def _history_and_disputing_window(rows: int, classes: int, epochs: int, disputed_rows: int):
+    """A single-label history of a model that fits its labels better each epoch (fixed early window: 2 epochs) and a
+    confident ``(rows, classes)`` window softmax that votes for the next class on ``disputed_rows`` random rows:
+    ``(history, window, disputed)``."""
+    from dq_plugins.recording.ledger import SplitLedger
+
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, classes, rows))
+    ledger = SplitLedger(capacity=rows, num_classes=classes)
+    ledger.early_epochs = 2
+    for epoch in range(epochs):
+        noise = torch.tensor(rng.normal(size=(rows, classes)), dtype=torch.float32)
+        ledger.record(torch.arange(rows), labels, torch.nn.functional.one_hot(labels, classes).float() * (1 + epoch)
+                      + noise, epoch=epoch)
+        ledger.close_epoch()
+    history = ledger.to_history()
+    votes = history.labels.copy()
+    disputed = rng.choice(rows, disputed_rows, replace=False)
+    votes[disputed] = (votes[disputed] + 1) % classes
+    window = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), classes).float() * 3, dim=1).numpy()
+    return history, window, disputed
+
+
 def test_single_label_analysis_takes_its_flags_from_the_wave_window():
     from dataclasses import replace
 
     from dq_plugins.analysis.pipeline import analyze_split, early_window_flags
-    from dq_plugins.recording.ledger import SplitLedger
 
-    rng = np.random.default_rng(0)
-    labels = torch.tensor(rng.integers(0, 3, 300))
-    ledger = SplitLedger(capacity=300, num_classes=3)
-    ledger.early_epochs = 2
-    for epoch in range(6):
-        logits = torch.nn.functional.one_hot(labels, 3).float() * (1 + epoch) + torch.tensor(rng.normal(size=(300, 3)),
-                                                                                                dtype=torch.float32)
-        ledger.record(torch.arange(300), labels, logits, epoch=epoch)
-        ledger.close_epoch()
-    history = ledger.to_history()
-    votes = history.labels.copy()
-    disputed = rng.choice(300, 30, replace=False)
-    votes[disputed] = (votes[disputed] + 1) % 3  # the window votes for another class on 30 samples
-    wave = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), 3).float() * 3, dim=1).numpy()
+    history, wave, disputed = _history_and_disputing_window(300, 3, 6, 30)  # the window disputes 30 labels
     with_wave = analyze_split(replace(history, wave_probs=wave, early_window_end=3), "train")
     without = analyze_split(history, "train")
     # the score keeps its fixed window: only the flags move
@@ -264,30 +273,16 @@ def test_a_settled_wave_window_is_trusted_without_the_fit_test():
     from dataclasses import replace
 
     from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, early_window_flags, wave_settled
-    from dq_plugins.recording.ledger import SplitLedger
 
-    rng = np.random.default_rng(0)
-    labels = torch.tensor(rng.integers(0, 2, 400))
-    ledger = SplitLedger(capacity=400, num_classes=2)
-    ledger.early_epochs = 2
-    for epoch in range(7):
-        logits = torch.nn.functional.one_hot(labels, 2).float() * (1 + epoch) + torch.tensor(rng.normal(size=(400, 2)),
-                                                                                                dtype=torch.float32)
-        ledger.record(torch.arange(400), labels, logits, epoch=epoch)
-        ledger.close_epoch()
-    history = ledger.to_history()
-    votes = history.labels.copy()
-    disputed = rng.choice(400, 120, replace=False)
-    votes[disputed] = 1 - votes[disputed]
-    window = torch.softmax(torch.nn.functional.one_hot(torch.tensor(votes), 2).float() * 3, dim=1).numpy()
+    history, window, disputed = _history_and_disputing_window(400, 2, 7, 120)
     assert early_window_cl(history.labels, window) is None  # the fit test refuses it
     assert early_window_cl(history.labels, window, require_fit=False) is not None
 
     settled = replace(history, wave_probs=window, early_window_end=3)  # epochs 4, 5, 6 after it
     unsettled = replace(history, wave_probs=window, early_window_end=4)  # two epochs after: could still move
     assert wave_settled(settled) and not wave_settled(unsettled) and not wave_settled(history)
-    flagged = analyze_split(settled, "train").samples["is_label_issue"].to_numpy()
-    score = analyze_split(settled, "train").samples["mislabel_score"].to_numpy()
+    samples = analyze_split(settled, "train").samples
+    flagged, score = samples["is_label_issue"].to_numpy(), samples["mislabel_score"].to_numpy()
     expected = early_window_flags(history.labels, window, score, early_window_cl(history.labels, window,
                                                                                 require_fit=False))
     np.testing.assert_array_equal(flagged, expected.is_label_issue)
