@@ -289,3 +289,31 @@ def test_a_settled_wave_window_is_trusted_without_the_fit_test():
     assert flagged.any() and set(np.flatnonzero(flagged)) <= set(disputed)
     fallback = analyze_split(unsettled, "train").samples["is_label_issue"].to_numpy()
     assert not np.array_equal(fallback, flagged)  # the all-epoch flags, as before
+
+
+def test_the_score_drops_the_fit_test_only_for_a_fixed_window_that_ends_after_a_settled_wave():
+    """The fixed window (epochs 0-1 here) keeps its early EL2N when the wave settled at or before its last epoch;
+    a wave minimum after it, or not settled, leaves the fit test in place."""
+    from dataclasses import replace
+
+    from dq_plugins.analysis.pipeline import mislabel_signals, window_learned
+
+    history, window, _ = _history_and_disputing_window(400, 2, 7, 120)
+    assert window_learned(replace(history, wave_probs=window, early_window_end=1), early=2)
+    assert not window_learned(replace(history, wave_probs=window, early_window_end=2), early=2)  # after the window
+    assert not window_learned(replace(history, wave_probs=window, early_window_end=4), early=6)  # not settled
+    assert not window_learned(history, early=2)  # no wave
+
+    fields = {name: values.copy() for name, values in history.fields.items()}
+    fields["correct"][:] = 0.6  # below halfway from chance (0.75) for two classes
+    refused = mislabel_signals(fields, 2, num_classes=2)
+    kept = mislabel_signals(fields, 2, num_classes=2, require_fit=False)
+    assert np.isnan(refused.el2n_early_scored).all()
+    np.testing.assert_array_equal(kept.el2n_early_scored, kept.el2n_early)
+
+    from dq_plugins.analysis.pipeline import analyze_split
+
+    unfit = replace(history, fields=fields, early_probs=window)  # a fixed window that fails the fit test
+    learned = analyze_split(replace(unfit, wave_probs=window, early_window_end=1), "train", early_epochs=2)
+    still = analyze_split(replace(unfit, wave_probs=window, early_window_end=2), "train", early_epochs=2)
+    assert not np.allclose(learned.samples["mislabel_score"], still.samples["mislabel_score"])
