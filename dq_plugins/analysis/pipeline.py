@@ -193,7 +193,9 @@ def analyze_split(
     early_probs = None
     if history.early_probs is not None:
         early_probs = history.early_probs if everyone else history.early_probs[seen]
-    early_cl = early_window_cl(labels, early_probs, require_fit=not learned) if early_probs is not None and num_epochs else None
+    early_cl = None
+    if early_probs is not None and num_epochs:
+        early_cl = early_window_cl(labels, early_probs, require_fit=not learned)
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                            el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
                            pseudo_labels=None if early_cl is None else early_cl.is_label_issue,
@@ -341,10 +343,9 @@ def window_learned(history: SplitHistory, early: int) -> bool:
     passes, is not needed. Measured: SMS spam at 30% noise, ``mislabel_score`` AUPRC 0.697 -> 0.936 (cleanlab
     5-fold 0.718); where the wave ends after the fixed window (Animal-MNIST, minimum at epoch 8-9 for a window of
     epochs 0-3) nothing changes (``benchmarks/RESULTS.md``)."""
-    epochs = np.asarray(history.epochs)
-    if not wave_settled(history) or not epochs.size or early < 1:
+    if early < 1 or not wave_settled(history):  # settled: epochs were recorded, 3 of them after the minimum
         return False
-    return history.early_window_end <= int(epochs[min(early, epochs.size) - 1])
+    return history.early_window_end <= int(history.epochs[min(early, len(history.epochs)) - 1])
 
 
 def wave_settled(history: SplitHistory) -> bool:
