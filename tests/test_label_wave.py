@@ -317,3 +317,32 @@ def test_the_score_drops_the_fit_test_only_for_a_fixed_window_that_ends_after_a_
     learned = analyze_split(replace(unfit, wave_probs=window, early_window_end=1), "train", early_epochs=2)
     still = analyze_split(replace(unfit, wave_probs=window, early_window_end=2), "train", early_epochs=2)
     assert not np.allclose(learned.samples["mislabel_score"], still.samples["mislabel_score"])
+
+
+def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score():
+    """The fixed window (epochs 0-1) fails the fit test and the wave minimum (epoch 2) falls after it: the score's
+    pseudo-labels come from the settled wave window, with the share of them the model fits at the end."""
+    from dataclasses import replace
+
+    from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, last_observed, mislabel_signals
+    from dq_plugins.scores.mislabel import memorised_share, mislabel_score
+
+    history, window, disputed = _history_and_disputing_window(400, 2, 7, 120)
+    fields = {name: values.copy() for name, values in history.fields.items()}
+    fields["correct"][:2] = 0.6  # the fixed window fits below halfway from chance (0.75)
+    unfit = replace(history, fields=fields, early_probs=window)
+    settled = analyze_split(replace(unfit, wave_probs=window, early_window_end=2), "train", early_epochs=2)
+    unsettled = analyze_split(replace(unfit, wave_probs=window, early_window_end=4), "train", early_epochs=2)
+
+    signals = mislabel_signals(fields, 2, num_classes=2)
+    pseudo = early_window_cl(history.labels, window, require_fit=False).is_label_issue
+    assert early_window_cl(history.labels, window) is None and set(np.flatnonzero(pseudo)) <= set(disputed)
+    memorised = memorised_share(last_observed(fields["correct"], np.isnan(fields["correct"])), pseudo)
+    expected = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
+                              el2n_early=signals.el2n_early_scored, pseudo_labels=pseudo,
+                              instability=signals.instability, memorised=memorised)
+    np.testing.assert_allclose(settled.samples["mislabel_score"], expected)
+    equal = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
+                           el2n_early=signals.el2n_early_scored)  # no trusted window: equal weights, as before
+    np.testing.assert_allclose(unsettled.samples["mislabel_score"], equal)
+    assert not np.allclose(expected, equal)

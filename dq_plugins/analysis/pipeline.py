@@ -35,7 +35,7 @@ from dq_plugins.scores import (
 )
 from dq_plugins.scores.confident_learning import ConfidentLearningScores, nan_rows, row_chunks
 from dq_plugins.scores.copies import SplitCopies, find_copies
-from dq_plugins.scores.mislabel import half_instability, mislabel_score
+from dq_plugins.scores.mislabel import half_instability, memorised_share, mislabel_score
 
 if TYPE_CHECKING:
     from dq_plugins.scores.neighbors import KnnGraph
@@ -162,8 +162,10 @@ def analyze_split(
     Order: the dynamics signals and confident learning; the embedding analysis (when ``embeddings``
     = ``(ids (M,), embeddings (M, D))`` is given), whose ``neighbor_disagreement`` is the fourth
     signal of ``mislabel_score``; confident learning on the early window (:func:`early_window_cl`), whose
-    flags weigh the signals; then ``mislabel_score`` and the label flags (:func:`label_flags`, on the
-    history's ``wave_probs`` when the Label Wave ended the flags' window, else on ``early_probs``);
+    flags weigh the signals (the flags' window's when the fixed one is not trusted), with the share of them
+    the model fits at the end (:func:`~dq_plugins.scores.mislabel.memorised_share`); then ``mislabel_score``
+    and the label flags (:func:`label_flags`, on the history's ``wave_probs`` when the Label Wave ended the
+    flags' window, else on ``early_probs``);
     last, near-duplicate pairs whose labels conflict add label issues (:func:`duplicate_label_issues`).
 
     ``neighbors``: ``(rows (R,), graph)``, the kNN graph of the embeddings of ``rows`` searched beforehand (see
@@ -196,14 +198,18 @@ def analyze_split(
     early_cl = None
     if early_probs is not None and num_epochs:
         early_cl = early_window_cl(labels, early_probs, require_fit=not learned)
-    score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
-                           el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
-                           pseudo_labels=None if early_cl is None else early_cl.is_label_issue,
-                           instability=signals.instability)
     flag_probs, flag_cl = early_probs, early_cl
     if history.wave_probs is not None:  # the flags' window ends at the Label Wave (dq_plugins.recording.wave)
         flag_probs = history.wave_probs if everyone else history.wave_probs[seen]
         flag_cl = early_window_cl(labels, flag_probs, require_fit=not wave_settled(history)) if num_epochs else None
+    pseudo_cl = early_cl if early_cl is not None else flag_cl  # an untrusted fixed window: the flags' window weighs
+    pseudo = None if pseudo_cl is None else pseudo_cl.is_label_issue
+    memorised = None
+    if pseudo is not None:  # pseudo-labels imply recorded epochs
+        memorised = memorised_share(last_observed(fields["correct"], np.isnan(fields["correct"])), pseudo)
+    score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
+                           el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
+                           pseudo_labels=pseudo, instability=signals.instability, memorised=memorised)
     flags = label_flags(labels, cl, score, flag_probs if num_epochs else None, flag_cl)
     if early_probs is not None and not num_epochs:
         flags = replace(flags, early_window_fitted=False)

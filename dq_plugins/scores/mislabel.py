@@ -55,11 +55,11 @@ truth labels, each run scores its signals against the flags of confident learnin
 early-window softmax (the pseudo-labels, :func:`~dq_plugins.analysis.pipeline.early_window_cl`):
 signal ``s`` gets weight ``max(AP_s - r, 0) ** WEIGHT_POWER``, its average precision at finding the
 pseudo-labelled rows above their rate ``r`` (what a random order scores), sharpened so that a
-signal that clearly separates them dominates and the others still vote. Without pseudo-labels (the
-early window not trusted, fewer than :data:`MIN_PSEUDO_LABELS` flagged, or no signal better than
-random) the weights are equal: the mean of ranks above. Measured, before and after, on the tuning
-and the held-out cases of ``benchmarks/label_noise.py`` in ``benchmarks/RESULTS.md`` (where the
-exponent was chosen among 1, 2, 4 and 8).
+signal that clearly separates them dominates and the others still vote. A fixed early window that is not
+trusted hands this to the flags' window when that one is (a settled Label Wave, see
+:func:`~dq_plugins.analysis.pipeline.analyze_split`). Without pseudo-labels (no window trusted, fewer than
+:data:`MIN_PSEUDO_LABELS` flagged, or no signal better than random) the weights are equal: the mean of ranks
+above. The exponent was 4 (chosen among 1, 2, 4 and 8 before the memorisation rule below), 8 with it.
 
 One all-epoch signal, the steadier (issue 17). AUM and all-epoch EL2N read one window in two spaces
 and agree on most of the order (Spearman 0.94-0.99 on the benchmark), so the pseudo-labels, which
@@ -80,6 +80,20 @@ rule was chosen on: mean -0.0100 -> -0.0006, worst -0.027 -> -0.011 (``benchmark
 The pick is wrong where the model memorises (MNIST-5k memorise, SMS spam: EL2N saturates late, so
 AUM looks steadier while EL2N ranks better); there the early window carries the score anyway.
 
+Memorisation moves the weight between the windows (issue 17). The pseudo-labels come from the early window,
+so they favour the early EL2N, which reads the same softmax, over the all-epoch signals whatever the truth
+(FashionMNIST, symmetric noise: the largest weight while trailing AUM by 0.04 AUPRC). The early window is
+for a model that goes on to fit the wrong labels, and whether it did is measured without truth labels by
+:func:`memorised_share`: the share ``m`` of the pseudo-labelled rows that the model predicts as their given
+label at the end (0.02-0.53 on the benchmark records whose flipped samples stay unfitted, 0.81-1.00 on those
+that end up fitted: SMS spam, VADER, MNIST-5k memorise). The signals that read the late model (AUM and EL2N over
+all epochs, and the neighbour disagreement of embeddings taken during training) keep their evidence on ``1 - m``
+of those rows; the early window keeps it on all of them, but adds to the all-epoch means, whose epochs include
+its own, only what the late epochs lost. So the early EL2N's weight is multiplied by ``m`` and the others' by
+``1 - m``. Measured on 71 records of ``benchmarks/label_noise.py`` and on 16 run after the choice, AUPRC of the
+score minus the best of its parts and anchors (section "memorisation moves the weight" of
+``benchmarks/RESULTS.md``).
+
 The score is a mean of ranks, not a probability: its distribution depends on how much the
 signals agree (uniform on [0, 1] when they agree perfectly). Use ``is_label_issue`` for a yes/no
 decision and ``mislabel_score`` to order samples for review.
@@ -93,7 +107,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-WEIGHT_POWER = 4
+WEIGHT_POWER = 8
 """Exponent of the lift of each signal's average precision at the pseudo-labels (see the module docstring)."""
 
 MIN_PSEUDO_LABELS = 10
@@ -103,17 +117,22 @@ MIN_PSEUDO_LABELS = 10
 def average_precision(positives: np.ndarray, scores: np.ndarray) -> float:
     """Average precision of ``(N,)`` scores at finding the ``(N,)`` bool positives (higher score first).
 
-    ``sum over positives of precision at its rank / number of positives``, ties broken by position
-    (stable sort); NaN scores rank last. NaN when there is no positive.
+    ``sum over thresholds of (recall gained) x precision``, one threshold per distinct score, so tied rows
+    count together and the result does not depend on their order (as ``sklearn.metrics.average_precision_score``:
+    a constant score gets the positives' rate, what a random order scores). NaN scores rank last. NaN when
+    there is no positive.
     """
     positives = np.asarray(positives, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     if not positives.any():
         return float("nan")
-    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-    hits = positives[order]
-    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
-    return float(precision[hits].mean())
+    ordered = np.nan_to_num(scores, nan=-np.inf)
+    order = np.argsort(-ordered, kind="stable")
+    ordered, hits = ordered[order], positives[order]
+    group_ends = np.r_[np.flatnonzero(np.diff(ordered) != 0), ordered.size - 1]  # the last row of each tie
+    found = np.cumsum(hits)[group_ends]
+    recall_gained = np.diff(np.r_[0, found]) / found[-1]
+    return float(np.sum(recall_gained * found / (group_ends + 1)))
 
 
 def signal_weights(ranks: np.ndarray, pseudo_labels: np.ndarray | None) -> np.ndarray:
@@ -160,6 +179,29 @@ def half_instability(first: np.ndarray, second: np.ndarray) -> float:
     return float(1.0 - np.corrcoef(a, b)[0, 1])
 
 
+def memorised_share(fitted_at_end: np.ndarray, pseudo_labels: np.ndarray | None) -> float:
+    """Share of the pseudo-labelled rows that the model fits to their given label at the end of training.
+
+    Args:
+        fitted_at_end: ``(N,)`` float, 1.0 where the last epoch that saw the row predicted its given label,
+            0.0 where not, NaN where never seen.
+        pseudo_labels: ``(N,)`` bool, the rows the early-window confident learning flags; ``None``: none.
+
+    Returns:
+        The mean of ``fitted_at_end`` over the pseudo-labelled rows that have a value, in ``[0, 1]``; NaN without
+        pseudo-labels or values. 0: the late epochs still dispute every suspect label; 1: the model memorised them.
+    """
+    fitted = np.asarray(fitted_at_end, dtype=np.float64)
+    if pseudo_labels is None:
+        return float("nan")
+    pseudo = np.asarray(pseudo_labels, dtype=bool)
+    if pseudo.shape != fitted.shape:
+        raise ValueError(f"Expected `pseudo_labels` of shape {fitted.shape} (one per sample) but got {pseudo.shape}.")
+    values = fitted[pseudo]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
 def percentile_rank(values: np.ndarray) -> np.ndarray:
     """Map ``(N,)`` values to ``[0, 1]`` by average rank; NaN stays NaN.
 
@@ -190,7 +232,7 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
 def mislabel_score(
     *, aum: np.ndarray, el2n_all_epochs: np.ndarray, el2n_early: np.ndarray,
     neighbor_disagreement: np.ndarray | None = None, pseudo_labels: np.ndarray | None = None,
-    instability: tuple[float, float] | None = None,
+    instability: tuple[float, float] | None = None, memorised: float | None = None,
 ) -> np.ndarray:
     """Combine the signals into one ``(N,)`` float64 score in ``[0, 1]``, higher = more likely mislabeled.
 
@@ -199,7 +241,8 @@ def mislabel_score(
     signals that are not NaN for it, with weights from :func:`signal_weights` (equal without
     ``pseudo_labels``; see the module docstring). With ``instability`` and ``pseudo_labels``, only
     the steadier of ``-aum`` and ``el2n_all_epochs`` takes part (both on a tie, a NaN, or fewer than
-    :data:`MIN_PSEUDO_LABELS` pseudo-labels).
+    :data:`MIN_PSEUDO_LABELS` pseudo-labels). With ``memorised`` and the pseudo-labels, the weight of
+    ``el2n_early`` is multiplied by ``memorised`` and the others' by ``1 - memorised``.
 
     Args:
         aum: ``(N,)`` area under the margin over all epochs (higher = cleaner), from
@@ -216,13 +259,17 @@ def mislabel_score(
         instability: optional ``(aum, el2n_all_epochs)`` :func:`half_instability` of the two
             all-epoch signals; the one with the larger value is left out when the pseudo-labels
             weigh the signals. ``None``: both take part.
+        memorised: optional :func:`memorised_share` of the pseudo-labels, in ``[0, 1]``; moves the weight from
+            the signals that read the late model to the early window as it grows (see the module docstring).
+            ``None`` or NaN: no move.
 
     Returns:
         ``(N,)`` float64 in ``[0, 1]``. NaN in one signal drops it from that sample's mean (the
         other samples' ranks are computed without it); a sample with every signal NaN gets NaN.
 
     Raises:
-        ValueError: if the three inputs are not 1-D arrays of one length, or ``instability`` is not two values.
+        ValueError: if the three inputs are not 1-D arrays of one length, ``instability`` is not two values,
+            or ``memorised`` is outside ``[0, 1]``.
     """
     signals = {
         "aum": np.asarray(aum, dtype=np.float64),
@@ -245,7 +292,14 @@ def mislabel_score(
         if trusted and np.isfinite(unsteady).all() and unsteady[0] != unsteady[1]:
             del signals["aum" if unsteady[0] > unsteady[1] else "el2n_all_epochs"]  # the steadier one stays
     ranks = np.stack([percentile_rank(-values if name == "aum" else values) for name, values in signals.items()])
-    weights = signal_weights(ranks, pseudo_labels)[:, None]
+    weights = signal_weights(ranks, pseudo_labels)
+    if memorised is not None and np.isfinite(memorised):
+        if not 0.0 <= memorised <= 1.0:
+            raise ValueError(f"Expected `memorised` in [0, 1] (a share of rows) but got {memorised!r}.")
+        if pseudo_labels is not None and int(np.count_nonzero(pseudo_labels)) >= MIN_PSEUDO_LABELS:
+            moved = weights * np.array([memorised if name == "el2n_early" else 1.0 - memorised for name in signals])
+            weights = moved / moved.sum() if moved.sum() > 0 else weights  # only weightless signals left: unmoved
+    weights = weights[:, None]
     valid = ~np.isnan(ranks)
     count = np.where(valid, weights, 0.0).sum(axis=0)
     total = np.where(valid, ranks * weights, 0.0).sum(axis=0)

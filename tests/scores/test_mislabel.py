@@ -108,6 +108,13 @@ def test_average_precision_hand_computed() -> None:
     assert average_precision(np.array([False, True, True, False]), np.array([0.8, 0.5, 0.9, 0.1])) == pytest.approx(
         (1.0 + 2 / 3) / 2)
     assert np.isnan(average_precision(np.zeros(3, bool), np.arange(3.0)))
+    # tied rows count together, whatever their order: a constant score gets the positives' rate
+    assert average_precision(np.array([True, False, False, False]), np.ones(4)) == pytest.approx(0.25)
+    assert average_precision(np.array([False, False, False, True]), np.ones(4)) == pytest.approx(0.25)
+    # [0.9, 0.5, 0.5, NaN] with positives at rows 1 and 3: the tie (rows 1-2) adds recall 1/2 at precision 1/3,
+    # the NaN row (last) the other 1/2 at precision 2/4
+    assert average_precision(np.array([False, True, False, True]), np.array([0.9, 0.5, 0.5, NAN])) == pytest.approx(
+        0.5 / 3 + 0.5 * 2 / 4)
 
 
 def test_signal_weights_favour_the_signal_that_finds_the_pseudo_labels() -> None:
@@ -181,3 +188,45 @@ def test_instability_keeps_only_the_steadier_all_epoch_signal() -> None:
     np.testing.assert_allclose(mislabel_score(**kwargs, pseudo_labels=few, instability=(0.05, 0.10)), both)
     with pytest.raises(ValueError, match=r"`instability` = \(aum, el2n_all_epochs\), two floats"):
         mislabel_score(**kwargs, instability=(0.1, 0.2, 0.3))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ memorisation moves the weight between windows
+def test_memorised_share_hand_computed() -> None:
+    from dq_plugins.scores.mislabel import memorised_share
+
+    fitted = np.array([1.0, 0.0, 1.0, NAN, 1.0, 0.0])
+    pseudo = np.array([True, True, True, True, False, False])
+    assert memorised_share(fitted, pseudo) == pytest.approx(2 / 3)  # rows 0-2 (row 3 never seen)
+    assert np.isnan(memorised_share(fitted, None))
+    assert np.isnan(memorised_share(fitted, np.zeros(6, bool)))
+    assert np.isnan(memorised_share(np.full(6, NAN), pseudo))
+    with pytest.raises(ValueError, match=r"`pseudo_labels` of shape \(6,\)"):
+        memorised_share(fitted, pseudo[:3])
+
+
+def test_memorisation_moves_the_weight_from_the_late_signals_to_the_early_window() -> None:
+    rng = np.random.default_rng(1)
+    pseudo = np.arange(40) < 10  # first in every signal: equal lifts, equal weights before the move
+    aum, el2n_all, el2n_early, nd = -rng.random(40), rng.random(40), rng.random(40), rng.random(40)
+    aum[pseudo], el2n_all[pseudo], el2n_early[pseudo], nd[pseudo] = -2.0, 2.0 + rng.random(10), 2.0 + rng.random(10), 2.0
+    kwargs = dict(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early, neighbor_disagreement=nd,
+                  pseudo_labels=pseudo)
+    late = (percentile_rank(-aum) + percentile_rank(el2n_all) + percentile_rank(nd)) / 3
+    early = percentile_rank(el2n_early)
+    unmoved = mislabel_score(**kwargs)
+    np.testing.assert_allclose(unmoved, (3 * late + early) / 4)
+    np.testing.assert_allclose(mislabel_score(**kwargs, memorised=0.5), unmoved)  # even: no move
+    np.testing.assert_allclose(mislabel_score(**kwargs, memorised=1.0), early)  # memorised: the early window only
+    np.testing.assert_allclose(mislabel_score(**kwargs, memorised=0.0), late)  # nothing memorised: no early say
+    # m = 0.8: weights 0.2 on each late signal, 0.8 on the early one
+    np.testing.assert_allclose(mislabel_score(**kwargs, memorised=0.8), (3 * 0.2 * late + 0.8 * early) / 1.4)
+    np.testing.assert_allclose(mislabel_score(**kwargs, memorised=NAN), unmoved)
+    # without pseudo-labels the weights are equal and nothing moves
+    plain = mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early, neighbor_disagreement=nd)
+    np.testing.assert_allclose(mislabel_score(aum=aum, el2n_all_epochs=el2n_all, el2n_early=el2n_early,
+                                              neighbor_disagreement=nd, memorised=1.0), plain)
+    # an early window left out (NaN): the late signals keep their weights whatever m
+    no_early = dict(kwargs, el2n_early=np.full(40, NAN))
+    np.testing.assert_allclose(mislabel_score(**no_early, memorised=1.0), mislabel_score(**no_early))
+    with pytest.raises(ValueError, match=r"`memorised` in \[0, 1\]"):
+        mislabel_score(**kwargs, memorised=1.5)
