@@ -324,7 +324,7 @@ def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score(
     pseudo-labels come from the settled wave window, with the share of them the model fits at the end."""
     from dataclasses import replace
 
-    from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, last_observed, mislabel_signals
+    from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, mislabel_signals
     from dq_plugins.scores.mislabel import memorised_share, mislabel_score
 
     history, window, disputed = _history_and_disputing_window(400, 2, 7, 120)
@@ -337,7 +337,7 @@ def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score(
     signals = mislabel_signals(fields, 2, num_classes=2)
     pseudo = early_window_cl(history.labels, window, require_fit=False).is_label_issue
     assert early_window_cl(history.labels, window) is None and set(np.flatnonzero(pseudo)) <= set(disputed)
-    memorised = memorised_share(last_observed(fields["correct"], np.isnan(fields["correct"])), pseudo)
+    memorised = memorised_share(fields["correct"], pseudo)
     expected = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                               el2n_early=signals.el2n_early_scored, pseudo_labels=pseudo,
                               instability=signals.instability, memorised=memorised)

@@ -204,12 +204,10 @@ def analyze_split(
         flag_cl = early_window_cl(labels, flag_probs, require_fit=not wave_settled(history)) if num_epochs else None
     pseudo_cl = early_cl if early_cl is not None else flag_cl  # an untrusted fixed window: the flags' window weighs
     pseudo = None if pseudo_cl is None else pseudo_cl.is_label_issue
-    memorised = None
-    if pseudo is not None:  # pseudo-labels imply recorded epochs
-        memorised = memorised_share(last_observed(fields["correct"], np.isnan(fields["correct"])), pseudo)
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
                            el2n_early=signals.el2n_early_scored, neighbor_disagreement=disagreement,
-                           pseudo_labels=pseudo, instability=signals.instability, memorised=memorised)
+                           pseudo_labels=pseudo, instability=signals.instability,
+                           memorised=memorised_share(fields["correct"], pseudo))
     flags = label_flags(labels, cl, score, flag_probs if num_epochs else None, flag_cl)
     if early_probs is not None and not num_epochs:
         flags = replace(flags, early_window_fitted=False)

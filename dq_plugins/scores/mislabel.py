@@ -179,27 +179,31 @@ def half_instability(first: np.ndarray, second: np.ndarray) -> float:
     return float(1.0 - np.corrcoef(a, b)[0, 1])
 
 
-def memorised_share(fitted_at_end: np.ndarray, pseudo_labels: np.ndarray | None) -> float:
+def memorised_share(correct: np.ndarray, pseudo_labels: np.ndarray | None) -> float:
     """Share of the pseudo-labelled rows that the model fits to their given label at the end of training.
 
     Args:
-        fitted_at_end: ``(N,)`` float, 1.0 where the last epoch that saw the row predicted its given label,
-            0.0 where not, NaN where never seen.
+        correct: ``(E, N)`` float per epoch and sample: 1.0 where the epoch predicted the given label, 0.0
+            where not, NaN where the epoch did not see the sample.
         pseudo_labels: ``(N,)`` bool, the rows the early-window confident learning flags; ``None``: none.
 
     Returns:
-        The mean of ``fitted_at_end`` over the pseudo-labelled rows that have a value, in ``[0, 1]``; NaN without
-        pseudo-labels or values. 0: the late epochs still dispute every suspect label; 1: the model memorised them.
+        Over the pseudo-labelled rows seen at least once, the mean of ``correct`` at the last epoch that saw
+        each, in ``[0, 1]``; NaN without pseudo-labels or such rows. 0: the late epochs still dispute every
+        suspect label; 1: the model memorised them. Reads only the pseudo-labelled columns.
     """
-    fitted = np.asarray(fitted_at_end, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
     if pseudo_labels is None:
         return float("nan")
     pseudo = np.asarray(pseudo_labels, dtype=bool)
-    if pseudo.shape != fitted.shape:
-        raise ValueError(f"Expected `pseudo_labels` of shape {fitted.shape} (one per sample) but got {pseudo.shape}.")
-    values = fitted[pseudo]
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
+    if correct.ndim != 2 or pseudo.shape != correct.shape[1:]:
+        raise ValueError(f"Expected `correct` of shape (epochs, N) and `pseudo_labels` of shape (N,) but got "
+                         f"{correct.shape} and {pseudo.shape}.")
+    suspects = correct[:, pseudo]
+    seen = ~np.isnan(suspects)
+    last = suspects.shape[0] - 1 - np.argmax(seen[::-1], axis=0)  # the last epoch that saw each row
+    fitted = suspects[last, np.arange(suspects.shape[1])][seen.any(axis=0)]
+    return float(fitted.mean()) if fitted.size else float("nan")
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:

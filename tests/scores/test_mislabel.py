@@ -194,14 +194,18 @@ def test_instability_keeps_only_the_steadier_all_epoch_signal() -> None:
 def test_memorised_share_hand_computed() -> None:
     from dq_plugins.scores.mislabel import memorised_share
 
-    fitted = np.array([1.0, 0.0, 1.0, NAN, 1.0, 0.0])
+    # 3 epochs x 6 rows; the last epoch that saw each row: row 0 fitted, row 1 not (epoch 1, epoch 2 missed it),
+    # row 2 fitted at epoch 2 after a miss, row 3 never seen, rows 4-5 not pseudo-labelled
+    correct = np.array([[0.0, 1.0, 0.0, NAN, 1.0, 0.0],
+                        [1.0, 0.0, 0.0, NAN, 1.0, 0.0],
+                        [1.0, NAN, 1.0, NAN, 1.0, 0.0]])
     pseudo = np.array([True, True, True, True, False, False])
-    assert memorised_share(fitted, pseudo) == pytest.approx(2 / 3)  # rows 0-2 (row 3 never seen)
-    assert np.isnan(memorised_share(fitted, None))
-    assert np.isnan(memorised_share(fitted, np.zeros(6, bool)))
-    assert np.isnan(memorised_share(np.full(6, NAN), pseudo))
-    with pytest.raises(ValueError, match=r"`pseudo_labels` of shape \(6,\)"):
-        memorised_share(fitted, pseudo[:3])
+    assert memorised_share(correct, pseudo) == pytest.approx(2 / 3)
+    assert np.isnan(memorised_share(correct, None))
+    assert np.isnan(memorised_share(correct, np.zeros(6, bool)))
+    assert np.isnan(memorised_share(np.full((3, 6), NAN), pseudo))
+    with pytest.raises(ValueError, match=r"`correct` of shape \(epochs, N\) and `pseudo_labels` of shape \(N,\)"):
+        memorised_share(correct, pseudo[:3])
 
 
 def test_memorisation_moves_the_weight_from_the_late_signals_to_the_early_window() -> None:
