@@ -321,7 +321,8 @@ def test_the_score_drops_the_fit_test_only_for_a_fixed_window_that_ends_after_a_
 
 def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score():
     """The fixed window (epochs 0-1) fails the fit test and the wave minimum (epoch 2) falls after it: the score's
-    pseudo-labels come from the settled wave window, with the share of them the model fits at the end."""
+    pseudo-labels and its early EL2N come from the settled wave window (epochs 0-2), with the share of the
+    pseudo-labels the model fits at the end."""
     from dataclasses import replace
 
     from dq_plugins.analysis.pipeline import analyze_split, early_window_cl, mislabel_signals
@@ -334,7 +335,9 @@ def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score(
     settled = analyze_split(replace(unfit, wave_probs=window, early_window_end=2), "train", early_epochs=2)
     unsettled = analyze_split(replace(unfit, wave_probs=window, early_window_end=4), "train", early_epochs=2)
 
-    signals = mislabel_signals(fields, 2, num_classes=2)
+    signals = mislabel_signals(fields, 2, num_classes=2, wave_epochs=3)
+    assert np.isnan(mislabel_signals(fields, 2, num_classes=2).el2n_early_scored).all()  # fails the fit test
+    np.testing.assert_allclose(signals.el2n_early_scored, mislabel_signals(fields, 3, 2, require_fit=False).el2n_early)
     pseudo = early_window_cl(history.labels, window, require_fit=False).is_label_issue
     assert early_window_cl(history.labels, window) is None and set(np.flatnonzero(pseudo)) <= set(disputed)
     memorised = memorised_share(fields["correct"], pseudo)
@@ -343,6 +346,6 @@ def test_an_untrusted_fixed_window_lets_the_settled_wave_window_weigh_the_score(
                               instability=signals.instability, memorised=memorised)
     np.testing.assert_allclose(settled.samples["mislabel_score"], expected)
     equal = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,
-                           el2n_early=signals.el2n_early_scored)  # no trusted window: equal weights, as before
+                           el2n_early=np.full(400, np.nan))  # no trusted window: no early EL2N, equal weights
     np.testing.assert_allclose(unsettled.samples["mislabel_score"], equal)
     assert not np.allclose(expected, equal)

@@ -18,7 +18,9 @@ rank, see :func:`percentile_rank`), and ``mislabel_score`` is the mean of the av
    (two seeds, recomputed from the saved records); no image case of the benchmark trips it. A
    window that ends at or after a settled Label Wave minimum keeps the signal whatever its fit
    (:func:`~dq_plugins.analysis.pipeline.window_learned`: a two-class task at 25% noise or more
-   never fits halfway; SMS spam at 30% noise 0.697 -> 0.936);
+   never fits halfway; SMS spam at 30% noise 0.697 -> 0.936), and one that fails the test while the
+   wave settled later hands over to the wave's window, the epochs up to its minimum (``wave_epochs`` of
+   :func:`~dq_plugins.analysis.pipeline.mislabel_signals`);
 4. ``neighbor_disagreement``, when the run has embeddings: the similarity-weighted share of the
    sample's nearest neighbours in embedding space whose label differs from its own (Bahri et al.
    2020, Deep k-NN; Zhu et al. 2022, SimiFeat), a signal from *where* the sample lies rather than
@@ -57,7 +59,7 @@ signal ``s`` gets weight ``max(AP_s - r, 0) ** WEIGHT_POWER``, its average preci
 pseudo-labelled rows above their rate ``r`` (what a random order scores), sharpened so that a
 signal that clearly separates them dominates and the others still vote. A fixed early window that is not
 trusted hands this to the flags' window when that one is (a settled Label Wave, see
-:func:`~dq_plugins.analysis.pipeline.analyze_split`). Without pseudo-labels (no window trusted, fewer than
+:func:`~dq_plugins.analysis.pipeline.analyze_split`), as it hands over its EL2N. Without pseudo-labels (no window trusted, fewer than
 :data:`MIN_PSEUDO_LABELS` flagged, or no signal better than random) the weights are equal: the mean of ranks
 above. The exponent was 4 (chosen among 1, 2, 4 and 8 before the memorisation rule below), 8 with it.
 
