@@ -194,7 +194,7 @@ def memorised_share(correct: np.ndarray, pseudo_labels: np.ndarray | None) -> fl
         each, in ``[0, 1]``; NaN without pseudo-labels or such rows. 0: the late epochs still dispute every
         suspect label; 1: the model memorised them. Reads only the pseudo-labelled columns.
     """
-    correct = np.asarray(correct, dtype=np.float64)
+    correct = np.asarray(correct)  # no float64 copy of the whole (E, N) record: only its suspect columns are read
     if pseudo_labels is None:
         return float("nan")
     pseudo = np.asarray(pseudo_labels, dtype=bool)
@@ -205,7 +205,7 @@ def memorised_share(correct: np.ndarray, pseudo_labels: np.ndarray | None) -> fl
     seen = ~np.isnan(suspects)
     last = suspects.shape[0] - 1 - np.argmax(seen[::-1], axis=0)  # the last epoch that saw each row
     fitted = suspects[last, np.arange(suspects.shape[1])][seen.any(axis=0)]
-    return float(fitted.mean()) if fitted.size else float("nan")
+    return float(fitted.mean(dtype=np.float64)) if fitted.size else float("nan")
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:
