@@ -57,6 +57,11 @@ def main(out: str, tracking_uri: str, task: str = "single_label") -> None:
         Path(out + ".run_id").write_text(callback.run_id)
     else:
         assert callback.run_id is None and callback.result is None, "only rank 0 opens a run and analyses"
+    if torch.distributed.is_initialized():
+        # PyTorch's advice: a gloo group left to the interpreter's exit can abort a rank (SIGABRT, "terminate
+        # called without an active exception") after everything is done (pytorch/pytorch#190489); seen here twice.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
