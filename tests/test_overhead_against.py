@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from benchmarks._common import REPO
-from benchmarks.overhead_against import VARIANTS, extract_library, report, share
+from benchmarks.overhead_against import VARIANTS, extract_library, report, run_overhead, share
 
 
 def test_extract_library_gives_the_revisions_library_beside_todays_benchmarks(tmp_path):
@@ -24,6 +24,11 @@ def test_extract_library_gives_the_revisions_library_beside_todays_benchmarks(tm
 def test_extract_library_names_a_revision_git_does_not_know(tmp_path):
     with pytest.raises(RuntimeError, match=r"cannot archive `dq_plugins` at 'no-such-rev'.*HINT"):
         extract_library("no-such-rev", tmp_path / "against")
+
+
+def test_a_failed_measurement_shows_its_command_and_output(tmp_path):
+    with pytest.raises(RuntimeError, match=r"benchmarks\.overhead .* in .* failed:\n(.|\n)*No module named"):
+        run_overhead(tmp_path, ["light"], 1, [], tmp_path / "rows.json")  # no benchmarks/ under that root
 
 
 def test_share_is_main_thread_cpu_where_measured_else_wall():

@@ -33,6 +33,7 @@ from dq_plugins.scores import (
     el2n,
     forgetting_events,
 )
+from dq_plugins.scores._common import last_observed
 from dq_plugins.scores.confident_learning import ConfidentLearningScores, nan_rows, row_chunks
 from dq_plugins.scores.copies import SplitCopies, find_copies
 from dq_plugins.scores.mislabel import half_instability, memorised_share, mislabel_score
@@ -87,15 +88,6 @@ class AnalysisResult:
     def trust_lines(self) -> list[str]:
         """One line per split for the end-of-fit warning and ``dq report``."""
         return [verdict.line(split) for split, verdict in self.trust.items()]
-
-
-def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    """(E, N) -> (N,): the value at each column's last non-missing epoch (row 0 if none)."""
-    if values.shape[0] == 0:
-        return np.full(values.shape[1], -1, dtype=values.dtype)
-    observed = ~missing
-    last = values.shape[0] - 1 - np.argmax(observed[::-1], axis=0)
-    return values[last, np.arange(values.shape[1])]
 
 
 @dataclass(frozen=True)
@@ -183,7 +175,8 @@ def analyze_split(
     carto = cartography(fields["prob_given"], fields["correct"])
     cl = confident_learning(labels, probs)
     learned = window_learned(history, early)
-    wave_epochs = int((np.asarray(history.epochs) <= history.early_window_end).sum()) if wave_settled(history) else None
+    settled = wave_settled(history)
+    wave_epochs = int((np.asarray(history.epochs) <= history.early_window_end).sum()) if settled else None
     signals = mislabel_signals(fields, early, probs.shape[1], require_fit=not learned, wave_epochs=wave_epochs)
     embedding = None
     if embeddings is not None and ids.size:
@@ -202,7 +195,7 @@ def analyze_split(
     flag_probs, flag_cl = early_probs, early_cl
     if history.wave_probs is not None:  # the flags' window ends at the Label Wave (dq_plugins.recording.wave)
         flag_probs = history.wave_probs if everyone else history.wave_probs[seen]
-        flag_cl = early_window_cl(labels, flag_probs, require_fit=not wave_settled(history)) if num_epochs else None
+        flag_cl = early_window_cl(labels, flag_probs, require_fit=not settled) if num_epochs else None
     pseudo_cl = early_cl if early_cl is not None else flag_cl  # an untrusted fixed window: the flags' window weighs
     pseudo = None if pseudo_cl is None else pseudo_cl.is_label_issue
     score = mislabel_score(aum=signals.aum, el2n_all_epochs=signals.el2n_all_epochs,

@@ -58,3 +58,12 @@ def nanmean_epochs(values: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
     return np.where(count > 0, mean, np.nan)
+
+
+def last_observed(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """(E, N) -> (N,): the value at each column's last non-missing epoch (row 0 if none)."""
+    if values.shape[0] == 0:
+        return np.full(values.shape[1], -1, dtype=values.dtype)
+    observed = ~missing
+    last = values.shape[0] - 1 - np.argmax(observed[::-1], axis=0)
+    return values[last, np.arange(values.shape[1])]

@@ -109,6 +109,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from dq_plugins.scores._common import last_observed
+
 WEIGHT_POWER = 8
 """Exponent of the lift of each signal's average precision at the pseudo-labels (see the module docstring)."""
 
@@ -202,9 +204,8 @@ def memorised_share(correct: np.ndarray, pseudo_labels: np.ndarray | None) -> fl
         raise ValueError(f"Expected `correct` of shape (epochs, N) and `pseudo_labels` of shape (N,) but got "
                          f"{correct.shape} and {pseudo.shape}.")
     suspects = correct[:, pseudo]
-    seen = ~np.isnan(suspects)
-    last = suspects.shape[0] - 1 - np.argmax(seen[::-1], axis=0)  # the last epoch that saw each row
-    fitted = suspects[last, np.arange(suspects.shape[1])][seen.any(axis=0)]
+    unseen = np.isnan(suspects)
+    fitted = last_observed(suspects, unseen)[~unseen.all(axis=0)]
     return float(fitted.mean(dtype=np.float64)) if fitted.size else float("nan")
 
 
